@@ -1,0 +1,173 @@
+//! `type: email`: a message through one of the configured SMTP servers.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{Compiler, StringList, TemplateSource};
+use crate::template::{Escape, TemplateRef, Templates};
+
+/// An email action as written in a rule file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEmail {
+    /// Name of the SMTP server in the config's `smtp:`. Default `default`.
+    #[serde(default)]
+    smtp: Option<String>,
+    /// Recipients; each may be a template.
+    to: StringList,
+    #[serde(default)]
+    cc: StringList,
+    #[serde(default)]
+    bcc: StringList,
+    #[serde(default)]
+    reply_to: Option<String>,
+    /// Overrides the SMTP server's `from`.
+    #[serde(default)]
+    from: Option<String>,
+    subject: TemplateSource,
+    /// The plain-text part.
+    #[serde(default)]
+    text: Option<TemplateSource>,
+    /// The HTML part; inserted values are HTML-escaped.
+    #[serde(default)]
+    html: Option<TemplateSource>,
+}
+
+#[derive(Debug)]
+pub struct EmailAction {
+    pub smtp: String,
+    from: String,
+    to: Vec<TemplateRef>,
+    cc: Vec<TemplateRef>,
+    bcc: Vec<TemplateRef>,
+    reply_to: Option<TemplateRef>,
+    subject: TemplateRef,
+    text: Option<TemplateRef>,
+    html: Option<TemplateRef>,
+}
+
+/// A rendered email.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmailMessage {
+    pub smtp: String,
+    pub from: String,
+    pub to: Vec<String>,
+    pub cc: Vec<String>,
+    pub bcc: Vec<String>,
+    pub reply_to: Option<String>,
+    pub subject: String,
+    pub text: Option<String>,
+    pub html: Option<String>,
+}
+
+fn check_address(c: &mut Compiler, field: &str, addr: &str) {
+    if !addr.contains("{{") && addr.parse::<lettre::message::Mailbox>().is_err() {
+        c.error(field, format!("{addr:?} is not an email address"));
+    }
+}
+
+pub(super) fn compile(raw: RawEmail, c: &mut Compiler) -> Option<EmailAction> {
+    let smtp = raw.smtp.unwrap_or_else(|| "default".into());
+    let server_from = match c.settings.smtp.get(&smtp) {
+        Some(s) => s.from.clone(),
+        None => {
+            let known: Vec<_> = c.settings.smtp.keys().cloned().collect();
+            c.error("smtp", format!("no SMTP server {smtp:?} in the configuration (known: {})", known.join(", ")));
+            String::new()
+        }
+    };
+    let from = raw.from.unwrap_or(server_from);
+    if !from.is_empty() {
+        check_address(c, "from", &from);
+    }
+    let to = raw.to.into_vec();
+    if to.is_empty() {
+        c.error("to", "needs at least one recipient");
+    }
+    let (cc, bcc) = (raw.cc.into_vec(), raw.bcc.into_vec());
+    for (field, list) in [("to", &to), ("cc", &cc), ("bcc", &bcc)] {
+        for (i, a) in list.iter().enumerate() {
+            check_address(c, &format!("{field}[{i}]"), a);
+        }
+    }
+    if let Some(r) = &raw.reply_to {
+        check_address(c, "reply_to", r);
+    }
+    if raw.text.is_none() && raw.html.is_none() {
+        c.error("", "needs `text`, `html` or both");
+    }
+    let to = c.template_list("to", to, Escape::Plain);
+    let cc = c.template_list("cc", cc, Escape::Plain);
+    let bcc = c.template_list("bcc", bcc, Escape::Plain);
+    let reply_to = raw.reply_to.and_then(|r| c.template("reply_to", &TemplateSource::Inline(r), Escape::Plain));
+    let subject = c.template("subject", &raw.subject, Escape::Plain);
+    let text = raw.text.as_ref().map(|t| c.template("text", t, Escape::Plain));
+    let html = raw.html.as_ref().map(|t| c.template("html", t, Escape::Html));
+    Some(EmailAction {
+        smtp,
+        from,
+        to,
+        cc,
+        bcc,
+        reply_to,
+        subject: subject?,
+        text: text.map(|t| t.ok_or(())).transpose().ok()?,
+        html: html.map(|t| t.ok_or(())).transpose().ok()?,
+    })
+}
+
+impl EmailAction {
+    pub(super) fn render(&self, t: &Templates, ctx: &Value) -> Result<EmailMessage, String> {
+        let list = |refs: &[TemplateRef]| -> Result<Vec<String>, String> {
+            refs.iter()
+                .map(|r| {
+                    let addr = t.render(r, ctx)?;
+                    addr.parse::<lettre::message::Mailbox>()
+                        .map_err(|_| format!("{addr:?} is not an email address"))?;
+                    Ok(addr)
+                })
+                .collect()
+        };
+        let subject = t.render(&self.subject, ctx)?;
+        Ok(EmailMessage {
+            smtp: self.smtp.clone(),
+            from: self.from.clone(),
+            to: list(&self.to)?,
+            cc: list(&self.cc)?,
+            bcc: list(&self.bcc)?,
+            reply_to: self.reply_to.as_ref().map(|r| list(std::slice::from_ref(r))).transpose()?.and_then(|v| v.into_iter().next()),
+            // A subject is one line: a newline from user data must not start new headers.
+            subject: subject.replace(['\r', '\n'], " "),
+            text: self.text.as_ref().map(|r| t.render(r, ctx)).transpose()?,
+            html: self.html.as_ref().map(|r| t.render(r, ctx)).transpose()?,
+        })
+    }
+}
+
+impl EmailMessage {
+    pub(super) fn describe(&self) -> String {
+        let mut s = format!("email via smtp {:?}\n", self.smtp);
+        s += &format!("  From: {}\n  To: {}\n", self.from, self.to.join(", "));
+        if !self.cc.is_empty() {
+            s += &format!("  Cc: {}\n", self.cc.join(", "));
+        }
+        if !self.bcc.is_empty() {
+            s += &format!("  Bcc: {}\n", self.bcc.join(", "));
+        }
+        if let Some(r) = &self.reply_to {
+            s += &format!("  Reply-To: {r}\n");
+        }
+        s += &format!("  Subject: {}\n", self.subject);
+        if let Some(t) = &self.text {
+            s += &format!("  --- text/plain ---\n{}\n", indent(t));
+        }
+        if let Some(h) = &self.html {
+            s += &format!("  --- text/html ---\n{}\n", indent(h));
+        }
+        s
+    }
+}
+
+pub(super) fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
+}

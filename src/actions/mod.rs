@@ -1,0 +1,402 @@
+//! Actions: what a matching rule makes easehook do.
+//!
+//! This module owns what every action type shares — the common fields, the
+//! compile step from YAML, rendering into a [`Message`] — and dispatches to
+//! one file per type for the rest (`email`, `slack`, `http`, `log`).
+
+pub mod email;
+pub mod http;
+pub mod log;
+pub mod slack;
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::config::units::HumanDuration;
+use crate::config::{Settings, strip_location};
+use crate::diag::{Diagnostics, Redactor};
+use crate::template::{Escape, TemplateRef, Templates};
+
+/// A compiled action.
+#[derive(Debug)]
+pub struct Action {
+    /// Unique name across all rule files.
+    pub name: String,
+    /// The rule file it was defined in.
+    pub file: String,
+    /// A disabled action is skipped by every rule that names it.
+    pub enabled: bool,
+    /// At most this many deliveries per period; the others wait.
+    pub rate_limit: Option<RateLimit>,
+    /// Overrides `delivery.timeout` for this action.
+    pub timeout: Option<Duration>,
+    /// Overrides `delivery.max_attempts` for this action.
+    pub max_attempts: Option<u32>,
+    pub kind: ActionKind,
+}
+
+/// The type-specific part of an action.
+#[derive(Debug)]
+pub enum ActionKind {
+    Email(email::EmailAction),
+    Slack(slack::SlackAction),
+    Http(http::HttpAction),
+    Log(log::LogAction),
+}
+
+impl ActionKind {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            ActionKind::Email(_) => "email",
+            ActionKind::Slack(_) => "slack",
+            ActionKind::Http(_) => "http",
+            ActionKind::Log(_) => "log",
+        }
+    }
+}
+
+/// A fully rendered message, ready to send.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Message {
+    Email(email::EmailMessage),
+    Slack(slack::SlackMessage),
+    Http(http::HttpRequest),
+    Log(log::LogLine),
+}
+
+impl Action {
+    /// Render every template of this action against a render context.
+    pub fn render(&self, t: &Templates, ctx: &Value) -> Result<Message, String> {
+        match &self.kind {
+            ActionKind::Email(a) => a.render(t, ctx).map(Message::Email),
+            ActionKind::Slack(a) => a.render(t, ctx).map(Message::Slack),
+            ActionKind::Http(a) => a.render(t, ctx).map(Message::Http),
+            ActionKind::Log(a) => a.render(t, ctx).map(Message::Log),
+        }
+    }
+}
+
+impl Message {
+    /// A human-readable description for `easehook test`, secrets masked.
+    pub fn describe(&self, redactor: &Redactor) -> String {
+        let text = match self {
+            Message::Email(m) => m.describe(),
+            Message::Slack(m) => m.describe(),
+            Message::Http(m) => m.describe(),
+            Message::Log(m) => m.describe(),
+        };
+        redactor.redact(&text)
+    }
+}
+
+/// `rate_limit: 30/min`: at most `count` deliveries per `per`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub count: u32,
+    pub per: Duration,
+}
+
+impl RateLimit {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let err = || format!("invalid rate limit {s:?}: write it like 30/min, 10/s or 500/h");
+        let (n, unit) = s.split_once('/').ok_or_else(err)?;
+        let count: u32 = n.trim().parse().map_err(|_| err())?;
+        if count == 0 {
+            return Err(format!("invalid rate limit {s:?}: the count must be at least 1"));
+        }
+        let per = match unit.trim() {
+            "s" | "sec" | "second" => Duration::from_secs(1),
+            "m" | "min" | "minute" => Duration::from_secs(60),
+            "h" | "hour" => Duration::from_secs(3600),
+            "d" | "day" => Duration::from_secs(86400),
+            other => HumanDuration::parse(other).map_err(|_| err())?.0,
+        };
+        if per.is_zero() {
+            return Err(err());
+        }
+        Ok(Self { count, per })
+    }
+}
+
+/// A template field: an inline string, or `{template: file.hbs}` naming a file
+/// in `templates_dir`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum TemplateSource {
+    Inline(String),
+    File {
+        /// A file name in `templates_dir`.
+        template: String,
+    },
+}
+
+/// One string or a list of strings.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(untagged)]
+pub enum StringList {
+    #[default]
+    None,
+    One(String),
+    Many(Vec<String>),
+}
+
+impl StringList {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            StringList::None => Vec::new(),
+            StringList::One(s) => vec![s],
+            StringList::Many(v) => v,
+        }
+    }
+}
+
+/// Everything an action's compile step needs, and where its problems go.
+pub struct Compiler<'a> {
+    pub action: &'a str,
+    pub file: &'a str,
+    pub templates: &'a mut Templates,
+    pub settings: &'a Settings,
+    pub diags: &'a mut Diagnostics,
+}
+
+impl Compiler<'_> {
+    fn location(&self) -> String {
+        format!("action {}", self.action)
+    }
+
+    /// Record a problem of this action.
+    pub fn error(&mut self, field: &str, message: impl Into<String>) {
+        let loc = if field.is_empty() {
+            self.location()
+        } else {
+            format!("{}: {field}", self.location())
+        };
+        self.diags.push(self.file, loc, message);
+    }
+
+    /// Register a template field with the escaping of its destination.
+    pub fn template(&mut self, field: &str, src: &TemplateSource, escape: Escape) -> Option<TemplateRef> {
+        match src {
+            TemplateSource::Inline(s) => {
+                let name = format!("{}#{field}", self.action);
+                match self.templates.register_inline(&name, escape, s) {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        self.error(field, e);
+                        None
+                    }
+                }
+            }
+            TemplateSource::File { template } => {
+                if self.templates.has_file(template) {
+                    Some(TemplateRef {
+                        escape,
+                        name: template.clone(),
+                    })
+                } else {
+                    let dir = self.settings.templates_dir.display().to_string();
+                    self.error(field, format!("template file {template:?} not found in {dir}"));
+                    None
+                }
+            }
+        }
+    }
+
+    /// Register a list of plain-text templates (recipients, for example).
+    pub fn template_list(&mut self, field: &str, list: Vec<String>, escape: Escape) -> Vec<TemplateRef> {
+        list.into_iter()
+            .enumerate()
+            .filter_map(|(i, s)| self.template(&format!("{field}[{i}]"), &TemplateSource::Inline(s), escape))
+            .collect()
+    }
+
+    /// Compile a JSON-shaped value whose strings are templates.
+    pub fn json_template(&mut self, field: &str, value: serde_yaml::Value, escape: Escape) -> Option<JsonTemplate> {
+        let json: Value = match serde_json::to_value(&value) {
+            Ok(v) => v,
+            Err(e) => {
+                self.error(field, format!("cannot be expressed as JSON: {e}"));
+                return None;
+            }
+        };
+        Some(self.json_node(field, json, escape))
+    }
+
+    fn json_node(&mut self, path: &str, v: Value, escape: Escape) -> JsonTemplate {
+        match v {
+            Value::String(s) if s.contains("{{") => match self.template(path, &TemplateSource::Inline(s), escape) {
+                Some(r) => JsonTemplate::Template(r),
+                None => JsonTemplate::Literal(Value::Null),
+            },
+            Value::Array(items) => JsonTemplate::Array(
+                items
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, v)| self.json_node(&format!("{path}[{i}]"), v, escape))
+                    .collect(),
+            ),
+            Value::Object(map) => JsonTemplate::Object(
+                map.into_iter()
+                    .map(|(k, v)| {
+                        let node = self.json_node(&format!("{path}.{k}"), v, escape);
+                        (k, node)
+                    })
+                    .collect(),
+            ),
+            other => JsonTemplate::Literal(other),
+        }
+    }
+}
+
+/// A JSON value whose strings are templates; rendering builds the JSON with a
+/// serializer, so rendered text can never change its structure.
+#[derive(Debug, Clone)]
+pub enum JsonTemplate {
+    Literal(Value),
+    Template(TemplateRef),
+    Array(Vec<JsonTemplate>),
+    Object(Vec<(String, JsonTemplate)>),
+}
+
+impl JsonTemplate {
+    pub fn render(&self, t: &Templates, ctx: &Value) -> Result<Value, String> {
+        Ok(match self {
+            JsonTemplate::Literal(v) => v.clone(),
+            JsonTemplate::Template(r) => Value::String(t.render(r, ctx)?),
+            JsonTemplate::Array(items) => Value::Array(items.iter().map(|i| i.render(t, ctx)).collect::<Result<_, _>>()?),
+            JsonTemplate::Object(fields) => Value::Object(
+                fields
+                    .iter()
+                    .map(|(k, v)| Ok((k.clone(), v.render(t, ctx)?)))
+                    .collect::<Result<_, String>>()?,
+            ),
+        })
+    }
+}
+
+/// Fields that every action type accepts.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCommon {
+    #[serde(default)]
+    enabled: Option<EnabledFlag>,
+    #[serde(default)]
+    rate_limit: Option<String>,
+    #[serde(default)]
+    timeout: Option<HumanDuration>,
+    #[serde(default)]
+    max_attempts: Option<u32>,
+}
+
+/// `enabled:` is a boolean, or a string that expands to `true`, `false` or
+/// nothing (false), such as `${SLACK_WEBHOOK_URL:+true}`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum EnabledFlag {
+    Bool(bool),
+    Text(String),
+}
+
+const COMMON_FIELDS: [&str; 4] = ["enabled", "rate_limit", "timeout", "max_attempts"];
+
+fn deserialize_part<T: DeserializeOwned>(map: serde_yaml::Mapping, c: &mut Compiler) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(serde_yaml::Value::Mapping(map)) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            let path = e.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            c.error(&path, strip_location(&e.into_inner().to_string()));
+            None
+        }
+    }
+}
+
+/// Compile one action definition.
+pub fn compile(value: serde_yaml::Value, c: &mut Compiler) -> Option<Action> {
+    let serde_yaml::Value::Mapping(mut map) = value else {
+        c.error("", "an action is a mapping with a `type` field");
+        return None;
+    };
+    let type_name = match map.remove("type") {
+        Some(serde_yaml::Value::String(t)) => t,
+        Some(_) => {
+            c.error("type", "must be one of email, slack, http, log");
+            return None;
+        }
+        None => {
+            c.error("", "missing field `type` (email, slack, http or log)");
+            return None;
+        }
+    };
+    let mut common_map = serde_yaml::Mapping::new();
+    for key in COMMON_FIELDS {
+        if let Some(v) = map.remove(key) {
+            common_map.insert(key.into(), v);
+        }
+    }
+    let common: Option<RawCommon> = deserialize_part(common_map, c);
+    let kind = match type_name.as_str() {
+        "email" => deserialize_part(map, c).and_then(|raw| email::compile(raw, c)).map(ActionKind::Email),
+        "slack" => deserialize_part(map, c).and_then(|raw| slack::compile(raw, c)).map(ActionKind::Slack),
+        "http" => deserialize_part(map, c).and_then(|raw| http::compile(raw, c)).map(ActionKind::Http),
+        "log" => deserialize_part(map, c).and_then(|raw| log::compile(raw, c)).map(ActionKind::Log),
+        other => {
+            c.error("type", format!("unknown action type {other:?}: use email, slack, http or log"));
+            None
+        }
+    };
+    let common = common?;
+    let enabled = match common.enabled {
+        None => true,
+        Some(EnabledFlag::Bool(b)) => b,
+        Some(EnabledFlag::Text(t)) => match t.trim() {
+            "true" => true,
+            "false" | "" => false,
+            other => {
+                c.error("enabled", format!("expands to {other:?}; it must be true, false or nothing"));
+                false
+            }
+        },
+    };
+    let rate_limit = match common.rate_limit.as_deref().map(RateLimit::parse) {
+        Some(Ok(r)) => Some(r),
+        Some(Err(e)) => {
+            c.error("rate_limit", e);
+            None
+        }
+        None => None,
+    };
+    if common.max_attempts == Some(0) {
+        c.error("max_attempts", "must be at least 1");
+    }
+    if common.timeout.is_some_and(|t| t.0.is_zero()) {
+        c.error("timeout", "must be more than 0s");
+    }
+    Some(Action {
+        name: c.action.to_string(),
+        file: c.file.to_string(),
+        enabled,
+        rate_limit,
+        timeout: common.timeout.map(|t| t.0),
+        max_attempts: common.max_attempts,
+        kind: kind?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limits() {
+        assert_eq!(RateLimit::parse("30/min").unwrap(), RateLimit { count: 30, per: Duration::from_secs(60) });
+        assert_eq!(RateLimit::parse("10/s").unwrap().per, Duration::from_secs(1));
+        assert_eq!(RateLimit::parse("5/10s").unwrap().per, Duration::from_secs(10));
+        assert!(RateLimit::parse("0/s").is_err());
+        assert!(RateLimit::parse("many").is_err());
+        assert!(RateLimit::parse("3/fortnight").is_err());
+    }
+}

@@ -1,0 +1,411 @@
+//! One Easemob callback: the typed fields that easehook uses, the raw JSON as
+//! received, and the values derived from them once per event (`from_user`,
+//! `to_user`, `event`, the dedup key).
+//!
+//! Parsing is lenient about what it does not need (unknown families, extra
+//! fields, missing optional fields) and strict about what verification needs
+//! (`callId`, `security`, `timestamp`).
+
+use md5::{Digest, Md5};
+use serde_json::{Map, Value};
+
+/// Why a body is not a usable callback. Every variant answers 400.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ParseError {
+    #[error("body is not valid JSON")]
+    Malformed,
+    #[error("body is not a JSON object")]
+    NotObject,
+    #[error("missing field `{0}`")]
+    Missing(&'static str),
+    #[error("field `{0}` must be a string")]
+    NotString(&'static str),
+    #[error("timestamp must be a non-negative integer of milliseconds")]
+    BadTimestamp,
+}
+
+/// A parsed callback.
+#[derive(Debug, Clone)]
+pub struct Callback {
+    /// The whole callback as received.
+    pub raw: Value,
+    pub call_id: String,
+    pub security: String,
+    /// Milliseconds since the epoch.
+    pub timestamp: u64,
+    /// The timestamp as its decimal digits, exactly as signed.
+    pub timestamp_text: String,
+    pub chat_type: Option<String>,
+    pub operation: Option<String>,
+    pub event_type: Option<String>,
+    pub appkey: Option<String>,
+    pub host: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub msg_id: Option<String>,
+    /// `from` without the `{appkey}_` prefix and `@easemob.com` suffix.
+    pub from_user: String,
+    /// `to`, normalized like `from_user`.
+    pub to_user: String,
+    /// `roster:ban`, `chat`, … (see [`event_name`]).
+    pub event: String,
+    /// Identifies a repeat of the same event (see [`Callback::dedup_key`]).
+    pub dedup_key: String,
+}
+
+/// The eight roster operations, in the order samples are shown.
+pub const ROSTER_OPERATIONS: [&str; 8] = [
+    "add",
+    "remove",
+    "accept",
+    "remote_accept",
+    "decline",
+    "remote_decline",
+    "ban",
+    "allow",
+];
+
+impl Callback {
+    /// Parse a request body.
+    pub fn parse(body: &[u8]) -> Result<Self, ParseError> {
+        let raw: Value = serde_json::from_slice(body).map_err(|_| ParseError::Malformed)?;
+        Self::from_value(raw)
+    }
+
+    /// Build from already-parsed JSON (dry runs, tests).
+    pub fn from_value(raw: Value) -> Result<Self, ParseError> {
+        let obj = raw.as_object().ok_or(ParseError::NotObject)?;
+        let call_id = required_str(obj, "callId")?;
+        let security = required_str(obj, "security")?;
+        let (timestamp, timestamp_text) = match obj.get("timestamp") {
+            None | Some(Value::Null) => return Err(ParseError::Missing("timestamp")),
+            Some(Value::Number(n)) => {
+                let t = n.as_u64().ok_or(ParseError::BadTimestamp)?;
+                (t, t.to_string())
+            }
+            Some(Value::String(s)) => {
+                if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(ParseError::BadTimestamp);
+                }
+                (s.parse().map_err(|_| ParseError::BadTimestamp)?, s.clone())
+            }
+            Some(_) => return Err(ParseError::BadTimestamp),
+        };
+        let chat_type = optional_str(obj, "chat_type");
+        let operation = obj
+            .get("payload")
+            .and_then(|p| p.get("operation"))
+            .and_then(scalar_text);
+        let event_type = optional_str(obj, "eventType");
+        let appkey = optional_str(obj, "appkey");
+        let from = optional_str(obj, "from");
+        let to = optional_str(obj, "to");
+        let from_user = from.as_deref().map_or_else(String::new, |f| normalize_user(f, appkey.as_deref()));
+        let to_user = to.as_deref().map_or_else(String::new, |t| normalize_user(t, appkey.as_deref()));
+        let event = event_name(
+            chat_type.as_deref(),
+            operation.as_deref(),
+            optional_str(obj, "event").as_deref(),
+            event_type.as_deref(),
+        );
+        let dedup_key = dedup_key(
+            &call_id,
+            chat_type.as_deref(),
+            event_type.as_deref(),
+            from.as_deref(),
+            to.as_deref(),
+            operation.as_deref(),
+        );
+        Ok(Callback {
+            call_id,
+            security,
+            timestamp,
+            timestamp_text,
+            chat_type,
+            operation,
+            event_type,
+            appkey,
+            host: optional_str(obj, "host"),
+            from,
+            to,
+            msg_id: optional_str(obj, "msg_id"),
+            from_user,
+            to_user,
+            event,
+            dedup_key,
+            raw,
+        })
+    }
+
+    /// The appkey whose secrets verify this callback: `appkey`, else the part
+    /// of `callId` before its last `_`, else empty (only `"*"` can match).
+    pub fn signing_appkey(&self) -> &str {
+        if let Some(a) = self.appkey.as_deref() {
+            return a;
+        }
+        match self.call_id.rfind('_') {
+            Some(i) if self.call_id[..i].contains('#') => &self.call_id[..i],
+            _ => "",
+        }
+    }
+
+    /// A field by its rule/template name (`event`, `from`, `payload.reason`, …).
+    pub fn field(&self, name: &str) -> Option<std::borrow::Cow<'_, str>> {
+        use std::borrow::Cow::Borrowed;
+        match name {
+            "event" => Some(Borrowed(self.event.as_str())),
+            "operation" => self.operation.as_deref().map(Borrowed),
+            "chat_type" => self.chat_type.as_deref().map(Borrowed),
+            "eventType" => self.event_type.as_deref().map(Borrowed),
+            "appkey" => self.appkey.as_deref().map(Borrowed),
+            "host" => self.host.as_deref().map(Borrowed),
+            "callId" => Some(Borrowed(self.call_id.as_str())),
+            "msg_id" => self.msg_id.as_deref().map(Borrowed),
+            "from" => self.from.as_ref().map(|_| Borrowed(self.from_user.as_str())),
+            "to" => self.to.as_ref().map(|_| Borrowed(self.to_user.as_str())),
+            path => lookup_path(&self.raw, path.split('.')).map(value_text),
+        }
+    }
+}
+
+/// Follow a dotted path into JSON; list items are addressed by index.
+pub fn lookup_path<'a, 'p>(root: &'a Value, path: impl IntoIterator<Item = &'p str>) -> Option<&'a Value> {
+    let mut cur = root;
+    for seg in path {
+        cur = match cur {
+            Value::Object(m) => m.get(seg)?,
+            Value::Array(a) => a.get(seg.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(cur)
+}
+
+/// A JSON value as rules compare it: strings as themselves, everything else as
+/// its JSON text.
+pub fn value_text(v: &Value) -> std::borrow::Cow<'_, str> {
+    match v {
+        Value::String(s) => std::borrow::Cow::Borrowed(s.as_str()),
+        other => std::borrow::Cow::Owned(other.to_string()),
+    }
+}
+
+fn required_str(obj: &Map<String, Value>, key: &'static str) -> Result<String, ParseError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Err(ParseError::Missing(key)),
+        Some(Value::String(s)) if s.is_empty() => Err(ParseError::Missing(key)),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(_) => Err(ParseError::NotString(key)),
+    }
+}
+
+/// Strings as they are; numbers as their digits (some ids arrive as numbers);
+/// anything else is treated as absent.
+fn optional_str(obj: &Map<String, Value>, key: &str) -> Option<String> {
+    obj.get(key).and_then(scalar_text)
+}
+
+fn scalar_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// `{appkey}_{userid}@easemob.com` → `userid`; a plain id stays as it is.
+pub fn normalize_user(raw: &str, appkey: Option<&str>) -> String {
+    let s = raw.strip_suffix("@easemob.com").unwrap_or(raw);
+    if let Some(appkey) = appkey.filter(|a| !a.is_empty())
+        && let Some(rest) = s.strip_prefix(appkey).and_then(|r| r.strip_prefix('_'))
+    {
+        return rest.to_string();
+    }
+    // An appkey is `org#app` and neither part contains `_`, so the first `_`
+    // after the `#` ends the prefix even when the body's appkey is missing.
+    if let Some(hash) = s.find('#')
+        && let Some(us) = s[hash..].find('_')
+    {
+        return s[hash + us + 1..].to_string();
+    }
+    s.to_string()
+}
+
+/// The event name rules match on: `chat_type:operation` when both exist,
+/// else `chat_type`, else the body's `event` or `eventType`, else `unknown`.
+pub fn event_name(
+    chat_type: Option<&str>,
+    operation: Option<&str>,
+    event: Option<&str>,
+    event_type: Option<&str>,
+) -> String {
+    match (chat_type.filter(|s| !s.is_empty()), operation.filter(|s| !s.is_empty())) {
+        (Some(c), Some(o)) => format!("{c}:{o}"),
+        (Some(c), None) => c.to_string(),
+        _ => event
+            .or(event_type)
+            .filter(|s| !s.is_empty())
+            .unwrap_or("unknown")
+            .to_string(),
+    }
+}
+
+/// `callId` alone is not unique (`accept` and `remote_accept` share it, and
+/// `chat_offline` sends one callback per recipient), so the key also covers
+/// the family, the delivery kind, both users and the operation.
+fn dedup_key(
+    call_id: &str,
+    chat_type: Option<&str>,
+    event_type: Option<&str>,
+    from: Option<&str>,
+    to: Option<&str>,
+    operation: Option<&str>,
+) -> String {
+    let mut h = Md5::new();
+    for part in [Some(call_id), chat_type, event_type, from, to, operation] {
+        // A separator that cannot occur in JSON strings' decoded text of ids
+        // keeps ("a","bc") and ("ab","c") apart; absence differs from empty.
+        match part {
+            Some(p) => {
+                h.update([1u8]);
+                h.update(p.as_bytes());
+            }
+            None => h.update([0u8]),
+        }
+        h.update([0x1f]);
+    }
+    hex::encode(h.finalize())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = format!("{}/../shared/fixtures/easemob/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    #[test]
+    fn every_documented_fixture_parses() {
+        let cases = [
+            ("roster-add.json", "roster:add"),
+            ("roster-remove.json", "roster:remove"),
+            ("roster-accept.json", "roster:accept"),
+            ("roster-remote_decline.json", "roster:remote_decline"),
+            ("roster-ban.json", "roster:ban"),
+            ("roster-allow.json", "roster:allow"),
+        ];
+        for (file, event) in cases {
+            let cb = Callback::parse(&fixture(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+            assert_eq!(cb.event, event, "{file}");
+            assert_eq!(cb.chat_type.as_deref(), Some("roster"));
+            assert_eq!(cb.from_user, "XXXX", "{file}");
+            assert!(cb.to_user.starts_with("tst"), "{file}");
+            assert_eq!(cb.event_type.as_deref(), Some("chat"));
+            assert_eq!(cb.appkey.as_deref(), Some("XXXX#XXXX"));
+            assert!(cb.timestamp > 1_642_648_000_000);
+            assert_eq!(cb.timestamp_text, cb.timestamp.to_string());
+        }
+        let ban = Callback::parse(&fixture("roster-ban.json")).unwrap();
+        assert_eq!(ban.field("payload.status.error_code").as_deref(), Some("ok"));
+        let accept = Callback::parse(&fixture("roster-accept.json")).unwrap();
+        assert_eq!(
+            accept.field("payload.roster_ver").as_deref(),
+            Some("DD6E14FE5EE5A9ABC52CA86C5DE1601CF729BFD6")
+        );
+        let add = Callback::parse(&fixture("roster-add.json")).unwrap();
+        assert_eq!(add.field("payload.reason").as_deref(), Some(""));
+    }
+
+    #[test]
+    fn user_ids_in_both_forms() {
+        assert_eq!(normalize_user("org#app_alice@easemob.com", Some("org#app")), "alice");
+        assert_eq!(normalize_user("org#app_alice@easemob.com", None), "alice");
+        assert_eq!(normalize_user("org#app_al_ice@easemob.com", None), "al_ice");
+        assert_eq!(normalize_user("alice", Some("org#app")), "alice");
+        assert_eq!(normalize_user("bob_smith", Some("org#app")), "bob_smith");
+        assert_eq!(normalize_user("用户1", None), "用户1");
+    }
+
+    #[test]
+    fn event_names() {
+        assert_eq!(event_name(Some("roster"), Some("ban"), None, None), "roster:ban");
+        assert_eq!(event_name(Some("chat"), None, None, Some("chat")), "chat");
+        assert_eq!(event_name(None, None, Some("login"), Some("x")), "login");
+        assert_eq!(event_name(None, None, None, Some("chat_offline")), "chat_offline");
+        assert_eq!(event_name(None, Some("ban"), None, None), "unknown");
+    }
+
+    fn base() -> Value {
+        json!({"callId": "org#app_1", "security": "x", "timestamp": 1, "chat_type": "roster",
+               "payload": {"operation": "accept"}, "from": "a", "to": "b", "eventType": "chat"})
+    }
+
+    #[test]
+    fn dedup_key_separates_what_call_id_does_not() {
+        let a = Callback::from_value(base()).unwrap();
+        let mut v = base();
+        v["payload"]["operation"] = json!("remote_accept");
+        let b = Callback::from_value(v).unwrap();
+        let mut v = base();
+        v["to"] = json!("c");
+        let c = Callback::from_value(v).unwrap();
+        let mut v = base();
+        v["security"] = json!("other");
+        let same = Callback::from_value(v).unwrap();
+        assert_ne!(a.dedup_key, b.dedup_key);
+        assert_ne!(a.dedup_key, c.dedup_key);
+        assert_eq!(a.dedup_key, same.dedup_key);
+    }
+
+    #[test]
+    fn timestamp_forms() {
+        let mut v = base();
+        v["timestamp"] = json!("1642648046912");
+        let cb = Callback::from_value(v).unwrap();
+        assert_eq!(cb.timestamp, 1642648046912);
+        for bad in [json!(-1), json!(1.5), json!("12a"), json!(""), json!(true), json!({})] {
+            let mut v = base();
+            v["timestamp"] = bad.clone();
+            assert_eq!(Callback::from_value(v).unwrap_err(), ParseError::BadTimestamp, "{bad}");
+        }
+    }
+
+    #[test]
+    fn what_verification_needs_is_required() {
+        for key in ["callId", "security", "timestamp"] {
+            let mut v = base();
+            v.as_object_mut().unwrap().remove(key);
+            assert!(matches!(Callback::from_value(v).unwrap_err(), ParseError::Missing(_)), "{key}");
+        }
+        assert_eq!(Callback::parse(b"{").unwrap_err(), ParseError::Malformed);
+        assert_eq!(Callback::parse(b"[1]").unwrap_err(), ParseError::NotObject);
+        let mut v = base();
+        v["callId"] = json!(5);
+        assert_eq!(Callback::from_value(v).unwrap_err(), ParseError::NotString("callId"));
+    }
+
+    #[test]
+    fn other_families_parse_as_generic_events() {
+        let login = json!({"callId": "org#app_x", "security": "s", "timestamp": 5, "reason": "login",
+                           "status": "online", "user": "org#app_alice/ios", "appkey": "org#app"});
+        let cb = Callback::from_value(login).unwrap();
+        assert_eq!(cb.event, "unknown");
+        assert_eq!(cb.field("status").as_deref(), Some("online"));
+        let msg = json!({"callId": "org#app_y", "security": "s", "timestamp": 5, "chat_type": "groupchat",
+                         "payload": {"bodies": [{"type": "txt", "msg": "hi"}]}, "eventType": "chat"});
+        let cb = Callback::from_value(msg).unwrap();
+        assert_eq!(cb.event, "groupchat");
+        assert_eq!(cb.field("payload.bodies.0.msg").as_deref(), Some("hi"));
+        assert_eq!(cb.field("payload.bodies.0").as_deref(), Some(r#"{"msg":"hi","type":"txt"}"#));
+    }
+
+    #[test]
+    fn signing_appkey_falls_back_to_call_id() {
+        let mut v = base();
+        v.as_object_mut().unwrap().remove("appkey");
+        assert_eq!(Callback::from_value(v).unwrap().signing_appkey(), "org#app");
+    }
+}

@@ -1,0 +1,673 @@
+//! The daemon's configuration file (`easehook.yaml`).
+//!
+//! Loading is two-phase: the YAML is parsed into a tree, every string in it is
+//! `${…}`-expanded ([`expand`]), each top-level key is deserialized into the
+//! raw serde shapes below (`deny_unknown_fields`), and a pure compile step turns
+//! them into a validated [`Settings`]. Every problem of every phase is collected
+//! and reported together as `file: location: message`.
+
+pub mod expand;
+pub mod units;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_yaml::Value;
+
+use crate::diag::{Diagnostics, Redactor};
+use expand::{Env, Expanded};
+use units::{ByteSize, HumanDuration};
+
+/// A value that must never be shown: its `Debug` and `Display` print `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    /// The secret itself, for the few places that need it (signing, AUTH).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// `secrets:` entries accept one string or a list of strings.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// The configuration file as written. Every field is optional here; defaults
+/// and validation are applied by [`compile`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawConfig {
+    /// The callback listener, `IP:PORT`. Default `127.0.0.1:8080`.
+    listen: Option<String>,
+    /// The path Easemob POSTs to. Default `/easemob/callback`.
+    callback_path: Option<String>,
+    /// Health, metrics, reload and the admin API, `IP:PORT`. Default `127.0.0.1:9464`.
+    admin_listen: Option<String>,
+    /// When not empty, `/api/` and `/-/` calls need `Authorization: Bearer <token>`.
+    admin_token: Option<String>,
+    /// Appkey → callback secrets. `"*"` applies to every appkey not listed. Required.
+    secrets: Option<BTreeMap<String, OneOrMany>>,
+    /// Larger callback bodies are refused with 413. Default `64KiB`.
+    max_body: Option<ByteSize>,
+    /// Events older than this are refused with 401; `0s` means no limit. Default `0s`.
+    max_event_age: Option<HumanDuration>,
+    /// A repeated event within this window is acknowledged and ignored. Default `24h`.
+    dedup_window: Option<HumanDuration>,
+    /// Where the embedded store lives. Default `./data`.
+    state_dir: Option<PathBuf>,
+    /// How long sent deliveries and their events are kept. Default `7d`.
+    retention: Option<HumanDuration>,
+    /// Rule files (`*.yaml`, `*.yml`). Default `./rules`.
+    rules_dir: Option<PathBuf>,
+    /// Template files (`*.hbs`). Default `./templates`.
+    templates_dir: Option<PathBuf>,
+    /// Default zone of the `datetime` template helper. Default `Asia/Shanghai`.
+    timezone: Option<String>,
+    /// `text` or `json`. Default `text`.
+    log_format: Option<LogFormat>,
+    delivery: Option<RawDelivery>,
+    smtp: Option<BTreeMap<String, RawSmtp>>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per record.
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDelivery {
+    max_attempts: Option<u32>,
+    initial_backoff: Option<HumanDuration>,
+    max_backoff: Option<HumanDuration>,
+    timeout: Option<HumanDuration>,
+    concurrency: Option<usize>,
+    shutdown_grace: Option<HumanDuration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSmtp {
+    host: Option<String>,
+    port: Option<u16>,
+    tls: Option<SmtpTls>,
+    username: Option<String>,
+    password: Option<String>,
+    from: Option<String>,
+    ca_file: Option<String>,
+}
+
+/// How the SMTP connection is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    /// Plain connection upgraded with STARTTLS, which is required (port 587).
+    #[default]
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Tls,
+    /// No encryption: only for relays on loopback or a trusted network.
+    None,
+}
+
+/// Retry and concurrency policy of the dispatcher (`delivery:`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeliverySettings {
+    /// Attempts before a delivery is dead. Default 10.
+    pub max_attempts: u32,
+    /// First retry delay bound; doubles per attempt (full jitter). Default `2s`.
+    pub initial_backoff: Duration,
+    /// Upper bound of the retry delay. Default `10m`.
+    pub max_backoff: Duration,
+    /// Time allowed for one attempt. Default `15s`.
+    pub timeout: Duration,
+    /// Attempts in flight, all actions together. Default 32.
+    pub concurrency: usize,
+    /// On SIGTERM, time given to attempts in flight. Default `10s`.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for DeliverySettings {
+    fn default() -> Self {
+        Self {
+            max_attempts: 10,
+            initial_backoff: Duration::from_secs(2),
+            max_backoff: Duration::from_secs(600),
+            timeout: Duration::from_secs(15),
+            concurrency: 32,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One named SMTP server (`smtp.NAME`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SmtpSettings {
+    /// Host name or address. Default `127.0.0.1`.
+    pub host: String,
+    /// Default 587 for `starttls`, 465 for `tls`, 25 for `none`.
+    pub port: u16,
+    pub tls: SmtpTls,
+    /// AUTH user; empty means no AUTH.
+    pub username: String,
+    pub password: Option<Secret>,
+    /// The `From:` of messages, unless an action sets its own.
+    pub from: String,
+    /// An extra trusted root certificate (PEM), for private relays.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Callback secrets per appkey.
+#[derive(Debug, Clone, Default)]
+pub struct Secrets {
+    by_appkey: BTreeMap<String, Vec<Secret>>,
+    fallback: Vec<Secret>,
+}
+
+impl Secrets {
+    /// The secrets that may have signed a callback of `appkey`; `None` when the
+    /// appkey is neither listed nor covered by `"*"`.
+    pub fn for_appkey(&self, appkey: &str) -> Option<&[Secret]> {
+        match self.by_appkey.get(appkey) {
+            Some(list) => Some(list),
+            None if !self.fallback.is_empty() => Some(&self.fallback),
+            None => None,
+        }
+    }
+
+    /// The listed appkeys (without `"*"`), in order.
+    pub fn appkeys(&self) -> impl Iterator<Item = &str> {
+        self.by_appkey.keys().map(String::as_str)
+    }
+
+    fn all(&self) -> impl Iterator<Item = &Secret> {
+        self.by_appkey.values().flatten().chain(self.fallback.iter())
+    }
+
+    /// Build directly, for tests and tools.
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        let mut s = Secrets::default();
+        for (k, v) in pairs {
+            if k == "*" {
+                s.fallback.push(Secret::new(v));
+            } else {
+                s.by_appkey.entry(k.to_string()).or_default().push(Secret::new(v));
+            }
+        }
+        s
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The file this was loaded from.
+    pub path: PathBuf,
+    pub listen: SocketAddr,
+    pub callback_path: String,
+    pub admin_listen: SocketAddr,
+    pub admin_token: Option<Secret>,
+    pub secrets: Secrets,
+    pub max_body: u64,
+    /// `None` = no age limit.
+    pub max_event_age: Option<Duration>,
+    pub dedup_window: Duration,
+    pub state_dir: PathBuf,
+    pub retention: Duration,
+    pub rules_dir: PathBuf,
+    pub templates_dir: PathBuf,
+    pub timezone: chrono_tz::Tz,
+    pub log_format: LogFormat,
+    pub delivery: DeliverySettings,
+    pub smtp: BTreeMap<String, SmtpSettings>,
+    /// Masks every secret of this configuration in any text.
+    pub redactor: Redactor,
+    /// Things worth telling the operator that do not stop the daemon.
+    pub warnings: Vec<String>,
+}
+
+/// Where the config file is, by the rules of the command line: `--config`,
+/// else `$EASEHOOK_CONFIG`, else `./easehook.yaml` when it exists, else
+/// `/etc/easehook/easehook.yaml`.
+pub fn resolve_path(flag: Option<&Path>, env: &dyn Env) -> PathBuf {
+    if let Some(p) = flag {
+        return p.to_path_buf();
+    }
+    if let Some(p) = env.var("EASEHOOK_CONFIG").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let local = PathBuf::from("easehook.yaml");
+    if local.exists() {
+        return local;
+    }
+    PathBuf::from("/etc/easehook/easehook.yaml")
+}
+
+/// Read a YAML file and `${…}`-expand it, reporting problems against `file`.
+/// Shared by the config file and rule files. Returns `None` when the file
+/// cannot be used at all.
+pub(crate) fn read_yaml(
+    path: &Path,
+    env: &dyn Env,
+    expanded: &mut Expanded,
+    diags: &mut Diagnostics,
+) -> Option<Value> {
+    let file = path.display();
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            diags.push(&file, "", format!("cannot read: {e}"));
+            return None;
+        }
+    };
+    let mut value: Value = match serde_yaml::from_str(&text) {
+        Ok(v) => v,
+        Err(e) => {
+            let location = e
+                .location()
+                .map(|l| format!("line {} column {}", l.line(), l.column()))
+                .unwrap_or_default();
+            diags.push(&file, location, format!("invalid YAML: {}", strip_location(&e.to_string())));
+            return None;
+        }
+    };
+    let mut errors = Vec::new();
+    expand::expand_tree(&mut value, env, expanded, &mut errors);
+    for e in errors {
+        diags.push(&file, e.path, e.message);
+    }
+    Some(value)
+}
+
+/// serde_yaml appends " at line L column C" to messages; the location is
+/// reported separately.
+pub(crate) fn strip_location(msg: &str) -> String {
+    match msg.find(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+/// Deserialize a mapping into `T` one key at a time, so that a problem in one
+/// key does not hide problems in the others. `T` must accept every key alone
+/// (all its fields have defaults). Each problem is reported at its dotted path
+/// under `prefix`.
+pub(crate) fn deserialize_keys<T: DeserializeOwned + Default>(
+    map: serde_yaml::Mapping,
+    file: &str,
+    prefix: &str,
+    diags: &mut Diagnostics,
+) -> T {
+    let mut good = serde_yaml::Mapping::new();
+    for (k, v) in map {
+        let mut single = serde_yaml::Mapping::new();
+        single.insert(k.clone(), v.clone());
+        match serde_path_to_error::deserialize::<_, T>(Value::Mapping(single)) {
+            Ok(_) => {
+                good.insert(k, v);
+            }
+            Err(e) => {
+                let inner = e.path().to_string();
+                let key = k.as_str().map(str::to_string).unwrap_or_else(|| format!("{k:?}"));
+                let location = match (prefix.is_empty(), inner == "." || inner.is_empty()) {
+                    (true, true) => String::new(),
+                    (true, false) => inner,
+                    (false, true) => prefix.to_string(),
+                    (false, false) => format!("{prefix}.{inner}"),
+                };
+                let message = strip_location(&e.into_inner().to_string());
+                // An unknown key is reported by serde at the parent's path.
+                let location = if message.starts_with("unknown field") && location.is_empty() {
+                    key
+                } else {
+                    location
+                };
+                diags.push(file, location, message);
+            }
+        }
+    }
+    match serde_path_to_error::deserialize::<_, T>(Value::Mapping(good)) {
+        Ok(t) => t,
+        Err(e) => {
+            diags.push(file, e.path().to_string(), strip_location(&e.into_inner().to_string()));
+            T::default()
+        }
+    }
+}
+
+/// Load and validate the configuration file at `path`.
+pub fn load(path: &Path, env: &dyn Env) -> Result<Settings, Diagnostics> {
+    let mut diags = Diagnostics::new();
+    let mut expanded = Expanded::default();
+    let file = path.display().to_string();
+    let Some(value) = read_yaml(path, env, &mut expanded, &mut diags) else {
+        return Err(diags);
+    };
+    let raw: RawConfig = match value {
+        Value::Mapping(map) => deserialize_keys(map, &file, "", &mut diags),
+        Value::Null => RawConfig::default(),
+        _ => {
+            diags.push(&file, "", "the configuration must be a mapping of keys to values");
+            return Err(diags);
+        }
+    };
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let settings = compile(raw, path, &base, expanded, &mut diags);
+    let redactor = settings.redactor.clone();
+    diags.redact(&redactor);
+    diags.into_result().map(|()| settings)
+}
+
+fn parse_addr(v: Option<String>, default: &str, key: &str, file: &str, diags: &mut Diagnostics) -> SocketAddr {
+    let s = v.unwrap_or_else(|| default.to_string());
+    s.parse().unwrap_or_else(|_| {
+        diags.push(file, key, format!("{s:?} is not an address: write IP:PORT, like {default}"));
+        default.parse().expect("default address is valid")
+    })
+}
+
+fn resolve(base: &Path, p: Option<PathBuf>, default: &str) -> PathBuf {
+    let p = p.unwrap_or_else(|| PathBuf::from(default));
+    if p.is_absolute() { p } else { base.join(p) }
+}
+
+fn compile(raw: RawConfig, path: &Path, base: &Path, expanded: Expanded, diags: &mut Diagnostics) -> Settings {
+    let file = path.display().to_string();
+    let file = file.as_str();
+    let mut warnings = Vec::new();
+    let mut secret_values = expanded.secrets.clone();
+
+    let listen = parse_addr(raw.listen, "127.0.0.1:8080", "listen", file, diags);
+    let admin_listen = parse_addr(raw.admin_listen, "127.0.0.1:9464", "admin_listen", file, diags);
+    let callback_path = raw.callback_path.unwrap_or_else(|| "/easemob/callback".into());
+    if !callback_path.starts_with('/') || callback_path.contains(['?', '#', ' ']) {
+        diags.push(file, "callback_path", format!("{callback_path:?} must be a URL path starting with `/`"));
+    }
+    let admin_token = raw.admin_token.filter(|t| !t.is_empty()).map(|t| {
+        secret_values.push(t.clone());
+        Secret::new(t)
+    });
+
+    let mut secrets = Secrets::default();
+    match raw.secrets {
+        None => diags.push(
+            file,
+            "secrets",
+            "required: map each appkey (or \"*\") to its callback secrets",
+        ),
+        Some(map) => {
+            for (appkey, list) in map {
+                let list = match list {
+                    OneOrMany::One(s) => vec![s],
+                    OneOrMany::Many(v) => v,
+                };
+                let mut out = Vec::new();
+                for (i, s) in list.into_iter().enumerate() {
+                    if s.is_empty() {
+                        diags.push(file, format!("secrets.{appkey}[{i}]"), "a secret cannot be empty");
+                        continue;
+                    }
+                    if !expanded.external.contains(&s) {
+                        warnings.push(format!(
+                            "the secret of appkey {appkey:?} is written in {file}; for production supply it with ${{VAR}}, ${{file:…}} or ${{credential:…}}"
+                        ));
+                    }
+                    secret_values.push(s.clone());
+                    out.push(Secret::new(s));
+                }
+                if appkey == "*" {
+                    secrets.fallback = out;
+                } else if appkey.is_empty() {
+                    diags.push(file, "secrets", "an appkey cannot be empty");
+                } else if out.is_empty() {
+                    diags.push(file, format!("secrets.{appkey}"), "lists no secret; callbacks of this appkey could never be verified");
+                } else {
+                    secrets.by_appkey.insert(appkey, out);
+                }
+            }
+            if secrets.by_appkey.is_empty() && secrets.fallback.is_empty() {
+                diags.push(file, "secrets", "no secret is configured: every callback would be refused");
+            }
+        }
+    }
+
+    let timezone = raw.timezone.unwrap_or_else(|| "Asia/Shanghai".into());
+    let timezone = timezone.parse::<chrono_tz::Tz>().unwrap_or_else(|_| {
+        diags.push(file, "timezone", format!("unknown time zone {timezone:?}: use an IANA name like Asia/Shanghai or UTC"));
+        chrono_tz::Tz::Asia__Shanghai
+    });
+
+    let max_body = raw.max_body.map_or(64 * 1024, |b| b.0);
+    if max_body == 0 {
+        diags.push(file, "max_body", "must be more than 0");
+    }
+
+    let d = raw.delivery.unwrap_or_default();
+    let def = DeliverySettings::default();
+    let delivery = DeliverySettings {
+        max_attempts: d.max_attempts.unwrap_or(def.max_attempts),
+        initial_backoff: d.initial_backoff.map_or(def.initial_backoff, |d| d.0),
+        max_backoff: d.max_backoff.map_or(def.max_backoff, |d| d.0),
+        timeout: d.timeout.map_or(def.timeout, |d| d.0),
+        concurrency: d.concurrency.unwrap_or(def.concurrency),
+        shutdown_grace: d.shutdown_grace.map_or(def.shutdown_grace, |d| d.0),
+    };
+    if delivery.max_attempts == 0 {
+        diags.push(file, "delivery.max_attempts", "must be at least 1");
+    }
+    if delivery.concurrency == 0 {
+        diags.push(file, "delivery.concurrency", "must be at least 1");
+    }
+    if delivery.timeout.is_zero() {
+        diags.push(file, "delivery.timeout", "must be more than 0s");
+    }
+    if delivery.initial_backoff > delivery.max_backoff {
+        diags.push(file, "delivery.initial_backoff", "is longer than delivery.max_backoff");
+    }
+
+    let mut smtp = BTreeMap::new();
+    let raw_smtp = raw.smtp.unwrap_or_else(|| BTreeMap::from([("default".to_string(), RawSmtp::default())]));
+    for (name, s) in raw_smtp {
+        let tls = s.tls.unwrap_or_default();
+        let port = s.port.unwrap_or(match tls {
+            SmtpTls::Starttls => 587,
+            SmtpTls::Tls => 465,
+            SmtpTls::None => 25,
+        });
+        let password = s.password.filter(|p| !p.is_empty()).map(|p| {
+            secret_values.push(p.clone());
+            Secret::new(p)
+        });
+        let from = s.from.unwrap_or_else(|| "easehook <easehook@localhost>".into());
+        if from.parse::<lettre::message::Mailbox>().is_err() {
+            diags.push(file, format!("smtp.{name}.from"), format!("{from:?} is not an email address"));
+        }
+        let host = s.host.filter(|h| !h.is_empty()).unwrap_or_else(|| "127.0.0.1".into());
+        let ca_file = s.ca_file.filter(|c| !c.is_empty()).map(|c| resolve(base, Some(c.into()), ""));
+        if let Some(ca) = &ca_file
+            && !ca.is_file()
+        {
+            diags.push(file, format!("smtp.{name}.ca_file"), format!("{} is not a readable file", ca.display()));
+        }
+        smtp.insert(
+            name,
+            SmtpSettings {
+                host,
+                port,
+                tls,
+                username: s.username.unwrap_or_default(),
+                password,
+                from,
+                ca_file,
+            },
+        );
+    }
+
+    Settings {
+        path: path.to_path_buf(),
+        listen,
+        callback_path,
+        admin_listen,
+        admin_token,
+        secrets,
+        max_body,
+        max_event_age: raw.max_event_age.map(|d| d.0).filter(|d| !d.is_zero()),
+        dedup_window: raw.dedup_window.map_or(Duration::from_secs(86400), |d| d.0),
+        state_dir: resolve(base, raw.state_dir, "data"),
+        retention: raw.retention.map_or(Duration::from_secs(7 * 86400), |d| d.0),
+        rules_dir: resolve(base, raw.rules_dir, "rules"),
+        templates_dir: resolve(base, raw.templates_dir, "templates"),
+        timezone,
+        log_format: raw.log_format.unwrap_or_default(),
+        delivery,
+        smtp,
+        redactor: Redactor::new(secret_values),
+        warnings,
+    }
+}
+
+impl Settings {
+    /// Every secret value of this configuration (for tests that prove none leaks).
+    pub fn secret_values(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.secrets.all().map(|s| s.expose().to_string()).collect();
+        v.extend(self.admin_token.iter().map(|s| s.expose().to_string()));
+        v.extend(self.smtp.values().filter_map(|s| s.password.as_ref()).map(|s| s.expose().to_string()));
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load_str(yaml: &str, env: &[(&str, &str)]) -> Result<Settings, Diagnostics> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("easehook.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        let env: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let r = load(&path, &env);
+        drop(dir);
+        r
+    }
+
+    #[test]
+    fn minimal_config_gets_every_default() {
+        let s = load_str("secrets: {\"org#app\": [\"${EASEMOB_SECRET}\"]}\n", &[("EASEMOB_SECRET", "abcdefgh12345678")]).unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.admin_listen.to_string(), "127.0.0.1:9464");
+        assert_eq!(s.callback_path, "/easemob/callback");
+        assert_eq!(s.max_body, 65536);
+        assert_eq!(s.max_event_age, None);
+        assert_eq!(s.dedup_window, Duration::from_secs(86400));
+        assert_eq!(s.retention, Duration::from_secs(7 * 86400));
+        assert_eq!(s.timezone, chrono_tz::Tz::Asia__Shanghai);
+        assert_eq!(s.delivery, DeliverySettings::default());
+        assert!(s.state_dir.ends_with("data"));
+        assert!(s.rules_dir.ends_with("rules"));
+        assert_eq!(s.smtp["default"].port, 587);
+        assert_eq!(s.smtp["default"].tls, SmtpTls::Starttls);
+        assert_eq!(s.secrets.for_appkey("org#app").unwrap()[0].expose(), "abcdefgh12345678");
+        assert!(s.secrets.for_appkey("other#app").is_none());
+        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+    }
+
+    #[test]
+    fn human_units_and_fallback_secrets() {
+        let s = load_str(
+            "secrets: {\"*\": [old-secret-1, new-secret-2]}\nmax_body: 1MiB\nmax_event_age: 5m\ndelivery: {timeout: 500ms}\nsmtp: {relay: {tls: tls}}\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.max_body, 1 << 20);
+        assert_eq!(s.max_event_age, Some(Duration::from_secs(300)));
+        assert_eq!(s.delivery.timeout, Duration::from_millis(500));
+        assert_eq!(s.smtp["relay"].port, 465);
+        assert_eq!(s.secrets.for_appkey("any#app").unwrap().len(), 2);
+        // Secrets written in the file itself deserve a warning.
+        assert_eq!(s.warnings.len(), 2);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_and_no_secret_leaks() {
+        let err = load_str(
+            concat!(
+                "secrets: {\"org#app\": [\"${EASEMOB_SECRET}\"]}\n",
+                "listen: nowhere\n",
+                "max_body: lots\n",
+                "dedup_window: 10\n",
+                "delivery: {max_attempts: 0}\n",
+                "smtp: {default: {prot: 25}}\n",
+                "timezone: Mars/Olympus\n",
+                "colour: blue\n",
+                "admin_token: ${ADMIN_TOKEN}\n",
+                "callback_path: \"${EASEMOB_SECRET}\"\n",
+            ),
+            &[("EASEMOB_SECRET", "topsecretvalue")],
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        for needle in [
+            "easehook.yaml: listen: \"nowhere\" is not an address",
+            "easehook.yaml: max_body: invalid size \"lots\"",
+            "easehook.yaml: dedup_window: invalid duration 10",
+            "easehook.yaml: delivery.max_attempts: must be at least 1",
+            "easehook.yaml: smtp.default.prot: unknown field `prot`",
+            "easehook.yaml: timezone: unknown time zone",
+            "easehook.yaml: colour: unknown field `colour`",
+            "easehook.yaml: admin_token: environment variable ADMIN_TOKEN is not set",
+            "easehook.yaml: callback_path: \"***\" must be a URL path",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+        assert!(!text.contains("topsecretvalue"), "{text}");
+        assert_eq!(err.len(), 9, "{text}");
+    }
+
+    #[test]
+    fn missing_secrets_and_bad_yaml() {
+        let err = load_str("listen: 127.0.0.1:1\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("secrets: required"), "{err}");
+        let err = load_str("secrets: [unclosed\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("invalid YAML"), "{err}");
+        assert!(err.to_string().contains("line "), "{err}");
+    }
+
+    #[test]
+    fn config_path_resolution() {
+        let env: HashMap<String, String> = HashMap::from([("EASEHOOK_CONFIG".into(), "/x/y.yaml".into())]);
+        assert_eq!(resolve_path(Some(Path::new("a.yaml")), &env), PathBuf::from("a.yaml"));
+        assert_eq!(resolve_path(None, &env), PathBuf::from("/x/y.yaml"));
+    }
+}

@@ -1,0 +1,120 @@
+//! Human-written durations (`500ms`, `10s`, `5m`, `24h`, `7d`) and sizes
+//! (`65536`, `64KiB`, `1MiB`), as they appear in configuration and rule files.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+
+/// A duration written like `500ms`, `10s`, `5m`, `24h` or `7d`; `0` alone is zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HumanDuration(pub Duration);
+
+impl HumanDuration {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        if t == "0" {
+            return Ok(Self(Duration::ZERO));
+        }
+        humantime::parse_duration(t)
+            .map(Self)
+            .map_err(|_| format!("invalid duration {s:?}: write it like 500ms, 10s, 5m, 24h or 7d"))
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = HumanDuration;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a duration like 500ms, 10s, 5m, 24h or 7d")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                HumanDuration::parse(v).map_err(E::custom)
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                if v == 0 {
+                    Ok(HumanDuration(Duration::ZERO))
+                } else {
+                    Err(E::custom(format!(
+                        "invalid duration {v}: give a unit, like {v}s or {v}ms"
+                    )))
+                }
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                match u64::try_from(v) {
+                    Ok(u) => self.visit_u64(u),
+                    Err(_) => Err(E::custom("a duration cannot be negative")),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A size in bytes: a plain number or one with a unit (`64KiB`, `1MiB`, `1MB`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        s.trim()
+            .parse::<bytesize::ByteSize>()
+            .map(|b| Self(b.as_u64()))
+            .map_err(|_| format!("invalid size {s:?}: write it like 65536, 64KiB or 1MiB"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a size like 65536, 64KiB or 1MiB")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                ByteSize::parse(v).map_err(E::custom)
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(ByteSize(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom("a size cannot be negative"))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(HumanDuration::parse("500ms").unwrap().0, Duration::from_millis(500));
+        assert_eq!(HumanDuration::parse("7d").unwrap().0, Duration::from_secs(7 * 86400));
+        assert_eq!(HumanDuration::parse("0s").unwrap().0, Duration::ZERO);
+        assert_eq!(HumanDuration::parse("0").unwrap().0, Duration::ZERO);
+        assert!(HumanDuration::parse("10").is_err());
+        assert!(HumanDuration::parse("soon").is_err());
+        let d: HumanDuration = serde_yaml::from_str("24h").unwrap();
+        assert_eq!(d.0, Duration::from_secs(86400));
+        assert!(serde_yaml::from_str::<HumanDuration>("15").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(ByteSize::parse("64KiB").unwrap().0, 65536);
+        assert_eq!(ByteSize::parse("1MiB").unwrap().0, 1 << 20);
+        assert_eq!(ByteSize::parse("65536").unwrap().0, 65536);
+        assert!(ByteSize::parse("lots").is_err());
+        let s: ByteSize = serde_yaml::from_str("65536").unwrap();
+        assert_eq!(s.0, 65536);
+    }
+}

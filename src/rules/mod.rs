@@ -1,0 +1,427 @@
+//! The rule set: rules, actions and templates compiled from `rules_dir` and
+//! `templates_dir` into one immutable value, evaluated for every callback.
+//!
+//! Compilation is pure and complete: every problem of every file is reported
+//! at once. Evaluation does no I/O: rules are indexed by the event names and
+//! families their `when.event` condition allows, so an event only visits the
+//! rules that could match it (plus those without a plain event condition).
+
+pub mod matcher;
+pub mod samples;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_yaml::{Mapping, Value};
+
+use crate::actions::{self, Action, Compiler};
+use crate::callback::Callback;
+use crate::config::expand::{Env, Expanded};
+use crate::config::{Settings, read_yaml, strip_location};
+use crate::diag::Diagnostics;
+use crate::template::Templates;
+use matcher::{Condition, EventKey, Field, Matcher};
+
+/// A compiled rule.
+#[derive(Debug)]
+pub struct Rule {
+    /// Unique name across all rule files.
+    pub name: String,
+    pub description: Option<String>,
+    /// The file the rule is in.
+    pub file: String,
+    /// Every condition must hold.
+    pub when: Vec<Condition>,
+    /// When any condition holds, the rule does not match.
+    pub unless: Vec<Condition>,
+    /// Indexes into [`RuleSet::actions`].
+    pub actions: Vec<usize>,
+    /// Rules after a matching rule with `stop` are not evaluated.
+    pub stop: bool,
+}
+
+impl Rule {
+    /// Does the rule match the callback?
+    #[inline]
+    pub fn matches(&self, cb: &Callback) -> bool {
+        self.when.iter().all(|c| c.holds(cb)) && !self.unless.iter().any(|c| c.holds(cb))
+    }
+}
+
+/// A rule as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    when: Option<Mapping>,
+    #[serde(default)]
+    unless: Option<Mapping>,
+    #[serde(default)]
+    actions: Vec<String>,
+    #[serde(default)]
+    stop: bool,
+}
+
+/// A rule file as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawFile {
+    actions: Mapping,
+    rules: Vec<Value>,
+}
+
+/// One delivery an event asks for: an action and the first rule that named it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Planned {
+    pub action: usize,
+    pub rule: usize,
+}
+
+/// What evaluating one event produced.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Evaluation {
+    /// Matching rules, in order.
+    pub rules: Vec<usize>,
+    /// Each enabled action at most once, in the order first named.
+    pub deliveries: Vec<Planned>,
+}
+
+/// The rule index: which rules an event name can match.
+#[derive(Debug, Default)]
+struct EventIndex {
+    by_name: HashMap<String, Vec<usize>>,
+    by_family: HashMap<String, Vec<usize>>,
+    /// Rules whose event condition is absent or not made of plain names.
+    always: Vec<usize>,
+}
+
+impl EventIndex {
+    fn add(&mut self, rule: usize, keys: Option<Vec<EventKey>>) {
+        match keys {
+            None => self.always.push(rule),
+            Some(keys) => {
+                for k in keys {
+                    let list = match k {
+                        EventKey::Name(n) => self.by_name.entry(n).or_default(),
+                        EventKey::Family(f) => self.by_family.entry(f).or_default(),
+                    };
+                    if list.last() != Some(&rule) {
+                        list.push(rule);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Candidate rules for an event, in rule order, each once.
+    fn candidates<'a>(&'a self, event: &str) -> Candidates<'a> {
+        let family = event.split(':').next().unwrap_or(event);
+        let empty: &[usize] = &[];
+        Candidates {
+            lists: [
+                self.by_name.get(event).map_or(empty, Vec::as_slice),
+                // A family pattern also matches an event named exactly like
+                // the family; the name lookup above covers names with `:`.
+                self.by_family.get(family).map_or(empty, Vec::as_slice),
+                &self.always,
+            ],
+            last: None,
+        }
+    }
+}
+
+/// A merge of three sorted lists of rule indexes, without duplicates.
+struct Candidates<'a> {
+    lists: [&'a [usize]; 3],
+    last: Option<usize>,
+}
+
+impl Iterator for Candidates<'_> {
+    type Item = usize;
+
+    #[inline]
+    fn next(&mut self) -> Option<usize> {
+        loop {
+            let mut best: Option<(usize, usize)> = None;
+            for (i, l) in self.lists.iter().enumerate() {
+                if let Some(&v) = l.first()
+                    && best.is_none_or(|(_, b)| v < b)
+                {
+                    best = Some((i, v));
+                }
+            }
+            let (i, v) = best?;
+            self.lists[i] = &self.lists[i][1..];
+            if self.last != Some(v) {
+                self.last = Some(v);
+                return Some(v);
+            }
+        }
+    }
+}
+
+/// Rules, actions and templates: one immutable snapshot.
+#[derive(Debug)]
+pub struct RuleSet {
+    pub rules: Vec<Rule>,
+    pub actions: Vec<Action>,
+    pub templates: Templates,
+    action_by_name: HashMap<String, usize>,
+    index: EventIndex,
+    /// The rule files that were read, in order.
+    pub files: Vec<PathBuf>,
+    /// Things `check` reports that do not make the set invalid.
+    pub warnings: Vec<String>,
+}
+
+impl RuleSet {
+    /// Evaluate every rule, in order, until a matching rule with `stop`.
+    pub fn evaluate(&self, cb: &Callback) -> Evaluation {
+        let mut out = Evaluation::default();
+        for i in self.index.candidates(&cb.event) {
+            let rule = &self.rules[i];
+            if !rule.matches(cb) {
+                continue;
+            }
+            out.rules.push(i);
+            for &a in &rule.actions {
+                if self.actions[a].enabled && !out.deliveries.iter().any(|p| p.action == a) {
+                    out.deliveries.push(Planned { action: a, rule: i });
+                }
+            }
+            if rule.stop {
+                break;
+            }
+        }
+        out
+    }
+
+    /// An action by name.
+    pub fn action(&self, name: &str) -> Option<&Action> {
+        self.action_by_name.get(name).map(|&i| &self.actions[i])
+    }
+
+    /// Compile every rule file of `settings.rules_dir` with the templates of
+    /// `settings.templates_dir`.
+    pub fn load(settings: &Settings, env: &dyn Env) -> Result<RuleSet, Diagnostics> {
+        let mut diags = Diagnostics::new();
+        let mut templates = Templates::new(settings.timezone);
+        templates.load_dir(&settings.templates_dir, &mut diags);
+        let files = list_rule_files(&settings.rules_dir, &mut diags);
+        let mut expanded = Expanded::default();
+        let mut parsed = Vec::new();
+        for path in &files {
+            let file = path.display().to_string();
+            let Some(value) = read_yaml(path, env, &mut expanded, &mut diags) else {
+                continue;
+            };
+            let raw: RawFile = match value {
+                Value::Null => RawFile::default(),
+                Value::Mapping(m) => crate::config::deserialize_keys(m, &file, "", &mut diags),
+                _ => {
+                    diags.push(&file, "", "a rule file is a mapping with `actions:` and `rules:`");
+                    continue;
+                }
+            };
+            parsed.push((file, raw));
+        }
+        let mut set = RuleSet {
+            rules: Vec::new(),
+            actions: Vec::new(),
+            templates,
+            action_by_name: HashMap::new(),
+            index: EventIndex::default(),
+            files,
+            warnings: Vec::new(),
+        };
+        // Actions first, from every file: a rule may name an action that a
+        // later file defines.
+        let mut defined_in: HashMap<String, String> = HashMap::new();
+        for (file, raw) in &parsed {
+            for (name, value) in &raw.actions {
+                let Some(name) = name.as_str().map(str::to_string) else {
+                    diags.push(file, "actions", "action names are strings");
+                    continue;
+                };
+                if let Some(first) = defined_in.get(&name) {
+                    diags.push(file, format!("action {name}"), format!("is already defined in {first}"));
+                    continue;
+                }
+                defined_in.insert(name.clone(), file.clone());
+                let mut c = Compiler {
+                    action: &name,
+                    file,
+                    templates: &mut set.templates,
+                    settings,
+                    diags: &mut diags,
+                };
+                if let Some(action) = actions::compile(value.clone(), &mut c) {
+                    set.action_by_name.insert(name, set.actions.len());
+                    set.actions.push(action);
+                }
+            }
+        }
+        let mut rule_files: HashMap<String, String> = HashMap::new();
+        for (file, raw) in parsed {
+            for (i, value) in raw.rules.into_iter().enumerate() {
+                let label = value
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .map_or_else(|| format!("rules[{i}]"), |n| format!("rule {n}"));
+                let raw: RawRule = match serde_path_to_error::deserialize(value) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let path = e.path().to_string();
+                        let loc = if path == "." { label } else { format!("{label}: {path}") };
+                        diags.push(&file, loc, strip_location(&e.into_inner().to_string()));
+                        continue;
+                    }
+                };
+                if let Some(first) = rule_files.get(&raw.name) {
+                    diags.push(&file, &label, format!("is already defined in {first}"));
+                    continue;
+                }
+                rule_files.insert(raw.name.clone(), file.clone());
+                if let Some(rule) = set.compile_rule(raw, &file, &label, &defined_in, &mut diags) {
+                    let keys = rule
+                        .when
+                        .iter()
+                        .find(|c| c.field == Field::Event)
+                        .and_then(|c| c.matcher.event_keys());
+                    set.index.add(set.rules.len(), keys);
+                    set.rules.push(rule);
+                }
+            }
+        }
+        if diags.is_empty() {
+            set.check_renders(&mut diags);
+            set.collect_warnings();
+        }
+        diags.redact(&settings.redactor);
+        diags.into_result().map(|()| set)
+    }
+
+    fn compile_rule(
+        &self,
+        raw: RawRule,
+        file: &str,
+        label: &str,
+        defined: &HashMap<String, String>,
+        diags: &mut Diagnostics,
+    ) -> Option<Rule> {
+        let before = diags.len();
+        let when = compile_conditions(raw.when, "when", file, label, diags);
+        let unless = compile_conditions(raw.unless, "unless", file, label, diags);
+        let mut actions = Vec::new();
+        for name in &raw.actions {
+            match self.action_by_name.get(name) {
+                Some(&i) => actions.push(i),
+                // Defined but invalid: its own error says why.
+                None if defined.contains_key(name) => {}
+                None => diags.push(file, label, format!("unknown action `{name}`")),
+            }
+        }
+        (diags.len() == before).then_some(Rule {
+            name: raw.name,
+            description: raw.description,
+            file: file.to_string(),
+            when,
+            unless,
+            actions,
+            stop: raw.stop,
+        })
+    }
+
+    /// Render every template against the sample events its rules can match,
+    /// so that a missing variable is found by `check`, not by a dead delivery.
+    fn check_renders(&self, diags: &mut Diagnostics) {
+        let samples = samples::all();
+        let received = chrono::Utc::now();
+        for (ai, action) in self.actions.iter().enumerate() {
+            for cb in &samples {
+                let Some(rule) = self.rules.iter().find(|r| r.actions.contains(&ai) && r.matches(cb)) else {
+                    continue;
+                };
+                let ctx = crate::template::with_names(&crate::template::base_context(cb, received), &rule.name, &action.name);
+                if let Err(e) = action.render(&self.templates, &ctx) {
+                    diags.push(
+                        &action.file,
+                        format!("action {}", action.name),
+                        format!("fails to render for a sample {} event (rule {}): {e}", cb.event, rule.name),
+                    );
+                    break;
+                }
+            }
+        }
+    }
+
+    fn collect_warnings(&mut self) {
+        for (ai, action) in self.actions.iter().enumerate() {
+            let users: Vec<&str> = self.rules.iter().filter(|r| r.actions.contains(&ai)).map(|r| r.name.as_str()).collect();
+            if !action.enabled {
+                self.warnings.push(format!(
+                    "{}: action {}: disabled; skipped by {}",
+                    action.file,
+                    action.name,
+                    if users.is_empty() { "no rule".to_string() } else { format!("rule {}", users.join(", ")) }
+                ));
+            } else if users.is_empty() {
+                self.warnings.push(format!("{}: action {}: not used by any rule", action.file, action.name));
+            }
+        }
+        if self.rules.is_empty() {
+            self.warnings.push("no rules: every callback is acknowledged and stored, and nothing is sent".into());
+        }
+    }
+}
+
+fn compile_conditions(map: Option<Mapping>, part: &str, file: &str, label: &str, diags: &mut Diagnostics) -> Vec<Condition> {
+    let mut out = Vec::new();
+    for (k, v) in map.unwrap_or_default() {
+        let Some(name) = k.as_str() else {
+            diags.push(file, format!("{label}: {part}"), "condition fields are names");
+            continue;
+        };
+        let field = match Field::parse(name) {
+            Ok(f) => f,
+            Err(e) => {
+                diags.push(file, format!("{label}: {part}.{name}"), e);
+                continue;
+            }
+        };
+        match Matcher::compile(&v, field == Field::Event) {
+            Ok(matcher) => out.push(Condition { field, matcher }),
+            Err(e) => diags.push(file, format!("{label}: {part}.{name}"), e),
+        }
+    }
+    out
+}
+
+fn list_rule_files(dir: &Path, diags: &mut Diagnostics) -> Vec<PathBuf> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            diags.push(dir.display(), "", format!("cannot read the rules directory: {e}"));
+            return Vec::new();
+        }
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.is_file()
+                && p.extension().is_some_and(|x| x == "yaml" || x == "yml")
+                // Editors' temporary and backup files are not rules.
+                && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+#[cfg(test)]
+mod tests;

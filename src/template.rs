@@ -1,0 +1,514 @@
+//! Handlebars templates: registration, escaping by destination, helpers and
+//! the render context.
+//!
+//! Templates run in strict mode: a missing variable is an error, never an
+//! empty string that would silently produce a broken message. Each
+//! destination has its own registry, differing only in how a value inserted
+//! with `{{…}}` is escaped:
+//!
+//! | escaping | used for |
+//! |---|---|
+//! | [`Escape::Plain`] | email `text`, `subject`, recipients, HTTP `body` and headers, `log` |
+//! | [`Escape::Html`] | email `html` |
+//! | [`Escape::Url`] | HTTP `url`: inserted values are percent-encoded |
+//! | [`Escape::Slack`] | Slack `text` and `blocks`: `&`, `<`, `>` as Slack requires, so user text cannot mention `@channel` or forge links |
+//!
+//! JSON bodies (`json`, Slack messages) are built by a serializer from the
+//! rendered strings, so user text can never break the JSON. Text that users
+//! put in their data (a friend request's `payload.reason` containing `{{`,
+//! quotes or Chinese) is data, never evaluated as a template.
+
+use std::path::Path;
+
+use chrono::{DateTime, TimeZone, Utc};
+use handlebars::{
+    Context, Handlebars, Helper, HelperDef, RenderContext, RenderError, RenderErrorReason, ScopedJson,
+};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
+use serde_json::{Value, json};
+
+use crate::callback::Callback;
+use crate::diag::Diagnostics;
+
+/// How values inserted with `{{…}}` are escaped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Escape {
+    Plain,
+    Html,
+    Url,
+    Slack,
+}
+
+impl Escape {
+    const ALL: [Escape; 4] = [Escape::Plain, Escape::Html, Escape::Url, Escape::Slack];
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Characters left as they are when percent-encoding a URL value: the
+/// unreserved set of RFC 3986.
+const URL_VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+fn escape_url(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, URL_VALUE).to_string()
+}
+
+fn escape_slack(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A registered template: which registry, under which name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateRef {
+    pub escape: Escape,
+    pub name: String,
+}
+
+/// All templates of one rule set: the files of `templates_dir` and every
+/// inline template of every action, in one registry per escaping mode.
+pub struct Templates {
+    registries: [Handlebars<'static>; 4],
+    /// File templates by name, for listing.
+    files: Vec<String>,
+}
+
+impl std::fmt::Debug for Templates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Templates").field("files", &self.files).finish_non_exhaustive()
+    }
+}
+
+impl Templates {
+    /// Empty registries with the helpers, `tz` being the `datetime` default.
+    pub fn new(tz: chrono_tz::Tz) -> Self {
+        let make = |escape: Escape| {
+            let mut h = Handlebars::new();
+            h.set_strict_mode(true);
+            match escape {
+                Escape::Plain => h.register_escape_fn(handlebars::no_escape),
+                Escape::Html => h.register_escape_fn(handlebars::html_escape),
+                Escape::Url => h.register_escape_fn(escape_url),
+                Escape::Slack => h.register_escape_fn(escape_slack),
+            }
+            h.register_helper("datetime", Box::new(DateTimeHelper { tz }));
+            h.register_helper("json", Box::new(JsonHelper));
+            h.register_helper("default", Box::new(DefaultHelper));
+            h.register_helper("upper", Box::new(CaseHelper { upper: true }));
+            h.register_helper("lower", Box::new(CaseHelper { upper: false }));
+            h.register_helper("truncate", Box::new(TruncateHelper));
+            h
+        };
+        Self {
+            registries: Escape::ALL.map(make),
+            files: Vec::new(),
+        }
+    }
+
+    /// Register every `*.hbs` file of `dir` under its file name, in every
+    /// registry, so that each can be used by any destination and as a partial.
+    pub fn load_dir(&mut self, dir: &Path, diags: &mut Diagnostics) {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => {
+                diags.push(dir.display(), "", format!("cannot read the templates directory: {e}"));
+                return;
+            }
+        };
+        let mut paths: Vec<_> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "hbs") && p.is_file())
+            .collect();
+        paths.sort();
+        for path in paths {
+            let name = path.file_name().unwrap_or_default().to_string_lossy().to_string();
+            let source = match std::fs::read_to_string(&path) {
+                Ok(s) => s,
+                Err(e) => {
+                    diags.push(path.display(), "", format!("cannot read: {e}"));
+                    continue;
+                }
+            };
+            let mut ok = true;
+            for reg in &mut self.registries {
+                if let Err(e) = reg.register_template_string(&name, &source) {
+                    diags.push(path.display(), template_error_location(&e), template_error_message(&e));
+                    ok = false;
+                    break;
+                }
+            }
+            if ok {
+                self.files.push(name);
+            }
+        }
+    }
+
+    /// Whether a file template of that name was loaded.
+    pub fn has_file(&self, name: &str) -> bool {
+        self.files.iter().any(|f| f == name)
+    }
+
+    /// Names of the loaded file templates.
+    pub fn files(&self) -> &[String] {
+        &self.files
+    }
+
+    /// Register an inline template; the error text is ready for a diagnostic.
+    pub fn register_inline(&mut self, name: &str, escape: Escape, source: &str) -> Result<TemplateRef, String> {
+        self.registries[escape.index()]
+            .register_template_string(name, source)
+            .map_err(|e| {
+                let loc = template_error_location(&e);
+                if loc.is_empty() {
+                    template_error_message(&e)
+                } else {
+                    format!("{loc}: {}", template_error_message(&e))
+                }
+            })?;
+        Ok(TemplateRef {
+            escape,
+            name: name.to_string(),
+        })
+    }
+
+    /// Render a registered template.
+    pub fn render(&self, t: &TemplateRef, ctx: &Value) -> Result<String, String> {
+        self.registries[t.escape.index()]
+            .render(&t.name, ctx)
+            .map_err(|e| render_error_message(&e))
+    }
+}
+
+fn template_error_location(e: &handlebars::TemplateError) -> String {
+    e.pos().map(|(l, c)| format!("line {l} column {c}")).unwrap_or_default()
+}
+
+fn template_error_message(e: &handlebars::TemplateError) -> String {
+    format!("invalid template: {}", e.reason())
+}
+
+fn render_error_message(e: &RenderError) -> String {
+    let reason = match e.reason() {
+        RenderErrorReason::MissingVariable(Some(path)) => format!("no value for `{path}`"),
+        RenderErrorReason::MissingVariable(None) => "a helper was given a value that does not exist".to_string(),
+        other => other.to_string(),
+    };
+    match (e.line_no, e.column_no, &e.template_name) {
+        (Some(l), Some(c), Some(name)) if !name.contains('#') => format!("{name} line {l} column {c}: {reason}"),
+        (Some(l), Some(c), _) => format!("line {l} column {c}: {reason}"),
+        _ => reason,
+    }
+}
+
+/// The context of every render (SPEC §5), without `rule` and `action`,
+/// which [`with_names`] adds.
+pub fn base_context(cb: &Callback, received_at: DateTime<Utc>) -> Value {
+    let s = |v: &Option<String>| Value::String(v.clone().unwrap_or_default());
+    let time = Utc
+        .timestamp_millis_opt(cb.timestamp as i64)
+        .single()
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default();
+    json!({
+        "event": cb.event,
+        "operation": s(&cb.operation),
+        "chat_type": s(&cb.chat_type),
+        "eventType": s(&cb.event_type),
+        "appkey": s(&cb.appkey),
+        "host": s(&cb.host),
+        "callId": cb.call_id,
+        "msg_id": s(&cb.msg_id),
+        "from": s(&cb.from),
+        "to": s(&cb.to),
+        "from_user": cb.from_user,
+        "to_user": cb.to_user,
+        "timestamp": cb.timestamp,
+        "time": time,
+        "payload": cb.raw.get("payload").cloned().unwrap_or_else(|| json!({})),
+        "callback": cb.raw,
+        "received_at": received_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    })
+}
+
+/// `base` with `rule` and `action` set.
+pub fn with_names(base: &Value, rule: &str, action: &str) -> Value {
+    let mut ctx = base.clone();
+    if let Value::Object(m) = &mut ctx {
+        m.insert("rule".into(), Value::String(rule.into()));
+        m.insert("action".into(), Value::String(action.into()));
+    }
+    ctx
+}
+
+fn param<'a>(h: &'a Helper, idx: usize, helper: &str) -> Result<&'a Value, RenderError> {
+    match h.param(idx) {
+        Some(p) if !p.is_value_missing() => Ok(p.value()),
+        Some(p) => Err(RenderErrorReason::MissingVariable(p.relative_path().cloned()).into()),
+        None => Err(RenderErrorReason::ParamNotFoundForIndex(static_name(helper), idx).into()),
+    }
+}
+
+fn static_name(helper: &str) -> &'static str {
+    match helper {
+        "datetime" => "datetime",
+        "json" => "json",
+        "default" => "default",
+        "upper" => "upper",
+        "lower" => "lower",
+        _ => "truncate",
+    }
+}
+
+fn text_of(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+/// `{{datetime ms [format="%Y-%m-%d %H:%M:%S"] [tz="Asia/Shanghai"]}}`: a time
+/// given as milliseconds (number or digits) or an RFC 3339 string.
+struct DateTimeHelper {
+    tz: chrono_tz::Tz,
+}
+
+impl HelperDef for DateTimeHelper {
+    fn call_inner<'reg: 'rc, 'rc>(
+        &self,
+        h: &Helper<'rc>,
+        _: &'reg Handlebars<'reg>,
+        _: &'rc Context,
+        _: &mut RenderContext<'reg, 'rc>,
+    ) -> Result<ScopedJson<'rc>, RenderError> {
+        let v = param(h, 0, "datetime")?;
+        let when: DateTime<Utc> = match v {
+            Value::Number(n) => n.as_i64().and_then(|ms| Utc.timestamp_millis_opt(ms).single()),
+            Value::String(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+                s.parse::<i64>().ok().and_then(|ms| Utc.timestamp_millis_opt(ms).single())
+            }
+            Value::String(s) => DateTime::parse_from_rfc3339(s).ok().map(|d| d.with_timezone(&Utc)),
+            _ => None,
+        }
+        .ok_or_else(|| RenderErrorReason::Other(format!("datetime: {v} is not a time in milliseconds or RFC 3339")))?;
+        let format = match h.hash_get("format") {
+            Some(f) => text_of(f.value()),
+            None => "%Y-%m-%d %H:%M:%S".to_string(),
+        };
+        let tz = match h.hash_get("tz") {
+            Some(t) => {
+                let name = text_of(t.value());
+                name.parse::<chrono_tz::Tz>()
+                    .map_err(|_| RenderErrorReason::Other(format!("datetime: unknown time zone {name:?}")))?
+            }
+            None => self.tz,
+        };
+        let items = chrono::format::StrftimeItems::new(&format)
+            .parse()
+            .map_err(|_| RenderErrorReason::Other(format!("datetime: invalid format {format:?}")))?;
+        let mut out = String::new();
+        use std::fmt::Write;
+        write!(out, "{}", when.with_timezone(&tz).format_with_items(items.iter()))
+            .map_err(|_| RenderErrorReason::Other(format!("datetime: invalid format {format:?}")))?;
+        Ok(ScopedJson::Derived(Value::String(out)))
+    }
+}
+
+/// `{{json VALUE}}`: the value as compact JSON text.
+struct JsonHelper;
+
+impl HelperDef for JsonHelper {
+    fn call_inner<'reg: 'rc, 'rc>(
+        &self,
+        h: &Helper<'rc>,
+        _: &'reg Handlebars<'reg>,
+        _: &'rc Context,
+        _: &mut RenderContext<'reg, 'rc>,
+    ) -> Result<ScopedJson<'rc>, RenderError> {
+        let v = param(h, 0, "json")?;
+        Ok(ScopedJson::Derived(Value::String(v.to_string())))
+    }
+}
+
+/// `{{default VALUE FALLBACK}}`: FALLBACK when VALUE is missing, null or empty.
+/// The one helper that accepts a missing value in strict mode.
+struct DefaultHelper;
+
+impl HelperDef for DefaultHelper {
+    fn call_inner<'reg: 'rc, 'rc>(
+        &self,
+        h: &Helper<'rc>,
+        _: &'reg Handlebars<'reg>,
+        _: &'rc Context,
+        _: &mut RenderContext<'reg, 'rc>,
+    ) -> Result<ScopedJson<'rc>, RenderError> {
+        let value = h.param(0).filter(|p| !p.is_value_missing()).map(|p| p.value());
+        let fallback = param(h, 1, "default")?;
+        let chosen = match value {
+            None | Some(Value::Null) => fallback,
+            Some(Value::String(s)) if s.is_empty() => fallback,
+            Some(v) => v,
+        };
+        Ok(ScopedJson::Derived(chosen.clone()))
+    }
+}
+
+/// `{{upper TEXT}}` and `{{lower TEXT}}`.
+struct CaseHelper {
+    upper: bool,
+}
+
+impl HelperDef for CaseHelper {
+    fn call_inner<'reg: 'rc, 'rc>(
+        &self,
+        h: &Helper<'rc>,
+        _: &'reg Handlebars<'reg>,
+        _: &'rc Context,
+        _: &mut RenderContext<'reg, 'rc>,
+    ) -> Result<ScopedJson<'rc>, RenderError> {
+        let t = text_of(param(h, 0, if self.upper { "upper" } else { "lower" })?);
+        Ok(ScopedJson::Derived(Value::String(if self.upper { t.to_uppercase() } else { t.to_lowercase() })))
+    }
+}
+
+/// `{{truncate TEXT N}}`: at most N characters; a cut text ends with `…`,
+/// which counts as one of the N.
+struct TruncateHelper;
+
+impl HelperDef for TruncateHelper {
+    fn call_inner<'reg: 'rc, 'rc>(
+        &self,
+        h: &Helper<'rc>,
+        _: &'reg Handlebars<'reg>,
+        _: &'rc Context,
+        _: &mut RenderContext<'reg, 'rc>,
+    ) -> Result<ScopedJson<'rc>, RenderError> {
+        let t = text_of(param(h, 0, "truncate")?);
+        let n = param(h, 1, "truncate")?
+            .as_u64()
+            .ok_or_else(|| RenderErrorReason::Other("truncate: N must be a whole number".into()))?
+            as usize;
+        let out = if t.chars().count() <= n {
+            t
+        } else if n == 0 {
+            String::new()
+        } else {
+            let mut s: String = t.chars().take(n - 1).collect();
+            s.push('…');
+            s
+        };
+        Ok(ScopedJson::Derived(Value::String(out)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Value {
+        let cb = Callback::from_value(json!({
+            "chat_type": "roster", "callId": "org#app_1", "security": "x",
+            "payload": {"operation": "add", "reason": "hi {{from}} \"<b>&</b>\"\n你好"},
+            "appkey": "org#app", "from": "org#app_alice@easemob.com", "to": "bob",
+            "eventType": "chat", "msg_id": "1", "timestamp": 1642648046912u64
+        }))
+        .unwrap();
+        let received = Utc.timestamp_millis_opt(1642648047000).unwrap();
+        with_names(&base_context(&cb, received), "r1", "a1")
+    }
+
+    fn render(escape: Escape, src: &str) -> Result<String, String> {
+        let mut t = Templates::new(chrono_tz::Tz::Asia__Shanghai);
+        let r = t.register_inline("t#x", escape, src)?;
+        t.render(&r, &sample())
+    }
+
+    #[test]
+    fn context_has_every_documented_name() {
+        let out = render(
+            Escape::Plain,
+            "{{event}}|{{operation}}|{{chat_type}}|{{eventType}}|{{appkey}}|{{host}}|{{callId}}|{{msg_id}}|{{from}}|{{to}}|{{from_user}}|{{to_user}}|{{timestamp}}|{{time}}|{{payload.operation}}|{{callback.msg_id}}|{{rule}}|{{action}}|{{received_at}}",
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            "roster:add|add|roster|chat|org#app||org#app_1|1|org#app_alice@easemob.com|bob|alice|bob|1642648046912|2022-01-20T03:07:26.912Z|add|1|r1|a1|2022-01-20T03:07:27.000Z"
+        );
+    }
+
+    #[test]
+    fn user_text_is_data_never_a_template() {
+        assert_eq!(render(Escape::Plain, "{{payload.reason}}").unwrap(), "hi {{from}} \"<b>&</b>\"\n你好");
+    }
+
+    #[test]
+    fn escaping_by_destination() {
+        assert_eq!(
+            render(Escape::Html, "<p>{{payload.reason}}</p>").unwrap(),
+            "<p>hi {{from}} &quot;&lt;b&gt;&amp;&lt;/b&gt;&quot;\n你好</p>"
+        );
+        assert_eq!(
+            render(Escape::Url, "https://x.example/a/{{event}}?u={{from}}").unwrap(),
+            "https://x.example/a/roster%3Aadd?u=org%23app_alice%40easemob.com"
+        );
+        assert_eq!(render(Escape::Slack, "*{{payload.reason}}*").unwrap(), "*hi {{from}} \"&lt;b&gt;&amp;&lt;/b&gt;\"\n你好*");
+        // Triple-stash opts out of escaping, as in every Handlebars.
+        assert_eq!(render(Escape::Html, "{{{from_user}}}<br>").unwrap(), "alice<br>");
+    }
+
+    #[test]
+    fn strict_mode_reports_the_missing_name() {
+        let err = render(Escape::Plain, "{{payload.status.error_code}}").unwrap_err();
+        assert!(err.contains("payload.status.error_code"), "{err}");
+        assert!(render(Escape::Plain, "{{upper nothing}}").is_err());
+    }
+
+    #[test]
+    fn helpers() {
+        assert_eq!(render(Escape::Plain, "{{datetime timestamp}}").unwrap(), "2022-01-20 11:07:26");
+        assert_eq!(render(Escape::Plain, "{{datetime timestamp tz=\"UTC\" format=\"%H:%M\"}}").unwrap(), "03:07");
+        assert_eq!(render(Escape::Plain, "{{datetime received_at format=\"%Y\"}}").unwrap(), "2022");
+        assert_eq!(render(Escape::Plain, "{{datetime \"1642648046912\" tz=\"UTC\"}}").unwrap(), "2022-01-20 03:07:26");
+        assert!(render(Escape::Plain, "{{datetime timestamp tz=\"Nowhere\"}}").is_err());
+        assert!(render(Escape::Plain, "{{datetime timestamp format=\"%Q\"}}").is_err());
+        assert!(render(Escape::Plain, "{{datetime from_user}}").is_err());
+        assert_eq!(render(Escape::Plain, "{{json payload.operation}}").unwrap(), "\"add\"");
+        assert_eq!(render(Escape::Html, "{{json payload.operation}}").unwrap(), "&quot;add&quot;");
+        assert_eq!(render(Escape::Plain, "{{default payload.missing \"none\"}}").unwrap(), "none");
+        assert_eq!(render(Escape::Plain, "{{default host \"none\"}}").unwrap(), "none");
+        assert_eq!(render(Escape::Plain, "{{default from_user \"none\"}}").unwrap(), "alice");
+        assert_eq!(render(Escape::Plain, "{{upper from_user}} {{lower \"AB\"}}").unwrap(), "ALICE ab");
+        assert_eq!(render(Escape::Plain, "{{truncate payload.reason 4}}").unwrap(), "hi …");
+        assert_eq!(render(Escape::Plain, "{{truncate \"你好世界\" 4}}").unwrap(), "你好世界");
+        assert_eq!(render(Escape::Plain, "{{truncate \"你好世界\" 3}}").unwrap(), "你好…");
+        assert!(render(Escape::Plain, "{{truncate from_user \"x\"}}").is_err());
+    }
+
+    #[test]
+    fn file_templates_load_and_work_as_partials() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("footer.hbs"), "-- {{rule}}").unwrap();
+        std::fs::write(dir.path().join("broken.hbs"), "{{#if}}").unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "ignored").unwrap();
+        let mut t = Templates::new(chrono_tz::Tz::UTC);
+        let mut diags = Diagnostics::new();
+        t.load_dir(dir.path(), &mut diags);
+        assert_eq!(t.files(), ["footer.hbs"]);
+        assert_eq!(diags.len(), 1, "{diags}");
+        assert!(diags.to_string().contains("broken.hbs"), "{diags}");
+        let r = t.register_inline("a#text", Escape::Plain, "hello {{> footer.hbs}}").unwrap();
+        assert_eq!(t.render(&r, &sample()).unwrap(), "hello -- r1");
+    }
+}

@@ -1,0 +1,116 @@
+//! Signature verification: `security == md5_hex(callId + secret + timestamp)`.
+//!
+//! Pure and constant-time. Several secrets per appkey are tried (rotation, or
+//! several Easemob callback rules with different secrets); `"*"` covers
+//! appkeys that are not listed. The signature covers only `callId` and
+//! `timestamp`, so replays are stopped by deduplication and `max_event_age`.
+
+use std::time::Duration;
+
+use md5::{Digest, Md5};
+use subtle::ConstantTimeEq;
+
+use crate::callback::Callback;
+use crate::config::Secrets;
+
+/// Why a callback is not authentic. Every variant answers 401.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum VerifyError {
+    #[error("unknown appkey")]
+    UnknownAppkey,
+    #[error("bad signature")]
+    BadSignature,
+    #[error("event too old")]
+    TooOld,
+}
+
+/// The signature Easemob computes: 32 lowercase hex characters.
+pub fn sign(call_id: &str, secret: &str, timestamp_text: &str) -> String {
+    let mut h = Md5::new();
+    h.update(call_id.as_bytes());
+    h.update(secret.as_bytes());
+    h.update(timestamp_text.as_bytes());
+    hex::encode(h.finalize())
+}
+
+/// Check a callback's signature and age. `now_ms` is the current time in
+/// milliseconds since the epoch.
+pub fn check(cb: &Callback, secrets: &Secrets, max_age: Option<Duration>, now_ms: u64) -> Result<(), VerifyError> {
+    let candidates = secrets.for_appkey(cb.signing_appkey()).ok_or(VerifyError::UnknownAppkey)?;
+    // Hex is case-insensitive; comparing lowercase bytes keeps the comparison
+    // itself constant-time. A wrong length can never match.
+    let given = cb.security.to_ascii_lowercase();
+    let mut ok = subtle::Choice::from(0);
+    for secret in candidates {
+        let expected = sign(&cb.call_id, secret.expose(), &cb.timestamp_text);
+        ok |= expected.as_bytes().ct_eq(given.as_bytes());
+    }
+    if !bool::from(ok) {
+        return Err(VerifyError::BadSignature);
+    }
+    if let Some(max) = max_age {
+        let age = now_ms.saturating_sub(cb.timestamp);
+        if u128::from(age) > max.as_millis() {
+            return Err(VerifyError::TooOld);
+        }
+    }
+    Ok(())
+}
+
+/// Milliseconds since the epoch, now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn cb(security: &str, ts: serde_json::Value) -> Callback {
+        Callback::from_value(json!({"callId": "org#app_966725184268539960", "security": security,
+            "timestamp": ts, "appkey": "org#app", "chat_type": "roster", "payload": {"operation": "ban"}}))
+        .unwrap()
+    }
+
+    #[test]
+    fn known_vector() {
+        // md5("org#app_966725184268539960" + "secret" + "1642648046912"), computed independently.
+        assert_eq!(sign("org#app_966725184268539960", "secret", "1642648046912"), {
+            let mut h = Md5::new();
+            h.update(b"org#app_966725184268539960secret1642648046912");
+            hex::encode(h.finalize())
+        });
+        assert_eq!(sign("", "", ""), "d41d8cd98f00b204e9800998ecf8427e");
+        assert_eq!(sign("a", "b", "c"), "900150983cd24fb0d6963f7d28e17f72");
+    }
+
+    #[test]
+    fn accepts_good_rotated_uppercase_and_string_timestamp() {
+        let secrets = Secrets::from_pairs([("org#app", "old"), ("org#app", "new")]);
+        let good = sign("org#app_966725184268539960", "new", "1642648046912");
+        assert_eq!(check(&cb(&good, json!(1642648046912u64)), &secrets, None, 0), Ok(()));
+        assert_eq!(check(&cb(&good.to_uppercase(), json!(1642648046912u64)), &secrets, None, 0), Ok(()));
+        assert_eq!(check(&cb(&good, json!("1642648046912")), &secrets, None, 0), Ok(()));
+        let old = sign("org#app_966725184268539960", "old", "1642648046912");
+        assert_eq!(check(&cb(&old, json!(1642648046912u64)), &secrets, None, 0), Ok(()));
+    }
+
+    #[test]
+    fn refuses_bad_signature_unknown_appkey_and_old_events() {
+        let secrets = Secrets::from_pairs([("org#app", "secret")]);
+        let good = sign("org#app_966725184268539960", "secret", "1642648046912");
+        assert_eq!(check(&cb(&good, json!(1642648046913u64)), &secrets, None, 0), Err(VerifyError::BadSignature));
+        assert_eq!(check(&cb("short", json!(1642648046912u64)), &secrets, None, 0), Err(VerifyError::BadSignature));
+        let other = Secrets::from_pairs([("other#app", "secret")]);
+        assert_eq!(check(&cb(&good, json!(1642648046912u64)), &other, None, 0), Err(VerifyError::UnknownAppkey));
+        let star = Secrets::from_pairs([("*", "secret")]);
+        assert_eq!(check(&cb(&good, json!(1642648046912u64)), &star, None, 0), Ok(()));
+        let max = Some(Duration::from_secs(60));
+        let ts = 1642648046912u64;
+        assert_eq!(check(&cb(&good, json!(ts)), &secrets, max, ts + 60_000), Ok(()));
+        assert_eq!(check(&cb(&good, json!(ts)), &secrets, max, ts + 60_001), Err(VerifyError::TooOld));
+    }
+}
