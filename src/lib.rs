@@ -30,9 +30,18 @@
 //! | [`commands`] | `check`, `test` and `simulate` |
 
 pub mod actions;
+pub mod app;
 pub mod callback;
+pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod diag;
+pub mod reload;
 pub mod rules;
+pub mod server;
+pub mod shutdown;
+pub mod snapshot;
+pub mod store;
+pub mod telemetry;
 pub mod template;
 pub mod verify;

@@ -1,1 +1,27 @@
-fn main() {}
+//! The `easehook` binary: parse the command line, run the command, turn the
+//! outcome into an exit code (0 success, 1 failure, 2 usage error).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use easehook::cli::{Cli, Command};
+use easehook::commands;
+use easehook::config::{self, expand::ProcessEnv};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let path = config::resolve_path(cli.config.as_deref(), &ProcessEnv);
+    let result = match &cli.command {
+        None | Some(Command::Run) => commands::run(&path),
+        Some(Command::Check) => commands::check(&path),
+        Some(Command::Test(args)) => commands::test(&path, args),
+        Some(Command::Simulate(args)) => commands::simulate(&path, args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("easehook: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::config::units::HumanDuration;
+use crate::config::units::{HumanDuration, Num};
 use crate::config::{Settings, strip_location};
 use crate::diag::{Diagnostics, Redactor};
 use crate::template::{Escape, TemplateRef, Templates};
@@ -288,7 +288,7 @@ struct RawCommon {
     #[serde(default)]
     timeout: Option<HumanDuration>,
     #[serde(default)]
-    max_attempts: Option<u32>,
+    max_attempts: Option<Num<u32>>,
 }
 
 /// `enabled:` is a boolean, or a string that expands to `true`, `false` or
@@ -369,7 +369,7 @@ pub fn compile(value: serde_yaml::Value, c: &mut Compiler) -> Option<Action> {
         }
         None => None,
     };
-    if common.max_attempts == Some(0) {
+    if common.max_attempts.is_some_and(|n| n.0 == 0) {
         c.error("max_attempts", "must be at least 1");
     }
     if common.timeout.is_some_and(|t| t.0.is_zero()) {
@@ -381,7 +381,7 @@ pub fn compile(value: serde_yaml::Value, c: &mut Compiler) -> Option<Action> {
         enabled,
         rate_limit,
         timeout: common.timeout.map(|t| t.0),
-        max_attempts: common.max_attempts,
+        max_attempts: common.max_attempts.map(|n| n.0),
         kind: kind?,
     })
 }

@@ -21,7 +21,7 @@ use serde_yaml::Value;
 
 use crate::diag::{Diagnostics, Redactor};
 use expand::{Env, Expanded};
-use units::{ByteSize, HumanDuration};
+use units::{ByteSize, HumanDuration, Num};
 
 /// A value that must never be shown: its `Debug` and `Display` print `***`.
 #[derive(Clone, PartialEq, Eq)]
@@ -108,11 +108,11 @@ pub enum LogFormat {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawDelivery {
-    max_attempts: Option<u32>,
+    max_attempts: Option<Num<u32>>,
     initial_backoff: Option<HumanDuration>,
     max_backoff: Option<HumanDuration>,
     timeout: Option<HumanDuration>,
-    concurrency: Option<usize>,
+    concurrency: Option<Num<usize>>,
     shutdown_grace: Option<HumanDuration>,
 }
 
@@ -120,7 +120,7 @@ struct RawDelivery {
 #[serde(deny_unknown_fields, default)]
 struct RawSmtp {
     host: Option<String>,
-    port: Option<u16>,
+    port: Option<Num<u16>>,
     tls: Option<SmtpTls>,
     username: Option<String>,
     password: Option<String>,
@@ -476,11 +476,11 @@ fn compile(raw: RawConfig, path: &Path, base: &Path, expanded: Expanded, diags: 
     let d = raw.delivery.unwrap_or_default();
     let def = DeliverySettings::default();
     let delivery = DeliverySettings {
-        max_attempts: d.max_attempts.unwrap_or(def.max_attempts),
+        max_attempts: d.max_attempts.map_or(def.max_attempts, |n| n.0),
         initial_backoff: d.initial_backoff.map_or(def.initial_backoff, |d| d.0),
         max_backoff: d.max_backoff.map_or(def.max_backoff, |d| d.0),
         timeout: d.timeout.map_or(def.timeout, |d| d.0),
-        concurrency: d.concurrency.unwrap_or(def.concurrency),
+        concurrency: d.concurrency.map_or(def.concurrency, |n| n.0),
         shutdown_grace: d.shutdown_grace.map_or(def.shutdown_grace, |d| d.0),
     };
     if delivery.max_attempts == 0 {
@@ -500,7 +500,7 @@ fn compile(raw: RawConfig, path: &Path, base: &Path, expanded: Expanded, diags: 
     let raw_smtp = raw.smtp.unwrap_or_else(|| BTreeMap::from([("default".to_string(), RawSmtp::default())]));
     for (name, s) in raw_smtp {
         let tls = s.tls.unwrap_or_default();
-        let port = s.port.unwrap_or(match tls {
+        let port = s.port.map(|p| p.0).unwrap_or(match tls {
             SmtpTls::Starttls => 587,
             SmtpTls::Tls => 465,
             SmtpTls::None => 25,

@@ -118,3 +118,39 @@ mod tests {
         assert_eq!(s.0, 65536);
     }
 }
+
+/// A number that may also be written as a string, as it is after `${…}`
+/// expansion (`port: ${SMTP_PORT:-587}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Num<T>(pub T);
+
+impl<'de, T> Deserialize<'de> for Num<T>
+where
+    T: std::str::FromStr + TryFrom<u64>,
+{
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<T: std::str::FromStr + TryFrom<u64>> Visitor<'_> for V<T> {
+            type Value = Num<T>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a whole number")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                T::try_from(v).map(Num).map_err(|_| E::custom(format!("{v} is out of range")))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                match u64::try_from(v) {
+                    Ok(u) => self.visit_u64(u),
+                    Err(_) => Err(E::custom(format!("{v} is out of range"))),
+                }
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                v.trim()
+                    .parse::<T>()
+                    .map(Num)
+                    .map_err(|_| E::custom(format!("{v:?} is not a whole number in range")))
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}

@@ -1,0 +1,131 @@
+//! Wiring: load the snapshot, bind both listeners, start the tasks, and run
+//! until shutdown.
+//!
+//! [`App::start`] takes the config path and a [`Shutdown`], and binds the
+//! listeners itself, so tests start the real daemon in-process with
+//! `listen: 127.0.0.1:0` and read the bound addresses back.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Instant;
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::config::expand::Env;
+use crate::server::{self, AppState, Limits, ReloadStatus};
+use crate::shutdown::Shutdown;
+use crate::snapshot;
+use crate::store::memory::MemoryStore;
+
+/// A running daemon.
+pub struct App {
+    /// Where the callback listener is bound.
+    pub callback_addr: SocketAddr,
+    /// Where the admin listener is bound.
+    pub admin_addr: SocketAddr,
+    pub state: Arc<AppState>,
+    tasks: JoinSet<()>,
+    shutdown: Shutdown,
+}
+
+/// Tell systemd about a state change; a no-op outside systemd.
+pub fn notify_systemd(states: &[sd_notify::NotifyState]) {
+    let mut all: Vec<sd_notify::NotifyState> = states.to_vec();
+    // systemd ≥ 253 requires a timestamp with RELOADING=1.
+    if states.iter().any(|s| matches!(s, sd_notify::NotifyState::Reloading))
+        && let Ok(ts) = sd_notify::NotifyState::monotonic_usec_now()
+    {
+        all.push(ts);
+    }
+    if let Err(e) = sd_notify::notify(&all) {
+        tracing::debug!(error = %e, "sd_notify failed");
+    }
+}
+
+impl App {
+    /// Load the configuration at `config`, bind, and start serving.
+    pub async fn start(config: &Path, env: Arc<dyn Env + Send + Sync>, shutdown: Shutdown) -> anyhow::Result<App> {
+        let snap = snapshot::load(config, env.as_ref()).map_err(|d| anyhow::anyhow!("{d}"))?;
+        let settings = &snap.settings;
+        let callback_listener = TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (listen)", settings.listen))?;
+        let admin_listener = TcpListener::bind(settings.admin_listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (admin_listen)", settings.admin_listen))?;
+        let callback_addr = callback_listener.local_addr()?;
+        let admin_addr = admin_listener.local_addr()?;
+        for w in &settings.warnings {
+            tracing::warn!("{w}");
+        }
+        for w in &snap.rules.warnings {
+            tracing::warn!("{w}");
+        }
+        let drain = settings.delivery.shutdown_grace;
+        let (reload_tx, reload_rx) = mpsc::channel(8);
+        let state = Arc::new(AppState {
+            snapshot: ArcSwap::new(snap.clone()),
+            store: Arc::new(MemoryStore::new()),
+            started: Instant::now(),
+            reload_status: std::sync::Mutex::new(ReloadStatus {
+                ok: true,
+                at: crate::verify::now_ms() / 1000,
+                errors: Vec::new(),
+            }),
+            reload_tx,
+            env,
+            accepted: AtomicU64::new(0),
+        });
+        let mut tasks = JoinSet::new();
+        let limits = Limits {
+            drain_timeout: drain,
+            ..Limits::default()
+        };
+        tasks.spawn(server::serve(
+            callback_listener,
+            server::callback::routes(state.clone()),
+            shutdown.clone(),
+            limits,
+        ));
+        tasks.spawn(server::serve(admin_listener, server::admin::routes(state.clone()), shutdown.clone(), limits));
+        tasks.spawn(crate::reload::run(state.clone(), reload_rx, shutdown.clone()));
+        tracing::info!(
+            listen = %callback_addr,
+            callback_path = %snap.settings.callback_path,
+            admin = %admin_addr,
+            rules = snap.rules.rules.len(),
+            actions = snap.rules.actions.len(),
+            "easehook ready"
+        );
+        notify_systemd(&[sd_notify::NotifyState::Ready]);
+        Ok(App {
+            callback_addr,
+            admin_addr,
+            state,
+            tasks,
+            shutdown,
+        })
+    }
+
+    /// Ask the daemon to stop (as SIGTERM does).
+    pub fn shutdown(&self) {
+        self.shutdown.trigger();
+    }
+
+    /// Wait until every task has stopped (after [`App::shutdown`] or a signal).
+    pub async fn wait(mut self) {
+        while let Some(r) = self.tasks.join_next().await {
+            if let Err(e) = r {
+                tracing::error!(error = %e, "task failed");
+                // One dead task means a broken daemon: stop the others.
+                self.shutdown.trigger();
+            }
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! The command line (SPEC §2).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Easemob (环信) IM callbacks in, notifications out.
+#[derive(Debug, Parser)]
+#[command(name = "easehook", version, about, long_about = None)]
+pub struct Cli {
+    /// Configuration file [default: $EASEHOOK_CONFIG, else ./easehook.yaml when it exists, else /etc/easehook/easehook.yaml]
+    #[arg(long, short = 'c', global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start the daemon (the default)
+    Run,
+    /// Validate the config, every rule file and every template; print every problem
+    Check,
+    /// Dry-run one callback through the rules and print what each action would send
+    Test(TestArgs),
+    /// Act as Easemob: build or read a callback, sign it, POST it to the daemon
+    Simulate(SimulateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// The callback JSON: a file, or - for standard input
+    #[arg(long, short = 'e', value_name = "FILE|-")]
+    pub event: String,
+    /// Really send the rendered messages
+    #[arg(long)]
+    pub send: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// Build a callback for this event, like roster:ban or chat
+    #[arg(long, value_name = "EVENT", conflicts_with = "file", default_value = "roster:ban")]
+    pub event: String,
+    /// Initiating user id
+    #[arg(long, default_value = "alice")]
+    pub from: String,
+    /// Receiving user id
+    #[arg(long, default_value = "bob")]
+    pub to: String,
+    /// App key [default: the first appkey in `secrets`]
+    #[arg(long)]
+    pub appkey: Option<String>,
+    /// Send this callback JSON instead of building one (it is re-signed)
+    #[arg(long, short = 'f', value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Sign with this secret [default: the configured one for the appkey]
+    #[arg(long, env = "EASEHOOK_SIMULATE_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+    /// POST here [default: the configured listener and callback_path]
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Print the signed JSON instead of sending it
+    #[arg(long)]
+    pub print: bool,
+}

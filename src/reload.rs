@@ -1,0 +1,151 @@
+//! Reload: SIGHUP, a change under `rules_dir` / `templates_dir` / the config
+//! file, or `POST /-/reload` → load and compile everything → swap the
+//! snapshot whole.
+//!
+//! Reloads run one at a time in one task. An invalid new set is rejected as a
+//! whole: the old one keeps serving and every problem is logged.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify_debouncer_full::notify::RecursiveMode;
+use tokio::sync::mpsc;
+
+use crate::diag::Diagnostics;
+use crate::server::{AppState, ReloadRequest, ReloadStatus};
+use crate::shutdown::Shutdown;
+
+/// How long file changes settle before a reload: editors and `git checkout`
+/// write several files in a burst.
+const DEBOUNCE: Duration = Duration::from_millis(300);
+
+/// Reload now; the snapshot is swapped only when the new one is valid.
+pub fn reload_now(state: &AppState) -> Result<(), Diagnostics> {
+    let old = state.snapshot.load_full();
+    let path = old.settings.path.clone();
+    let result = crate::snapshot::load(&path, state.env.as_ref());
+    let at = crate::verify::now_ms() / 1000;
+    match result {
+        Ok(new) => {
+            for (what, old_v, new_v) in [
+                ("listen", old.settings.listen.to_string(), new.settings.listen.to_string()),
+                ("admin_listen", old.settings.admin_listen.to_string(), new.settings.admin_listen.to_string()),
+                ("state_dir", old.settings.state_dir.display().to_string(), new.settings.state_dir.display().to_string()),
+            ] {
+                if old_v != new_v {
+                    tracing::warn!(setting = what, running = %old_v, configured = %new_v, "changed in the config file; takes effect on restart");
+                }
+            }
+            tracing::info!(rules = new.rules.rules.len(), actions = new.rules.actions.len(), "configuration reloaded");
+            state.snapshot.store(new);
+            if let Ok(mut s) = state.reload_status.lock() {
+                *s = ReloadStatus { ok: true, at, errors: Vec::new() };
+            }
+            Ok(())
+        }
+        Err(diags) => {
+            for d in diags.iter() {
+                tracing::error!(problem = %d, "reload rejected");
+            }
+            tracing::error!(problems = diags.len(), "reload rejected; the previous configuration stays in force");
+            if let Ok(mut s) = state.reload_status.lock() {
+                *s = ReloadStatus {
+                    ok: false,
+                    at,
+                    errors: diags.iter().map(|d| d.to_string()).collect(),
+                };
+            }
+            Err(diags)
+        }
+    }
+}
+
+/// The reload task: serves requests from the admin endpoint, SIGHUP and the
+/// file watcher until shutdown.
+pub async fn run(state: Arc<AppState>, mut requests: mpsc::Receiver<ReloadRequest>, shutdown: Shutdown) {
+    let (changed_tx, mut changed_rx) = mpsc::channel::<()>(1);
+    let _watcher = watch(&state, changed_tx);
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP");
+            None
+        }
+    };
+    loop {
+        let reply = tokio::select! {
+            _ = shutdown.wait() => return,
+            Some(reply) = requests.recv() => Some(reply),
+            Some(()) = changed_rx.recv() => {
+                tracing::info!("configuration files changed; reloading");
+                None
+            }
+            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                tracing::info!("SIGHUP received; reloading");
+                None
+            }
+        };
+        crate::app::notify_systemd(&[sd_notify::NotifyState::Reloading]);
+        let state2 = state.clone();
+        let result = tokio::task::spawn_blocking(move || reload_now(&state2))
+            .await
+            .unwrap_or_else(|e| {
+                let mut d = Diagnostics::new();
+                d.push("reload", "", format!("reload task failed: {e}"));
+                Err(d)
+            });
+        crate::app::notify_systemd(&[sd_notify::NotifyState::Ready]);
+        if let Some(reply) = reply {
+            let _ = reply.send(result);
+        }
+    }
+}
+
+/// Watch the rules and templates directories and the config file. Returns the
+/// watcher, which must be kept alive.
+fn watch(state: &AppState, changed: mpsc::Sender<()>) -> Option<Box<dyn std::any::Any + Send>> {
+    let snapshot = state.snapshot.load();
+    let settings = &snapshot.settings;
+    let config = settings.path.clone();
+    let config_name = config.file_name().map(|n| n.to_os_string());
+    let dirs: Vec<PathBuf> = [settings.rules_dir.clone(), settings.templates_dir.clone()]
+        .into_iter()
+        .filter(|d| d.is_dir())
+        .collect();
+    let watched_dirs = dirs.clone();
+    let handler = move |result: notify_debouncer_full::DebounceEventResult| {
+        let Ok(events) = result else { return };
+        let relevant = events.iter().flat_map(|e| e.paths.iter()).any(|p| {
+            let in_dirs = watched_dirs.iter().any(|d| p.starts_with(d));
+            let is_config = config_name.as_deref().is_some_and(|n| p.file_name() == Some(n));
+            (in_dirs || is_config) && !is_editor_noise(p)
+        });
+        if relevant {
+            // A full channel means a reload is already queued.
+            let _ = changed.try_send(());
+        }
+    };
+    let mut debouncer = match notify_debouncer_full::new_debouncer(DEBOUNCE, None, handler) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch configuration files; reload with SIGHUP or POST /-/reload");
+            return None;
+        }
+    };
+    // The config file is watched through its directory, so that editors and
+    // tools that replace the file (rename over it) are still seen.
+    let config_dir = config.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+    for dir in dirs.iter().chain(std::iter::once(&config_dir)) {
+        if let Err(e) = debouncer.watch(dir, RecursiveMode::NonRecursive) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch directory");
+        }
+    }
+    Some(Box::new(debouncer))
+}
+
+/// Swap files, backups and hidden files that editors write next to the real ones.
+fn is_editor_noise(p: &Path) -> bool {
+    let name = p.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    name.starts_with('.') || name.ends_with('~') || name.ends_with(".swp") || name.ends_with(".swx") || name.starts_with('#')
+}

@@ -1,0 +1,190 @@
+//! The callback listener: `POST {callback_path}` and `GET /healthz`.
+//!
+//! The request path does the minimum and never waits on a destination:
+//! read the body (bounded), parse, verify, match, store, answer. Every answer
+//! is a JSON body under 200 bytes that never echoes a secret.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BufMut, BytesMut};
+use futures_util::{Stream, StreamExt};
+use warp::Filter;
+use warp::http::{HeaderMap, Method, StatusCode};
+use warp::reply::Response;
+
+use super::{AppState, error_reply, json_reply};
+use crate::callback::Callback;
+use crate::store::{Accepted, NewEvent};
+use crate::verify;
+
+/// Time allowed to receive the whole body once headers are in.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Every route of the callback listener.
+pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    warp::any()
+        .map(move || state.clone())
+        .and(warp::method())
+        .and(warp::path::full())
+        .and(warp::header::headers_cloned())
+        .and(warp::body::stream())
+        .then(
+            |state: Arc<AppState>, method: Method, path: warp::path::FullPath, headers: HeaderMap, body| async move {
+                handle(state, method, path.as_str(), headers, body).await
+            },
+        )
+        .recover(super::rejected)
+        .unify()
+}
+
+/// How one callback ended, for the log line.
+struct Outcome {
+    status: StatusCode,
+    result: &'static str,
+    event: String,
+    /// Names of the matching rules, comma-separated.
+    rules: String,
+    response: Response,
+}
+
+impl Outcome {
+    fn error(status: StatusCode, result: &'static str, message: &str) -> Self {
+        Self {
+            status,
+            result,
+            event: String::new(),
+            rules: String::new(),
+            response: error_reply(status, message),
+        }
+    }
+}
+
+async fn handle<S, B>(state: Arc<AppState>, method: Method, path: &str, headers: HeaderMap, body: S) -> Response
+where
+    S: Stream<Item = Result<B, warp::Error>> + Unpin,
+    B: Buf,
+{
+    let snapshot = state.snapshot.load_full();
+    let settings = &snapshot.settings;
+    if path != settings.callback_path {
+        if path == "/healthz" && (method == Method::GET || method == Method::HEAD) {
+            return json_reply(StatusCode::OK, &serde_json::json!({"ok": true}));
+        }
+        return error_reply(StatusCode::NOT_FOUND, "not found");
+    }
+    if method != Method::POST {
+        let mut r = error_reply(StatusCode::METHOD_NOT_ALLOWED, "use POST");
+        r.headers_mut().insert("allow", warp::http::HeaderValue::from_static("POST"));
+        return r;
+    }
+    let started = Instant::now();
+    let out = accept(&state, &snapshot, &headers, body).await;
+    let latency_ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3;
+    let status = out.status.as_u16();
+    if out.status.is_success() {
+        tracing::info!(event = %out.event, result = out.result, status, rules = %out.rules, latency_ms, "callback");
+    } else {
+        tracing::warn!(event = %out.event, result = out.result, status, latency_ms, "callback refused");
+    }
+    out.response
+}
+
+async fn accept<S, B>(state: &AppState, snapshot: &crate::snapshot::Snapshot, headers: &HeaderMap, body: S) -> Outcome
+where
+    S: Stream<Item = Result<B, warp::Error>> + Unpin,
+    B: Buf,
+{
+    let settings = &snapshot.settings;
+    let limit = settings.max_body;
+    // Refuse by the announced length before reading a single body byte.
+    if let Some(len) = headers.get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
+        && len > limit
+    {
+        return Outcome::error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "body too large");
+    }
+    let body = match tokio::time::timeout(BODY_READ_TIMEOUT, read_limited(body, limit)).await {
+        Err(_) => return Outcome::error(StatusCode::REQUEST_TIMEOUT, "bad_request", "body not received in time"),
+        Ok(Err(ReadError::TooLarge)) => return Outcome::error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "body too large"),
+        Ok(Err(ReadError::Io)) => return Outcome::error(StatusCode::BAD_REQUEST, "bad_request", "could not read body"),
+        Ok(Ok(b)) => b,
+    };
+    let cb = match Callback::parse(&body) {
+        Ok(cb) => cb,
+        Err(e) => return Outcome::error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
+    };
+    let now = verify::now_ms();
+    if let Err(e) = verify::check(&cb, &settings.secrets, settings.max_event_age, now) {
+        let mut o = Outcome::error(StatusCode::UNAUTHORIZED, "unauthorized", &e.to_string());
+        o.event = cb.event;
+        return o;
+    }
+    let rules = &snapshot.rules;
+    let evaluation = rules.evaluate(&cb);
+    let deliveries: Vec<(String, String)> = evaluation
+        .deliveries
+        .iter()
+        .map(|p| (rules.actions[p.action].name.clone(), rules.rules[p.rule].name.clone()))
+        .collect();
+    let matched: Vec<&str> = evaluation.rules.iter().map(|&i| rules.rules[i].name.as_str()).collect();
+    let matched = matched.join(",");
+    let new = NewEvent {
+        id: uuid::Uuid::now_v7().to_string(),
+        dedup_key: cb.dedup_key.clone(),
+        event: cb.event.clone(),
+        received_at_ms: now,
+        body: cb.raw,
+        deliveries,
+    };
+    let window = settings.dedup_window.as_millis() as u64;
+    match state.store.accept(new, window).await {
+        Ok(Accepted::New(id)) => {
+            state.accepted.fetch_add(1, Ordering::Relaxed);
+            Outcome {
+                status: StatusCode::OK,
+                result: "accepted",
+                event: cb.event,
+                rules: matched,
+                response: json_reply(StatusCode::OK, &serde_json::json!({"ok": true, "id": id})),
+            }
+        }
+        Ok(Accepted::Duplicate) => Outcome {
+            status: StatusCode::OK,
+            result: "duplicate",
+            event: cb.event,
+            rules: matched,
+            response: json_reply(StatusCode::OK, &serde_json::json!({"ok": true, "duplicate": true})),
+        },
+        Err(e) => {
+            tracing::error!(error = %e, "store refused an event");
+            let mut o = Outcome::error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "store unavailable");
+            o.event = cb.event;
+            o
+        }
+    }
+}
+
+enum ReadError {
+    TooLarge,
+    Io,
+}
+
+/// Read a body, giving up as soon as it exceeds `limit` bytes (chunked
+/// bodies have no length to check up front).
+async fn read_limited<S, B>(mut body: S, limit: u64) -> Result<BytesMut, ReadError>
+where
+    S: Stream<Item = Result<B, warp::Error>> + Unpin,
+    B: Buf,
+{
+    let mut out = BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|_| ReadError::Io)?;
+        if out.len() as u64 + chunk.remaining() as u64 > limit {
+            return Err(ReadError::TooLarge);
+        }
+        out.put(chunk);
+    }
+    Ok(out)
+}

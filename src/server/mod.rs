@@ -1,0 +1,136 @@
+//! The two HTTP listeners: the callback listener that Easemob calls, and the
+//! admin listener (health, readiness, reload, status).
+//!
+//! Both run on [`serve`], an accept loop that owns what warp's own server
+//! does not: a cap on open connections (beyond it new connections are closed
+//! at once), a timeout for reading request headers (a client that trickles
+//! bytes cannot hold a slot forever), and graceful shutdown.
+
+pub mod admin;
+pub mod callback;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use warp::Filter;
+use warp::http::StatusCode;
+
+use crate::config::expand::Env;
+use crate::diag::Diagnostics;
+use crate::shutdown::Shutdown;
+use crate::snapshot::Snapshot;
+use crate::store::Store;
+
+/// Limits of one listener.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Open connections at most; more are closed at once.
+    pub max_connections: usize,
+    /// Time allowed to send the request headers.
+    pub header_read_timeout: Duration,
+    /// Time allowed, after shutdown starts, for requests in flight.
+    pub drain_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            header_read_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// How the last reload went, for `/api/v1/status` and metrics.
+#[derive(Debug, Clone)]
+pub struct ReloadStatus {
+    pub ok: bool,
+    /// Seconds since the epoch.
+    pub at: u64,
+    pub errors: Vec<String>,
+}
+
+/// A request to reload, answered with the result.
+pub type ReloadRequest = oneshot::Sender<Result<(), Diagnostics>>;
+
+/// What the handlers share.
+pub struct AppState {
+    pub snapshot: ArcSwap<Snapshot>,
+    pub store: Arc<dyn Store>,
+    pub started: Instant,
+    pub reload_status: std::sync::Mutex<ReloadStatus>,
+    pub reload_tx: mpsc::Sender<ReloadRequest>,
+    pub env: Arc<dyn Env + Send + Sync>,
+    /// Callbacks accepted since start (for status).
+    pub accepted: AtomicU64,
+}
+
+/// A JSON reply with a status code.
+pub fn json_reply(status: StatusCode, body: &serde_json::Value) -> warp::reply::Response {
+    use warp::Reply;
+    warp::reply::with_status(warp::reply::json(body), status).into_response()
+}
+
+/// The answer to a request that no route could take (a warp rejection).
+pub async fn rejected(_: warp::Rejection) -> Result<warp::reply::Response, std::convert::Infallible> {
+    Ok(error_reply(StatusCode::BAD_REQUEST, "bad request"))
+}
+
+/// `{"ok":false,"error":…}` with a status code.
+pub fn error_reply(status: StatusCode, message: &str) -> warp::reply::Response {
+    json_reply(status, &serde_json::json!({"ok": false, "error": message}))
+}
+
+/// Serve `filter` on `listener` until `shutdown`, then stop accepting, let
+/// requests in flight finish (up to `limits.drain_timeout`) and return.
+pub async fn serve<F>(listener: TcpListener, filter: F, shutdown: Shutdown, limits: Limits)
+where
+    F: Filter<Extract = (warp::reply::Response,), Error = std::convert::Infallible> + Clone + Send + Sync + 'static,
+{
+    let service = warp::service(filter);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.wait() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly
+                    // instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, limit = limits.max_connections, "connection limit reached; closing new connection");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let svc = hyper_util::service::TowerToHyperService::new(service.clone());
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .serve_connection(TokioIo::new(stream), svc);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown()).await.is_err() {
+        tracing::warn!("requests still in flight after the drain timeout; closing them");
+    }
+}

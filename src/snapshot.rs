@@ -1,0 +1,24 @@
+//! The configuration and rule set in force: one immutable value, swapped whole
+//! on reload. A request or a delivery takes the snapshot once and uses it
+//! throughout, so it never sees half of an old set and half of a new one.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::config::{self, Settings, expand::Env};
+use crate::diag::Diagnostics;
+use crate::rules::RuleSet;
+
+#[derive(Debug)]
+pub struct Snapshot {
+    pub settings: Settings,
+    pub rules: RuleSet,
+}
+
+/// Load the config file and compile its rule set: the one code path shared
+/// by `check`, `test`, start-up and reload.
+pub fn load(path: &Path, env: &dyn Env) -> Result<Arc<Snapshot>, Diagnostics> {
+    let settings = config::load(path, env)?;
+    let rules = RuleSet::load(&settings, env)?;
+    Ok(Arc::new(Snapshot { settings, rules }))
+}
