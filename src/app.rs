@@ -17,11 +17,13 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use crate::actions::Senders;
 use crate::config::expand::Env;
+use crate::dispatch::Dispatcher;
 use crate::server::{self, AppState, Limits, ReloadStatus};
 use crate::shutdown::Shutdown;
 use crate::snapshot;
-use crate::store::memory::MemoryStore;
+use crate::store::sqlite::SqliteStore;
 
 /// A running daemon.
 pub struct App {
@@ -67,11 +69,13 @@ impl App {
         for w in &snap.rules.warnings {
             tracing::warn!("{w}");
         }
+        let store = SqliteStore::open(&settings.state_dir)?;
+        tracing::info!(path = %store.path().display(), "store opened");
         let drain = settings.delivery.shutdown_grace;
         let (reload_tx, reload_rx) = mpsc::channel(8);
         let state = Arc::new(AppState {
             snapshot: ArcSwap::new(snap.clone()),
-            store: Arc::new(MemoryStore::new()),
+            store: Arc::new(store),
             started: Instant::now(),
             reload_status: std::sync::Mutex::new(ReloadStatus {
                 ok: true,
@@ -81,7 +85,9 @@ impl App {
             reload_tx,
             env,
             accepted: AtomicU64::new(0),
+            wake: Arc::new(tokio::sync::Notify::new()),
         });
+        let dispatcher = Arc::new(Dispatcher::new(state.clone(), Senders::new()?));
         let mut tasks = JoinSet::new();
         let limits = Limits {
             drain_timeout: drain,
@@ -95,6 +101,8 @@ impl App {
         ));
         tasks.spawn(server::serve(admin_listener, server::admin::routes(state.clone()), shutdown.clone(), limits));
         tasks.spawn(crate::reload::run(state.clone(), reload_rx, shutdown.clone()));
+        tasks.spawn(dispatcher.run(state.wake.clone(), shutdown.clone()));
+        tasks.spawn(crate::dispatch::maintain(state.clone(), shutdown.clone()));
         tracing::info!(
             listen = %callback_addr,
             callback_path = %snap.settings.callback_path,

@@ -6,8 +6,11 @@
 //! Easemob ──POST──▶ server::callback ──▶ callback::Callback::parse   typed fields, raw JSON, derived values
 //!                                    ──▶ verify::check                md5 signature, secrets per appkey, age
 //!                                    ──▶ rules::RuleSet::evaluate     current snapshot, no I/O
-//!                                    ──▶ store::Store::accept         dedup + commit
+//!                                    ──▶ store::Store::accept         dedup + one group commit, fsync
 //!                                    ◀── 200 {"ok":true,"id":…}
+//! store (pending deliveries) ──▶ dispatch  (worker pool, rate limits, retry schedule)
+//!                            ──▶ template  (current templates) ──▶ actions::{email,slack,http,log}
+//!                            ──▶ store::Store::record          sent | retry at T | dead
 //! ```
 //!
 //! | module | owns |
@@ -20,7 +23,8 @@
 //! | [`rules`] | rule files compiled into an indexed, immutable [`rules::RuleSet`] |
 //! | [`template`] | Handlebars registries, escaping per destination, helpers |
 //! | [`actions`] | email, Slack, HTTP and log actions: compile and render |
-//! | [`store`] | where accepted events live until handled |
+//! | [`store`] | where accepted events and deliveries live: SQLite, group commit |
+//! | [`dispatch`] | claim, render, send, retry, dead-letter; rate limits |
 //! | [`snapshot`] | settings + rule set, swapped whole on reload |
 //! | [`server`] | the callback and admin listeners |
 //! | [`reload`] | SIGHUP, file watching and the reload endpoint |
@@ -36,6 +40,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod diag;
+pub mod dispatch;
 pub mod reload;
 pub mod rules;
 pub mod server;

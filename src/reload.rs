@@ -107,20 +107,26 @@ pub async fn run(state: Arc<AppState>, mut requests: mpsc::Receiver<ReloadReques
 fn watch(state: &AppState, changed: mpsc::Sender<()>) -> Option<Box<dyn std::any::Any + Send>> {
     let snapshot = state.snapshot.load();
     let settings = &snapshot.settings;
-    let config = settings.path.clone();
-    let config_name = config.file_name().map(|n| n.to_os_string());
-    let dirs: Vec<PathBuf> = [settings.rules_dir.clone(), settings.templates_dir.clone()]
+    // Events carry absolute paths; compare like with like.
+    let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let config = abs(&settings.path);
+    let dirs: Vec<PathBuf> = [abs(&settings.rules_dir), abs(&settings.templates_dir)]
         .into_iter()
         .filter(|d| d.is_dir())
         .collect();
     let watched_dirs = dirs.clone();
+    let config_file = config.clone();
     let handler = move |result: notify_debouncer_full::DebounceEventResult| {
         let Ok(events) = result else { return };
-        let relevant = events.iter().flat_map(|e| e.paths.iter()).any(|p| {
-            let in_dirs = watched_dirs.iter().any(|d| p.starts_with(d));
-            let is_config = config_name.as_deref().is_some_and(|n| p.file_name() == Some(n));
-            (in_dirs || is_config) && !is_editor_noise(p)
-        });
+        // Reading the files (our own reload does) is not a change.
+        let relevant = events
+            .iter()
+            .filter(|e| !e.kind.is_access() && !e.kind.is_other())
+            .flat_map(|e| e.paths.iter())
+            .any(|p| {
+                let in_dirs = watched_dirs.iter().any(|d| p.starts_with(d));
+                (in_dirs || *p == config_file) && !is_editor_noise(p)
+            });
         if relevant {
             // A full channel means a reload is already queued.
             let _ = changed.try_send(());

@@ -171,3 +171,118 @@ impl EmailMessage {
 pub(super) fn indent(text: &str) -> String {
     text.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
 }
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lettre::message::{Mailbox, MultiPart, SinglePart, header::ContentType};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+
+use crate::config::{Settings, SmtpSettings, SmtpTls};
+
+type Transport = AsyncSmtpTransport<Tokio1Executor>;
+
+/// One pooled SMTP transport per configured server, rebuilt when its
+/// settings change on reload.
+#[derive(Clone, Default)]
+pub struct Mailers {
+    cache: Arc<Mutex<HashMap<String, (SmtpSettings, Duration, Transport)>>>,
+}
+
+fn build_transport(s: &SmtpSettings, timeout: Duration) -> Result<Transport, String> {
+    let tls_params = || -> Result<TlsParameters, String> {
+        let mut b = TlsParameters::builder(s.host.clone());
+        if let Some(ca) = &s.ca_file {
+            let pem = std::fs::read(ca).map_err(|e| format!("cannot read ca_file {}: {e}", ca.display()))?;
+            let cert = Certificate::from_pem(&pem).map_err(|e| format!("ca_file {}: {e}", ca.display()))?;
+            b = b.add_root_certificate(cert);
+        }
+        b.build_rustls().map_err(|e| format!("TLS setup: {e}"))
+    };
+    let tls = match s.tls {
+        SmtpTls::Starttls => Tls::Required(tls_params()?),
+        SmtpTls::Tls => Tls::Wrapper(tls_params()?),
+        SmtpTls::None => Tls::None,
+    };
+    let mut b = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(s.host.clone())
+        .port(s.port)
+        .tls(tls)
+        .timeout(Some(timeout));
+    if !s.username.is_empty() {
+        let password = s.password.as_ref().map(|p| p.expose().to_string()).unwrap_or_default();
+        b = b.credentials(Credentials::new(s.username.clone(), password));
+    }
+    Ok(b.build())
+}
+
+impl Mailers {
+    fn transport(&self, name: &str, settings: &Settings, timeout: Duration) -> Result<Transport, String> {
+        let s = settings
+            .smtp
+            .get(name)
+            .ok_or_else(|| format!("no SMTP server {name:?} in the configuration"))?;
+        let mut cache = self.cache.lock().map_err(|_| "SMTP cache lock poisoned".to_string())?;
+        if let Some((cached, t, transport)) = cache.get(name)
+            && cached == s
+            && *t == timeout
+        {
+            return Ok(transport.clone());
+        }
+        let transport = build_transport(s, timeout)?;
+        cache.insert(name.to_string(), (s.clone(), timeout, transport.clone()));
+        Ok(transport)
+    }
+
+    /// Send one email. SMTP 4xx answers are retried, 5xx are permanent.
+    pub async fn send(&self, m: &EmailMessage, settings: &Settings, timeout: Duration) -> super::Outcome {
+        use super::Outcome;
+        let message = match build_message(m) {
+            Ok(msg) => msg,
+            Err(e) => return Outcome::Permanent(e),
+        };
+        let transport = match self.transport(&m.smtp, settings, timeout) {
+            Ok(t) => t,
+            Err(e) => return Outcome::Permanent(e),
+        };
+        match transport.send(message).await {
+            Ok(_) => Outcome::Sent,
+            Err(e) if e.is_permanent() => Outcome::Permanent(format!("SMTP: {e}")),
+            Err(e) => Outcome::Retry {
+                after: None,
+                error: format!("SMTP: {}", super::error_chain(&e)),
+            },
+        }
+    }
+}
+
+fn mailbox(field: &str, s: &str) -> Result<Mailbox, String> {
+    s.parse().map_err(|e| format!("{field} {s:?}: {e}"))
+}
+
+/// Build the MIME message: text, HTML, or both as multipart/alternative.
+/// lettre encodes non-ASCII subjects and names (RFC 2047) and bodies.
+pub fn build_message(m: &EmailMessage) -> Result<lettre::Message, String> {
+    let mut b = lettre::Message::builder().from(mailbox("from", &m.from)?).subject(m.subject.clone());
+    for t in &m.to {
+        b = b.to(mailbox("to", t)?);
+    }
+    for t in &m.cc {
+        b = b.cc(mailbox("cc", t)?);
+    }
+    for t in &m.bcc {
+        b = b.bcc(mailbox("bcc", t)?);
+    }
+    if let Some(r) = &m.reply_to {
+        b = b.reply_to(mailbox("reply_to", r)?);
+    }
+    let built = match (&m.text, &m.html) {
+        (Some(t), Some(h)) => b.multipart(MultiPart::alternative_plain_html(t.clone(), h.clone())),
+        (Some(t), None) => b.singlepart(SinglePart::builder().header(ContentType::TEXT_PLAIN).body(t.clone())),
+        (None, Some(h)) => b.singlepart(SinglePart::builder().header(ContentType::TEXT_HTML).body(h.clone())),
+        (None, None) => return Err("the email has neither text nor html".into()),
+    };
+    built.map_err(|e| format!("cannot build the email: {e}"))
+}

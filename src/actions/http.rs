@@ -171,3 +171,22 @@ impl HttpRequest {
         s
     }
 }
+
+/// Send the request; any 2xx is success.
+pub(super) async fn send(client: &reqwest::Client, m: &HttpRequest, timeout: std::time::Duration) -> super::Outcome {
+    let method = match reqwest::Method::from_bytes(m.method.as_bytes()) {
+        Ok(method) => method,
+        Err(_) => return super::Outcome::Permanent(format!("{:?} is not an HTTP method", m.method)),
+    };
+    let mut req = client.request(method, &m.url).timeout(timeout);
+    for (n, v) in &m.headers {
+        req = req.header(n, v);
+    }
+    if let Some(ct) = &m.content_type {
+        req = req.header(reqwest::header::CONTENT_TYPE, ct);
+    }
+    if let Some(b) = &m.body {
+        req = req.body(b.clone());
+    }
+    super::classify_http(req.send().await).await
+}

@@ -81,3 +81,16 @@ impl LogLine {
         format!("log {}: {}\n", self.level.as_str(), self.message)
     }
 }
+
+/// Write the line to easehook's log.
+pub(super) fn send(m: &LogLine) -> super::Outcome {
+    let msg = m.message.as_str();
+    match m.level {
+        Level::Trace => tracing::trace!(target: "easehook::action", "{msg}"),
+        Level::Debug => tracing::debug!(target: "easehook::action", "{msg}"),
+        Level::Info => tracing::info!(target: "easehook::action", "{msg}"),
+        Level::Warn => tracing::warn!(target: "easehook::action", "{msg}"),
+        Level::Error => tracing::error!(target: "easehook::action", "{msg}"),
+    }
+    super::Outcome::Sent
+}

@@ -400,3 +400,100 @@ mod tests {
         assert!(RateLimit::parse("3/fortnight").is_err());
     }
 }
+
+/// How one attempt ended. Actions classify; the dispatcher owns the schedule.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Sent,
+    /// Worth trying again; `after` is the destination's own wish (`Retry-After`).
+    Retry { after: Option<Duration>, error: String },
+    /// Will never work as it is: dead at once.
+    Permanent(String),
+}
+
+/// What sending needs: one HTTP client for every Slack and HTTP action, and
+/// one pooled SMTP transport per configured server.
+#[derive(Clone)]
+pub struct Senders {
+    pub http: reqwest::Client,
+    pub mail: email::Mailers,
+}
+
+impl Senders {
+    pub fn new() -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("easehook/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(10))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()?;
+        Ok(Self {
+            http,
+            mail: email::Mailers::default(),
+        })
+    }
+
+    /// Send a rendered message. The caller bounds the time it may take.
+    pub async fn send(&self, msg: &Message, settings: &Settings, timeout: Duration) -> Outcome {
+        match msg {
+            Message::Email(m) => self.mail.send(m, settings, timeout).await,
+            Message::Slack(m) => slack::send(&self.http, m, timeout).await,
+            Message::Http(m) => http::send(&self.http, m, timeout).await,
+            Message::Log(m) => log::send(m),
+        }
+    }
+}
+
+/// Classify an HTTP answer (SPEC §7): 2xx sent; 408, 429 and 5xx retried,
+/// honouring `Retry-After`; any other status is permanent.
+pub(crate) async fn classify_http(result: Result<reqwest::Response, reqwest::Error>) -> Outcome {
+    let resp = match result {
+        Ok(r) => r,
+        // Error texts can carry the URL, and a webhook URL is a secret.
+        Err(e) => {
+            let e = e.without_url();
+            let kind = if e.is_timeout() { "timed out" } else if e.is_connect() { "cannot connect" } else { "request failed" };
+            return Outcome::Retry { after: None, error: format!("{kind}: {}", error_chain(&e)) };
+        }
+    };
+    let status = resp.status();
+    if status.is_success() {
+        return Outcome::Sent;
+    }
+    let after = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after);
+    let body = resp.text().await.unwrap_or_default();
+    let snippet: String = body.chars().take(200).collect();
+    let error = format!("HTTP {}: {}", status.as_u16(), snippet.trim());
+    if status.as_u16() == 408 || status.as_u16() == 429 || status.is_server_error() {
+        Outcome::Retry { after, error }
+    } else {
+        Outcome::Permanent(error)
+    }
+}
+
+/// `Retry-After` as seconds or as an HTTP date.
+pub fn parse_retry_after(v: &str) -> Option<Duration> {
+    if let Ok(secs) = v.trim().parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = chrono::DateTime::parse_from_rfc2822(v.trim()).ok()?;
+    let delta = when.timestamp_millis() - chrono::Utc::now().timestamp_millis();
+    Some(Duration::from_millis(delta.max(0) as u64))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
+}

@@ -99,3 +99,10 @@ fn mask_url(url: &str) -> String {
         Err(_) => "***".into(),
     }
 }
+
+/// POST the message to the webhook. Slack answers 429 with `Retry-After`
+/// when it throttles; that is retried after the time it asks.
+pub(super) async fn send(client: &reqwest::Client, m: &SlackMessage, timeout: std::time::Duration) -> super::Outcome {
+    let result = client.post(&m.webhook_url).json(&m.body).timeout(timeout).send().await;
+    super::classify_http(result).await
+}

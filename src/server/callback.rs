@@ -128,20 +128,25 @@ where
         .iter()
         .map(|p| (rules.actions[p.action].name.clone(), rules.rules[p.rule].name.clone()))
         .collect();
-    let matched: Vec<&str> = evaluation.rules.iter().map(|&i| rules.rules[i].name.as_str()).collect();
-    let matched = matched.join(",");
+    let matched_rules: Vec<String> = evaluation.rules.iter().map(|&i| rules.rules[i].name.clone()).collect();
+    let matched = matched_rules.join(",");
     let new = NewEvent {
         id: uuid::Uuid::now_v7().to_string(),
         dedup_key: cb.dedup_key.clone(),
         event: cb.event.clone(),
         received_at_ms: now,
         body: cb.raw,
+        rules: matched_rules,
         deliveries,
     };
     let window = settings.dedup_window.as_millis() as u64;
+    let has_deliveries = !new.deliveries.is_empty();
     match state.store.accept(new, window).await {
         Ok(Accepted::New(id)) => {
             state.accepted.fetch_add(1, Ordering::Relaxed);
+            if has_deliveries {
+                state.wake.notify_one();
+            }
             Outcome {
                 status: StatusCode::OK,
                 result: "accepted",

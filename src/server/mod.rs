@@ -69,6 +69,8 @@ pub struct AppState {
     pub env: Arc<dyn Env + Send + Sync>,
     /// Callbacks accepted since start (for status).
     pub accepted: AtomicU64,
+    /// Wakes the dispatcher when new deliveries are stored.
+    pub wake: Arc<tokio::sync::Notify>,
 }
 
 /// A JSON reply with a status code.

@@ -1,11 +1,19 @@
-//! Where accepted events live until they are handled.
+//! Where accepted events and their deliveries live until handled: the only
+//! hand-off between the request path and the dispatcher.
 //!
-//! The callback handler answers 200 only after [`Store::accept`] returns, and
-//! a repeated event (same dedup key within `dedup_window`) is recognised here.
+//! The callback handler answers 200 only after [`Store::accept`] has
+//! committed the event, its dedup key and its deliveries. The dispatcher
+//! claims due deliveries with a lease ([`Store::claim_due`]) and records each
+//! outcome ([`Store::record`]). A delivery whose lease runs out (the daemon
+//! died mid-attempt) becomes due again: at least once, never lost.
+//!
+//! The interface is what a shared PostgreSQL queue would also implement; the
+//! embedded SQLite store ([`sqlite::SqliteStore`]) is the default.
 
-pub mod memory;
+pub mod sqlite;
 
 use futures_util::future::BoxFuture;
+use serde::Serialize;
 
 /// An event ready to be stored, with the deliveries its rules asked for.
 #[derive(Debug, Clone)]
@@ -18,6 +26,8 @@ pub struct NewEvent {
     pub received_at_ms: u64,
     /// The callback as received.
     pub body: serde_json::Value,
+    /// Names of the matching rules, in order.
+    pub rules: Vec<String>,
     /// (action, rule) names, in order.
     pub deliveries: Vec<(String, String)>,
 }
@@ -31,19 +41,145 @@ pub enum Accepted {
     Duplicate,
 }
 
-/// The store could not take the event: the caller answers 503 so that
-/// Easemob's retry has a chance.
+/// The store could not do what was asked. On the request path the caller
+/// answers 503 so that Easemob's retry has a chance.
 #[derive(Debug, thiserror::Error)]
-#[error("store unavailable: {0}")]
+#[error("store: {0}")]
 pub struct StoreError(pub String);
 
-/// The store interface the server and dispatcher rely on.
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError(e.to_string())
+    }
+}
+
+/// A delivery handed to the dispatcher.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub id: i64,
+    pub event_id: String,
+    pub action: String,
+    pub rule: String,
+    /// Attempts made before this one.
+    pub attempts: u32,
+    pub received_at_ms: u64,
+    pub body: serde_json::Value,
+}
+
+/// What happened to one attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    Sent,
+    /// Try again at this time (ms since the epoch); `counted` is false when
+    /// no attempt was made (a rate limit deferred it).
+    Retry { at_ms: u64, error: String, counted: bool },
+    Dead { error: String },
+}
+
+/// A delivery's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Pending,
+    Sent,
+    Dead,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Sent => "sent",
+            Status::Dead => "dead",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(Status::Pending),
+            "sent" => Some(Status::Sent),
+            "dead" => Some(Status::Dead),
+            _ => None,
+        }
+    }
+}
+
+/// A delivery as the admin API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryInfo {
+    pub id: i64,
+    pub event_id: String,
+    pub event: String,
+    pub action: String,
+    pub rule: String,
+    pub status: Status,
+    pub attempts: u32,
+    /// Next attempt (pending only), ms since the epoch.
+    pub next_attempt_at: Option<u64>,
+    pub last_error: Option<String>,
+    pub created_at: u64,
+    pub updated_at: u64,
+}
+
+/// An event as the admin API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventInfo {
+    pub id: String,
+    pub event: String,
+    pub received_at: u64,
+    pub rules: Vec<String>,
+    pub deliveries: Vec<DeliveryBrief>,
+    pub callback: serde_json::Value,
+}
+
+/// A delivery as listed under its event.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryBrief {
+    pub id: i64,
+    pub action: String,
+    pub status: Status,
+    pub attempts: u32,
+}
+
+/// Counts for status and metrics.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Counts {
+    pub pending: u64,
+    pub dead: u64,
+}
+
+/// The store interface the server, the dispatcher and the admin API use.
 pub trait Store: Send + Sync + 'static {
     /// Store an event and its deliveries unless it is a duplicate within
-    /// `dedup_window_ms`. Returns once the event is as durable as this store
-    /// makes anything.
+    /// `dedup_window_ms`. Returns once committed durably.
     fn accept(&self, event: NewEvent, dedup_window_ms: u64) -> BoxFuture<'_, Result<Accepted, StoreError>>;
 
-    /// Whether new events can be taken now (for `/readyz`).
+    /// Claim up to `limit` due deliveries for `lease_ms`.
+    fn claim_due(&self, now_ms: u64, limit: usize, lease_ms: u64) -> BoxFuture<'_, Result<Vec<Claimed>, StoreError>>;
+
+    /// Record the outcomes of attempts.
+    fn record(&self, outcomes: Vec<(i64, Record)>) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// When the earliest pending delivery that is not leased falls due.
+    fn next_due(&self) -> BoxFuture<'_, Result<Option<u64>, StoreError>>;
+
+    /// Put dead deliveries back in the queue: these ids, or every dead one
+    /// when `ids` is `None`. Returns how many were requeued.
+    fn retry(&self, ids: Option<Vec<i64>>, now_ms: u64) -> BoxFuture<'_, Result<u64, StoreError>>;
+
+    fn list_deliveries(&self, status: Option<Status>, limit: usize) -> BoxFuture<'_, Result<Vec<DeliveryInfo>, StoreError>>;
+
+    fn list_events(&self, since_ms: u64, event: Option<String>, limit: usize) -> BoxFuture<'_, Result<Vec<EventInfo>, StoreError>>;
+
+    fn counts(&self) -> BoxFuture<'_, Result<Counts, StoreError>>;
+
+    /// Remove sent deliveries and finished events older than `retention_ms`,
+    /// and expired dedup keys.
+    fn prune(&self, now_ms: u64, retention_ms: u64) -> BoxFuture<'_, Result<u64, StoreError>>;
+
+    /// Whether the last write succeeded (for `/readyz`).
     fn is_writable(&self) -> bool;
+
+    /// Try a small write, to find out whether a broken store has recovered.
+    fn probe(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 }

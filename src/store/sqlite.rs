@@ -1,0 +1,597 @@
+//! The embedded store: SQLite in `state_dir/easehook.db`, WAL journal,
+//! `synchronous=FULL` (a commit is on disk before it returns).
+//!
+//! One writer thread owns the write connection and **group-commits**: it
+//! takes every command waiting in its queue, runs each in a savepoint of one
+//! transaction, commits once (one fsync for the lot), and only then answers
+//! each caller. Under load many callbacks share one fsync; alone, a callback
+//! pays for exactly one. Reads for the admin API use a second connection,
+//! which WAL lets run beside the writer.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+
+use futures_util::future::BoxFuture;
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::oneshot;
+
+use super::{
+    Accepted, Claimed, Counts, DeliveryBrief, DeliveryInfo, EventInfo, NewEvent, Record, Status, Store, StoreError,
+};
+
+/// Commands handled in one transaction at most.
+const MAX_BATCH: usize = 512;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS events (
+    id           TEXT PRIMARY KEY,
+    dedup_key    TEXT NOT NULL,
+    event        TEXT NOT NULL,
+    received_at  INTEGER NOT NULL,
+    rules        TEXT NOT NULL,
+    body         TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_received ON events(received_at);
+CREATE TABLE IF NOT EXISTS dedup (
+    key          TEXT PRIMARY KEY,
+    expires_at   INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dedup_expiry ON dedup(expires_at);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id        TEXT NOT NULL REFERENCES events(id),
+    action          TEXT NOT NULL,
+    rule            TEXT NOT NULL,
+    status          TEXT NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL,
+    leased_until    INTEGER,
+    last_error      TEXT,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(status, next_attempt_at);
+CREATE INDEX IF NOT EXISTS deliveries_event ON deliveries(event_id);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+PRAGMA user_version = 1;
+"#;
+
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+enum Command {
+    Accept(Box<NewEvent>, u64, Reply<Accepted>),
+    Claim { now: u64, limit: usize, lease: u64, reply: Reply<Vec<Claimed>> },
+    Record(Vec<(i64, Record)>, Reply<()>),
+    Retry(Option<Vec<i64>>, u64, Reply<u64>),
+    Prune(u64, u64, Reply<u64>),
+    Probe(Reply<()>),
+}
+
+/// An answer computed inside the transaction, sent only after it commits.
+enum Pending {
+    Accept(Reply<Accepted>, Result<Accepted, StoreError>),
+    Claim(Reply<Vec<Claimed>>, Result<Vec<Claimed>, StoreError>),
+    Unit(Reply<()>, Result<(), StoreError>),
+    Count(Reply<u64>, Result<u64, StoreError>),
+}
+
+impl Pending {
+    fn fail(self, e: &str) {
+        let err = || StoreError(e.to_string());
+        match self {
+            Pending::Accept(tx, _) => drop(tx.send(Err(err()))),
+            Pending::Claim(tx, _) => drop(tx.send(Err(err()))),
+            Pending::Unit(tx, _) => drop(tx.send(Err(err()))),
+            Pending::Count(tx, _) => drop(tx.send(Err(err()))),
+        }
+    }
+
+    fn send(self) {
+        match self {
+            Pending::Accept(tx, r) => drop(tx.send(r)),
+            Pending::Claim(tx, r) => drop(tx.send(r)),
+            Pending::Unit(tx, r) => drop(tx.send(r)),
+            Pending::Count(tx, r) => drop(tx.send(r)),
+        }
+    }
+}
+
+/// The SQLite store.
+pub struct SqliteStore {
+    tx: Mutex<mpsc::Sender<Command>>,
+    reader: Arc<Mutex<Connection>>,
+    writable: Arc<AtomicBool>,
+    path: PathBuf,
+}
+
+fn open(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        tracing::warn!(mode, "SQLite did not switch to WAL");
+    }
+    conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Open (creating when needed) the store in `state_dir`.
+    pub fn open(state_dir: &Path) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        std::fs::create_dir_all(state_dir)
+            .with_context(|| format!("cannot create state_dir {}", state_dir.display()))?;
+        let path = state_dir.join("easehook.db");
+        let writer = open(&path).with_context(|| format!("cannot open the store {}", path.display()))?;
+        writer
+            .execute_batch(SCHEMA)
+            .with_context(|| format!("cannot create the schema in {}", path.display()))?;
+        // This daemon owns the store: leases held by a previous process (which
+        // crashed mid-attempt) are void, so those deliveries are due now.
+        writer
+            .execute("UPDATE deliveries SET leased_until = NULL WHERE leased_until IS NOT NULL", [])
+            .context("cannot release old leases")?;
+        let reader = open(&path).with_context(|| format!("cannot open the store {}", path.display()))?;
+        let (tx, rx) = mpsc::channel();
+        let writable = Arc::new(AtomicBool::new(true));
+        let flag = writable.clone();
+        std::thread::Builder::new()
+            .name("easehook-store".into())
+            .spawn(move || writer_loop(writer, rx, flag))
+            .context("cannot start the store writer")?;
+        Ok(Self {
+            tx: Mutex::new(tx),
+            reader: Arc::new(Mutex::new(reader)),
+            writable,
+            path,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn send<T: Send + 'static>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> Command,
+    ) -> BoxFuture<'static, Result<T, StoreError>> {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.tx.lock().map_err(|_| ()).and_then(|s| s.send(make(tx)).map_err(|_| ()));
+        Box::pin(async move {
+            if sent.is_err() {
+                return Err(StoreError("the store writer has stopped".into()));
+            }
+            rx.await.map_err(|_| StoreError("the store writer has stopped".into()))?
+        })
+    }
+
+    fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> BoxFuture<'static, Result<T, StoreError>> {
+        let reader = self.reader.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let conn = reader.lock().map_err(|_| StoreError("reader lock poisoned".into()))?;
+                f(&conn).map_err(StoreError::from)
+            })
+            .await
+            .map_err(|e| StoreError(e.to_string()))?
+        })
+    }
+}
+
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<Command>, writable: Arc<AtomicBool>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(_) => break,
+            }
+        }
+        let mut pending = Vec::with_capacity(batch.len());
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            writable.store(false, Ordering::Relaxed);
+            let msg = e.to_string();
+            for c in batch {
+                fail_command(c, &msg);
+            }
+            continue;
+        }
+        for c in batch {
+            pending.push(run_command(&conn, c));
+        }
+        match conn.execute_batch("COMMIT") {
+            Ok(()) => {
+                let ok = !pending.iter().any(|p| matches!(p, Pending::Accept(_, Err(_)) | Pending::Unit(_, Err(_))));
+                writable.store(ok, Ordering::Relaxed);
+                for p in pending {
+                    p.send();
+                }
+            }
+            Err(e) => {
+                writable.store(false, Ordering::Relaxed);
+                let _ = conn.execute_batch("ROLLBACK");
+                let msg = format!("commit failed: {e}");
+                tracing::error!(error = %msg, "store commit failed");
+                for p in pending {
+                    p.fail(&msg);
+                }
+            }
+        }
+    }
+}
+
+fn fail_command(c: Command, msg: &str) {
+    let p = match c {
+        Command::Accept(_, _, r) => Pending::Accept(r, Ok(Accepted::Duplicate)),
+        Command::Claim { reply, .. } => Pending::Claim(reply, Ok(Vec::new())),
+        Command::Record(_, r) | Command::Probe(r) => Pending::Unit(r, Ok(())),
+        Command::Retry(_, _, r) | Command::Prune(_, _, r) => Pending::Count(r, Ok(0)),
+    };
+    p.fail(msg);
+}
+
+/// Run one command in its own savepoint, so that its failure does not undo
+/// the others of the batch.
+fn run_command(conn: &Connection, c: Command) -> Pending {
+    fn sp<T>(conn: &Connection, f: impl FnOnce() -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        conn.execute_batch("SAVEPOINT cmd")?;
+        match f() {
+            Ok(v) => {
+                conn.execute_batch("RELEASE cmd")?;
+                Ok(v)
+            }
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK TO cmd; RELEASE cmd");
+                Err(e.into())
+            }
+        }
+    }
+    match c {
+        Command::Accept(ev, window, reply) => Pending::Accept(reply, sp(conn, || accept(conn, &ev, window))),
+        Command::Claim { now, limit, lease, reply } => Pending::Claim(reply, sp(conn, || claim(conn, now, limit, lease))),
+        Command::Record(outcomes, reply) => Pending::Unit(reply, sp(conn, || record(conn, &outcomes))),
+        Command::Retry(ids, now, reply) => Pending::Count(reply, sp(conn, || retry(conn, ids.as_deref(), now))),
+        Command::Prune(now, retention, reply) => Pending::Count(reply, sp(conn, || prune(conn, now, retention))),
+        Command::Probe(reply) => Pending::Unit(
+            reply,
+            sp(conn, || {
+                conn.execute(
+                    "INSERT INTO meta(key, value) VALUES('probe', ?1) ON CONFLICT(key) DO UPDATE SET value = ?1",
+                    params![crate::verify::now_ms().to_string()],
+                )
+                .map(drop)
+            }),
+        ),
+    }
+}
+
+fn accept(conn: &Connection, ev: &NewEvent, window: u64) -> rusqlite::Result<Accepted> {
+    let now = ev.received_at_ms as i64;
+    let seen: Option<i64> = conn
+        .prepare_cached("SELECT expires_at FROM dedup WHERE key = ?1")?
+        .query_row([&ev.dedup_key], |r| r.get(0))
+        .optional()?;
+    if seen.is_some_and(|exp| exp > now) {
+        return Ok(Accepted::Duplicate);
+    }
+    conn.prepare_cached(
+        "INSERT INTO dedup(key, expires_at) VALUES(?1, ?2) ON CONFLICT(key) DO UPDATE SET expires_at = ?2",
+    )?
+    .execute(params![ev.dedup_key, now.saturating_add(window as i64)])?;
+    conn.prepare_cached("INSERT INTO events(id, dedup_key, event, received_at, rules, body) VALUES(?1, ?2, ?3, ?4, ?5, ?6)")?
+        .execute(params![
+            ev.id,
+            ev.dedup_key,
+            ev.event,
+            now,
+            serde_json::to_string(&ev.rules).unwrap_or_else(|_| "[]".into()),
+            ev.body.to_string()
+        ])?;
+    let mut ins = conn.prepare_cached(
+        "INSERT INTO deliveries(event_id, action, rule, status, attempts, next_attempt_at, created_at, updated_at)
+         VALUES(?1, ?2, ?3, 'pending', 0, ?4, ?4, ?4)",
+    )?;
+    for (action, rule) in &ev.deliveries {
+        ins.execute(params![ev.id, action, rule, now])?;
+    }
+    Ok(Accepted::New(ev.id.clone()))
+}
+
+fn claim(conn: &Connection, now: u64, limit: usize, lease: u64) -> rusqlite::Result<Vec<Claimed>> {
+    let now = now as i64;
+    let mut stmt = conn.prepare_cached(
+        "UPDATE deliveries SET leased_until = ?1
+         WHERE id IN (SELECT id FROM deliveries
+                      WHERE status = 'pending' AND next_attempt_at <= ?2
+                        AND (leased_until IS NULL OR leased_until <= ?2)
+                      ORDER BY next_attempt_at, id LIMIT ?3)
+         RETURNING id, event_id, action, rule, attempts",
+    )?;
+    let rows = stmt
+        .query_map(params![now.saturating_add(lease as i64), now, limit as i64], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?, r.get::<_, u32>(4)?))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut ev = conn.prepare_cached("SELECT received_at, body FROM events WHERE id = ?1")?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (id, event_id, action, rule, attempts) in rows {
+        let (received_at, body): (i64, String) = ev.query_row([&event_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        out.push(Claimed {
+            id,
+            event_id,
+            action,
+            rule,
+            attempts,
+            received_at_ms: received_at as u64,
+            body: serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+        });
+    }
+    out.sort_by_key(|c| c.id);
+    Ok(out)
+}
+
+fn record(conn: &Connection, outcomes: &[(i64, Record)]) -> rusqlite::Result<()> {
+    let now = crate::verify::now_ms() as i64;
+    for (id, r) in outcomes {
+        match r {
+            Record::Sent => conn
+                .prepare_cached(
+                    "UPDATE deliveries SET status = 'sent', attempts = attempts + 1, leased_until = NULL,
+                     last_error = NULL, updated_at = ?2 WHERE id = ?1",
+                )?
+                .execute(params![id, now])?,
+            Record::Retry { at_ms, error, counted } => conn
+                .prepare_cached(
+                    "UPDATE deliveries SET attempts = attempts + ?2, next_attempt_at = ?3, leased_until = NULL,
+                     last_error = COALESCE(?4, last_error), updated_at = ?5 WHERE id = ?1",
+                )?
+                .execute(params![
+                    id,
+                    i64::from(*counted),
+                    *at_ms as i64,
+                    if *counted { Some(error.as_str()) } else { None },
+                    now
+                ])?,
+            Record::Dead { error } => conn
+                .prepare_cached(
+                    "UPDATE deliveries SET status = 'dead', attempts = attempts + 1, leased_until = NULL,
+                     last_error = ?2, updated_at = ?3 WHERE id = ?1",
+                )?
+                .execute(params![id, error, now])?,
+        };
+    }
+    Ok(())
+}
+
+fn retry(conn: &Connection, ids: Option<&[i64]>, now: u64) -> rusqlite::Result<u64> {
+    let now = now as i64;
+    let sql = "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?2, leased_until = NULL,
+               updated_at = ?2 WHERE status = 'dead' AND (?1 IS NULL OR id = ?1)";
+    let mut stmt = conn.prepare_cached(sql)?;
+    Ok(match ids {
+        None => stmt.execute(params![Option::<i64>::None, now])? as u64,
+        Some(ids) => {
+            let mut n = 0;
+            for id in ids {
+                n += stmt.execute(params![Some(*id), now])? as u64;
+            }
+            n
+        }
+    })
+}
+
+fn prune(conn: &Connection, now: u64, retention: u64) -> rusqlite::Result<u64> {
+    let cutoff = now.saturating_sub(retention) as i64;
+    let mut n = conn.execute(
+        "DELETE FROM deliveries WHERE status IN ('sent', 'dead') AND updated_at < ?1",
+        [cutoff],
+    )? as u64;
+    n += conn.execute(
+        "DELETE FROM events WHERE received_at < ?1
+         AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id)",
+        [cutoff],
+    )? as u64;
+    conn.execute("DELETE FROM dedup WHERE expires_at <= ?1", [now as i64])?;
+    Ok(n)
+}
+
+fn delivery_row(r: &rusqlite::Row) -> rusqlite::Result<DeliveryInfo> {
+    let status: String = r.get(5)?;
+    let status = Status::parse(&status).unwrap_or(Status::Pending);
+    Ok(DeliveryInfo {
+        id: r.get(0)?,
+        event_id: r.get(1)?,
+        event: r.get(2)?,
+        action: r.get(3)?,
+        rule: r.get(4)?,
+        status,
+        attempts: r.get(6)?,
+        next_attempt_at: (status == Status::Pending).then(|| r.get::<_, i64>(7).map(|v| v as u64)).transpose()?,
+        last_error: r.get(8)?,
+        created_at: r.get::<_, i64>(9)? as u64,
+        updated_at: r.get::<_, i64>(10)? as u64,
+    })
+}
+
+impl Store for SqliteStore {
+    fn accept(&self, event: NewEvent, window: u64) -> BoxFuture<'_, Result<Accepted, StoreError>> {
+        self.send(|r| Command::Accept(Box::new(event), window, r))
+    }
+
+    fn claim_due(&self, now: u64, limit: usize, lease: u64) -> BoxFuture<'_, Result<Vec<Claimed>, StoreError>> {
+        self.send(|reply| Command::Claim { now, limit, lease, reply })
+    }
+
+    fn record(&self, outcomes: Vec<(i64, Record)>) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.send(|r| Command::Record(outcomes, r))
+    }
+
+    fn next_due(&self) -> BoxFuture<'_, Result<Option<u64>, StoreError>> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT MIN(MAX(next_attempt_at, COALESCE(leased_until, 0))) FROM deliveries WHERE status = 'pending'",
+                [],
+                |r| r.get::<_, Option<i64>>(0),
+            )
+            .map(|v| v.map(|v| v as u64))
+        })
+    }
+
+    fn retry(&self, ids: Option<Vec<i64>>, now: u64) -> BoxFuture<'_, Result<u64, StoreError>> {
+        self.send(|r| Command::Retry(ids, now, r))
+    }
+
+    fn list_deliveries(&self, status: Option<Status>, limit: usize) -> BoxFuture<'_, Result<Vec<DeliveryInfo>, StoreError>> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT d.id, d.event_id, e.event, d.action, d.rule, d.status, d.attempts, d.next_attempt_at,
+                        d.last_error, d.created_at, d.updated_at
+                 FROM deliveries d JOIN events e ON e.id = d.event_id
+                 WHERE (?1 IS NULL OR d.status = ?1) ORDER BY d.id DESC LIMIT ?2",
+            )?;
+            stmt.query_map(params![status.map(Status::as_str), limit as i64], delivery_row)?
+                .collect()
+        })
+    }
+
+    fn list_events(&self, since: u64, event: Option<String>, limit: usize) -> BoxFuture<'_, Result<Vec<EventInfo>, StoreError>> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, event, received_at, rules, body FROM events
+                 WHERE received_at >= ?1
+                   AND (?2 IS NULL OR event = ?2 OR substr(event, 1, length(?2) + 1) = ?2 || ':')
+                 ORDER BY received_at DESC, id DESC LIMIT ?3",
+            )?;
+            let rows = stmt
+                .query_map(params![since as i64, event, limit as i64], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, String>(3)?, r.get::<_, String>(4)?))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut ds = c.prepare_cached("SELECT id, action, status, attempts FROM deliveries WHERE event_id = ?1 ORDER BY id")?;
+            let mut out = Vec::with_capacity(rows.len());
+            for (id, event, received_at, rules, body) in rows {
+                let deliveries = ds
+                    .query_map([&id], |r| {
+                        let status: String = r.get(2)?;
+                        Ok(DeliveryBrief {
+                            id: r.get(0)?,
+                            action: r.get(1)?,
+                            status: Status::parse(&status).unwrap_or(Status::Pending),
+                            attempts: r.get(3)?,
+                        })
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                out.push(EventInfo {
+                    id,
+                    event,
+                    received_at: received_at as u64,
+                    rules: serde_json::from_str(&rules).unwrap_or_default(),
+                    deliveries,
+                    callback: serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn counts(&self) -> BoxFuture<'_, Result<Counts, StoreError>> {
+        self.read(|c| {
+            let mut counts = Counts::default();
+            let mut stmt = c.prepare_cached("SELECT status, COUNT(*) FROM deliveries WHERE status IN ('pending', 'dead') GROUP BY status")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+            for row in rows {
+                let (s, n) = row?;
+                if s == "pending" {
+                    counts.pending = n as u64;
+                } else {
+                    counts.dead = n as u64;
+                }
+            }
+            Ok(counts)
+        })
+    }
+
+    fn prune(&self, now: u64, retention: u64) -> BoxFuture<'_, Result<u64, StoreError>> {
+        self.send(|r| Command::Prune(now, retention, r))
+    }
+
+    fn is_writable(&self) -> bool {
+        self.writable.load(Ordering::Relaxed)
+    }
+
+    fn probe(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.send(Command::Probe)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(id: &str, key: &str, actions: &[&str], at: u64) -> NewEvent {
+        NewEvent {
+            id: id.into(),
+            dedup_key: key.into(),
+            event: "roster:ban".into(),
+            received_at_ms: at,
+            body: serde_json::json!({"callId": id}),
+            rules: vec!["r".into()],
+            deliveries: actions.iter().map(|a| (a.to_string(), "r".to_string())).collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn accept_dedup_claim_record_retry_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = SqliteStore::open(dir.path()).unwrap();
+            assert_eq!(s.accept(ev("e1", "k1", &["a", "b"], 1000), 60_000).await.unwrap(), Accepted::New("e1".into()));
+            assert_eq!(s.accept(ev("e2", "k1", &["a"], 2000), 60_000).await.unwrap(), Accepted::Duplicate);
+            // After the window the same key is a new event.
+            assert_eq!(s.accept(ev("e3", "k1", &[], 70_000), 60_000).await.unwrap(), Accepted::New("e3".into()));
+            let claimed = s.claim_due(1000, 10, 30_000).await.unwrap();
+            assert_eq!(claimed.iter().map(|c| c.action.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+            assert_eq!(claimed[0].body["callId"], "e1");
+            // Leased: not claimed twice.
+            assert!(s.claim_due(1001, 10, 30_000).await.unwrap().is_empty());
+            s.record(vec![
+                (claimed[0].id, Record::Sent),
+                (claimed[1].id, Record::Dead { error: "410 Gone".into() }),
+            ])
+            .await
+            .unwrap();
+            let counts = s.counts().await.unwrap();
+            assert_eq!((counts.pending, counts.dead), (0, 1));
+            let dead = s.list_deliveries(Some(Status::Dead), 10).await.unwrap();
+            assert_eq!(dead[0].last_error.as_deref(), Some("410 Gone"));
+            assert_eq!(s.retry(None, 5000).await.unwrap(), 1);
+            let events = s.list_events(0, Some("roster".into()), 10).await.unwrap();
+            assert_eq!(events.len(), 2);
+            assert_eq!(events[1].deliveries.len(), 2);
+            // A leased delivery is left behind by a "crash".
+            assert_eq!(s.claim_due(5000, 10, 600_000).await.unwrap().len(), 1);
+        }
+        let s = SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(s.accept(ev("e4", "k1", &[], 80_000), 60_000).await.unwrap(), Accepted::Duplicate);
+        // Reopening voids the dead process's lease: the delivery is due again.
+        assert_eq!(s.claim_due(6000, 10, 30_000).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn prune_keeps_pending_and_recent() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path()).unwrap();
+        s.accept(ev("old", "k1", &[], 1000), 1000).await.unwrap();
+        s.accept(ev("pending", "k2", &["a"], 1000), 1000).await.unwrap();
+        let now = crate::verify::now_ms();
+        s.accept(ev("new", "k3", &[], now), 1000).await.unwrap();
+        s.prune(now, 10_000).await.unwrap();
+        let ids: Vec<String> = s.list_events(0, None, 10).await.unwrap().into_iter().map(|e| e.id).collect();
+        assert_eq!(ids, ["new", "pending"]);
+    }
+}
