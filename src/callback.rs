@@ -399,7 +399,7 @@ mod tests {
         let cb = Callback::from_value(msg).unwrap();
         assert_eq!(cb.event, "groupchat");
         assert_eq!(cb.field("payload.bodies.0.msg").as_deref(), Some("hi"));
-        assert_eq!(cb.field("payload.bodies.0").as_deref(), Some(r#"{"msg":"hi","type":"txt"}"#));
+        assert_eq!(cb.field("payload.bodies.0").as_deref(), Some(r#"{"type":"txt","msg":"hi"}"#));
     }
 
     #[test]

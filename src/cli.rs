@@ -26,6 +26,56 @@ pub enum Command {
     Test(TestArgs),
     /// Act as Easemob: build or read a callback, sign it, POST it to the daemon
     Simulate(SimulateArgs),
+    /// Deliveries in the running daemon's store (through the admin API)
+    #[command(subcommand)]
+    Deliveries(DeliveriesCommand),
+    /// Events in the running daemon's store (through the admin API)
+    #[command(subcommand)]
+    Events(EventsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeliveriesCommand {
+    /// List deliveries, newest first
+    List {
+        /// Only this status
+        #[arg(long, value_parser = ["pending", "sent", "dead"])]
+        status: Option<String>,
+        /// At most this many
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print the API's JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put dead deliveries back in the queue
+    Retry {
+        /// Delivery ids
+        #[arg(required_unless_present = "dead", conflicts_with = "dead")]
+        ids: Vec<i64>,
+        /// Every dead delivery
+        #[arg(long)]
+        dead: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// List stored events with the rules they matched, newest first
+    List {
+        /// Only events received within this time, like 1h or 30m
+        #[arg(long)]
+        since: Option<String>,
+        /// Only this event (roster:ban) or family (roster)
+        #[arg(long)]
+        event: Option<String>,
+        /// At most this many
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print the API's JSON
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -33,7 +83,7 @@ pub struct TestArgs {
     /// The callback JSON: a file, or - for standard input
     #[arg(long, short = 'e', value_name = "FILE|-")]
     pub event: String,
-    /// Really send the rendered messages
+    /// Really send the rendered messages (nothing is stored)
     #[arg(long)]
     pub send: bool,
 }

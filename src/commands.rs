@@ -113,6 +113,8 @@ pub fn test(config_path: &Path, args: &TestArgs) -> anyhow::Result<ExitCode> {
         cb.appkey.as_deref().unwrap_or("")
     );
     let evaluation = rules.evaluate(&cb);
+    let senders = if args.send { Some(crate::actions::Senders::new()?) } else { None };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     if evaluation.rules.is_empty() {
         println!("no rule matches this event: it would be acknowledged and stored, and nothing sent");
         return Ok(ExitCode::SUCCESS);
@@ -138,6 +140,28 @@ pub fn test(config_path: &Path, args: &TestArgs) -> anyhow::Result<ExitCode> {
                             for line in msg.describe(redactor).lines() {
                                 println!("    {line}");
                             }
+                            if let Some(senders) = &senders {
+                                let settings = &snap.settings;
+                                let timeout = action.timeout.unwrap_or(settings.delivery.timeout);
+                                let outcome = runtime.block_on(async {
+                                    tokio::time::timeout(timeout, senders.send(&msg, settings, timeout)).await
+                                });
+                                match outcome {
+                                    Ok(crate::actions::Outcome::Sent) => println!("    => sent"),
+                                    Ok(crate::actions::Outcome::Retry { error, .. }) => {
+                                        failures += 1;
+                                        println!("    => failed (would be retried): {}", redactor.redact(&error));
+                                    }
+                                    Ok(crate::actions::Outcome::Permanent(error)) => {
+                                        failures += 1;
+                                        println!("    => failed (permanent): {}", redactor.redact(&error));
+                                    }
+                                    Err(_) => {
+                                        failures += 1;
+                                        println!("    => failed: timed out after {}ms", timeout.as_millis());
+                                    }
+                                }
+                            }
                         }
                         Err(e) => {
                             failures += 1;
@@ -153,10 +177,11 @@ pub fn test(config_path: &Path, args: &TestArgs) -> anyhow::Result<ExitCode> {
         }
     }
     println!(
-        "\n{} rule(s) matched, {} action(s) would be sent{}",
+        "\n{} rule(s) matched, {} action(s) {}{}",
         evaluation.rules.len(),
         evaluation.deliveries.len(),
-        if failures > 0 { format!(", {failures} cannot be rendered") } else { String::new() }
+        if args.send { "attempted" } else { "would be sent" },
+        if failures > 0 { format!(", {failures} failed") } else { String::new() }
     );
     Ok(if failures > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
@@ -238,4 +263,145 @@ pub fn simulate(config_path: &Path, args: &SimulateArgs) -> anyhow::Result<ExitC
     println!("POST {url} ({})", body.get("callId").and_then(Value::as_str).unwrap_or(""));
     println!("HTTP {} {}", status.as_u16(), text);
     Ok(if status.as_u16() == 200 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// The admin API of the configured daemon: base URL and token.
+struct AdminClient {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl AdminClient {
+    fn new(config_path: &Path) -> anyhow::Result<Self> {
+        let settings = config::load(config_path, &ProcessEnv).map_err(|d| anyhow::anyhow!("{d}"))?;
+        let mut addr = settings.admin_listen;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(if addr.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() });
+        }
+        Ok(Self {
+            base: format!("http://{addr}"),
+            token: settings.admin_token.map(|t| t.expose().to_string()),
+            http: reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build()?,
+            runtime: tokio::runtime::Builder::new_current_thread().enable_all().build()?,
+        })
+    }
+
+    fn call(&self, method: reqwest::Method, path: &str, query: &[(&str, String)]) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.base);
+        self.runtime.block_on(async {
+            let mut req = self.http.request(method, &url).query(query);
+            if let Some(t) = &self.token {
+                req = req.bearer_auth(t);
+            }
+            let resp = req.send().await.with_context(|| format!("cannot reach the admin API at {}; is the daemon running?", self.base))?;
+            let status = resp.status();
+            let body: Value = resp.json().await.context("the admin API answered with something that is not JSON")?;
+            if !status.is_success() {
+                bail!("{path}: HTTP {}: {}", status.as_u16(), body.get("error").and_then(Value::as_str).unwrap_or("failed"));
+            }
+            Ok(body)
+        })
+    }
+}
+
+fn when(ms: u64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms as i64)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default()
+}
+
+/// `easehook deliveries …`.
+pub fn deliveries(config_path: &Path, cmd: &crate::cli::DeliveriesCommand) -> anyhow::Result<ExitCode> {
+    use crate::cli::DeliveriesCommand;
+    let client = AdminClient::new(config_path)?;
+    match cmd {
+        DeliveriesCommand::List { status, limit, json } => {
+            let mut q = vec![("limit", limit.to_string())];
+            if let Some(s) = status {
+                q.push(("status", s.clone()));
+            }
+            let body = client.call(reqwest::Method::GET, "/api/v1/deliveries", &q)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&body)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let list = body["deliveries"].as_array().cloned().unwrap_or_default();
+            println!("{:>6}  {:<8} {:>8}  {:<20} {:<20} {:<20} {}", "ID", "STATUS", "ATTEMPTS", "UPDATED", "EVENT", "ACTION", "LAST ERROR");
+            for d in &list {
+                println!(
+                    "{:>6}  {:<8} {:>8}  {:<20} {:<20} {:<20} {}",
+                    d["id"].as_i64().unwrap_or(0),
+                    d["status"].as_str().unwrap_or(""),
+                    d["attempts"].as_u64().unwrap_or(0),
+                    when(d["updated_at"].as_u64().unwrap_or(0)),
+                    d["event"].as_str().unwrap_or(""),
+                    d["action"].as_str().unwrap_or(""),
+                    d["last_error"].as_str().unwrap_or("")
+                );
+            }
+            println!("{} deliver{}", list.len(), if list.len() == 1 { "y" } else { "ies" });
+        }
+        DeliveriesCommand::Retry { ids, dead } => {
+            if *dead {
+                let body = client.call(reqwest::Method::POST, "/api/v1/deliveries/retry-dead", &[])?;
+                println!("{} dead deliveries requeued", body["requeued"]);
+            } else {
+                let mut failed = false;
+                for id in ids {
+                    match client.call(reqwest::Method::POST, &format!("/api/v1/deliveries/{id}/retry"), &[]) {
+                        Ok(_) => println!("delivery {id} requeued"),
+                        Err(e) => {
+                            failed = true;
+                            println!("delivery {id}: {e:#}");
+                        }
+                    }
+                }
+                if failed {
+                    return Ok(ExitCode::from(1));
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `easehook events list`.
+pub fn events(config_path: &Path, cmd: &crate::cli::EventsCommand) -> anyhow::Result<ExitCode> {
+    let crate::cli::EventsCommand::List { since, event, limit, json } = cmd;
+    let client = AdminClient::new(config_path)?;
+    let mut q = vec![("limit", limit.to_string())];
+    if let Some(s) = since {
+        q.push(("since", s.clone()));
+    }
+    if let Some(e) = event {
+        q.push(("event", e.clone()));
+    }
+    let body = client.call(reqwest::Method::GET, "/api/v1/events", &q)?;
+    if *json {
+        println!("{}", serde_json::to_string_pretty(&body)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let list = body["events"].as_array().cloned().unwrap_or_default();
+    for e in &list {
+        let rules: Vec<&str> = e["rules"].as_array().map(|r| r.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+        let deliveries: Vec<String> = e["deliveries"]
+            .as_array()
+            .map(|d| d.iter().map(|d| format!("{}:{}", d["action"].as_str().unwrap_or(""), d["status"].as_str().unwrap_or(""))).collect())
+            .unwrap_or_default();
+        let cb = &e["callback"];
+        println!(
+            "{}  {:<22} {} -> {}  rules [{}]  deliveries [{}]  id {}",
+            when(e["received_at"].as_u64().unwrap_or(0)),
+            e["event"].as_str().unwrap_or(""),
+            crate::callback::normalize_user(cb["from"].as_str().unwrap_or(""), cb["appkey"].as_str()),
+            cb["to"].as_str().unwrap_or(""),
+            rules.join(", "),
+            deliveries.join(", "),
+            e["id"].as_str().unwrap_or("")
+        );
+    }
+    println!("{} event(s)", list.len());
+    Ok(ExitCode::SUCCESS)
 }

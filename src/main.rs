@@ -16,6 +16,8 @@ fn main() -> ExitCode {
         Some(Command::Check) => commands::check(&path),
         Some(Command::Test(args)) => commands::test(&path, args),
         Some(Command::Simulate(args)) => commands::simulate(&path, args),
+        Some(Command::Deliveries(cmd)) => commands::deliveries(&path, cmd),
+        Some(Command::Events(cmd)) => commands::events(&path, cmd),
     };
     match result {
         Ok(code) => code,

@@ -1,7 +1,20 @@
-//! The admin listener: `/healthz`, `/readyz`, `POST /-/reload` and
-//! `GET /api/v1/status`. With `admin_token` set, every `/api/` and `/-/`
-//! call needs `Authorization: Bearer <token>`.
+//! The admin listener: health, readiness, reload and the admin API.
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /healthz` | 200 while the process serves |
+//! | `GET /readyz` | 200 once rules are loaded and the store is writable, else 503 |
+//! | `POST /-/reload` | reload now; 400 with every problem when the new set is invalid |
+//! | `GET /api/v1/status` | version, uptime, counts, queue depth, last reload |
+//! | `GET /api/v1/deliveries?status=&limit=` | deliveries, newest first |
+//! | `POST /api/v1/deliveries/{id}/retry` | put a dead delivery back in the queue |
+//! | `POST /api/v1/deliveries/retry-dead` | put every dead delivery back |
+//! | `GET /api/v1/events?since=&event=&limit=` | stored events with their rules and deliveries |
+//!
+//! With `admin_token` set, every `/api/` and `/-/` call needs
+//! `Authorization: Bearer <token>`.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -13,6 +26,7 @@ use warp::http::{HeaderMap, Method, StatusCode};
 use warp::reply::Response;
 
 use super::{AppState, error_reply, json_reply};
+use crate::store::Status;
 
 /// Every route of the admin listener.
 pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
@@ -21,9 +35,92 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (Response,), Error 
         .and(warp::method())
         .and(warp::path::full())
         .and(warp::header::headers_cloned())
-        .then(|state: Arc<AppState>, method: Method, path: warp::path::FullPath, headers: HeaderMap| async move {
-            handle(state, method, path.as_str(), headers).await
-        })
+        .and(warp::query::<HashMap<String, String>>())
+        .then(
+            |state: Arc<AppState>, method: Method, path: warp::path::FullPath, headers: HeaderMap, query: HashMap<String, String>| async move {
+                handle(state, method, path.as_str(), headers, query).await
+            },
+        )
+        .recover(super::rejected)
+        .unify()
+}
+
+/// `limit=`: default 50, at most 1000.
+fn limit(query: &HashMap<String, String>) -> Result<usize, Response> {
+    match query.get("limit") {
+        None => Ok(50),
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) if (1..=1000).contains(&n) => Ok(n),
+            _ => Err(error_reply(StatusCode::BAD_REQUEST, "limit must be a number from 1 to 1000")),
+        },
+    }
+}
+
+fn store_error(e: crate::store::StoreError) -> Response {
+    tracing::error!(error = %e, "admin API: store failed");
+    error_reply(StatusCode::SERVICE_UNAVAILABLE, "store unavailable")
+}
+
+async fn deliveries(state: &AppState, query: &HashMap<String, String>) -> Response {
+    let status = match query.get("status").map(String::as_str) {
+        None | Some("") => None,
+        Some(s) => match Status::parse(s) {
+            Some(st) => Some(st),
+            None => return error_reply(StatusCode::BAD_REQUEST, "status must be pending, sent or dead"),
+        },
+    };
+    let limit = match limit(query) {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
+    match state.store.list_deliveries(status, limit).await {
+        Ok(list) => json_reply(StatusCode::OK, &serde_json::json!({"deliveries": list})),
+        Err(e) => store_error(e),
+    }
+}
+
+async fn events(state: &AppState, query: &HashMap<String, String>) -> Response {
+    let limit = match limit(query) {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
+    let since = match query.get("since").map(String::as_str) {
+        None | Some("") => 0,
+        Some(s) if s.bytes().all(|b| b.is_ascii_digit()) => s.parse().unwrap_or(0),
+        Some(s) => match crate::config::units::HumanDuration::parse(s) {
+            Ok(d) => crate::verify::now_ms().saturating_sub(d.0.as_millis() as u64),
+            Err(_) => return error_reply(StatusCode::BAD_REQUEST, "since must be a duration like 1h or a time in ms"),
+        },
+    };
+    let event = query.get("event").filter(|e| !e.is_empty()).cloned();
+    match state.store.list_events(since, event, limit).await {
+        Ok(list) => {
+            // The stored callback carries its signature; the API never shows it.
+            let list: Vec<_> = list
+                .into_iter()
+                .map(|mut e| {
+                    if let Some(o) = e.callback.as_object_mut() {
+                        o.remove("security");
+                    }
+                    e
+                })
+                .collect();
+            json_reply(StatusCode::OK, &serde_json::json!({"events": list}))
+        }
+        Err(e) => store_error(e),
+    }
+}
+
+async fn retry(state: &AppState, ids: Option<Vec<i64>>) -> Response {
+    let single = ids.as_ref().map(|v| v[0]);
+    match state.store.retry(ids, crate::verify::now_ms()).await {
+        Ok(0) if single.is_some() => error_reply(StatusCode::NOT_FOUND, "no dead delivery with that id"),
+        Ok(n) => {
+            state.wake.notify_one();
+            json_reply(StatusCode::OK, &serde_json::json!({"ok": true, "requeued": n}))
+        }
+        Err(e) => store_error(e),
+    }
 }
 
 fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
@@ -39,7 +136,7 @@ fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
     bool::from(given.as_bytes().ct_eq(token.expose().as_bytes()))
 }
 
-async fn handle(state: Arc<AppState>, method: Method, path: &str, headers: HeaderMap) -> Response {
+async fn handle(state: Arc<AppState>, method: Method, path: &str, headers: HeaderMap, query: HashMap<String, String>) -> Response {
     let ok = serde_json::json!({"ok": true});
     let protected = path.starts_with("/api/") || path.starts_with("/-/");
     if protected && !authorized(&state, &headers) {
@@ -74,7 +171,18 @@ async fn handle(state: Arc<AppState>, method: Method, path: &str, headers: Heade
                 Err(_) => error_reply(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
             }
         }
+        ("/api/v1/deliveries", &Method::GET) => deliveries(&state, &query).await,
+        ("/api/v1/events", &Method::GET) => events(&state, &query).await,
+        ("/api/v1/deliveries/retry-dead", &Method::POST) => retry(&state, None).await,
+        (p, &Method::POST) if p.starts_with("/api/v1/deliveries/") && p.ends_with("/retry") => {
+            let id = &p["/api/v1/deliveries/".len()..p.len() - "/retry".len()];
+            match id.parse::<i64>() {
+                Ok(id) => retry(&state, Some(vec![id])).await,
+                Err(_) => error_reply(StatusCode::NOT_FOUND, "not found"),
+            }
+        }
         ("/api/v1/status", &Method::GET) => {
+            let counts = state.store.counts().await.ok();
             let snapshot = state.snapshot.load();
             let reload = state.reload_status.lock().map(|r| r.clone()).ok();
             json_reply(
@@ -86,13 +194,16 @@ async fn handle(state: Arc<AppState>, method: Method, path: &str, headers: Heade
                     "actions": snapshot.rules.actions.len(),
                     "actions_disabled": snapshot.rules.actions.iter().filter(|a| !a.enabled).count(),
                     "callbacks_accepted": state.accepted.load(Ordering::Relaxed),
+                    "queue_depth": counts.map(|c| c.pending),
+                    "dead_deliveries": counts.map(|c| c.dead),
+                    "store_writable": state.store.is_writable(),
                     "last_reload": reload.map(|r| serde_json::json!({
                         "successful": r.ok, "at": r.at, "errors": r.errors,
                     })),
                 }),
             )
         }
-        ("/healthz" | "/readyz" | "/-/reload" | "/api/v1/status", _) => {
+        ("/healthz" | "/readyz" | "/-/reload" | "/api/v1/status" | "/api/v1/deliveries" | "/api/v1/events", _) => {
             error_reply(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
         _ => error_reply(StatusCode::NOT_FOUND, "not found"),
