@@ -107,7 +107,9 @@ pub struct SqliteStore {
 
 fn open(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // Only this process writes; a lock held longer than this is an outside
+    // tool, and the callback is better answered 503 than kept waiting.
+    conn.busy_timeout(std::time::Duration::from_secs(1))?;
     let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
         tracing::warn!(mode, "SQLite did not switch to WAL");

@@ -1,0 +1,169 @@
+//! The command line, run as a user would: the built binary.
+
+use std::process::Command;
+
+use crate::helpers::*;
+
+fn easehook(config: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_easehook"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("IT_SECRET", SECRET)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn check_accepts_the_repository_examples() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (code, out, err) = easehook(&root.join("easehook.yaml"), &["check"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("valid: 2 rule(s)"), "{out}");
+    assert!(out.contains("action product-email: disabled"), "{out}");
+}
+
+#[test]
+fn check_reports_every_problem_in_one_run_and_exits_1() {
+    let opts = Options::rules(
+        "actions:\n\
+         \x20 mail: {type: email, to: [ops@example.com], subject: hi, text: {template: nope.hbs}}\n\
+         \x20 hook: {type: http, url: 'https://x.example/', headers: {Authorization: 'Bearer ${AUDIT_TOKEN}'}}\n\
+         \x20 typo: {type: log, mesage: x}\n\
+         rules:\n\
+         \x20 - {name: r1, when: {from: {regex: '[z-a]'}}, actions: [hook]}\n\
+         \x20 - {name: r2, actions: [ghost]}\n",
+    )
+    .config("max_body: lots");
+    let (_dir, config) = write_config(&opts);
+    let (code, out, _) = easehook(&config, &["check"]);
+    assert_eq!(code, 1, "{out}");
+    // The config file's problem stops loading before the rules are read.
+    assert!(out.contains("easehook.yaml: max_body: invalid size"), "{out}");
+    // Fixed, the rule problems all come out together.
+    std::fs::write(&config, std::fs::read_to_string(&config).unwrap().replace("max_body: lots", "")).unwrap();
+    let (code, out, _) = easehook(&config, &["check"]);
+    assert_eq!(code, 1, "{out}");
+    for needle in [
+        "10-test.yaml: action mail: text: template file \"nope.hbs\" not found",
+        "10-test.yaml: actions.hook.headers.Authorization: environment variable AUDIT_TOKEN is not set",
+        "10-test.yaml: action typo: mesage: unknown field `mesage`",
+        "10-test.yaml: rule r1: when.from: invalid regex",
+        "10-test.yaml: rule r2: unknown action `ghost`",
+        "5 problem(s) found",
+    ] {
+        assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
+    }
+}
+
+#[test]
+fn check_never_prints_secrets() {
+    let opts = Options::rules("actions:\n  s: {type: slack, webhook_url: 'https://hooks.example/${HOOK_SECRET}', text: '{{nope}}'}\nrules:\n  - {name: r, actions: [s]}\n")
+        .config("listen: \"${IT_SECRET}\"");
+    let (_dir, config) = write_config(&opts);
+    let (code, out, err) = easehook(&config, &["check"]);
+    assert_eq!(code, 1);
+    assert!(out.contains("listen: \"***\" is not an address"), "{out}");
+    assert!(!out.contains(SECRET) && !err.contains(SECRET), "{out}{err}");
+}
+
+#[test]
+fn test_prints_matching_rules_and_fully_rendered_messages_with_secrets_masked() {
+    let opts = Options::rules(
+        "actions:\n\
+         \x20 mail: {type: email, to: [product@example.com], subject: '{{from_user}} blocked {{to_user}}', text: 'at {{datetime timestamp}}', html: '<b>{{payload.status.error_code}}</b>'}\n\
+         \x20 hook: {type: http, url: 'https://audit.example/{{event}}', headers: {Authorization: 'Bearer ${AUDIT_TOKEN}'}, json: {user: '{{from_user}}'}}\n\
+         \x20 quiet: {type: log, message: never}\n\
+         rules:\n\
+         \x20 - {name: bans, description: Tell product, when: {event: roster:ban}, actions: [mail, hook]}\n\
+         \x20 - {name: stopper, when: {event: roster}, actions: [hook], stop: true}\n\
+         \x20 - {name: after-stop, actions: [quiet]}\n",
+    );
+    let (_dir, config) = write_config(&opts);
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/easemob/roster-ban.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_easehook"))
+        .arg("--config")
+        .arg(&config)
+        .args(["test", "--event"])
+        .arg(&fixture)
+        .env("IT_SECRET", SECRET)
+        .env("AUDIT_TOKEN", "audit-token-xyz123")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    for needle in [
+        "event roster:ban from \"XXXX\" to \"tst\"",
+        "rule bans (",
+        "): Tell product",
+        "action mail (email):",
+        "To: product@example.com",
+        "Subject: XXXX blocked tst",
+        "at 2022-01-20 03:07:26",
+        "<b>ok</b>",
+        "http POST https://audit.example/roster%3Aban",
+        "Authorization: ***",
+        "\"user\": \"XXXX\"",
+        "rule stopper (",
+        "action hook (http): already triggered by an earlier rule",
+        "(stop: later rules are not evaluated)",
+        "2 rule(s) matched, 2 action(s) would be sent",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+    assert!(!text.contains("after-stop"), "{text}");
+    assert!(!text.contains("audit-token-xyz123"), "{text}");
+}
+
+#[test]
+fn test_reads_standard_input_and_needs_no_signature() {
+    let (_dir, config) = write_config(&Options::rules("actions:\n  n: {type: log, message: 'hi {{to_user}}'}\nrules:\n  - {name: r, actions: [n]}\n"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_easehook"))
+        .arg("--config")
+        .arg(&config)
+        .args(["test", "--event", "-"])
+        .env("IT_SECRET", SECRET)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(br#"{"chat_type":"roster","payload":{"operation":"add","reason":"{{x}}"},"from":"a","to":"b"}"#)
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("log info: hi b"), "{text}");
+}
+
+#[test]
+fn simulate_print_signs_with_the_configured_secret() {
+    let (_dir, config) = write_config(&Options::rules(""));
+    let (code, out, err) = easehook(&config, &["simulate", "--event", "roster:ban", "--from", "alice", "--to", "bob", "--print"]);
+    assert_eq!(code, 0, "{err}");
+    let body: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let cb = easehook::callback::Callback::from_value(body).unwrap();
+    assert_eq!(cb.event, "roster:ban");
+    assert_eq!((cb.from_user.as_str(), cb.to_user.as_str()), ("alice", "bob"));
+    let secrets = easehook::config::Secrets::from_pairs([(APPKEY, SECRET)]);
+    assert_eq!(easehook::verify::check(&cb, &secrets, None, 0), Ok(()));
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let out = Command::new(env!("CARGO_BIN_EXE_easehook")).arg("--no-such-flag").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = Command::new(env!("CARGO_BIN_EXE_easehook")).arg("--version").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("easehook "));
+}

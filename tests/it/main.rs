@@ -1,0 +1,12 @@
+//! Black-box tests of the real daemon: started on port 0 in-process (or the
+//! built binary where a signal or a crash is tested), talking to real HTTP
+//! and SMTP servers on loopback.
+
+mod helpers;
+
+mod callbacks;
+mod cli;
+mod delivery;
+mod email;
+mod process;
+mod reload;
