@@ -265,7 +265,11 @@ fn mailbox(field: &str, s: &str) -> Result<Mailbox, String> {
 /// Build the MIME message: text, HTML, or both as multipart/alternative.
 /// lettre encodes non-ASCII subjects and names (RFC 2047) and bodies.
 pub fn build_message(m: &EmailMessage) -> Result<lettre::Message, String> {
-    let mut b = lettre::Message::builder().from(mailbox("from", &m.from)?).subject(m.subject.clone());
+    let mut b = lettre::Message::builder()
+        .from(mailbox("from", &m.from)?)
+        .subject(m.subject.clone())
+        .date_now()
+        .message_id(None);
     for t in &m.to {
         b = b.to(mailbox("to", t)?);
     }

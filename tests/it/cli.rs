@@ -65,11 +65,11 @@ fn check_reports_every_problem_in_one_run_and_exits_1() {
 #[test]
 fn check_never_prints_secrets() {
     let opts = Options::rules("actions:\n  s: {type: slack, webhook_url: 'https://hooks.example/${HOOK_SECRET}', text: '{{nope}}'}\nrules:\n  - {name: r, actions: [s]}\n")
-        .config("listen: \"${IT_SECRET}\"");
+        .config("callback_path: \"${IT_SECRET}\"");
     let (_dir, config) = write_config(&opts);
     let (code, out, err) = easehook(&config, &["check"]);
     assert_eq!(code, 1);
-    assert!(out.contains("listen: \"***\" is not an address"), "{out}");
+    assert!(out.contains("callback_path: \"***\" must be a URL path"), "{out}");
     assert!(!out.contains(SECRET) && !err.contains(SECRET), "{out}{err}");
 }
 

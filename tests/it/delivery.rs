@@ -57,18 +57,18 @@ async fn a_429_waits_for_retry_after() {
     let sink = HttpSink::start().await;
     sink.script([Answer::status(429).header("retry-after", "1")]);
     let rules = format!(
-        "actions:\n  slack: {{type: slack, webhook_url: '{}', text: '*{{{{from_user}}}}* blocked <{{{{to_user}}}}>', username: easehook, blocks: [{{type: section, text: {{type: mrkdwn, text: 'by {{{{from_user}}}}'}}}}]}}\nrules:\n  - {{name: bans, actions: [slack]}}\n",
+        "actions:\n  slack: {{type: slack, webhook_url: '{}', text: '*{{{{from_user}}}}* blocked {{{{to_user}}}}', username: easehook, blocks: [{{type: section, text: {{type: mrkdwn, text: 'by {{{{from_user}}}}'}}}}]}}\nrules:\n  - {{name: bans, actions: [slack]}}\n",
         sink.url("/services/T0/B0/XYZ")
     );
     let app = spawn_app_with(Options::rules(rules)).await;
-    assert_eq!(app.post(&signed("roster:ban", "alice", "@channel")).await.0, 200);
+    assert_eq!(app.post(&signed("roster:ban", "alice", "<!channel>")).await.0, 200);
     one_delivery(&app, "sent").await;
     let reqs = sink.requests();
     assert_eq!(reqs.len(), 2);
     let gap = reqs[1].at - reqs[0].at;
     assert!(gap >= Duration::from_millis(950), "retried after {gap:?}, Retry-After said 1s");
     let body: serde_json::Value = serde_json::from_str(&reqs[1].body).unwrap();
-    assert_eq!(body["text"], "*alice* blocked &lt;@channel&gt;");
+    assert_eq!(body["text"], "*alice* blocked &lt;!channel&gt;");
     assert_eq!(body["username"], "easehook");
     assert_eq!(body["blocks"][0]["text"]["text"], "by alice");
 }

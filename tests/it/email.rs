@@ -15,16 +15,19 @@ fn smtp_config(smtp: &SmtpServer) -> String {
     )
 }
 
-const MAIL_RULES: &str = "actions:\n\
-  mail:\n\
-    type: email\n\
-    to: ['产品团队 <product@example.com>']\n\
-    cc: [ops@example.com]\n\
-    reply_to: support@example.com\n\
-    subject: '[easehook] {{from_user}} 屏蔽了 {{to_user}}'\n\
-    text: {template: ban.txt.hbs}\n\
-    html: '<p><b>{{from_user}}</b> 屏蔽了 <b>{{to_user}}</b> {{payload.reason}}</p>'\n\
-rules:\n  - {name: bans, actions: [mail]}\n";
+const MAIL_RULES: &str = r#"
+actions:
+  mail:
+    type: email
+    to: ['产品团队 <product@example.com>']
+    cc: [ops@example.com]
+    reply_to: support@example.com
+    subject: '[easehook] {{from_user}} 屏蔽了 {{to_user}}'
+    text: {template: ban.txt.hbs}
+    html: '<p><b>{{from_user}}</b> 屏蔽了 <b>{{to_user}}</b> {{default payload.reason ""}}</p>'
+rules:
+  - {name: bans, actions: [mail]}
+"#;
 
 #[tokio::test]
 async fn a_multipart_email_with_chinese_arrives_intact_over_starttls_with_auth() {
@@ -56,7 +59,7 @@ async fn a_multipart_email_with_chinese_arrives_intact_over_starttls_with_auth()
     assert!(msg.date().is_some() && msg.message_id().is_some());
     let ct = msg.content_type().unwrap();
     assert_eq!((ct.ctype(), ct.subtype()), ("multipart", Some("alternative")));
-    let text = msg.body_text(0).unwrap();
+    let text = msg.body_text(0).unwrap().replace("\r\n", "\n");
     assert!(text.starts_with("王小明 屏蔽了 bob\n时间 "), "{text}");
     let html = msg.body_html(0).unwrap();
     assert!(html.contains("<b>王小明</b> 屏蔽了 <b>bob</b> &lt;script&gt;x&lt;/script&gt;"), "{html}");

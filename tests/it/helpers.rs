@@ -295,16 +295,17 @@ impl HttpSink {
         let route = warp::any()
             .and(warp::method())
             .and(warp::path::full())
+            .and(warp::query::raw().or(warp::any().map(String::new)).unify())
             .and(warp::header::headers_cloned())
             .and(warp::body::bytes())
-            .then(move |method: warp::http::Method, path: warp::path::FullPath, headers: warp::http::HeaderMap, body: bytes::Bytes| {
+            .then(move |method: warp::http::Method, path: warp::path::FullPath, query: String, headers: warp::http::HeaderMap, body: bytes::Bytes| {
                 let s = s.clone();
                 async move {
                     let now = s.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
                     s.max_in_flight.fetch_max(now, Ordering::SeqCst);
                     s.received.lock().unwrap().push(Received {
                         method: method.to_string(),
-                        path: path.as_str().to_string(),
+                        path: if query.is_empty() { path.as_str().to_string() } else { format!("{}?{query}", path.as_str()) },
                         headers: headers
                             .iter()
                             .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
