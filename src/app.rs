@@ -40,7 +40,9 @@ pub struct App {
 pub fn notify_systemd(states: &[sd_notify::NotifyState]) {
     let mut all: Vec<sd_notify::NotifyState> = states.to_vec();
     // systemd ≥ 253 requires a timestamp with RELOADING=1.
-    if states.iter().any(|s| matches!(s, sd_notify::NotifyState::Reloading))
+    if states
+        .iter()
+        .any(|s| matches!(s, sd_notify::NotifyState::Reloading))
         && let Ok(ts) = sd_notify::NotifyState::monotonic_usec_now()
     {
         all.push(ts);
@@ -52,7 +54,11 @@ pub fn notify_systemd(states: &[sd_notify::NotifyState]) {
 
 impl App {
     /// Load the configuration at `config`, bind, and start serving.
-    pub async fn start(config: &Path, env: Arc<dyn Env + Send + Sync>, shutdown: Shutdown) -> anyhow::Result<App> {
+    pub async fn start(
+        config: &Path,
+        env: Arc<dyn Env + Send + Sync>,
+        shutdown: Shutdown,
+    ) -> anyhow::Result<App> {
         let snap = snapshot::load(config, env.as_ref()).map_err(|d| anyhow::anyhow!("{d}"))?;
         let settings = &snap.settings;
         let callback_listener = TcpListener::bind(settings.listen)
@@ -60,7 +66,9 @@ impl App {
             .with_context(|| format!("cannot listen on {} (listen)", settings.listen))?;
         let admin_listener = TcpListener::bind(settings.admin_listen)
             .await
-            .with_context(|| format!("cannot listen on {} (admin_listen)", settings.admin_listen))?;
+            .with_context(|| {
+                format!("cannot listen on {} (admin_listen)", settings.admin_listen)
+            })?;
         let callback_addr = callback_listener.local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
         for w in &settings.warnings {
@@ -99,8 +107,17 @@ impl App {
             shutdown.clone(),
             limits,
         ));
-        tasks.spawn(server::serve(admin_listener, server::admin::routes(state.clone()), shutdown.clone(), limits));
-        tasks.spawn(crate::reload::run(state.clone(), reload_rx, shutdown.clone()));
+        tasks.spawn(server::serve(
+            admin_listener,
+            server::admin::routes(state.clone()),
+            shutdown.clone(),
+            limits,
+        ));
+        tasks.spawn(crate::reload::run(
+            state.clone(),
+            reload_rx,
+            shutdown.clone(),
+        ));
         tasks.spawn(dispatcher.run(state.wake.clone(), shutdown.clone()));
         tasks.spawn(crate::dispatch::maintain(state.clone(), shutdown.clone()));
         tracing::info!(

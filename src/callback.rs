@@ -100,8 +100,12 @@ impl Callback {
         let appkey = optional_str(obj, "appkey");
         let from = optional_str(obj, "from");
         let to = optional_str(obj, "to");
-        let from_user = from.as_deref().map_or_else(String::new, |f| normalize_user(f, appkey.as_deref()));
-        let to_user = to.as_deref().map_or_else(String::new, |t| normalize_user(t, appkey.as_deref()));
+        let from_user = from
+            .as_deref()
+            .map_or_else(String::new, |f| normalize_user(f, appkey.as_deref()));
+        let to_user = to
+            .as_deref()
+            .map_or_else(String::new, |t| normalize_user(t, appkey.as_deref()));
         let event = event_name(
             chat_type.as_deref(),
             operation.as_deref(),
@@ -161,7 +165,10 @@ impl Callback {
             "host" => self.host.as_deref().map(Borrowed),
             "callId" => Some(Borrowed(self.call_id.as_str())),
             "msg_id" => self.msg_id.as_deref().map(Borrowed),
-            "from" => self.from.as_ref().map(|_| Borrowed(self.from_user.as_str())),
+            "from" => self
+                .from
+                .as_ref()
+                .map(|_| Borrowed(self.from_user.as_str())),
             "to" => self.to.as_ref().map(|_| Borrowed(self.to_user.as_str())),
             path => lookup_path(&self.raw, path.split('.')).map(value_text),
         }
@@ -169,7 +176,10 @@ impl Callback {
 }
 
 /// Follow a dotted path into JSON; list items are addressed by index.
-pub fn lookup_path<'a, 'p>(root: &'a Value, path: impl IntoIterator<Item = &'p str>) -> Option<&'a Value> {
+pub fn lookup_path<'a, 'p>(
+    root: &'a Value,
+    path: impl IntoIterator<Item = &'p str>,
+) -> Option<&'a Value> {
     let mut cur = root;
     for seg in path {
         cur = match cur {
@@ -239,7 +249,10 @@ pub fn event_name(
     event: Option<&str>,
     event_type: Option<&str>,
 ) -> String {
-    match (chat_type.filter(|s| !s.is_empty()), operation.filter(|s| !s.is_empty())) {
+    match (
+        chat_type.filter(|s| !s.is_empty()),
+        operation.filter(|s| !s.is_empty()),
+    ) {
         (Some(c), Some(o)) => format!("{c}:{o}"),
         (Some(c), None) => c.to_string(),
         _ => event
@@ -283,7 +296,10 @@ mod tests {
     use serde_json::json;
 
     fn fixture(name: &str) -> Vec<u8> {
-        let path = format!("{}/../shared/fixtures/easemob/{name}", env!("CARGO_MANIFEST_DIR"));
+        let path = format!(
+            "{}/../shared/fixtures/easemob/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
         std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
     }
 
@@ -309,7 +325,10 @@ mod tests {
             assert_eq!(cb.timestamp_text, cb.timestamp.to_string());
         }
         let ban = Callback::parse(&fixture("roster-ban.json")).unwrap();
-        assert_eq!(ban.field("payload.status.error_code").as_deref(), Some("ok"));
+        assert_eq!(
+            ban.field("payload.status.error_code").as_deref(),
+            Some("ok")
+        );
         let accept = Callback::parse(&fixture("roster-accept.json")).unwrap();
         assert_eq!(
             accept.field("payload.roster_ver").as_deref(),
@@ -321,7 +340,10 @@ mod tests {
 
     #[test]
     fn user_ids_in_both_forms() {
-        assert_eq!(normalize_user("org#app_alice@easemob.com", Some("org#app")), "alice");
+        assert_eq!(
+            normalize_user("org#app_alice@easemob.com", Some("org#app")),
+            "alice"
+        );
         assert_eq!(normalize_user("org#app_alice@easemob.com", None), "alice");
         assert_eq!(normalize_user("org#app_al_ice@easemob.com", None), "al_ice");
         assert_eq!(normalize_user("alice", Some("org#app")), "alice");
@@ -331,10 +353,16 @@ mod tests {
 
     #[test]
     fn event_names() {
-        assert_eq!(event_name(Some("roster"), Some("ban"), None, None), "roster:ban");
+        assert_eq!(
+            event_name(Some("roster"), Some("ban"), None, None),
+            "roster:ban"
+        );
         assert_eq!(event_name(Some("chat"), None, None, Some("chat")), "chat");
         assert_eq!(event_name(None, None, Some("login"), Some("x")), "login");
-        assert_eq!(event_name(None, None, None, Some("chat_offline")), "chat_offline");
+        assert_eq!(
+            event_name(None, None, None, Some("chat_offline")),
+            "chat_offline"
+        );
         assert_eq!(event_name(None, Some("ban"), None, None), "unknown");
     }
 
@@ -366,10 +394,21 @@ mod tests {
         v["timestamp"] = json!("1642648046912");
         let cb = Callback::from_value(v).unwrap();
         assert_eq!(cb.timestamp, 1642648046912);
-        for bad in [json!(-1), json!(1.5), json!("12a"), json!(""), json!(true), json!({})] {
+        for bad in [
+            json!(-1),
+            json!(1.5),
+            json!("12a"),
+            json!(""),
+            json!(true),
+            json!({}),
+        ] {
             let mut v = base();
             v["timestamp"] = bad.clone();
-            assert_eq!(Callback::from_value(v).unwrap_err(), ParseError::BadTimestamp, "{bad}");
+            assert_eq!(
+                Callback::from_value(v).unwrap_err(),
+                ParseError::BadTimestamp,
+                "{bad}"
+            );
         }
     }
 
@@ -378,13 +417,19 @@ mod tests {
         for key in ["callId", "security", "timestamp"] {
             let mut v = base();
             v.as_object_mut().unwrap().remove(key);
-            assert!(matches!(Callback::from_value(v).unwrap_err(), ParseError::Missing(_)), "{key}");
+            assert!(
+                matches!(Callback::from_value(v).unwrap_err(), ParseError::Missing(_)),
+                "{key}"
+            );
         }
         assert_eq!(Callback::parse(b"{").unwrap_err(), ParseError::Malformed);
         assert_eq!(Callback::parse(b"[1]").unwrap_err(), ParseError::NotObject);
         let mut v = base();
         v["callId"] = json!(5);
-        assert_eq!(Callback::from_value(v).unwrap_err(), ParseError::NotString("callId"));
+        assert_eq!(
+            Callback::from_value(v).unwrap_err(),
+            ParseError::NotString("callId")
+        );
     }
 
     #[test]
@@ -399,7 +444,10 @@ mod tests {
         let cb = Callback::from_value(msg).unwrap();
         assert_eq!(cb.event, "groupchat");
         assert_eq!(cb.field("payload.bodies.0.msg").as_deref(), Some("hi"));
-        assert_eq!(cb.field("payload.bodies.0").as_deref(), Some(r#"{"type":"txt","msg":"hi"}"#));
+        assert_eq!(
+            cb.field("payload.bodies.0").as_deref(),
+            Some(r#"{"type":"txt","msg":"hi"}"#)
+        );
     }
 
     #[test]

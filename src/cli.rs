@@ -91,7 +91,12 @@ pub struct TestArgs {
 #[derive(Debug, Args)]
 pub struct SimulateArgs {
     /// Build a callback for this event, like roster:ban or chat
-    #[arg(long, value_name = "EVENT", conflicts_with = "file", default_value = "roster:ban")]
+    #[arg(
+        long,
+        value_name = "EVENT",
+        conflicts_with = "file",
+        default_value = "roster:ban"
+    )]
     pub event: String,
     /// Initiating user id
     #[arg(long, default_value = "alice")]

@@ -25,12 +25,17 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
         Ok(s) => s,
         Err(diags) => {
             eprintln!("{diags}");
-            eprintln!("easehook: {} problem(s) in the configuration; not starting", diags.len());
+            eprintln!(
+                "easehook: {} problem(s) in the configuration; not starting",
+                diags.len()
+            );
             return Ok(ExitCode::from(1));
         }
     };
     crate::telemetry::init(settings.log_format);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let shutdown = Shutdown::new();
         let app = App::start(config_path, Arc::new(ProcessEnv), shutdown.clone()).await?;
@@ -80,26 +85,38 @@ pub fn test(config_path: &Path, args: &TestArgs) -> anyhow::Result<ExitCode> {
         Ok(s) => s,
         Err(diags) => {
             println!("{diags}");
-            println!("{} problem(s) found; fix them first (easehook check)", diags.len());
+            println!(
+                "{} problem(s) found; fix them first (easehook check)",
+                diags.len()
+            );
             return Ok(ExitCode::from(1));
         }
     };
     let text = if args.event == "-" {
         let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s).context("cannot read the event from standard input")?;
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("cannot read the event from standard input")?;
         s
     } else {
-        std::fs::read_to_string(&args.event).with_context(|| format!("cannot read {}", args.event))?
+        std::fs::read_to_string(&args.event)
+            .with_context(|| format!("cannot read {}", args.event))?
     };
-    let mut raw: Value = serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", args.event))?;
+    let mut raw: Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", args.event))?;
     let Some(obj) = raw.as_object_mut() else {
         bail!("{}: the event must be a JSON object", args.event);
     };
     // A dry run needs no signature: fill what only verification needs.
     obj.entry("security").or_insert_with(|| json!("unsigned"));
-    obj.entry("timestamp").or_insert_with(|| json!(crate::verify::now_ms()));
+    obj.entry("timestamp")
+        .or_insert_with(|| json!(crate::verify::now_ms()));
     if !obj.contains_key("callId") {
-        let appkey = obj.get("appkey").and_then(Value::as_str).unwrap_or("test#app").to_string();
+        let appkey = obj
+            .get("appkey")
+            .and_then(Value::as_str)
+            .unwrap_or("test#app")
+            .to_string();
         obj.insert("callId".into(), json!(format!("{appkey}_0")));
     }
     let cb = Callback::from_value(raw).map_err(|e| anyhow::anyhow!("{}: {e}", args.event))?;
@@ -113,10 +130,18 @@ pub fn test(config_path: &Path, args: &TestArgs) -> anyhow::Result<ExitCode> {
         cb.appkey.as_deref().unwrap_or("")
     );
     let evaluation = rules.evaluate(&cb);
-    let senders = if args.send { Some(crate::actions::Senders::new()?) } else { None };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let senders = if args.send {
+        Some(crate::actions::Senders::new()?)
+    } else {
+        None
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     if evaluation.rules.is_empty() {
-        println!("no rule matches this event: it would be acknowledged and stored, and nothing sent");
+        println!(
+            "no rule matches this event: it would be acknowledged and stored, and nothing sent"
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let base = template::base_context(&cb, chrono::Utc::now());
@@ -131,7 +156,11 @@ pub fn test(config_path: &Path, args: &TestArgs) -> anyhow::Result<ExitCode> {
             let action = &rules.actions[ai];
             let planned = evaluation.deliveries.iter().find(|p| p.action == ai);
             match planned {
-                None if !action.enabled => println!("  action {} ({}): disabled, skipped", action.name, action.kind.type_name()),
+                None if !action.enabled => println!(
+                    "  action {} ({}): disabled, skipped",
+                    action.name,
+                    action.kind.type_name()
+                ),
                 Some(p) if p.rule == ri => {
                     println!("  action {} ({}):", action.name, action.kind.type_name());
                     let ctx = template::with_names(&base, &rule.name, &action.name);
@@ -144,21 +173,34 @@ pub fn test(config_path: &Path, args: &TestArgs) -> anyhow::Result<ExitCode> {
                                 let settings = &snap.settings;
                                 let timeout = action.timeout.unwrap_or(settings.delivery.timeout);
                                 let outcome = runtime.block_on(async {
-                                    tokio::time::timeout(timeout, senders.send(&msg, settings, timeout)).await
+                                    tokio::time::timeout(
+                                        timeout,
+                                        senders.send(&msg, settings, timeout),
+                                    )
+                                    .await
                                 });
                                 match outcome {
                                     Ok(crate::actions::Outcome::Sent) => println!("    => sent"),
                                     Ok(crate::actions::Outcome::Retry { error, .. }) => {
                                         failures += 1;
-                                        println!("    => failed (would be retried): {}", redactor.redact(&error));
+                                        println!(
+                                            "    => failed (would be retried): {}",
+                                            redactor.redact(&error)
+                                        );
                                     }
                                     Ok(crate::actions::Outcome::Permanent(error)) => {
                                         failures += 1;
-                                        println!("    => failed (permanent): {}", redactor.redact(&error));
+                                        println!(
+                                            "    => failed (permanent): {}",
+                                            redactor.redact(&error)
+                                        );
                                     }
                                     Err(_) => {
                                         failures += 1;
-                                        println!("    => failed: timed out after {}ms", timeout.as_millis());
+                                        println!(
+                                            "    => failed: timed out after {}ms",
+                                            timeout.as_millis()
+                                        );
                                     }
                                 }
                             }
@@ -169,7 +211,11 @@ pub fn test(config_path: &Path, args: &TestArgs) -> anyhow::Result<ExitCode> {
                         }
                     }
                 }
-                _ => println!("  action {} ({}): already triggered by an earlier rule", action.name, action.kind.type_name()),
+                _ => println!(
+                    "  action {} ({}): already triggered by an earlier rule",
+                    action.name,
+                    action.kind.type_name()
+                ),
             }
         }
         if rule.stop {
@@ -180,10 +226,22 @@ pub fn test(config_path: &Path, args: &TestArgs) -> anyhow::Result<ExitCode> {
         "\n{} rule(s) matched, {} action(s) {}{}",
         evaluation.rules.len(),
         evaluation.deliveries.len(),
-        if args.send { "attempted" } else { "would be sent" },
-        if failures > 0 { format!(", {failures} failed") } else { String::new() }
+        if args.send {
+            "attempted"
+        } else {
+            "would be sent"
+        },
+        if failures > 0 {
+            format!(", {failures} failed")
+        } else {
+            String::new()
+        }
     );
-    Ok(if failures > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if failures > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// `easehook simulate`: build or read a callback, sign it, POST it.
@@ -197,26 +255,47 @@ pub fn simulate(config_path: &Path, args: &SimulateArgs) -> anyhow::Result<ExitC
     let now = crate::verify::now_ms();
     let mut body: Value = match &args.file {
         Some(f) => {
-            let text = std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
-            serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", f.display()))?
+            let text = std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read {}", f.display()))?;
+            serde_json::from_str(&text)
+                .with_context(|| format!("{}: not valid JSON", f.display()))?
         }
         None => {
             let appkey = match (&args.appkey, &settings) {
                 (Some(a), _) => a.clone(),
-                (None, Some(s)) => s.secrets.appkeys().next().unwrap_or("easemob-demo#chatdemoui").to_string(),
+                (None, Some(s)) => s
+                    .secrets
+                    .appkeys()
+                    .next()
+                    .unwrap_or("easemob-demo#chatdemoui")
+                    .to_string(),
                 (None, None) => unreachable!("settings are loaded when no appkey is given"),
             };
             // Nanoseconds make a fresh, unique 18-digit message id per run.
-            let msg_id = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() % 10u128.pow(18)).to_string();
+            let msg_id = (std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_nanos()
+                % 10u128.pow(18))
+            .to_string();
             samples::body(&args.event, &appkey, &args.from, &args.to, &msg_id, now)
         }
     };
-    let obj = body.as_object_mut().context("the callback must be a JSON object")?;
+    let obj = body
+        .as_object_mut()
+        .context("the callback must be a JSON object")?;
     if let Some(a) = &args.appkey {
         obj.insert("appkey".into(), json!(a));
     }
-    let appkey = obj.get("appkey").and_then(Value::as_str).unwrap_or("").to_string();
-    let call_id = obj.get("callId").and_then(Value::as_str).context("the callback has no callId")?.to_string();
+    let appkey = obj
+        .get("appkey")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let call_id = obj
+        .get("callId")
+        .and_then(Value::as_str)
+        .context("the callback has no callId")?
+        .to_string();
     let timestamp = match obj.get("timestamp") {
         Some(Value::Number(n)) => n.to_string(),
         Some(Value::String(s)) => s.clone(),
@@ -229,10 +308,15 @@ pub fn simulate(config_path: &Path, args: &SimulateArgs) -> anyhow::Result<ExitC
             .for_appkey(&appkey)
             .and_then(|l| l.first())
             .map(|s| s.expose().to_string())
-            .with_context(|| format!("no secret configured for appkey {appkey:?}; pass --secret"))?,
+            .with_context(|| {
+                format!("no secret configured for appkey {appkey:?}; pass --secret")
+            })?,
         (None, None) => unreachable!("settings are loaded when no secret is given"),
     };
-    obj.insert("security".into(), json!(crate::verify::sign(&call_id, &secret, &timestamp)));
+    obj.insert(
+        "security".into(),
+        json!(crate::verify::sign(&call_id, &secret, &timestamp)),
+    );
     if args.print {
         println!("{}", serde_json::to_string_pretty(&body)?);
         return Ok(ExitCode::SUCCESS);
@@ -242,13 +326,19 @@ pub fn simulate(config_path: &Path, args: &SimulateArgs) -> anyhow::Result<ExitC
         (None, Some(s)) => {
             let mut addr = s.listen;
             if addr.ip().is_unspecified() {
-                addr.set_ip(if addr.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() });
+                addr.set_ip(if addr.is_ipv4() {
+                    [127, 0, 0, 1].into()
+                } else {
+                    std::net::Ipv6Addr::LOCALHOST.into()
+                });
             }
             format!("http://{addr}{}", s.callback_path)
         }
         (None, None) => unreachable!("settings are loaded when no url is given"),
     };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let (status, text) = runtime.block_on(async {
         let resp = reqwest::Client::new()
             .post(&url)
@@ -260,9 +350,16 @@ pub fn simulate(config_path: &Path, args: &SimulateArgs) -> anyhow::Result<ExitC
         let status = resp.status();
         anyhow::Ok((status, resp.text().await.unwrap_or_default()))
     })?;
-    println!("POST {url} ({})", body.get("callId").and_then(Value::as_str).unwrap_or(""));
+    println!(
+        "POST {url} ({})",
+        body.get("callId").and_then(Value::as_str).unwrap_or("")
+    );
     println!("HTTP {} {}", status.as_u16(), text);
-    Ok(if status.as_u16() == 200 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if status.as_u16() == 200 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// The admin API of the configured daemon: base URL and token.
@@ -275,31 +372,59 @@ struct AdminClient {
 
 impl AdminClient {
     fn new(config_path: &Path) -> anyhow::Result<Self> {
-        let settings = config::load(config_path, &ProcessEnv).map_err(|d| anyhow::anyhow!("{d}"))?;
+        let settings =
+            config::load(config_path, &ProcessEnv).map_err(|d| anyhow::anyhow!("{d}"))?;
         let mut addr = settings.admin_listen;
         if addr.ip().is_unspecified() {
-            addr.set_ip(if addr.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() });
+            addr.set_ip(if addr.is_ipv4() {
+                [127, 0, 0, 1].into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            });
         }
         Ok(Self {
             base: format!("http://{addr}"),
             token: settings.admin_token.map(|t| t.expose().to_string()),
-            http: reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build()?,
-            runtime: tokio::runtime::Builder::new_current_thread().enable_all().build()?,
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(30))
+                .build()?,
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?,
         })
     }
 
-    fn call(&self, method: reqwest::Method, path: &str, query: &[(&str, String)]) -> anyhow::Result<Value> {
+    fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.base);
         self.runtime.block_on(async {
             let mut req = self.http.request(method, &url).query(query);
             if let Some(t) = &self.token {
                 req = req.bearer_auth(t);
             }
-            let resp = req.send().await.with_context(|| format!("cannot reach the admin API at {}; is the daemon running?", self.base))?;
+            let resp = req.send().await.with_context(|| {
+                format!(
+                    "cannot reach the admin API at {}; is the daemon running?",
+                    self.base
+                )
+            })?;
             let status = resp.status();
-            let body: Value = resp.json().await.context("the admin API answered with something that is not JSON")?;
+            let body: Value = resp
+                .json()
+                .await
+                .context("the admin API answered with something that is not JSON")?;
             if !status.is_success() {
-                bail!("{path}: HTTP {}: {}", status.as_u16(), body.get("error").and_then(Value::as_str).unwrap_or("failed"));
+                bail!(
+                    "{path}: HTTP {}: {}",
+                    status.as_u16(),
+                    body.get("error")
+                        .and_then(Value::as_str)
+                        .unwrap_or("failed")
+                );
             }
             Ok(body)
         })
@@ -313,11 +438,18 @@ fn when(ms: u64) -> String {
 }
 
 /// `easehook deliveries …`.
-pub fn deliveries(config_path: &Path, cmd: &crate::cli::DeliveriesCommand) -> anyhow::Result<ExitCode> {
+pub fn deliveries(
+    config_path: &Path,
+    cmd: &crate::cli::DeliveriesCommand,
+) -> anyhow::Result<ExitCode> {
     use crate::cli::DeliveriesCommand;
     let client = AdminClient::new(config_path)?;
     match cmd {
-        DeliveriesCommand::List { status, limit, json } => {
+        DeliveriesCommand::List {
+            status,
+            limit,
+            json,
+        } => {
             let mut q = vec![("limit", limit.to_string())];
             if let Some(s) = status {
                 q.push(("status", s.clone()));
@@ -328,7 +460,10 @@ pub fn deliveries(config_path: &Path, cmd: &crate::cli::DeliveriesCommand) -> an
                 return Ok(ExitCode::SUCCESS);
             }
             let list = body["deliveries"].as_array().cloned().unwrap_or_default();
-            println!("{:>6}  {:<8} {:>8}  {:<20} {:<20} {:<20} {}", "ID", "STATUS", "ATTEMPTS", "UPDATED", "EVENT", "ACTION", "LAST ERROR");
+            println!(
+                "{:>6}  {:<8} {:>8}  {:<20} {:<20} {:<20} LAST ERROR",
+                "ID", "STATUS", "ATTEMPTS", "UPDATED", "EVENT", "ACTION"
+            );
             for d in &list {
                 println!(
                     "{:>6}  {:<8} {:>8}  {:<20} {:<20} {:<20} {}",
@@ -341,16 +476,25 @@ pub fn deliveries(config_path: &Path, cmd: &crate::cli::DeliveriesCommand) -> an
                     d["last_error"].as_str().unwrap_or("")
                 );
             }
-            println!("{} deliver{}", list.len(), if list.len() == 1 { "y" } else { "ies" });
+            println!(
+                "{} deliver{}",
+                list.len(),
+                if list.len() == 1 { "y" } else { "ies" }
+            );
         }
         DeliveriesCommand::Retry { ids, dead } => {
             if *dead {
-                let body = client.call(reqwest::Method::POST, "/api/v1/deliveries/retry-dead", &[])?;
+                let body =
+                    client.call(reqwest::Method::POST, "/api/v1/deliveries/retry-dead", &[])?;
                 println!("{} dead deliveries requeued", body["requeued"]);
             } else {
                 let mut failed = false;
                 for id in ids {
-                    match client.call(reqwest::Method::POST, &format!("/api/v1/deliveries/{id}/retry"), &[]) {
+                    match client.call(
+                        reqwest::Method::POST,
+                        &format!("/api/v1/deliveries/{id}/retry"),
+                        &[],
+                    ) {
                         Ok(_) => println!("delivery {id} requeued"),
                         Err(e) => {
                             failed = true;
@@ -369,7 +513,12 @@ pub fn deliveries(config_path: &Path, cmd: &crate::cli::DeliveriesCommand) -> an
 
 /// `easehook events list`.
 pub fn events(config_path: &Path, cmd: &crate::cli::EventsCommand) -> anyhow::Result<ExitCode> {
-    let crate::cli::EventsCommand::List { since, event, limit, json } = cmd;
+    let crate::cli::EventsCommand::List {
+        since,
+        event,
+        limit,
+        json,
+    } = cmd;
     let client = AdminClient::new(config_path)?;
     let mut q = vec![("limit", limit.to_string())];
     if let Some(s) = since {
@@ -385,17 +534,33 @@ pub fn events(config_path: &Path, cmd: &crate::cli::EventsCommand) -> anyhow::Re
     }
     let list = body["events"].as_array().cloned().unwrap_or_default();
     for e in &list {
-        let rules: Vec<&str> = e["rules"].as_array().map(|r| r.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+        let rules: Vec<&str> = e["rules"]
+            .as_array()
+            .map(|r| r.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
         let deliveries: Vec<String> = e["deliveries"]
             .as_array()
-            .map(|d| d.iter().map(|d| format!("{}:{}", d["action"].as_str().unwrap_or(""), d["status"].as_str().unwrap_or(""))).collect())
+            .map(|d| {
+                d.iter()
+                    .map(|d| {
+                        format!(
+                            "{}:{}",
+                            d["action"].as_str().unwrap_or(""),
+                            d["status"].as_str().unwrap_or("")
+                        )
+                    })
+                    .collect()
+            })
             .unwrap_or_default();
         let cb = &e["callback"];
         println!(
             "{}  {:<22} {} -> {}  rules [{}]  deliveries [{}]  id {}",
             when(e["received_at"].as_u64().unwrap_or(0)),
             e["event"].as_str().unwrap_or(""),
-            crate::callback::normalize_user(cb["from"].as_str().unwrap_or(""), cb["appkey"].as_str()),
+            crate::callback::normalize_user(
+                cb["from"].as_str().unwrap_or(""),
+                cb["appkey"].as_str()
+            ),
             cb["to"].as_str().unwrap_or(""),
             rules.join(", "),
             deliveries.join(", "),

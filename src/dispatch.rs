@@ -30,14 +30,28 @@ use crate::verify::now_ms;
 /// hit by all of them at once.
 pub fn backoff(failures: u32, initial: Duration, max: Duration) -> Duration {
     let exp = failures.saturating_sub(1).min(30);
-    let cap = initial.saturating_mul(1u32 << exp).min(max).max(initial.min(max));
+    let cap = initial
+        .saturating_mul(1u32 << exp)
+        .min(max)
+        .max(initial.min(max));
     let low = initial.min(cap);
     let span = cap.saturating_sub(low).as_millis() as u64;
-    low + Duration::from_millis(if span == 0 { 0 } else { fastrand::u64(0..=span) })
+    low + Duration::from_millis(if span == 0 {
+        0
+    } else {
+        fastrand::u64(0..=span)
+    })
 }
 
 /// What the dispatcher decides after an attempt.
-pub fn decide(outcome: Outcome, attempts_before: u32, max_attempts: u32, now: u64, initial: Duration, max: Duration) -> Record {
+pub fn decide(
+    outcome: Outcome,
+    attempts_before: u32,
+    max_attempts: u32,
+    now: u64,
+    initial: Duration,
+    max: Duration,
+) -> Record {
     let attempt = attempts_before + 1;
     match outcome {
         Outcome::Sent => Record::Sent,
@@ -78,10 +92,11 @@ impl Limiters {
                 }
             }
         };
-        limiter
-            .check()
-            .err()
-            .map(|not_until| not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default())))
+        limiter.check().err().map(|not_until| {
+            not_until.wait_time_from(governor::clock::Clock::now(
+                &governor::clock::DefaultClock::default(),
+            ))
+        })
     }
 }
 
@@ -126,10 +141,20 @@ impl Dispatcher {
                         let mut per_action: HashMap<String, u32> = HashMap::new();
                         for c in claimed {
                             if let Some(wait) = self.throttle(&snapshot, &c, &mut per_action) {
-                                deferred.push((c.id, Record::Retry { at_ms: now_ms() + wait.as_millis() as u64, error: String::new(), counted: false }));
+                                deferred.push((
+                                    c.id,
+                                    Record::Retry {
+                                        at_ms: now_ms() + wait.as_millis() as u64,
+                                        error: String::new(),
+                                        counted: false,
+                                    },
+                                ));
                                 continue;
                             }
-                            let permit = slots.clone().try_acquire_owned().expect("claimed no more than the free slots");
+                            let permit = slots
+                                .clone()
+                                .try_acquire_owned()
+                                .expect("claimed no more than the free slots");
                             let me = self.clone();
                             in_flight.spawn(async move {
                                 me.attempt(c).await;
@@ -151,7 +176,9 @@ impl Dispatcher {
                 continue;
             }
             let sleep = match store.next_due().await {
-                Ok(Some(t)) => Duration::from_millis(t.saturating_sub(now_ms())).min(Duration::from_secs(1)),
+                Ok(Some(t)) => {
+                    Duration::from_millis(t.saturating_sub(now_ms())).min(Duration::from_secs(1))
+                }
                 _ => Duration::from_secs(1),
             };
             tokio::select! {
@@ -162,10 +189,20 @@ impl Dispatcher {
             }
         }
         if !in_flight.is_empty() {
-            tracing::info!(in_flight = in_flight.len(), grace_ms = grace.as_millis() as u64, "waiting for deliveries in flight");
-            let drained = tokio::time::timeout(grace, async { while in_flight.join_next().await.is_some() {} }).await;
+            tracing::info!(
+                in_flight = in_flight.len(),
+                grace_ms = grace.as_millis() as u64,
+                "waiting for deliveries in flight"
+            );
+            let drained = tokio::time::timeout(grace, async {
+                while in_flight.join_next().await.is_some() {}
+            })
+            .await;
             if drained.is_err() {
-                tracing::warn!(left = in_flight.len(), "shutdown grace over; unfinished deliveries stay queued");
+                tracing::warn!(
+                    left = in_flight.len(),
+                    "shutdown grace over; unfinished deliveries stay queued"
+                );
                 in_flight.abort_all();
             }
         }
@@ -174,7 +211,12 @@ impl Dispatcher {
     /// For a rate-limited action over its limit: how long this delivery must
     /// wait. Several deliveries of one action deferred in one round are
     /// spaced at the action's rate, so they come back in order and paced.
-    fn throttle(&self, snapshot: &crate::snapshot::Snapshot, c: &Claimed, per_action: &mut HashMap<String, u32>) -> Option<Duration> {
+    fn throttle(
+        &self,
+        snapshot: &crate::snapshot::Snapshot,
+        c: &Claimed,
+        per_action: &mut HashMap<String, u32>,
+    ) -> Option<Duration> {
         let limit = snapshot.rules.action(&c.action)?.rate_limit?;
         let wait = self.limiters.check(&c.action, limit)?;
         let k = per_action.entry(c.action.clone()).or_insert(0);
@@ -193,18 +235,30 @@ impl Dispatcher {
         let started = std::time::Instant::now();
         let (record, event) = match self.render_and_send(&snapshot, &c).await {
             Err((record, event)) => (record, event),
-            Ok((outcome, max_attempts, event)) => {
-                (decide(outcome, c.attempts, max_attempts, now_ms(), d.initial_backoff, d.max_backoff), event)
-            }
+            Ok((outcome, max_attempts, event)) => (
+                decide(
+                    outcome,
+                    c.attempts,
+                    max_attempts,
+                    now_ms(),
+                    d.initial_backoff,
+                    d.max_backoff,
+                ),
+                event,
+            ),
         };
         let record = redact(record, &settings.redactor);
         let ms = started.elapsed().as_millis() as u64;
         match &record {
-            Record::Sent => tracing::info!(event = %event, attempt = c.attempts + 1, ms, "delivered"),
+            Record::Sent => {
+                tracing::info!(event = %event, attempt = c.attempts + 1, ms, "delivered")
+            }
             Record::Retry { at_ms, error, .. } => {
                 tracing::warn!(event = %event, attempt = c.attempts + 1, retry_in_ms = at_ms.saturating_sub(now_ms()), error = %error, "delivery failed; will retry")
             }
-            Record::Dead { error } => tracing::error!(event = %event, attempt = c.attempts + 1, error = %error, "delivery dead"),
+            Record::Dead { error } => {
+                tracing::error!(event = %event, attempt = c.attempts + 1, error = %error, "delivery dead")
+            }
         }
         if let Err(e) = self.state.store.record(vec![(c.id, record)]).await {
             // The lease runs out and the delivery is tried again: at least once.
@@ -214,38 +268,67 @@ impl Dispatcher {
 
     /// Render with the current snapshot and send. `Err` carries an outcome
     /// decided before sending (missing action, render failure).
-    async fn render_and_send(&self, snapshot: &crate::snapshot::Snapshot, c: &Claimed) -> Result<(Outcome, u32, String), (Record, String)> {
+    async fn render_and_send(
+        &self,
+        snapshot: &crate::snapshot::Snapshot,
+        c: &Claimed,
+    ) -> Result<(Outcome, u32, String), (Record, String)> {
         let settings = &snapshot.settings;
         let dead = |error: String, event: &str| (Record::Dead { error }, event.to_string());
-        let cb = Callback::from_value(c.body.clone()).map_err(|e| dead(format!("stored event is unreadable: {e}"), ""))?;
+        let cb = Callback::from_value(c.body.clone())
+            .map_err(|e| dead(format!("stored event is unreadable: {e}"), ""))?;
         let Some(action) = snapshot.rules.action(&c.action) else {
-            return Err(dead(format!("action {:?} no longer exists", c.action), &cb.event));
+            return Err(dead(
+                format!("action {:?} no longer exists", c.action),
+                &cb.event,
+            ));
         };
         if !action.enabled {
-            return Err(dead(format!("action {:?} is disabled", c.action), &cb.event));
+            return Err(dead(
+                format!("action {:?} is disabled", c.action),
+                &cb.event,
+            ));
         }
-        let received = chrono::DateTime::from_timestamp_millis(c.received_at_ms as i64).unwrap_or_else(chrono::Utc::now);
-        let ctx = template::with_names(&template::base_context(&cb, received), &c.rule, &action.name);
+        let received = chrono::DateTime::from_timestamp_millis(c.received_at_ms as i64)
+            .unwrap_or_else(chrono::Utc::now);
+        let ctx = template::with_names(
+            &template::base_context(&cb, received),
+            &c.rule,
+            &action.name,
+        );
         let msg = action
             .render(&snapshot.rules.templates, &ctx)
             .map_err(|e| dead(format!("template: {e}"), &cb.event))?;
         let timeout = action.timeout.unwrap_or(settings.delivery.timeout);
-        let max_attempts = action.max_attempts.unwrap_or(settings.delivery.max_attempts);
-        let outcome = match tokio::time::timeout(timeout, self.senders.send(&msg, settings, timeout)).await {
-            Ok(o) => o,
-            Err(_) => Outcome::Retry {
-                after: None,
-                error: format!("timed out after {}ms", timeout.as_millis()),
-            },
-        };
+        let max_attempts = action
+            .max_attempts
+            .unwrap_or(settings.delivery.max_attempts);
+        let outcome =
+            match tokio::time::timeout(timeout, self.senders.send(&msg, settings, timeout)).await {
+                Ok(o) => o,
+                Err(_) => Outcome::Retry {
+                    after: None,
+                    error: format!("timed out after {}ms", timeout.as_millis()),
+                },
+            };
         Ok((outcome, max_attempts, cb.event))
     }
 }
 
 fn redact(r: Record, redactor: &crate::diag::Redactor) -> Record {
     match r {
-        Record::Retry { at_ms, error, counted } => Record::Retry { at_ms, error: redactor.redact(&error), counted },
-        Record::Dead { error } => Record::Dead { error: redactor.redact(&error) },
+        Record::Retry {
+            at_ms,
+            error,
+            counted,
+        } => Record::Retry {
+            at_ms,
+            error: redactor.redact(&error),
+            counted,
+        },
+        Record::Dead { error } => Record::Dead {
+            error: redactor.redact(&error),
+        },
         Record::Sent => Record::Sent,
     }
 }
@@ -317,35 +400,71 @@ mod tests {
     fn decisions_follow_the_outcome_and_the_attempt_budget() {
         let (i, m) = (Duration::from_secs(2), Duration::from_secs(600));
         assert_eq!(decide(Outcome::Sent, 0, 3, 0, i, m), Record::Sent);
-        assert_eq!(decide(Outcome::Permanent("404".into()), 0, 3, 0, i, m), Record::Dead { error: "404".into() });
-        let retry = Outcome::Retry { after: None, error: "503".into() };
+        assert_eq!(
+            decide(Outcome::Permanent("404".into()), 0, 3, 0, i, m),
+            Record::Dead {
+                error: "404".into()
+            }
+        );
+        let retry = Outcome::Retry {
+            after: None,
+            error: "503".into(),
+        };
         assert_eq!(
             decide(retry.clone(), 0, 3, 1000, i, m),
-            Record::Retry { at_ms: 3000, error: "503".into(), counted: true }
+            Record::Retry {
+                at_ms: 3000,
+                error: "503".into(),
+                counted: true
+            }
         );
-        assert!(matches!(decide(retry.clone(), 2, 3, 0, i, m), Record::Dead { error } if error.contains("gave up after 3 attempts")));
-        let after = Outcome::Retry { after: Some(Duration::from_secs(7)), error: "429".into() };
-        assert_eq!(decide(after, 0, 3, 1000, i, m), Record::Retry { at_ms: 8000, error: "429".into(), counted: true });
+        assert!(
+            matches!(decide(retry.clone(), 2, 3, 0, i, m), Record::Dead { error } if error.contains("gave up after 3 attempts"))
+        );
+        let after = Outcome::Retry {
+            after: Some(Duration::from_secs(7)),
+            error: "429".into(),
+        };
+        assert_eq!(
+            decide(after, 0, 3, 1000, i, m),
+            Record::Retry {
+                at_ms: 8000,
+                error: "429".into(),
+                counted: true
+            }
+        );
     }
 
     #[test]
     fn limiter_allows_the_burst_then_asks_to_wait() {
         let l = Limiters::default();
-        let limit = RateLimit { count: 3, per: Duration::from_secs(60) };
+        let limit = RateLimit {
+            count: 3,
+            per: Duration::from_secs(60),
+        };
         assert!(l.check("a", limit).is_none());
         assert!(l.check("a", limit).is_none());
         assert!(l.check("a", limit).is_none());
         let wait = l.check("a", limit).expect("over the limit");
-        assert!(wait > Duration::from_secs(15) && wait <= Duration::from_secs(20), "{wait:?}");
+        assert!(
+            wait > Duration::from_secs(15) && wait <= Duration::from_secs(20),
+            "{wait:?}"
+        );
         assert!(l.check("b", limit).is_none());
     }
 
     #[test]
     fn retry_after_from_http_dates_and_seconds() {
-        assert_eq!(crate::actions::parse_retry_after("7"), Some(Duration::from_secs(7)));
+        assert_eq!(
+            crate::actions::parse_retry_after("7"),
+            Some(Duration::from_secs(7))
+        );
         let future = (chrono::Utc::now() + chrono::Duration::seconds(30)).to_rfc2822();
         let d = crate::actions::parse_retry_after(&future).unwrap();
-        assert!(d > Duration::from_secs(28) && d <= Duration::from_secs(30), "{d:?}");
+        assert!(
+            d > Duration::from_secs(28) && d <= Duration::from_secs(30),
+            "{d:?}"
+        );
         assert_eq!(crate::actions::parse_retry_after("soon"), None);
     }
 }

@@ -29,18 +29,38 @@ pub fn reload_now(state: &AppState) -> Result<(), Diagnostics> {
     match result {
         Ok(new) => {
             for (what, old_v, new_v) in [
-                ("listen", old.settings.listen.to_string(), new.settings.listen.to_string()),
-                ("admin_listen", old.settings.admin_listen.to_string(), new.settings.admin_listen.to_string()),
-                ("state_dir", old.settings.state_dir.display().to_string(), new.settings.state_dir.display().to_string()),
+                (
+                    "listen",
+                    old.settings.listen.to_string(),
+                    new.settings.listen.to_string(),
+                ),
+                (
+                    "admin_listen",
+                    old.settings.admin_listen.to_string(),
+                    new.settings.admin_listen.to_string(),
+                ),
+                (
+                    "state_dir",
+                    old.settings.state_dir.display().to_string(),
+                    new.settings.state_dir.display().to_string(),
+                ),
             ] {
                 if old_v != new_v {
                     tracing::warn!(setting = what, running = %old_v, configured = %new_v, "changed in the config file; takes effect on restart");
                 }
             }
-            tracing::info!(rules = new.rules.rules.len(), actions = new.rules.actions.len(), "configuration reloaded");
+            tracing::info!(
+                rules = new.rules.rules.len(),
+                actions = new.rules.actions.len(),
+                "configuration reloaded"
+            );
             state.snapshot.store(new);
             if let Ok(mut s) = state.reload_status.lock() {
-                *s = ReloadStatus { ok: true, at, errors: Vec::new() };
+                *s = ReloadStatus {
+                    ok: true,
+                    at,
+                    errors: Vec::new(),
+                };
             }
             Ok(())
         }
@@ -48,7 +68,10 @@ pub fn reload_now(state: &AppState) -> Result<(), Diagnostics> {
             for d in diags.iter() {
                 tracing::error!(problem = %d, "reload rejected");
             }
-            tracing::error!(problems = diags.len(), "reload rejected; the previous configuration stays in force");
+            tracing::error!(
+                problems = diags.len(),
+                "reload rejected; the previous configuration stays in force"
+            );
             if let Ok(mut s) = state.reload_status.lock() {
                 *s = ReloadStatus {
                     ok: false,
@@ -63,7 +86,11 @@ pub fn reload_now(state: &AppState) -> Result<(), Diagnostics> {
 
 /// The reload task: serves requests from the admin endpoint, SIGHUP and the
 /// file watcher until shutdown.
-pub async fn run(state: Arc<AppState>, mut requests: mpsc::Receiver<ReloadRequest>, shutdown: Shutdown) {
+pub async fn run(
+    state: Arc<AppState>,
+    mut requests: mpsc::Receiver<ReloadRequest>,
+    shutdown: Shutdown,
+) {
     let (changed_tx, mut changed_rx) = mpsc::channel::<()>(1);
     let _watcher = watch(&state, changed_tx);
     let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
@@ -141,7 +168,11 @@ fn watch(state: &AppState, changed: mpsc::Sender<()>) -> Option<Box<dyn std::any
     };
     // The config file is watched through its directory, so that editors and
     // tools that replace the file (rename over it) are still seen.
-    let config_dir = config.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+    let config_dir = config
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
     for dir in dirs.iter().chain(std::iter::once(&config_dir)) {
         if let Err(e) = debouncer.watch(dir, RecursiveMode::NonRecursive) {
             tracing::warn!(dir = %dir.display(), error = %e, "cannot watch directory");
@@ -152,6 +183,13 @@ fn watch(state: &AppState, changed: mpsc::Sender<()>) -> Option<Box<dyn std::any
 
 /// Swap files, backups and hidden files that editors write next to the real ones.
 fn is_editor_noise(p: &Path) -> bool {
-    let name = p.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
-    name.starts_with('.') || name.ends_with('~') || name.ends_with(".swp") || name.ends_with(".swx") || name.starts_with('#')
+    let name = p
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    name.starts_with('.')
+        || name.ends_with('~')
+        || name.ends_with(".swp")
+        || name.ends_with(".swx")
+        || name.starts_with('#')
 }

@@ -22,7 +22,8 @@ use std::path::Path;
 
 use chrono::{DateTime, TimeZone, Utc};
 use handlebars::{
-    Context, Handlebars, Helper, HelperDef, RenderContext, RenderError, RenderErrorReason, ScopedJson,
+    Context, Handlebars, Helper, HelperDef, RenderContext, RenderError, RenderErrorReason,
+    ScopedJson,
 };
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
 use serde_json::{Value, json};
@@ -49,7 +50,11 @@ impl Escape {
 
 /// Characters left as they are when percent-encoding a URL value: the
 /// unreserved set of RFC 3986.
-const URL_VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+const URL_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 fn escape_url(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, URL_VALUE).to_string()
@@ -85,7 +90,9 @@ pub struct Templates {
 
 impl std::fmt::Debug for Templates {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Templates").field("files", &self.files).finish_non_exhaustive()
+        f.debug_struct("Templates")
+            .field("files", &self.files)
+            .finish_non_exhaustive()
     }
 }
 
@@ -122,7 +129,11 @@ impl Templates {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
             Err(e) => {
-                diags.push(dir.display(), "", format!("cannot read the templates directory: {e}"));
+                diags.push(
+                    dir.display(),
+                    "",
+                    format!("cannot read the templates directory: {e}"),
+                );
                 return;
             }
         };
@@ -133,7 +144,11 @@ impl Templates {
             .collect();
         paths.sort();
         for path in paths {
-            let name = path.file_name().unwrap_or_default().to_string_lossy().to_string();
+            let name = path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .to_string();
             let source = match std::fs::read_to_string(&path) {
                 Ok(s) => s,
                 Err(e) => {
@@ -144,7 +159,11 @@ impl Templates {
             let mut ok = true;
             for reg in &mut self.registries {
                 if let Err(e) = reg.register_template_string(&name, &source) {
-                    diags.push(path.display(), template_error_location(&e), template_error_message(&e));
+                    diags.push(
+                        path.display(),
+                        template_error_location(&e),
+                        template_error_message(&e),
+                    );
                     ok = false;
                     break;
                 }
@@ -166,7 +185,12 @@ impl Templates {
     }
 
     /// Register an inline template; the error text is ready for a diagnostic.
-    pub fn register_inline(&mut self, name: &str, escape: Escape, source: &str) -> Result<TemplateRef, String> {
+    pub fn register_inline(
+        &mut self,
+        name: &str,
+        escape: Escape,
+        source: &str,
+    ) -> Result<TemplateRef, String> {
         self.registries[escape.index()]
             .register_template_string(name, source)
             .map_err(|e| {
@@ -192,7 +216,9 @@ impl Templates {
 }
 
 fn template_error_location(e: &handlebars::TemplateError) -> String {
-    e.pos().map(|(l, c)| format!("line {l} column {c}")).unwrap_or_default()
+    e.pos()
+        .map(|(l, c)| format!("line {l} column {c}"))
+        .unwrap_or_default()
 }
 
 fn template_error_message(e: &handlebars::TemplateError) -> String {
@@ -202,11 +228,15 @@ fn template_error_message(e: &handlebars::TemplateError) -> String {
 fn render_error_message(e: &RenderError) -> String {
     let reason = match e.reason() {
         RenderErrorReason::MissingVariable(Some(path)) => format!("no value for `{path}`"),
-        RenderErrorReason::MissingVariable(None) => "a helper was given a value that does not exist".to_string(),
+        RenderErrorReason::MissingVariable(None) => {
+            "a helper was given a value that does not exist".to_string()
+        }
         other => other.to_string(),
     };
     match (e.line_no, e.column_no, &e.template_name) {
-        (Some(l), Some(c), Some(name)) if !name.contains('#') => format!("{name} line {l} column {c}: {reason}"),
+        (Some(l), Some(c), Some(name)) if !name.contains('#') => {
+            format!("{name} line {l} column {c}: {reason}")
+        }
         (Some(l), Some(c), _) => format!("line {l} column {c}: {reason}"),
         _ => reason,
     }
@@ -295,14 +325,23 @@ impl HelperDef for DateTimeHelper {
     ) -> Result<ScopedJson<'rc>, RenderError> {
         let v = param(h, 0, "datetime")?;
         let when: DateTime<Utc> = match v {
-            Value::Number(n) => n.as_i64().and_then(|ms| Utc.timestamp_millis_opt(ms).single()),
-            Value::String(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
-                s.parse::<i64>().ok().and_then(|ms| Utc.timestamp_millis_opt(ms).single())
-            }
-            Value::String(s) => DateTime::parse_from_rfc3339(s).ok().map(|d| d.with_timezone(&Utc)),
+            Value::Number(n) => n
+                .as_i64()
+                .and_then(|ms| Utc.timestamp_millis_opt(ms).single()),
+            Value::String(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => s
+                .parse::<i64>()
+                .ok()
+                .and_then(|ms| Utc.timestamp_millis_opt(ms).single()),
+            Value::String(s) => DateTime::parse_from_rfc3339(s)
+                .ok()
+                .map(|d| d.with_timezone(&Utc)),
             _ => None,
         }
-        .ok_or_else(|| RenderErrorReason::Other(format!("datetime: {v} is not a time in milliseconds or RFC 3339")))?;
+        .ok_or_else(|| {
+            RenderErrorReason::Other(format!(
+                "datetime: {v} is not a time in milliseconds or RFC 3339"
+            ))
+        })?;
         let format = match h.hash_get("format") {
             Some(f) => text_of(f.value()),
             None => "%Y-%m-%d %H:%M:%S".to_string(),
@@ -310,18 +349,25 @@ impl HelperDef for DateTimeHelper {
         let tz = match h.hash_get("tz") {
             Some(t) => {
                 let name = text_of(t.value());
-                name.parse::<chrono_tz::Tz>()
-                    .map_err(|_| RenderErrorReason::Other(format!("datetime: unknown time zone {name:?}")))?
+                name.parse::<chrono_tz::Tz>().map_err(|_| {
+                    RenderErrorReason::Other(format!("datetime: unknown time zone {name:?}"))
+                })?
             }
             None => self.tz,
         };
         let items = chrono::format::StrftimeItems::new(&format)
             .parse()
-            .map_err(|_| RenderErrorReason::Other(format!("datetime: invalid format {format:?}")))?;
+            .map_err(|_| {
+                RenderErrorReason::Other(format!("datetime: invalid format {format:?}"))
+            })?;
         let mut out = String::new();
         use std::fmt::Write;
-        write!(out, "{}", when.with_timezone(&tz).format_with_items(items.iter()))
-            .map_err(|_| RenderErrorReason::Other(format!("datetime: invalid format {format:?}")))?;
+        write!(
+            out,
+            "{}",
+            when.with_timezone(&tz).format_with_items(items.iter())
+        )
+        .map_err(|_| RenderErrorReason::Other(format!("datetime: invalid format {format:?}")))?;
         Ok(ScopedJson::Derived(Value::String(out)))
     }
 }
@@ -354,7 +400,10 @@ impl HelperDef for DefaultHelper {
         _: &'rc Context,
         _: &mut RenderContext<'reg, 'rc>,
     ) -> Result<ScopedJson<'rc>, RenderError> {
-        let value = h.param(0).filter(|p| !p.is_value_missing()).map(|p| p.value());
+        let value = h
+            .param(0)
+            .filter(|p| !p.is_value_missing())
+            .map(|p| p.value());
         let fallback = param(h, 1, "default")?;
         let chosen = match value {
             None | Some(Value::Null) => fallback,
@@ -379,7 +428,11 @@ impl HelperDef for CaseHelper {
         _: &mut RenderContext<'reg, 'rc>,
     ) -> Result<ScopedJson<'rc>, RenderError> {
         let t = text_of(param(h, 0, if self.upper { "upper" } else { "lower" })?);
-        Ok(ScopedJson::Derived(Value::String(if self.upper { t.to_uppercase() } else { t.to_lowercase() })))
+        Ok(ScopedJson::Derived(Value::String(if self.upper {
+            t.to_uppercase()
+        } else {
+            t.to_lowercase()
+        })))
     }
 }
 
@@ -450,7 +503,10 @@ mod tests {
 
     #[test]
     fn user_text_is_data_never_a_template() {
-        assert_eq!(render(Escape::Plain, "{{payload.reason}}").unwrap(), "hi {{from}} \"<b>&</b>\"\n你好");
+        assert_eq!(
+            render(Escape::Plain, "{{payload.reason}}").unwrap(),
+            "hi {{from}} \"<b>&</b>\"\n你好"
+        );
     }
 
     #[test]
@@ -463,9 +519,15 @@ mod tests {
             render(Escape::Url, "https://x.example/a/{{event}}?u={{from}}").unwrap(),
             "https://x.example/a/roster%3Aadd?u=org%23app_alice%40easemob.com"
         );
-        assert_eq!(render(Escape::Slack, "*{{payload.reason}}*").unwrap(), "*hi {{from}} \"&lt;b&gt;&amp;&lt;/b&gt;\"\n你好*");
+        assert_eq!(
+            render(Escape::Slack, "*{{payload.reason}}*").unwrap(),
+            "*hi {{from}} \"&lt;b&gt;&amp;&lt;/b&gt;\"\n你好*"
+        );
         // Triple-stash opts out of escaping, as in every Handlebars.
-        assert_eq!(render(Escape::Html, "{{{from_user}}}<br>").unwrap(), "alice<br>");
+        assert_eq!(
+            render(Escape::Html, "{{{from_user}}}<br>").unwrap(),
+            "alice<br>"
+        );
     }
 
     #[test]
@@ -477,22 +539,65 @@ mod tests {
 
     #[test]
     fn helpers() {
-        assert_eq!(render(Escape::Plain, "{{datetime timestamp}}").unwrap(), "2022-01-20 11:07:26");
-        assert_eq!(render(Escape::Plain, "{{datetime timestamp tz=\"UTC\" format=\"%H:%M\"}}").unwrap(), "03:07");
-        assert_eq!(render(Escape::Plain, "{{datetime received_at format=\"%Y\"}}").unwrap(), "2022");
-        assert_eq!(render(Escape::Plain, "{{datetime \"1642648046912\" tz=\"UTC\"}}").unwrap(), "2022-01-20 03:07:26");
+        assert_eq!(
+            render(Escape::Plain, "{{datetime timestamp}}").unwrap(),
+            "2022-01-20 11:07:26"
+        );
+        assert_eq!(
+            render(
+                Escape::Plain,
+                "{{datetime timestamp tz=\"UTC\" format=\"%H:%M\"}}"
+            )
+            .unwrap(),
+            "03:07"
+        );
+        assert_eq!(
+            render(Escape::Plain, "{{datetime received_at format=\"%Y\"}}").unwrap(),
+            "2022"
+        );
+        assert_eq!(
+            render(Escape::Plain, "{{datetime \"1642648046912\" tz=\"UTC\"}}").unwrap(),
+            "2022-01-20 03:07:26"
+        );
         assert!(render(Escape::Plain, "{{datetime timestamp tz=\"Nowhere\"}}").is_err());
         assert!(render(Escape::Plain, "{{datetime timestamp format=\"%Q\"}}").is_err());
         assert!(render(Escape::Plain, "{{datetime from_user}}").is_err());
-        assert_eq!(render(Escape::Plain, "{{json payload.operation}}").unwrap(), "\"add\"");
-        assert_eq!(render(Escape::Html, "{{json payload.operation}}").unwrap(), "&quot;add&quot;");
-        assert_eq!(render(Escape::Plain, "{{default payload.missing \"none\"}}").unwrap(), "none");
-        assert_eq!(render(Escape::Plain, "{{default host \"none\"}}").unwrap(), "none");
-        assert_eq!(render(Escape::Plain, "{{default from_user \"none\"}}").unwrap(), "alice");
-        assert_eq!(render(Escape::Plain, "{{upper from_user}} {{lower \"AB\"}}").unwrap(), "ALICE ab");
-        assert_eq!(render(Escape::Plain, "{{truncate payload.reason 4}}").unwrap(), "hi …");
-        assert_eq!(render(Escape::Plain, "{{truncate \"你好世界\" 4}}").unwrap(), "你好世界");
-        assert_eq!(render(Escape::Plain, "{{truncate \"你好世界\" 3}}").unwrap(), "你好…");
+        assert_eq!(
+            render(Escape::Plain, "{{json payload.operation}}").unwrap(),
+            "\"add\""
+        );
+        assert_eq!(
+            render(Escape::Html, "{{json payload.operation}}").unwrap(),
+            "&quot;add&quot;"
+        );
+        assert_eq!(
+            render(Escape::Plain, "{{default payload.missing \"none\"}}").unwrap(),
+            "none"
+        );
+        assert_eq!(
+            render(Escape::Plain, "{{default host \"none\"}}").unwrap(),
+            "none"
+        );
+        assert_eq!(
+            render(Escape::Plain, "{{default from_user \"none\"}}").unwrap(),
+            "alice"
+        );
+        assert_eq!(
+            render(Escape::Plain, "{{upper from_user}} {{lower \"AB\"}}").unwrap(),
+            "ALICE ab"
+        );
+        assert_eq!(
+            render(Escape::Plain, "{{truncate payload.reason 4}}").unwrap(),
+            "hi …"
+        );
+        assert_eq!(
+            render(Escape::Plain, "{{truncate \"你好世界\" 4}}").unwrap(),
+            "你好世界"
+        );
+        assert_eq!(
+            render(Escape::Plain, "{{truncate \"你好世界\" 3}}").unwrap(),
+            "你好…"
+        );
         assert!(render(Escape::Plain, "{{truncate from_user \"x\"}}").is_err());
     }
 
@@ -508,7 +613,9 @@ mod tests {
         assert_eq!(t.files(), ["footer.hbs"]);
         assert_eq!(diags.len(), 1, "{diags}");
         assert!(diags.to_string().contains("broken.hbs"), "{diags}");
-        let r = t.register_inline("a#text", Escape::Plain, "hello {{> footer.hbs}}").unwrap();
+        let r = t
+            .register_inline("a#text", Escape::Plain, "hello {{> footer.hbs}}")
+            .unwrap();
         assert_eq!(t.render(&r, &sample()).unwrap(), "hello -- r1");
     }
 }

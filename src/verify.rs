@@ -35,8 +35,15 @@ pub fn sign(call_id: &str, secret: &str, timestamp_text: &str) -> String {
 
 /// Check a callback's signature and age. `now_ms` is the current time in
 /// milliseconds since the epoch.
-pub fn check(cb: &Callback, secrets: &Secrets, max_age: Option<Duration>, now_ms: u64) -> Result<(), VerifyError> {
-    let candidates = secrets.for_appkey(cb.signing_appkey()).ok_or(VerifyError::UnknownAppkey)?;
+pub fn check(
+    cb: &Callback,
+    secrets: &Secrets,
+    max_age: Option<Duration>,
+    now_ms: u64,
+) -> Result<(), VerifyError> {
+    let candidates = secrets
+        .for_appkey(cb.signing_appkey())
+        .ok_or(VerifyError::UnknownAppkey)?;
     // Hex is case-insensitive; comparing lowercase bytes keeps the comparison
     // itself constant-time. A wrong length can never match.
     let given = cb.security.to_ascii_lowercase();
@@ -78,11 +85,14 @@ mod tests {
     #[test]
     fn known_vector() {
         // md5("org#app_966725184268539960" + "secret" + "1642648046912"), computed independently.
-        assert_eq!(sign("org#app_966725184268539960", "secret", "1642648046912"), {
-            let mut h = Md5::new();
-            h.update(b"org#app_966725184268539960secret1642648046912");
-            hex::encode(h.finalize())
-        });
+        assert_eq!(
+            sign("org#app_966725184268539960", "secret", "1642648046912"),
+            {
+                let mut h = Md5::new();
+                h.update(b"org#app_966725184268539960secret1642648046912");
+                hex::encode(h.finalize())
+            }
+        );
         assert_eq!(sign("", "", ""), "d41d8cd98f00b204e9800998ecf8427e");
         assert_eq!(sign("a", "b", "c"), "900150983cd24fb0d6963f7d28e17f72");
     }
@@ -91,26 +101,61 @@ mod tests {
     fn accepts_good_rotated_uppercase_and_string_timestamp() {
         let secrets = Secrets::from_pairs([("org#app", "old"), ("org#app", "new")]);
         let good = sign("org#app_966725184268539960", "new", "1642648046912");
-        assert_eq!(check(&cb(&good, json!(1642648046912u64)), &secrets, None, 0), Ok(()));
-        assert_eq!(check(&cb(&good.to_uppercase(), json!(1642648046912u64)), &secrets, None, 0), Ok(()));
-        assert_eq!(check(&cb(&good, json!("1642648046912")), &secrets, None, 0), Ok(()));
+        assert_eq!(
+            check(&cb(&good, json!(1642648046912u64)), &secrets, None, 0),
+            Ok(())
+        );
+        assert_eq!(
+            check(
+                &cb(&good.to_uppercase(), json!(1642648046912u64)),
+                &secrets,
+                None,
+                0
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            check(&cb(&good, json!("1642648046912")), &secrets, None, 0),
+            Ok(())
+        );
         let old = sign("org#app_966725184268539960", "old", "1642648046912");
-        assert_eq!(check(&cb(&old, json!(1642648046912u64)), &secrets, None, 0), Ok(()));
+        assert_eq!(
+            check(&cb(&old, json!(1642648046912u64)), &secrets, None, 0),
+            Ok(())
+        );
     }
 
     #[test]
     fn refuses_bad_signature_unknown_appkey_and_old_events() {
         let secrets = Secrets::from_pairs([("org#app", "secret")]);
         let good = sign("org#app_966725184268539960", "secret", "1642648046912");
-        assert_eq!(check(&cb(&good, json!(1642648046913u64)), &secrets, None, 0), Err(VerifyError::BadSignature));
-        assert_eq!(check(&cb("short", json!(1642648046912u64)), &secrets, None, 0), Err(VerifyError::BadSignature));
+        assert_eq!(
+            check(&cb(&good, json!(1642648046913u64)), &secrets, None, 0),
+            Err(VerifyError::BadSignature)
+        );
+        assert_eq!(
+            check(&cb("short", json!(1642648046912u64)), &secrets, None, 0),
+            Err(VerifyError::BadSignature)
+        );
         let other = Secrets::from_pairs([("other#app", "secret")]);
-        assert_eq!(check(&cb(&good, json!(1642648046912u64)), &other, None, 0), Err(VerifyError::UnknownAppkey));
+        assert_eq!(
+            check(&cb(&good, json!(1642648046912u64)), &other, None, 0),
+            Err(VerifyError::UnknownAppkey)
+        );
         let star = Secrets::from_pairs([("*", "secret")]);
-        assert_eq!(check(&cb(&good, json!(1642648046912u64)), &star, None, 0), Ok(()));
+        assert_eq!(
+            check(&cb(&good, json!(1642648046912u64)), &star, None, 0),
+            Ok(())
+        );
         let max = Some(Duration::from_secs(60));
         let ts = 1642648046912u64;
-        assert_eq!(check(&cb(&good, json!(ts)), &secrets, max, ts + 60_000), Ok(()));
-        assert_eq!(check(&cb(&good, json!(ts)), &secrets, max, ts + 60_001), Err(VerifyError::TooOld));
+        assert_eq!(
+            check(&cb(&good, json!(ts)), &secrets, max, ts + 60_000),
+            Ok(())
+        );
+        assert_eq!(
+            check(&cb(&good, json!(ts)), &secrets, max, ts + 60_001),
+            Err(VerifyError::TooOld)
+        );
     }
 }

@@ -72,7 +72,13 @@ pub(super) fn compile(raw: RawEmail, c: &mut Compiler) -> Option<EmailAction> {
         Some(s) => s.from.clone(),
         None => {
             let known: Vec<_> = c.settings.smtp.keys().cloned().collect();
-            c.error("smtp", format!("no SMTP server {smtp:?} in the configuration (known: {})", known.join(", ")));
+            c.error(
+                "smtp",
+                format!(
+                    "no SMTP server {smtp:?} in the configuration (known: {})",
+                    known.join(", ")
+                ),
+            );
             String::new()
         }
     };
@@ -99,10 +105,18 @@ pub(super) fn compile(raw: RawEmail, c: &mut Compiler) -> Option<EmailAction> {
     let to = c.template_list("to", to, Escape::Plain);
     let cc = c.template_list("cc", cc, Escape::Plain);
     let bcc = c.template_list("bcc", bcc, Escape::Plain);
-    let reply_to = raw.reply_to.and_then(|r| c.template("reply_to", &TemplateSource::Inline(r), Escape::Plain));
+    let reply_to = raw
+        .reply_to
+        .and_then(|r| c.template("reply_to", &TemplateSource::Inline(r), Escape::Plain));
     let subject = c.template("subject", &raw.subject, Escape::Plain);
-    let text = raw.text.as_ref().map(|t| c.template("text", t, Escape::Plain));
-    let html = raw.html.as_ref().map(|t| c.template("html", t, Escape::Html));
+    let text = raw
+        .text
+        .as_ref()
+        .map(|t| c.template("text", t, Escape::Plain));
+    let html = raw
+        .html
+        .as_ref()
+        .map(|t| c.template("html", t, Escape::Html));
     Some(EmailAction {
         smtp,
         from,
@@ -135,7 +149,12 @@ impl EmailAction {
             to: list(&self.to)?,
             cc: list(&self.cc)?,
             bcc: list(&self.bcc)?,
-            reply_to: self.reply_to.as_ref().map(|r| list(std::slice::from_ref(r))).transpose()?.and_then(|v| v.into_iter().next()),
+            reply_to: self
+                .reply_to
+                .as_ref()
+                .map(|r| list(std::slice::from_ref(r)))
+                .transpose()?
+                .and_then(|v| v.into_iter().next()),
             // A subject is one line: a newline from user data must not start new headers.
             subject: subject.replace(['\r', '\n'], " "),
             text: self.text.as_ref().map(|r| t.render(r, ctx)).transpose()?,
@@ -169,7 +188,10 @@ impl EmailMessage {
 }
 
 pub(super) fn indent(text: &str) -> String {
-    text.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
+    text.lines()
+        .map(|l| format!("    {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 use std::collections::HashMap;
@@ -185,19 +207,24 @@ use crate::config::{Settings, SmtpSettings, SmtpTls};
 
 type Transport = AsyncSmtpTransport<Tokio1Executor>;
 
+/// A transport and the settings and timeout it was built with.
+type CachedTransport = (SmtpSettings, Duration, Transport);
+
 /// One pooled SMTP transport per configured server, rebuilt when its
 /// settings change on reload.
 #[derive(Clone, Default)]
 pub struct Mailers {
-    cache: Arc<Mutex<HashMap<String, (SmtpSettings, Duration, Transport)>>>,
+    cache: Arc<Mutex<HashMap<String, CachedTransport>>>,
 }
 
 fn build_transport(s: &SmtpSettings, timeout: Duration) -> Result<Transport, String> {
     let tls_params = || -> Result<TlsParameters, String> {
         let mut b = TlsParameters::builder(s.host.clone());
         if let Some(ca) = &s.ca_file {
-            let pem = std::fs::read(ca).map_err(|e| format!("cannot read ca_file {}: {e}", ca.display()))?;
-            let cert = Certificate::from_pem(&pem).map_err(|e| format!("ca_file {}: {e}", ca.display()))?;
+            let pem = std::fs::read(ca)
+                .map_err(|e| format!("cannot read ca_file {}: {e}", ca.display()))?;
+            let cert = Certificate::from_pem(&pem)
+                .map_err(|e| format!("ca_file {}: {e}", ca.display()))?;
             b = b.add_root_certificate(cert);
         }
         b.build_rustls().map_err(|e| format!("TLS setup: {e}"))
@@ -212,19 +239,31 @@ fn build_transport(s: &SmtpSettings, timeout: Duration) -> Result<Transport, Str
         .tls(tls)
         .timeout(Some(timeout));
     if !s.username.is_empty() {
-        let password = s.password.as_ref().map(|p| p.expose().to_string()).unwrap_or_default();
+        let password = s
+            .password
+            .as_ref()
+            .map(|p| p.expose().to_string())
+            .unwrap_or_default();
         b = b.credentials(Credentials::new(s.username.clone(), password));
     }
     Ok(b.build())
 }
 
 impl Mailers {
-    fn transport(&self, name: &str, settings: &Settings, timeout: Duration) -> Result<Transport, String> {
+    fn transport(
+        &self,
+        name: &str,
+        settings: &Settings,
+        timeout: Duration,
+    ) -> Result<Transport, String> {
         let s = settings
             .smtp
             .get(name)
             .ok_or_else(|| format!("no SMTP server {name:?} in the configuration"))?;
-        let mut cache = self.cache.lock().map_err(|_| "SMTP cache lock poisoned".to_string())?;
+        let mut cache = self
+            .cache
+            .lock()
+            .map_err(|_| "SMTP cache lock poisoned".to_string())?;
         if let Some((cached, t, transport)) = cache.get(name)
             && cached == s
             && *t == timeout
@@ -237,7 +276,12 @@ impl Mailers {
     }
 
     /// Send one email. SMTP 4xx answers are retried, 5xx are permanent.
-    pub async fn send(&self, m: &EmailMessage, settings: &Settings, timeout: Duration) -> super::Outcome {
+    pub async fn send(
+        &self,
+        m: &EmailMessage,
+        settings: &Settings,
+        timeout: Duration,
+    ) -> super::Outcome {
         use super::Outcome;
         let message = match build_message(m) {
             Ok(msg) => msg,
@@ -284,8 +328,16 @@ pub fn build_message(m: &EmailMessage) -> Result<lettre::Message, String> {
     }
     let built = match (&m.text, &m.html) {
         (Some(t), Some(h)) => b.multipart(MultiPart::alternative_plain_html(t.clone(), h.clone())),
-        (Some(t), None) => b.singlepart(SinglePart::builder().header(ContentType::TEXT_PLAIN).body(t.clone())),
-        (None, Some(h)) => b.singlepart(SinglePart::builder().header(ContentType::TEXT_HTML).body(h.clone())),
+        (Some(t), None) => b.singlepart(
+            SinglePart::builder()
+                .header(ContentType::TEXT_PLAIN)
+                .body(t.clone()),
+        ),
+        (None, Some(h)) => b.singlepart(
+            SinglePart::builder()
+                .header(ContentType::TEXT_HTML)
+                .body(h.clone()),
+        ),
         (None, None) => return Err("the email has neither text nor html".into()),
     };
     built.map_err(|e| format!("cannot build the email: {e}"))

@@ -42,7 +42,10 @@ pub struct HttpAction {
 enum Body {
     None,
     Json(JsonTemplate),
-    Text { template: TemplateRef, content_type: String },
+    Text {
+        template: TemplateRef,
+        content_type: String,
+    },
 }
 
 /// A rendered HTTP request.
@@ -80,9 +83,16 @@ pub(super) fn compile(raw: RawHttp, c: &mut Compiler) -> Option<HttpAction> {
             continue;
         }
         if name.eq_ignore_ascii_case("content-type") && raw.json.is_some() {
-            c.error(&format!("headers.{name}"), "is set by `json`; use `body` with `content_type` for another type");
+            c.error(
+                &format!("headers.{name}"),
+                "is set by `json`; use `body` with `content_type` for another type",
+            );
         }
-        if let Some(t) = c.template(&format!("headers.{name}"), &TemplateSource::Inline(value), Escape::Plain) {
+        if let Some(t) = c.template(
+            &format!("headers.{name}"),
+            &TemplateSource::Inline(value),
+            Escape::Plain,
+        ) {
             headers.push((name, t));
         }
     }
@@ -98,7 +108,10 @@ pub(super) fn compile(raw: RawHttp, c: &mut Compiler) -> Option<HttpAction> {
         (None, Some(b)) => match c.template("body", &b, Escape::Plain) {
             Some(template) => Body::Text {
                 template,
-                content_type: raw.content_type.clone().unwrap_or_else(|| "text/plain; charset=utf-8".into()),
+                content_type: raw
+                    .content_type
+                    .clone()
+                    .unwrap_or_else(|| "text/plain; charset=utf-8".into()),
             },
             None => Body::None,
         },
@@ -131,8 +144,14 @@ impl HttpAction {
             .collect::<Result<Vec<_>, String>>()?;
         let (content_type, body) = match &self.body {
             Body::None => (None, None),
-            Body::Json(j) => (Some("application/json".to_string()), Some(j.render(t, ctx)?.to_string())),
-            Body::Text { template, content_type } => (Some(content_type.clone()), Some(t.render(template, ctx)?)),
+            Body::Json(j) => (
+                Some("application/json".to_string()),
+                Some(j.render(t, ctx)?.to_string()),
+            ),
+            Body::Text {
+                template,
+                content_type,
+            } => (Some(content_type.clone()), Some(t.render(template, ctx)?)),
         };
         Ok(HttpRequest {
             method: self.method.to_string(),
@@ -147,14 +166,24 @@ impl HttpAction {
 /// Headers whose values are credentials: `easehook test` masks them.
 pub fn is_sensitive_header(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
-    n == "authorization" || n == "proxy-authorization" || n == "cookie" || n.contains("token") || n.contains("secret") || n.contains("key") || n.contains("signature")
+    n == "authorization"
+        || n == "proxy-authorization"
+        || n == "cookie"
+        || n.contains("token")
+        || n.contains("secret")
+        || n.contains("key")
+        || n.contains("signature")
 }
 
 impl HttpRequest {
     pub(super) fn describe(&self) -> String {
         let mut s = format!("http {} {}\n", self.method, self.url);
         for (n, v) in &self.headers {
-            let v = if is_sensitive_header(n) { "***" } else { v.as_str() };
+            let v = if is_sensitive_header(n) {
+                "***"
+            } else {
+                v.as_str()
+            };
             s += &format!("  {n}: {v}\n");
         }
         if let Some(ct) = &self.content_type {
@@ -173,10 +202,16 @@ impl HttpRequest {
 }
 
 /// Send the request; any 2xx is success.
-pub(super) async fn send(client: &reqwest::Client, m: &HttpRequest, timeout: std::time::Duration) -> super::Outcome {
+pub(super) async fn send(
+    client: &reqwest::Client,
+    m: &HttpRequest,
+    timeout: std::time::Duration,
+) -> super::Outcome {
     let method = match reqwest::Method::from_bytes(m.method.as_bytes()) {
         Ok(method) => method,
-        Err(_) => return super::Outcome::Permanent(format!("{:?} is not an HTTP method", m.method)),
+        Err(_) => {
+            return super::Outcome::Permanent(format!("{:?} is not an HTTP method", m.method));
+        }
     };
     let mut req = client.request(method, &m.url).timeout(timeout);
     for (n, v) in &m.headers {

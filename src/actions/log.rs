@@ -59,7 +59,10 @@ pub(super) fn compile(raw: RawLog, c: &mut Compiler) -> Option<LogAction> {
         "warn" | "warning" => Level::Warn,
         "error" => Level::Error,
         other => {
-            c.error("level", format!("unknown level {other:?}: use trace, debug, info, warn or error"));
+            c.error(
+                "level",
+                format!("unknown level {other:?}: use trace, debug, info, warn or error"),
+            );
             Level::Info
         }
     };

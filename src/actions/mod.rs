@@ -105,7 +105,9 @@ impl RateLimit {
         let (n, unit) = s.split_once('/').ok_or_else(err)?;
         let count: u32 = n.trim().parse().map_err(|_| err())?;
         if count == 0 {
-            return Err(format!("invalid rate limit {s:?}: the count must be at least 1"));
+            return Err(format!(
+                "invalid rate limit {s:?}: the count must be at least 1"
+            ));
         }
         let per = match unit.trim() {
             "s" | "sec" | "second" => Duration::from_secs(1),
@@ -178,7 +180,12 @@ impl Compiler<'_> {
     }
 
     /// Register a template field with the escaping of its destination.
-    pub fn template(&mut self, field: &str, src: &TemplateSource, escape: Escape) -> Option<TemplateRef> {
+    pub fn template(
+        &mut self,
+        field: &str,
+        src: &TemplateSource,
+        escape: Escape,
+    ) -> Option<TemplateRef> {
         match src {
             TemplateSource::Inline(s) => {
                 let name = format!("{}#{field}", self.action);
@@ -198,7 +205,10 @@ impl Compiler<'_> {
                     })
                 } else {
                     let dir = self.settings.templates_dir.display().to_string();
-                    self.error(field, format!("template file {template:?} not found in {dir}"));
+                    self.error(
+                        field,
+                        format!("template file {template:?} not found in {dir}"),
+                    );
                     None
                 }
             }
@@ -206,15 +216,27 @@ impl Compiler<'_> {
     }
 
     /// Register a list of plain-text templates (recipients, for example).
-    pub fn template_list(&mut self, field: &str, list: Vec<String>, escape: Escape) -> Vec<TemplateRef> {
+    pub fn template_list(
+        &mut self,
+        field: &str,
+        list: Vec<String>,
+        escape: Escape,
+    ) -> Vec<TemplateRef> {
         list.into_iter()
             .enumerate()
-            .filter_map(|(i, s)| self.template(&format!("{field}[{i}]"), &TemplateSource::Inline(s), escape))
+            .filter_map(|(i, s)| {
+                self.template(&format!("{field}[{i}]"), &TemplateSource::Inline(s), escape)
+            })
             .collect()
     }
 
     /// Compile a JSON-shaped value whose strings are templates.
-    pub fn json_template(&mut self, field: &str, value: serde_yaml::Value, escape: Escape) -> Option<JsonTemplate> {
+    pub fn json_template(
+        &mut self,
+        field: &str,
+        value: serde_yaml::Value,
+        escape: Escape,
+    ) -> Option<JsonTemplate> {
         let json: Value = match serde_json::to_value(&value) {
             Ok(v) => v,
             Err(e) => {
@@ -227,10 +249,12 @@ impl Compiler<'_> {
 
     fn json_node(&mut self, path: &str, v: Value, escape: Escape) -> JsonTemplate {
         match v {
-            Value::String(s) if s.contains("{{") => match self.template(path, &TemplateSource::Inline(s), escape) {
-                Some(r) => JsonTemplate::Template(r),
-                None => JsonTemplate::Literal(Value::Null),
-            },
+            Value::String(s) if s.contains("{{") => {
+                match self.template(path, &TemplateSource::Inline(s), escape) {
+                    Some(r) => JsonTemplate::Template(r),
+                    None => JsonTemplate::Literal(Value::Null),
+                }
+            }
             Value::Array(items) => JsonTemplate::Array(
                 items
                     .into_iter()
@@ -266,7 +290,12 @@ impl JsonTemplate {
         Ok(match self {
             JsonTemplate::Literal(v) => v.clone(),
             JsonTemplate::Template(r) => Value::String(t.render(r, ctx)?),
-            JsonTemplate::Array(items) => Value::Array(items.iter().map(|i| i.render(t, ctx)).collect::<Result<_, _>>()?),
+            JsonTemplate::Array(items) => Value::Array(
+                items
+                    .iter()
+                    .map(|i| i.render(t, ctx))
+                    .collect::<Result<_, _>>()?,
+            ),
             JsonTemplate::Object(fields) => Value::Object(
                 fields
                     .iter()
@@ -339,12 +368,23 @@ pub fn compile(value: serde_yaml::Value, c: &mut Compiler) -> Option<Action> {
     }
     let common: Option<RawCommon> = deserialize_part(common_map, c);
     let kind = match type_name.as_str() {
-        "email" => deserialize_part(map, c).and_then(|raw| email::compile(raw, c)).map(ActionKind::Email),
-        "slack" => deserialize_part(map, c).and_then(|raw| slack::compile(raw, c)).map(ActionKind::Slack),
-        "http" => deserialize_part(map, c).and_then(|raw| http::compile(raw, c)).map(ActionKind::Http),
-        "log" => deserialize_part(map, c).and_then(|raw| log::compile(raw, c)).map(ActionKind::Log),
+        "email" => deserialize_part(map, c)
+            .and_then(|raw| email::compile(raw, c))
+            .map(ActionKind::Email),
+        "slack" => deserialize_part(map, c)
+            .and_then(|raw| slack::compile(raw, c))
+            .map(ActionKind::Slack),
+        "http" => deserialize_part(map, c)
+            .and_then(|raw| http::compile(raw, c))
+            .map(ActionKind::Http),
+        "log" => deserialize_part(map, c)
+            .and_then(|raw| log::compile(raw, c))
+            .map(ActionKind::Log),
         other => {
-            c.error("type", format!("unknown action type {other:?}: use email, slack, http or log"));
+            c.error(
+                "type",
+                format!("unknown action type {other:?}: use email, slack, http or log"),
+            );
             None
         }
     };
@@ -356,7 +396,10 @@ pub fn compile(value: serde_yaml::Value, c: &mut Compiler) -> Option<Action> {
             "true" => true,
             "false" | "" => false,
             other => {
-                c.error("enabled", format!("expands to {other:?}; it must be true, false or nothing"));
+                c.error(
+                    "enabled",
+                    format!("expands to {other:?}; it must be true, false or nothing"),
+                );
                 false
             }
         },
@@ -392,9 +435,21 @@ mod tests {
 
     #[test]
     fn rate_limits() {
-        assert_eq!(RateLimit::parse("30/min").unwrap(), RateLimit { count: 30, per: Duration::from_secs(60) });
-        assert_eq!(RateLimit::parse("10/s").unwrap().per, Duration::from_secs(1));
-        assert_eq!(RateLimit::parse("5/10s").unwrap().per, Duration::from_secs(10));
+        assert_eq!(
+            RateLimit::parse("30/min").unwrap(),
+            RateLimit {
+                count: 30,
+                per: Duration::from_secs(60)
+            }
+        );
+        assert_eq!(
+            RateLimit::parse("10/s").unwrap().per,
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            RateLimit::parse("5/10s").unwrap().per,
+            Duration::from_secs(10)
+        );
         assert!(RateLimit::parse("0/s").is_err());
         assert!(RateLimit::parse("many").is_err());
         assert!(RateLimit::parse("3/fortnight").is_err());
@@ -406,7 +461,10 @@ mod tests {
 pub enum Outcome {
     Sent,
     /// Worth trying again; `after` is the destination's own wish (`Retry-After`).
-    Retry { after: Option<Duration>, error: String },
+    Retry {
+        after: Option<Duration>,
+        error: String,
+    },
     /// Will never work as it is: dead at once.
     Permanent(String),
 }
@@ -451,8 +509,17 @@ pub(crate) async fn classify_http(result: Result<reqwest::Response, reqwest::Err
         // Error texts can carry the URL, and a webhook URL is a secret.
         Err(e) => {
             let e = e.without_url();
-            let kind = if e.is_timeout() { "timed out" } else if e.is_connect() { "cannot connect" } else { "request failed" };
-            return Outcome::Retry { after: None, error: format!("{kind}: {}", error_chain(&e)) };
+            let kind = if e.is_timeout() {
+                "timed out"
+            } else if e.is_connect() {
+                "cannot connect"
+            } else {
+                "request failed"
+            };
+            return Outcome::Retry {
+                after: None,
+                error: format!("{kind}: {}", error_chain(&e)),
+            };
         }
     };
     let status = resp.status();

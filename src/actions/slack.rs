@@ -57,7 +57,11 @@ pub(super) fn compile(raw: RawSlack, c: &mut Compiler) -> Option<SlackAction> {
         None => None,
     };
     let mut extra = Map::new();
-    for (k, v) in [("username", raw.username), ("icon_emoji", raw.icon_emoji), ("channel", raw.channel)] {
+    for (k, v) in [
+        ("username", raw.username),
+        ("icon_emoji", raw.icon_emoji),
+        ("channel", raw.channel),
+    ] {
         if let Some(v) = v.filter(|v| !v.is_empty()) {
             extra.insert(k.into(), Value::String(v));
         }
@@ -88,7 +92,11 @@ impl SlackAction {
 impl SlackMessage {
     pub(super) fn describe(&self) -> String {
         let body = serde_json::to_string_pretty(&self.body).unwrap_or_default();
-        format!("slack POST {}\n{}\n", mask_url(&self.webhook_url), super::email::indent(&body))
+        format!(
+            "slack POST {}\n{}\n",
+            mask_url(&self.webhook_url),
+            super::email::indent(&body)
+        )
     }
 }
 
@@ -102,7 +110,16 @@ fn mask_url(url: &str) -> String {
 
 /// POST the message to the webhook. Slack answers 429 with `Retry-After`
 /// when it throttles; that is retried after the time it asks.
-pub(super) async fn send(client: &reqwest::Client, m: &SlackMessage, timeout: std::time::Duration) -> super::Outcome {
-    let result = client.post(&m.webhook_url).json(&m.body).timeout(timeout).send().await;
+pub(super) async fn send(
+    client: &reqwest::Client,
+    m: &SlackMessage,
+    timeout: std::time::Duration,
+) -> super::Outcome {
+    let result = client
+        .post(&m.webhook_url)
+        .json(&m.body)
+        .timeout(timeout)
+        .send()
+        .await;
     super::classify_http(result).await
 }

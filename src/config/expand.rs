@@ -202,11 +202,7 @@ fn substitute(expr: &str, env: &dyn Env, out: &mut Expanded) -> Result<(String, 
         }
         None => (expr, "", ""),
     };
-    if name.is_empty()
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_')
-    {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
         return Err(format!("`${{{expr}}}` is not a valid variable reference"));
     }
     let value = env.var(name);
@@ -240,7 +236,8 @@ fn substitute(expr: &str, env: &dyn Env, out: &mut Expanded) -> Result<(String, 
 }
 
 fn read_trimmed(path: &Path) -> Result<String, String> {
-    let mut s = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut s = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     if s.ends_with('\n') {
         s.pop();
         if s.ends_with('\r') {
@@ -308,7 +305,11 @@ mod tests {
         );
         assert!(out.secrets.iter().all(|s| s == "s3cr3t-value"));
         assert_eq!(out.secrets.len(), 2);
-        assert!(expand("${credential:missing}", &e).unwrap_err().contains("missing"));
+        assert!(
+            expand("${credential:missing}", &e)
+                .unwrap_err()
+                .contains("missing")
+        );
         assert!(
             expand("${credential:x}", &env(&[]))
                 .unwrap_err()
@@ -324,7 +325,10 @@ mod tests {
         expand_str("${SMTP_HOST}", &e, &mut out).unwrap();
         expand_str("${MISSING_SECRET:-written-in-file}", &e, &mut out).unwrap();
         assert_eq!(out.secrets, vec!["abcdef123".to_string()]);
-        assert_eq!(out.external, vec!["abcdef123".to_string(), "mx".to_string()]);
+        assert_eq!(
+            out.external,
+            vec!["abcdef123".to_string(), "mx".to_string()]
+        );
     }
 
     #[test]

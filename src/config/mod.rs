@@ -15,8 +15,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 
 use crate::diag::{Diagnostics, Redactor};
@@ -212,7 +212,10 @@ impl Secrets {
     }
 
     fn all(&self) -> impl Iterator<Item = &Secret> {
-        self.by_appkey.values().flatten().chain(self.fallback.iter())
+        self.by_appkey
+            .values()
+            .flatten()
+            .chain(self.fallback.iter())
     }
 
     /// Build directly, for tests and tools.
@@ -222,7 +225,10 @@ impl Secrets {
             if k == "*" {
                 s.fallback.push(Secret::new(v));
             } else {
-                s.by_appkey.entry(k.to_string()).or_default().push(Secret::new(v));
+                s.by_appkey
+                    .entry(k.to_string())
+                    .or_default()
+                    .push(Secret::new(v));
             }
         }
         s
@@ -298,7 +304,11 @@ pub(crate) fn read_yaml(
                 .location()
                 .map(|l| format!("line {} column {}", l.line(), l.column()))
                 .unwrap_or_default();
-            diags.push(&file, location, format!("invalid YAML: {}", strip_location(&e.to_string())));
+            diags.push(
+                &file,
+                location,
+                format!("invalid YAML: {}", strip_location(&e.to_string())),
+            );
             return None;
         }
     };
@@ -339,7 +349,10 @@ pub(crate) fn deserialize_keys<T: DeserializeOwned + Default>(
             }
             Err(e) => {
                 let inner = e.path().to_string();
-                let key = k.as_str().map(str::to_string).unwrap_or_else(|| format!("{k:?}"));
+                let key = k
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("{k:?}"));
                 let location = match (prefix.is_empty(), inner == "." || inner.is_empty()) {
                     (true, true) => String::new(),
                     (true, false) => inner,
@@ -360,7 +373,11 @@ pub(crate) fn deserialize_keys<T: DeserializeOwned + Default>(
     match serde_path_to_error::deserialize::<_, T>(Value::Mapping(good)) {
         Ok(t) => t,
         Err(e) => {
-            diags.push(file, e.path().to_string(), strip_location(&e.into_inner().to_string()));
+            diags.push(
+                file,
+                e.path().to_string(),
+                strip_location(&e.into_inner().to_string()),
+            );
             T::default()
         }
     }
@@ -378,7 +395,11 @@ pub fn load(path: &Path, env: &dyn Env) -> Result<Settings, Diagnostics> {
         Value::Mapping(map) => deserialize_keys(map, &file, "", &mut diags),
         Value::Null => RawConfig::default(),
         _ => {
-            diags.push(&file, "", "the configuration must be a mapping of keys to values");
+            diags.push(
+                &file,
+                "",
+                "the configuration must be a mapping of keys to values",
+            );
             return Err(diags);
         }
     };
@@ -389,10 +410,20 @@ pub fn load(path: &Path, env: &dyn Env) -> Result<Settings, Diagnostics> {
     diags.into_result().map(|()| settings)
 }
 
-fn parse_addr(v: Option<String>, default: &str, key: &str, file: &str, diags: &mut Diagnostics) -> SocketAddr {
+fn parse_addr(
+    v: Option<String>,
+    default: &str,
+    key: &str,
+    file: &str,
+    diags: &mut Diagnostics,
+) -> SocketAddr {
     let s = v.unwrap_or_else(|| default.to_string());
     s.parse().unwrap_or_else(|_| {
-        diags.push(file, key, format!("{s:?} is not an address: write IP:PORT, like {default}"));
+        diags.push(
+            file,
+            key,
+            format!("{s:?} is not an address: write IP:PORT, like {default}"),
+        );
         default.parse().expect("default address is valid")
     })
 }
@@ -402,17 +433,35 @@ fn resolve(base: &Path, p: Option<PathBuf>, default: &str) -> PathBuf {
     if p.is_absolute() { p } else { base.join(p) }
 }
 
-fn compile(raw: RawConfig, path: &Path, base: &Path, expanded: Expanded, diags: &mut Diagnostics) -> Settings {
+fn compile(
+    raw: RawConfig,
+    path: &Path,
+    base: &Path,
+    expanded: Expanded,
+    diags: &mut Diagnostics,
+) -> Settings {
     let file = path.display().to_string();
     let file = file.as_str();
     let mut warnings = Vec::new();
     let mut secret_values = expanded.secrets.clone();
 
     let listen = parse_addr(raw.listen, "127.0.0.1:8080", "listen", file, diags);
-    let admin_listen = parse_addr(raw.admin_listen, "127.0.0.1:9464", "admin_listen", file, diags);
-    let callback_path = raw.callback_path.unwrap_or_else(|| "/easemob/callback".into());
+    let admin_listen = parse_addr(
+        raw.admin_listen,
+        "127.0.0.1:9464",
+        "admin_listen",
+        file,
+        diags,
+    );
+    let callback_path = raw
+        .callback_path
+        .unwrap_or_else(|| "/easemob/callback".into());
     if !callback_path.starts_with('/') || callback_path.contains(['?', '#', ' ']) {
-        diags.push(file, "callback_path", format!("{callback_path:?} must be a URL path starting with `/`"));
+        diags.push(
+            file,
+            "callback_path",
+            format!("{callback_path:?} must be a URL path starting with `/`"),
+        );
     }
     let admin_token = raw.admin_token.filter(|t| !t.is_empty()).map(|t| {
         secret_values.push(t.clone());
@@ -435,7 +484,11 @@ fn compile(raw: RawConfig, path: &Path, base: &Path, expanded: Expanded, diags: 
                 let mut out = Vec::new();
                 for (i, s) in list.into_iter().enumerate() {
                     if s.is_empty() {
-                        diags.push(file, format!("secrets.{appkey}[{i}]"), "a secret cannot be empty");
+                        diags.push(
+                            file,
+                            format!("secrets.{appkey}[{i}]"),
+                            "a secret cannot be empty",
+                        );
                         continue;
                     }
                     if !expanded.external.contains(&s) {
@@ -451,20 +504,32 @@ fn compile(raw: RawConfig, path: &Path, base: &Path, expanded: Expanded, diags: 
                 } else if appkey.is_empty() {
                     diags.push(file, "secrets", "an appkey cannot be empty");
                 } else if out.is_empty() {
-                    diags.push(file, format!("secrets.{appkey}"), "lists no secret; callbacks of this appkey could never be verified");
+                    diags.push(
+                        file,
+                        format!("secrets.{appkey}"),
+                        "lists no secret; callbacks of this appkey could never be verified",
+                    );
                 } else {
                     secrets.by_appkey.insert(appkey, out);
                 }
             }
             if secrets.by_appkey.is_empty() && secrets.fallback.is_empty() {
-                diags.push(file, "secrets", "no secret is configured: every callback would be refused");
+                diags.push(
+                    file,
+                    "secrets",
+                    "no secret is configured: every callback would be refused",
+                );
             }
         }
     }
 
     let timezone = raw.timezone.unwrap_or_else(|| "Asia/Shanghai".into());
     let timezone = timezone.parse::<chrono_tz::Tz>().unwrap_or_else(|_| {
-        diags.push(file, "timezone", format!("unknown time zone {timezone:?}: use an IANA name like Asia/Shanghai or UTC"));
+        diags.push(
+            file,
+            "timezone",
+            format!("unknown time zone {timezone:?}: use an IANA name like Asia/Shanghai or UTC"),
+        );
         chrono_tz::Tz::Asia__Shanghai
     });
 
@@ -493,11 +558,17 @@ fn compile(raw: RawConfig, path: &Path, base: &Path, expanded: Expanded, diags: 
         diags.push(file, "delivery.timeout", "must be more than 0s");
     }
     if delivery.initial_backoff > delivery.max_backoff {
-        diags.push(file, "delivery.initial_backoff", "is longer than delivery.max_backoff");
+        diags.push(
+            file,
+            "delivery.initial_backoff",
+            "is longer than delivery.max_backoff",
+        );
     }
 
     let mut smtp = BTreeMap::new();
-    let raw_smtp = raw.smtp.unwrap_or_else(|| BTreeMap::from([("default".to_string(), RawSmtp::default())]));
+    let raw_smtp = raw
+        .smtp
+        .unwrap_or_else(|| BTreeMap::from([("default".to_string(), RawSmtp::default())]));
     for (name, s) in raw_smtp {
         let tls = s.tls.unwrap_or_default();
         let port = s.port.map(|p| p.0).unwrap_or(match tls {
@@ -509,16 +580,32 @@ fn compile(raw: RawConfig, path: &Path, base: &Path, expanded: Expanded, diags: 
             secret_values.push(p.clone());
             Secret::new(p)
         });
-        let from = s.from.unwrap_or_else(|| "easehook <easehook@localhost>".into());
+        let from = s
+            .from
+            .unwrap_or_else(|| "easehook <easehook@localhost>".into());
         if from.parse::<lettre::message::Mailbox>().is_err() {
-            diags.push(file, format!("smtp.{name}.from"), format!("{from:?} is not an email address"));
+            diags.push(
+                file,
+                format!("smtp.{name}.from"),
+                format!("{from:?} is not an email address"),
+            );
         }
-        let host = s.host.filter(|h| !h.is_empty()).unwrap_or_else(|| "127.0.0.1".into());
-        let ca_file = s.ca_file.filter(|c| !c.is_empty()).map(|c| resolve(base, Some(c.into()), ""));
+        let host = s
+            .host
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "127.0.0.1".into());
+        let ca_file = s
+            .ca_file
+            .filter(|c| !c.is_empty())
+            .map(|c| resolve(base, Some(c.into()), ""));
         if let Some(ca) = &ca_file
             && !ca.is_file()
         {
-            diags.push(file, format!("smtp.{name}.ca_file"), format!("{} is not a readable file", ca.display()));
+            diags.push(
+                file,
+                format!("smtp.{name}.ca_file"),
+                format!("{} is not a readable file", ca.display()),
+            );
         }
         smtp.insert(
             name,
@@ -545,7 +632,9 @@ fn compile(raw: RawConfig, path: &Path, base: &Path, expanded: Expanded, diags: 
         max_event_age: raw.max_event_age.map(|d| d.0).filter(|d| !d.is_zero()),
         dedup_window: raw.dedup_window.map_or(Duration::from_secs(86400), |d| d.0),
         state_dir: resolve(base, raw.state_dir, "data"),
-        retention: raw.retention.map_or(Duration::from_secs(7 * 86400), |d| d.0),
+        retention: raw
+            .retention
+            .map_or(Duration::from_secs(7 * 86400), |d| d.0),
         rules_dir: resolve(base, raw.rules_dir, "rules"),
         templates_dir: resolve(base, raw.templates_dir, "templates"),
         timezone,
@@ -562,7 +651,12 @@ impl Settings {
     pub fn secret_values(&self) -> Vec<String> {
         let mut v: Vec<String> = self.secrets.all().map(|s| s.expose().to_string()).collect();
         v.extend(self.admin_token.iter().map(|s| s.expose().to_string()));
-        v.extend(self.smtp.values().filter_map(|s| s.password.as_ref()).map(|s| s.expose().to_string()));
+        v.extend(
+            self.smtp
+                .values()
+                .filter_map(|s| s.password.as_ref())
+                .map(|s| s.expose().to_string()),
+        );
         v
     }
 }
@@ -576,7 +670,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("easehook.yaml");
         std::fs::write(&path, yaml).unwrap();
-        let env: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let r = load(&path, &env);
         drop(dir);
         r
@@ -584,7 +681,11 @@ mod tests {
 
     #[test]
     fn minimal_config_gets_every_default() {
-        let s = load_str("secrets: {\"org#app\": [\"${EASEMOB_SECRET}\"]}\n", &[("EASEMOB_SECRET", "abcdefgh12345678")]).unwrap();
+        let s = load_str(
+            "secrets: {\"org#app\": [\"${EASEMOB_SECRET}\"]}\n",
+            &[("EASEMOB_SECRET", "abcdefgh12345678")],
+        )
+        .unwrap();
         assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(s.admin_listen.to_string(), "127.0.0.1:9464");
         assert_eq!(s.callback_path, "/easemob/callback");
@@ -598,7 +699,10 @@ mod tests {
         assert!(s.rules_dir.ends_with("rules"));
         assert_eq!(s.smtp["default"].port, 587);
         assert_eq!(s.smtp["default"].tls, SmtpTls::Starttls);
-        assert_eq!(s.secrets.for_appkey("org#app").unwrap()[0].expose(), "abcdefgh12345678");
+        assert_eq!(
+            s.secrets.for_appkey("org#app").unwrap()[0].expose(),
+            "abcdefgh12345678"
+        );
         assert!(s.secrets.for_appkey("other#app").is_none());
         assert!(s.warnings.is_empty(), "{:?}", s.warnings);
     }
@@ -666,8 +770,12 @@ mod tests {
 
     #[test]
     fn config_path_resolution() {
-        let env: HashMap<String, String> = HashMap::from([("EASEHOOK_CONFIG".into(), "/x/y.yaml".into())]);
-        assert_eq!(resolve_path(Some(Path::new("a.yaml")), &env), PathBuf::from("a.yaml"));
+        let env: HashMap<String, String> =
+            HashMap::from([("EASEHOOK_CONFIG".into(), "/x/y.yaml".into())]);
+        assert_eq!(
+            resolve_path(Some(Path::new("a.yaml")), &env),
+            PathBuf::from("a.yaml")
+        );
         assert_eq!(resolve_path(None, &env), PathBuf::from("/x/y.yaml"));
     }
 }

@@ -4,8 +4,8 @@
 use std::fmt;
 use std::time::Duration;
 
-use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
 
 /// A duration written like `500ms`, `10s`, `5m`, `24h` or `7d`; `0` alone is zero.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -97,8 +97,14 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(HumanDuration::parse("500ms").unwrap().0, Duration::from_millis(500));
-        assert_eq!(HumanDuration::parse("7d").unwrap().0, Duration::from_secs(7 * 86400));
+        assert_eq!(
+            HumanDuration::parse("500ms").unwrap().0,
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            HumanDuration::parse("7d").unwrap().0,
+            Duration::from_secs(7 * 86400)
+        );
         assert_eq!(HumanDuration::parse("0s").unwrap().0, Duration::ZERO);
         assert_eq!(HumanDuration::parse("0").unwrap().0, Duration::ZERO);
         assert!(HumanDuration::parse("10").is_err());
@@ -136,7 +142,9 @@ where
                 f.write_str("a whole number")
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-                T::try_from(v).map(Num).map_err(|_| E::custom(format!("{v} is out of range")))
+                T::try_from(v)
+                    .map(Num)
+                    .map_err(|_| E::custom(format!("{v} is out of range")))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
                 match u64::try_from(v) {

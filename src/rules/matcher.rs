@@ -98,7 +98,9 @@ impl Matcher {
                 None => false,
                 Some(v) => match self {
                     Matcher::Exact(s) => v == s,
-                    Matcher::Family(f) => v.strip_prefix(f.as_str()).is_some_and(|rest| rest.is_empty() || rest.starts_with(':')),
+                    Matcher::Family(f) => v
+                        .strip_prefix(f.as_str())
+                        .is_some_and(|rest| rest.is_empty() || rest.starts_with(':')),
                     Matcher::Glob(g) => g.is_match(v),
                     Matcher::Regex(r) => r.is_match(v),
                     _ => unreachable!("handled above"),
@@ -114,7 +116,9 @@ impl Matcher {
             Value::String(s) => Ok(Self::pattern(s, event)?),
             Value::Bool(b) => Ok(Matcher::Exact(b.to_string())),
             Value::Number(n) => Ok(Matcher::Exact(n.to_string())),
-            Value::Null => Err("an empty matcher matches nothing; to test absence write {exists: false}".into()),
+            Value::Null => Err(
+                "an empty matcher matches nothing; to test absence write {exists: false}".into(),
+            ),
             Value::Sequence(items) => {
                 if items.is_empty() {
                     return Err("an empty list matches nothing".into());
@@ -127,7 +131,9 @@ impl Matcher {
             }
             Value::Mapping(map) => {
                 if map.len() != 1 {
-                    return Err("a matcher mapping has exactly one of `regex`, `not`, `exists`".into());
+                    return Err(
+                        "a matcher mapping has exactly one of `regex`, `not`, `exists`".into(),
+                    );
                 }
                 let (k, v) = map.iter().next().expect("one entry");
                 match k.as_str() {
@@ -136,7 +142,9 @@ impl Matcher {
                         // Anchored: the pattern must match the whole value.
                         Regex::new(&format!("^(?:{src})$"))
                             .map(Matcher::Regex)
-                            .map_err(|e| format!("invalid regex {src:?}: {}", first_line(&e.to_string())))
+                            .map_err(|e| {
+                                format!("invalid regex {src:?}: {}", first_line(&e.to_string()))
+                            })
                     }
                     Some("not") => Ok(Matcher::Not(Box::new(Self::compile(v, event)?))),
                     Some("exists") => match v {
@@ -187,7 +195,11 @@ impl Matcher {
 }
 
 fn first_line(s: &str) -> String {
-    s.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or(s).trim().to_string()
+    s.lines()
+        .rfind(|l| !l.trim().is_empty())
+        .unwrap_or(s)
+        .trim()
+        .to_string()
 }
 
 /// An index key for a rule's event condition.
@@ -306,10 +318,22 @@ mod tests {
         let cb = Callback::from_value(json!({"callId": "c", "security": "s", "timestamp": 1, "appkey": "o#a",
             "from": "o#a_alice@easemob.com", "to": "bob", "payload": {"status": {"error_code": 0}, "ok": true}}))
         .unwrap();
-        assert_eq!(Field::parse("from").unwrap().get(&cb).as_deref(), Some("alice"));
+        assert_eq!(
+            Field::parse("from").unwrap().get(&cb).as_deref(),
+            Some("alice")
+        );
         assert_eq!(Field::parse("to").unwrap().get(&cb).as_deref(), Some("bob"));
-        assert_eq!(Field::parse("payload.status.error_code").unwrap().get(&cb).as_deref(), Some("0"));
-        assert_eq!(Field::parse("payload.ok").unwrap().get(&cb).as_deref(), Some("true"));
+        assert_eq!(
+            Field::parse("payload.status.error_code")
+                .unwrap()
+                .get(&cb)
+                .as_deref(),
+            Some("0")
+        );
+        assert_eq!(
+            Field::parse("payload.ok").unwrap().get(&cb).as_deref(),
+            Some("true")
+        );
         assert_eq!(Field::parse("host").unwrap().get(&cb), None);
         assert!(Field::parse("payload..x").is_err());
     }

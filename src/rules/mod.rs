@@ -223,7 +223,11 @@ impl RuleSet {
                 Value::Null => RawFile::default(),
                 Value::Mapping(m) => crate::config::deserialize_keys(m, &file, "", &mut diags),
                 _ => {
-                    diags.push(&file, "", "a rule file is a mapping with `actions:` and `rules:`");
+                    diags.push(
+                        &file,
+                        "",
+                        "a rule file is a mapping with `actions:` and `rules:`",
+                    );
                     continue;
                 }
             };
@@ -248,7 +252,11 @@ impl RuleSet {
                     continue;
                 };
                 if let Some(first) = defined_in.get(&name) {
-                    diags.push(file, format!("action {name}"), format!("is already defined in {first}"));
+                    diags.push(
+                        file,
+                        format!("action {name}"),
+                        format!("is already defined in {first}"),
+                    );
                     continue;
                 }
                 defined_in.insert(name.clone(), file.clone());
@@ -276,7 +284,11 @@ impl RuleSet {
                     Ok(r) => r,
                     Err(e) => {
                         let path = e.path().to_string();
-                        let loc = if path == "." { label } else { format!("{label}: {path}") };
+                        let loc = if path == "." {
+                            label
+                        } else {
+                            format!("{label}: {path}")
+                        };
                         diags.push(&file, loc, strip_location(&e.into_inner().to_string()));
                         continue;
                     }
@@ -343,15 +355,26 @@ impl RuleSet {
         let received = chrono::Utc::now();
         for (ai, action) in self.actions.iter().enumerate() {
             for cb in &samples {
-                let Some(rule) = self.rules.iter().find(|r| r.actions.contains(&ai) && r.matches(cb)) else {
+                let Some(rule) = self
+                    .rules
+                    .iter()
+                    .find(|r| r.actions.contains(&ai) && r.matches(cb))
+                else {
                     continue;
                 };
-                let ctx = crate::template::with_names(&crate::template::base_context(cb, received), &rule.name, &action.name);
+                let ctx = crate::template::with_names(
+                    &crate::template::base_context(cb, received),
+                    &rule.name,
+                    &action.name,
+                );
                 if let Err(e) = action.render(&self.templates, &ctx) {
                     diags.push(
                         &action.file,
                         format!("action {}", action.name),
-                        format!("fails to render for a sample {} event (rule {}): {e}", cb.event, rule.name),
+                        format!(
+                            "fails to render for a sample {} event (rule {}): {e}",
+                            cb.event, rule.name
+                        ),
                     );
                     break;
                 }
@@ -361,29 +384,53 @@ impl RuleSet {
 
     fn collect_warnings(&mut self) {
         for (ai, action) in self.actions.iter().enumerate() {
-            let users: Vec<&str> = self.rules.iter().filter(|r| r.actions.contains(&ai)).map(|r| r.name.as_str()).collect();
+            let users: Vec<&str> = self
+                .rules
+                .iter()
+                .filter(|r| r.actions.contains(&ai))
+                .map(|r| r.name.as_str())
+                .collect();
             if !action.enabled {
                 self.warnings.push(format!(
                     "{}: action {}: disabled; skipped by {}",
                     action.file,
                     action.name,
-                    if users.is_empty() { "no rule".to_string() } else { format!("rule {}", users.join(", ")) }
+                    if users.is_empty() {
+                        "no rule".to_string()
+                    } else {
+                        format!("rule {}", users.join(", "))
+                    }
                 ));
             } else if users.is_empty() {
-                self.warnings.push(format!("{}: action {}: not used by any rule", action.file, action.name));
+                self.warnings.push(format!(
+                    "{}: action {}: not used by any rule",
+                    action.file, action.name
+                ));
             }
         }
         if self.rules.is_empty() {
-            self.warnings.push("no rules: every callback is acknowledged and stored, and nothing is sent".into());
+            self.warnings.push(
+                "no rules: every callback is acknowledged and stored, and nothing is sent".into(),
+            );
         }
     }
 }
 
-fn compile_conditions(map: Option<Mapping>, part: &str, file: &str, label: &str, diags: &mut Diagnostics) -> Vec<Condition> {
+fn compile_conditions(
+    map: Option<Mapping>,
+    part: &str,
+    file: &str,
+    label: &str,
+    diags: &mut Diagnostics,
+) -> Vec<Condition> {
     let mut out = Vec::new();
     for (k, v) in map.unwrap_or_default() {
         let Some(name) = k.as_str() else {
-            diags.push(file, format!("{label}: {part}"), "condition fields are names");
+            diags.push(
+                file,
+                format!("{label}: {part}"),
+                "condition fields are names",
+            );
             continue;
         };
         let field = match Field::parse(name) {
@@ -405,7 +452,11 @@ fn list_rule_files(dir: &Path, diags: &mut Diagnostics) -> Vec<PathBuf> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) => {
-            diags.push(dir.display(), "", format!("cannot read the rules directory: {e}"));
+            diags.push(
+                dir.display(),
+                "",
+                format!("cannot read the rules directory: {e}"),
+            );
             return Vec::new();
         }
     };

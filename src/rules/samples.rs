@@ -7,7 +7,14 @@ use serde_json::{Value, json};
 use crate::callback::{Callback, ROSTER_OPERATIONS};
 
 /// A callback body for `event` (`roster:ban`, `chat`, …), unsigned.
-pub fn body(event: &str, appkey: &str, from: &str, to: &str, msg_id: &str, timestamp: u64) -> Value {
+pub fn body(
+    event: &str,
+    appkey: &str,
+    from: &str,
+    to: &str,
+    msg_id: &str,
+    timestamp: u64,
+) -> Value {
     let (family, op) = match event.split_once(':') {
         Some((f, o)) => (f, Some(o)),
         None => (event, None),
@@ -49,7 +56,14 @@ pub fn all() -> Vec<Callback> {
         .collect();
     out.push(sample("chat"));
     out.push(sample("groupchat"));
-    let mut offline = body("roster:ban", "easemob-demo#sample", "alice", "bob", "966725184268539961", 1_642_648_046_912);
+    let mut offline = body(
+        "roster:ban",
+        "easemob-demo#sample",
+        "alice",
+        "bob",
+        "966725184268539961",
+        1_642_648_046_912,
+    );
     offline["eventType"] = json!("chat_offline");
     out.push(Callback::from_value(offline).expect("sample is valid"));
     let login = json!({"callId": "easemob-demo#sample_966725184268539962", "security": "unsigned", "reason": "login",
@@ -61,6 +75,13 @@ pub fn all() -> Vec<Callback> {
 }
 
 fn sample(event: &str) -> Callback {
-    Callback::from_value(body(event, "easemob-demo#sample", "alice", "bob", "966725184268539960", 1_642_648_046_912))
-        .expect("sample is valid")
+    Callback::from_value(body(
+        event,
+        "easemob-demo#sample",
+        "alice",
+        "bob",
+        "966725184268539960",
+        1_642_648_046_912,
+    ))
+    .expect("sample is valid")
 }

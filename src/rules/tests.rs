@@ -22,11 +22,17 @@ fn fixture(files: &[(&str, &str)], templates: &[(&str, &str)]) -> Fixture {
     let cfg = dir.path().join("easehook.yaml");
     std::fs::write(&cfg, "secrets: {\"*\": [\"${S}\"]}\ntimezone: UTC\n").unwrap();
     let settings = crate::config::load(&cfg, &env()).unwrap();
-    Fixture { _dir: dir, settings }
+    Fixture {
+        _dir: dir,
+        settings,
+    }
 }
 
 fn env() -> HashMap<String, String> {
-    HashMap::from([("S".to_string(), "sekrit-value".to_string()), ("HOOK_TOKEN".into(), "tok-123456".into())])
+    HashMap::from([
+        ("S".to_string(), "sekrit-value".to_string()),
+        ("HOOK_TOKEN".into(), "tok-123456".into()),
+    ])
 }
 
 fn load(files: &[(&str, &str)]) -> Result<RuleSet, Diagnostics> {
@@ -74,7 +80,10 @@ fn order_stop_and_each_action_once() {
     let e = set.evaluate(&cb("roster:ban", "test_x"));
     assert_eq!(names(&set, &e).0, vec!["bans", "roster-all", "quiet-tests"]);
     let e = set.evaluate(&cb("chat", "alice"));
-    assert_eq!(names(&set, &e), (vec!["everything".into()], vec!["c<-everything".into()]));
+    assert_eq!(
+        names(&set, &e),
+        (vec!["everything".into()], vec!["c<-everything".into()])
+    );
 }
 
 #[test]
@@ -88,13 +97,26 @@ fn when_unless_and_paths() {
         ),
     )])
     .unwrap();
-    assert_eq!(names(&set, &set.evaluate(&cb("roster:ban", "alice"))).0, vec!["ok-bans"]);
+    assert_eq!(
+        names(&set, &set.evaluate(&cb("roster:ban", "alice"))).0,
+        vec!["ok-bans"]
+    );
     assert!(set.evaluate(&cb("roster:ban", "test_1")).rules.is_empty());
     let mut failed = samples::body("roster:ban", "org#app", "alice", "bob", "1", 1);
     failed["payload"]["status"]["error_code"] = json!("fail");
-    assert!(set.evaluate(&Callback::from_value(failed).unwrap()).rules.is_empty());
-    assert_eq!(names(&set, &set.evaluate(&cb("roster:remote_accept", "x"))).0, vec!["accepts"]);
-    assert_eq!(names(&set, &set.evaluate(&cb("roster:accept", "x"))).0, vec!["accepts"]);
+    assert!(
+        set.evaluate(&Callback::from_value(failed).unwrap())
+            .rules
+            .is_empty()
+    );
+    assert_eq!(
+        names(&set, &set.evaluate(&cb("roster:remote_accept", "x"))).0,
+        vec!["accepts"]
+    );
+    assert_eq!(
+        names(&set, &set.evaluate(&cb("roster:accept", "x"))).0,
+        vec!["accepts"]
+    );
     assert!(set.evaluate(&cb("roster:decline", "x")).rules.is_empty());
 }
 
@@ -107,7 +129,13 @@ fn disabled_actions_are_skipped_and_reported() {
     .unwrap();
     let e = set.evaluate(&cb("roster:ban", "a"));
     assert_eq!(names(&set, &e).1, vec!["on<-r"]);
-    assert!(set.warnings.iter().any(|w| w.contains("action off: disabled")), "{:?}", set.warnings);
+    assert!(
+        set.warnings
+            .iter()
+            .any(|w| w.contains("action off: disabled")),
+        "{:?}",
+        set.warnings
+    );
 }
 
 #[test]
@@ -119,7 +147,13 @@ fn actions_and_rules_span_files_in_name_order() {
         ("notes.txt", "not: [yaml"),
     ])
     .unwrap();
-    assert_eq!(set.rules.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["first", "second"]);
+    assert_eq!(
+        set.rules
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect::<Vec<_>>(),
+        ["first", "second"]
+    );
 }
 
 #[test]
@@ -165,7 +199,11 @@ fn templates_that_fail_for_a_sample_event_are_reported() {
         "actions:\n  reason: {type: log, message: 'asked: {{payload.reason}}'}\nrules:\n  - {name: all-roster, when: {event: roster}, actions: [reason]}\n",
     )])
     .unwrap_err();
-    assert!(err.to_string().contains("action reason: fails to render for a sample roster:remove event"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("action reason: fails to render for a sample roster:remove event"),
+        "{err}"
+    );
     // Restricted to `add`, the same template is fine.
     load(&[(
         "a.yaml",
@@ -196,20 +234,42 @@ fn rendering_escapes_by_destination_and_builds_json_safely() {
     let base = crate::template::base_context(&cb, chrono::Utc::now());
     let render = |name: &str| {
         let a = set.action(name).unwrap();
-        a.render(&set.templates, &crate::template::with_names(&base, "adds", name)).unwrap()
+        a.render(
+            &set.templates,
+            &crate::template::with_names(&base, "adds", name),
+        )
+        .unwrap()
     };
     assert_eq!(e.deliveries.len(), 3);
-    let crate::actions::Message::Email(m) = render("mail") else { panic!() };
-    assert_eq!(m.text.as_deref(), Some(format!("a b says: {hostile}").as_str()));
-    assert_eq!(m.html.as_deref(), Some("<p>{{from}} &quot;quoted&quot; &lt;b&gt;&amp;&lt;/b&gt;\n第二行</p>"));
+    let crate::actions::Message::Email(m) = render("mail") else {
+        panic!()
+    };
+    assert_eq!(
+        m.text.as_deref(),
+        Some(format!("a b says: {hostile}").as_str())
+    );
+    assert_eq!(
+        m.html.as_deref(),
+        Some("<p>{{from}} &quot;quoted&quot; &lt;b&gt;&amp;&lt;/b&gt;\n第二行</p>")
+    );
     assert_eq!(m.subject, "New request from a b");
-    let crate::actions::Message::Http(h) = render("hook") else { panic!() };
+    let crate::actions::Message::Http(h) = render("hook") else {
+        panic!()
+    };
     assert_eq!(h.url, "https://audit.example/roster%3Aadd?who=a%20b");
     let sent: serde_json::Value = serde_json::from_str(h.body.as_deref().unwrap()).unwrap();
     assert_eq!(sent, json!({"reason": hostile, "n": 1}));
-    let crate::actions::Message::Slack(s) = render("slack") else { panic!() };
-    assert_eq!(s.body["text"], json!("*a b*: {{from}} \"quoted\" &lt;b&gt;&amp;&lt;/b&gt;\n第二行"));
-    assert_eq!(s.body["blocks"][0]["text"]["text"], s.body["text"].as_str().unwrap().replacen("*a b*: ", "", 1));
+    let crate::actions::Message::Slack(s) = render("slack") else {
+        panic!()
+    };
+    assert_eq!(
+        s.body["text"],
+        json!("*a b*: {{from}} \"quoted\" &lt;b&gt;&amp;&lt;/b&gt;\n第二行")
+    );
+    assert_eq!(
+        s.body["blocks"][0]["text"]["text"],
+        s.body["text"].as_str().unwrap().replacen("*a b*: ", "", 1)
+    );
     let described = crate::actions::Message::Http(h).describe(&f.settings.redactor);
     assert!(described.contains("Authorization: ***"), "{described}");
     assert!(!described.contains("tok-123456"));
@@ -219,7 +279,11 @@ fn many_rules(n: usize) -> String {
     let ops = crate::callback::ROSTER_OPERATIONS;
     let mut s = String::from("actions:\n  a: {type: log, message: x}\nrules:\n");
     for i in 0..n {
-        s += &format!("  - {{name: r{i}, when: {{event: 'roster:{}{}', from: 'user{i}'}}, actions: [a]}}\n", ops[i % 8], i / 8);
+        s += &format!(
+            "  - {{name: r{i}, when: {{event: 'roster:{}{}', from: 'user{i}'}}, actions: [a]}}\n",
+            ops[i % 8],
+            i / 8
+        );
     }
     s += "  - {name: bans, when: {event: roster:ban}, actions: [a]}\n";
     s
@@ -231,5 +295,8 @@ fn the_index_visits_only_candidate_rules_but_keeps_order() {
     let e = set.evaluate(&cb("roster:ban", "alice"));
     assert_eq!(names(&set, &e).0, vec!["bans"]);
     assert_eq!(set.index.candidates("roster:ban").count(), 1);
-    assert_eq!(set.index.candidates("roster:ban0").collect::<Vec<_>>(), vec![6]);
+    assert_eq!(
+        set.index.candidates("roster:ban0").collect::<Vec<_>>(),
+        vec![6]
+    );
 }

@@ -29,7 +29,9 @@ use super::{AppState, error_reply, json_reply};
 use crate::store::Status;
 
 /// Every route of the admin listener.
-pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+pub fn routes(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     warp::any()
         .map(move || state.clone())
         .and(warp::method())
@@ -37,7 +39,11 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (Response,), Error 
         .and(warp::header::headers_cloned())
         .and(warp::query::<HashMap<String, String>>())
         .then(
-            |state: Arc<AppState>, method: Method, path: warp::path::FullPath, headers: HeaderMap, query: HashMap<String, String>| async move {
+            |state: Arc<AppState>,
+             method: Method,
+             path: warp::path::FullPath,
+             headers: HeaderMap,
+             query: HashMap<String, String>| async move {
                 handle(state, method, path.as_str(), headers, query).await
             },
         )
@@ -46,12 +52,12 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (Response,), Error 
 }
 
 /// `limit=`: default 50, at most 1000.
-fn limit(query: &HashMap<String, String>) -> Result<usize, Response> {
+fn limit(query: &HashMap<String, String>) -> Result<usize, &'static str> {
     match query.get("limit") {
         None => Ok(50),
         Some(l) => match l.parse::<usize>() {
             Ok(n) if (1..=1000).contains(&n) => Ok(n),
-            _ => Err(error_reply(StatusCode::BAD_REQUEST, "limit must be a number from 1 to 1000")),
+            _ => Err("limit must be a number from 1 to 1000"),
         },
     }
 }
@@ -66,12 +72,17 @@ async fn deliveries(state: &AppState, query: &HashMap<String, String>) -> Respon
         None | Some("") => None,
         Some(s) => match Status::parse(s) {
             Some(st) => Some(st),
-            None => return error_reply(StatusCode::BAD_REQUEST, "status must be pending, sent or dead"),
+            None => {
+                return error_reply(
+                    StatusCode::BAD_REQUEST,
+                    "status must be pending, sent or dead",
+                );
+            }
         },
     };
     let limit = match limit(query) {
         Ok(l) => l,
-        Err(r) => return r,
+        Err(e) => return error_reply(StatusCode::BAD_REQUEST, e),
     };
     match state.store.list_deliveries(status, limit).await {
         Ok(list) => json_reply(StatusCode::OK, &serde_json::json!({"deliveries": list})),
@@ -82,14 +93,19 @@ async fn deliveries(state: &AppState, query: &HashMap<String, String>) -> Respon
 async fn events(state: &AppState, query: &HashMap<String, String>) -> Response {
     let limit = match limit(query) {
         Ok(l) => l,
-        Err(r) => return r,
+        Err(e) => return error_reply(StatusCode::BAD_REQUEST, e),
     };
     let since = match query.get("since").map(String::as_str) {
         None | Some("") => 0,
         Some(s) if s.bytes().all(|b| b.is_ascii_digit()) => s.parse().unwrap_or(0),
         Some(s) => match crate::config::units::HumanDuration::parse(s) {
             Ok(d) => crate::verify::now_ms().saturating_sub(d.0.as_millis() as u64),
-            Err(_) => return error_reply(StatusCode::BAD_REQUEST, "since must be a duration like 1h or a time in ms"),
+            Err(_) => {
+                return error_reply(
+                    StatusCode::BAD_REQUEST,
+                    "since must be a duration like 1h or a time in ms",
+                );
+            }
         },
     };
     let event = query.get("event").filter(|e| !e.is_empty()).cloned();
@@ -114,10 +130,15 @@ async fn events(state: &AppState, query: &HashMap<String, String>) -> Response {
 async fn retry(state: &AppState, ids: Option<Vec<i64>>) -> Response {
     let single = ids.as_ref().map(|v| v[0]);
     match state.store.retry(ids, crate::verify::now_ms()).await {
-        Ok(0) if single.is_some() => error_reply(StatusCode::NOT_FOUND, "no dead delivery with that id"),
+        Ok(0) if single.is_some() => {
+            error_reply(StatusCode::NOT_FOUND, "no dead delivery with that id")
+        }
         Ok(n) => {
             state.wake.notify_one();
-            json_reply(StatusCode::OK, &serde_json::json!({"ok": true, "requeued": n}))
+            json_reply(
+                StatusCode::OK,
+                &serde_json::json!({"ok": true, "requeued": n}),
+            )
         }
         Err(e) => store_error(e),
     }
@@ -136,12 +157,21 @@ fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
     bool::from(given.as_bytes().ct_eq(token.expose().as_bytes()))
 }
 
-async fn handle(state: Arc<AppState>, method: Method, path: &str, headers: HeaderMap, query: HashMap<String, String>) -> Response {
+async fn handle(
+    state: Arc<AppState>,
+    method: Method,
+    path: &str,
+    headers: HeaderMap,
+    query: HashMap<String, String>,
+) -> Response {
     let ok = serde_json::json!({"ok": true});
     let protected = path.starts_with("/api/") || path.starts_with("/-/");
     if protected && !authorized(&state, &headers) {
         let mut r = error_reply(StatusCode::UNAUTHORIZED, "admin token required");
-        r.headers_mut().insert("www-authenticate", warp::http::HeaderValue::from_static("Bearer"));
+        r.headers_mut().insert(
+            "www-authenticate",
+            warp::http::HeaderValue::from_static("Bearer"),
+        );
         return r;
     }
     match (path, &method) {
@@ -203,9 +233,11 @@ async fn handle(state: Arc<AppState>, method: Method, path: &str, headers: Heade
                 }),
             )
         }
-        ("/healthz" | "/readyz" | "/-/reload" | "/api/v1/status" | "/api/v1/deliveries" | "/api/v1/events", _) => {
-            error_reply(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
-        }
+        (
+            "/healthz" | "/readyz" | "/-/reload" | "/api/v1/status" | "/api/v1/deliveries"
+            | "/api/v1/events",
+            _,
+        ) => error_reply(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
         _ => error_reply(StatusCode::NOT_FOUND, "not found"),
     }
 }

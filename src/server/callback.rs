@@ -24,7 +24,9 @@ use crate::verify;
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Every route of the callback listener.
-pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+pub fn routes(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     warp::any()
         .map(move || state.clone())
         .and(warp::method())
@@ -32,9 +34,11 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (Response,), Error 
         .and(warp::header::headers_cloned())
         .and(warp::body::stream())
         .then(
-            |state: Arc<AppState>, method: Method, path: warp::path::FullPath, headers: HeaderMap, body| async move {
-                handle(state, method, path.as_str(), headers, body).await
-            },
+            |state: Arc<AppState>,
+             method: Method,
+             path: warp::path::FullPath,
+             headers: HeaderMap,
+             body| async move { handle(state, method, path.as_str(), headers, body).await },
         )
         .recover(super::rejected)
         .unify()
@@ -62,7 +66,13 @@ impl Outcome {
     }
 }
 
-async fn handle<S, B>(state: Arc<AppState>, method: Method, path: &str, headers: HeaderMap, body: S) -> Response
+async fn handle<S, B>(
+    state: Arc<AppState>,
+    method: Method,
+    path: &str,
+    headers: HeaderMap,
+    body: S,
+) -> Response
 where
     S: Stream<Item = Result<B, warp::Error>> + Unpin,
     B: Buf,
@@ -77,7 +87,8 @@ where
     }
     if method != Method::POST {
         let mut r = error_reply(StatusCode::METHOD_NOT_ALLOWED, "use POST");
-        r.headers_mut().insert("allow", warp::http::HeaderValue::from_static("POST"));
+        r.headers_mut()
+            .insert("allow", warp::http::HeaderValue::from_static("POST"));
         return r;
     }
     let started = Instant::now();
@@ -92,7 +103,12 @@ where
     out.response
 }
 
-async fn accept<S, B>(state: &AppState, snapshot: &crate::snapshot::Snapshot, headers: &HeaderMap, body: S) -> Outcome
+async fn accept<S, B>(
+    state: &AppState,
+    snapshot: &crate::snapshot::Snapshot,
+    headers: &HeaderMap,
+    body: S,
+) -> Outcome
 where
     S: Stream<Item = Result<B, warp::Error>> + Unpin,
     B: Buf,
@@ -100,15 +116,32 @@ where
     let settings = &snapshot.settings;
     let limit = settings.max_body;
     // Refuse by the announced length before reading a single body byte.
-    if let Some(len) = headers.get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
+    if let Some(len) = headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
         && len > limit
     {
         return Outcome::error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "body too large");
     }
     let body = match tokio::time::timeout(BODY_READ_TIMEOUT, read_limited(body, limit)).await {
-        Err(_) => return Outcome::error(StatusCode::REQUEST_TIMEOUT, "bad_request", "body not received in time"),
-        Ok(Err(ReadError::TooLarge)) => return Outcome::error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "body too large"),
-        Ok(Err(ReadError::Io)) => return Outcome::error(StatusCode::BAD_REQUEST, "bad_request", "could not read body"),
+        Err(_) => {
+            return Outcome::error(
+                StatusCode::REQUEST_TIMEOUT,
+                "bad_request",
+                "body not received in time",
+            );
+        }
+        Ok(Err(ReadError::TooLarge)) => {
+            return Outcome::error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "body too large");
+        }
+        Ok(Err(ReadError::Io)) => {
+            return Outcome::error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "could not read body",
+            );
+        }
         Ok(Ok(b)) => b,
     };
     let cb = match Callback::parse(&body) {
@@ -126,9 +159,18 @@ where
     let deliveries: Vec<(String, String)> = evaluation
         .deliveries
         .iter()
-        .map(|p| (rules.actions[p.action].name.clone(), rules.rules[p.rule].name.clone()))
+        .map(|p| {
+            (
+                rules.actions[p.action].name.clone(),
+                rules.rules[p.rule].name.clone(),
+            )
+        })
         .collect();
-    let matched_rules: Vec<String> = evaluation.rules.iter().map(|&i| rules.rules[i].name.clone()).collect();
+    let matched_rules: Vec<String> = evaluation
+        .rules
+        .iter()
+        .map(|&i| rules.rules[i].name.clone())
+        .collect();
     let matched = matched_rules.join(",");
     let new = NewEvent {
         id: uuid::Uuid::now_v7().to_string(),
@@ -160,11 +202,18 @@ where
             result: "duplicate",
             event: cb.event,
             rules: matched,
-            response: json_reply(StatusCode::OK, &serde_json::json!({"ok": true, "duplicate": true})),
+            response: json_reply(
+                StatusCode::OK,
+                &serde_json::json!({"ok": true, "duplicate": true}),
+            ),
         },
         Err(e) => {
             tracing::error!(error = %e, "store refused an event");
-            let mut o = Outcome::error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "store unavailable");
+            let mut o = Outcome::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "store unavailable",
+            );
             o.event = cb.event;
             o
         }

@@ -80,7 +80,9 @@ pub fn json_reply(status: StatusCode, body: &serde_json::Value) -> warp::reply::
 }
 
 /// The answer to a request that no route could take (a warp rejection).
-pub async fn rejected(_: warp::Rejection) -> Result<warp::reply::Response, std::convert::Infallible> {
+pub async fn rejected(
+    _: warp::Rejection,
+) -> Result<warp::reply::Response, std::convert::Infallible> {
     Ok(error_reply(StatusCode::BAD_REQUEST, "bad request"))
 }
 
@@ -93,7 +95,11 @@ pub fn error_reply(status: StatusCode, message: &str) -> warp::reply::Response {
 /// requests in flight finish (up to `limits.drain_timeout`) and return.
 pub async fn serve<F>(listener: TcpListener, filter: F, shutdown: Shutdown, limits: Limits)
 where
-    F: Filter<Extract = (warp::reply::Response,), Error = std::convert::Infallible> + Clone + Send + Sync + 'static,
+    F: Filter<Extract = (warp::reply::Response,), Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
 {
     let service = warp::service(filter);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -132,7 +138,10 @@ where
         });
     }
     drop(listener);
-    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("requests still in flight after the drain timeout; closing them");
     }
 }

@@ -72,8 +72,14 @@ pub enum Record {
     Sent,
     /// Try again at this time (ms since the epoch); `counted` is false when
     /// no attempt was made (a rate limit deferred it).
-    Retry { at_ms: u64, error: String, counted: bool },
-    Dead { error: String },
+    Retry {
+        at_ms: u64,
+        error: String,
+        counted: bool,
+    },
+    Dead {
+        error: String,
+    },
 }
 
 /// A delivery's status.
@@ -152,10 +158,19 @@ pub struct Counts {
 pub trait Store: Send + Sync + 'static {
     /// Store an event and its deliveries unless it is a duplicate within
     /// `dedup_window_ms`. Returns once committed durably.
-    fn accept(&self, event: NewEvent, dedup_window_ms: u64) -> BoxFuture<'_, Result<Accepted, StoreError>>;
+    fn accept(
+        &self,
+        event: NewEvent,
+        dedup_window_ms: u64,
+    ) -> BoxFuture<'_, Result<Accepted, StoreError>>;
 
     /// Claim up to `limit` due deliveries for `lease_ms`.
-    fn claim_due(&self, now_ms: u64, limit: usize, lease_ms: u64) -> BoxFuture<'_, Result<Vec<Claimed>, StoreError>>;
+    fn claim_due(
+        &self,
+        now_ms: u64,
+        limit: usize,
+        lease_ms: u64,
+    ) -> BoxFuture<'_, Result<Vec<Claimed>, StoreError>>;
 
     /// Record the outcomes of attempts.
     fn record(&self, outcomes: Vec<(i64, Record)>) -> BoxFuture<'_, Result<(), StoreError>>;
@@ -167,9 +182,18 @@ pub trait Store: Send + Sync + 'static {
     /// when `ids` is `None`. Returns how many were requeued.
     fn retry(&self, ids: Option<Vec<i64>>, now_ms: u64) -> BoxFuture<'_, Result<u64, StoreError>>;
 
-    fn list_deliveries(&self, status: Option<Status>, limit: usize) -> BoxFuture<'_, Result<Vec<DeliveryInfo>, StoreError>>;
+    fn list_deliveries(
+        &self,
+        status: Option<Status>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<DeliveryInfo>, StoreError>>;
 
-    fn list_events(&self, since_ms: u64, event: Option<String>, limit: usize) -> BoxFuture<'_, Result<Vec<EventInfo>, StoreError>>;
+    fn list_events(
+        &self,
+        since_ms: u64,
+        event: Option<String>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<EventInfo>, StoreError>>;
 
     fn counts(&self) -> BoxFuture<'_, Result<Counts, StoreError>>;
 

@@ -17,7 +17,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 use super::{
-    Accepted, Claimed, Counts, DeliveryBrief, DeliveryInfo, EventInfo, NewEvent, Record, Status, Store, StoreError,
+    Accepted, Claimed, Counts, DeliveryBrief, DeliveryInfo, EventInfo, NewEvent, Record, Status,
+    Store, StoreError,
 };
 
 /// Commands handled in one transaction at most.
@@ -61,7 +62,12 @@ type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 enum Command {
     Accept(Box<NewEvent>, u64, Reply<Accepted>),
-    Claim { now: u64, limit: usize, lease: u64, reply: Reply<Vec<Claimed>> },
+    Claim {
+        now: u64,
+        limit: usize,
+        lease: u64,
+        reply: Reply<Vec<Claimed>>,
+    },
     Record(Vec<(i64, Record)>, Reply<()>),
     Retry(Option<Vec<i64>>, u64, Reply<u64>),
     Prune(u64, u64, Reply<u64>),
@@ -125,16 +131,21 @@ impl SqliteStore {
         std::fs::create_dir_all(state_dir)
             .with_context(|| format!("cannot create state_dir {}", state_dir.display()))?;
         let path = state_dir.join("easehook.db");
-        let writer = open(&path).with_context(|| format!("cannot open the store {}", path.display()))?;
+        let writer =
+            open(&path).with_context(|| format!("cannot open the store {}", path.display()))?;
         writer
             .execute_batch(SCHEMA)
             .with_context(|| format!("cannot create the schema in {}", path.display()))?;
         // This daemon owns the store: leases held by a previous process (which
         // crashed mid-attempt) are void, so those deliveries are due now.
         writer
-            .execute("UPDATE deliveries SET leased_until = NULL WHERE leased_until IS NOT NULL", [])
+            .execute(
+                "UPDATE deliveries SET leased_until = NULL WHERE leased_until IS NOT NULL",
+                [],
+            )
             .context("cannot release old leases")?;
-        let reader = open(&path).with_context(|| format!("cannot open the store {}", path.display()))?;
+        let reader =
+            open(&path).with_context(|| format!("cannot open the store {}", path.display()))?;
         let (tx, rx) = mpsc::channel();
         let writable = Arc::new(AtomicBool::new(true));
         let flag = writable.clone();
@@ -160,12 +171,17 @@ impl SqliteStore {
         make: impl FnOnce(Reply<T>) -> Command,
     ) -> BoxFuture<'static, Result<T, StoreError>> {
         let (tx, rx) = oneshot::channel();
-        let sent = self.tx.lock().map_err(|_| ()).and_then(|s| s.send(make(tx)).map_err(|_| ()));
+        let sent = self
+            .tx
+            .lock()
+            .map_err(|_| ())
+            .and_then(|s| s.send(make(tx)).map_err(|_| ()));
         Box::pin(async move {
             if sent.is_err() {
                 return Err(StoreError("the store writer has stopped".into()));
             }
-            rx.await.map_err(|_| StoreError("the store writer has stopped".into()))?
+            rx.await
+                .map_err(|_| StoreError("the store writer has stopped".into()))?
         })
     }
 
@@ -176,7 +192,9 @@ impl SqliteStore {
         let reader = self.reader.clone();
         Box::pin(async move {
             tokio::task::spawn_blocking(move || {
-                let conn = reader.lock().map_err(|_| StoreError("reader lock poisoned".into()))?;
+                let conn = reader
+                    .lock()
+                    .map_err(|_| StoreError("reader lock poisoned".into()))?;
                 f(&conn).map_err(StoreError::from)
             })
             .await
@@ -208,7 +226,9 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Command>, writable: Arc<Atom
         }
         match conn.execute_batch("COMMIT") {
             Ok(()) => {
-                let ok = !pending.iter().any(|p| matches!(p, Pending::Accept(_, Err(_)) | Pending::Unit(_, Err(_))));
+                let ok = !pending
+                    .iter()
+                    .any(|p| matches!(p, Pending::Accept(_, Err(_)) | Pending::Unit(_, Err(_))));
                 writable.store(ok, Ordering::Relaxed);
                 for p in pending {
                     p.send();
@@ -254,11 +274,24 @@ fn run_command(conn: &Connection, c: Command) -> Pending {
         }
     }
     match c {
-        Command::Accept(ev, window, reply) => Pending::Accept(reply, sp(conn, || accept(conn, &ev, window))),
-        Command::Claim { now, limit, lease, reply } => Pending::Claim(reply, sp(conn, || claim(conn, now, limit, lease))),
-        Command::Record(outcomes, reply) => Pending::Unit(reply, sp(conn, || record(conn, &outcomes))),
-        Command::Retry(ids, now, reply) => Pending::Count(reply, sp(conn, || retry(conn, ids.as_deref(), now))),
-        Command::Prune(now, retention, reply) => Pending::Count(reply, sp(conn, || prune(conn, now, retention))),
+        Command::Accept(ev, window, reply) => {
+            Pending::Accept(reply, sp(conn, || accept(conn, &ev, window)))
+        }
+        Command::Claim {
+            now,
+            limit,
+            lease,
+            reply,
+        } => Pending::Claim(reply, sp(conn, || claim(conn, now, limit, lease))),
+        Command::Record(outcomes, reply) => {
+            Pending::Unit(reply, sp(conn, || record(conn, &outcomes)))
+        }
+        Command::Retry(ids, now, reply) => {
+            Pending::Count(reply, sp(conn, || retry(conn, ids.as_deref(), now)))
+        }
+        Command::Prune(now, retention, reply) => {
+            Pending::Count(reply, sp(conn, || prune(conn, now, retention)))
+        }
         Command::Probe(reply) => Pending::Unit(
             reply,
             sp(conn, || {
@@ -315,14 +348,24 @@ fn claim(conn: &Connection, now: u64, limit: usize, lease: u64) -> rusqlite::Res
          RETURNING id, event_id, action, rule, attempts",
     )?;
     let rows = stmt
-        .query_map(params![now.saturating_add(lease as i64), now, limit as i64], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?, r.get::<_, u32>(4)?))
-        })?
+        .query_map(
+            params![now.saturating_add(lease as i64), now, limit as i64],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, u32>(4)?,
+                ))
+            },
+        )?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let mut ev = conn.prepare_cached("SELECT received_at, body FROM events WHERE id = ?1")?;
     let mut out = Vec::with_capacity(rows.len());
     for (id, event_id, action, rule, attempts) in rows {
-        let (received_at, body): (i64, String) = ev.query_row([&event_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let (received_at, body): (i64, String) =
+            ev.query_row([&event_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
         out.push(Claimed {
             id,
             event_id,
@@ -413,7 +456,9 @@ fn delivery_row(r: &rusqlite::Row) -> rusqlite::Result<DeliveryInfo> {
         rule: r.get(4)?,
         status,
         attempts: r.get(6)?,
-        next_attempt_at: (status == Status::Pending).then(|| r.get::<_, i64>(7).map(|v| v as u64)).transpose()?,
+        next_attempt_at: (status == Status::Pending)
+            .then(|| r.get::<_, i64>(7).map(|v| v as u64))
+            .transpose()?,
         last_error: r.get(8)?,
         created_at: r.get::<_, i64>(9)? as u64,
         updated_at: r.get::<_, i64>(10)? as u64,
@@ -425,8 +470,18 @@ impl Store for SqliteStore {
         self.send(|r| Command::Accept(Box::new(event), window, r))
     }
 
-    fn claim_due(&self, now: u64, limit: usize, lease: u64) -> BoxFuture<'_, Result<Vec<Claimed>, StoreError>> {
-        self.send(|reply| Command::Claim { now, limit, lease, reply })
+    fn claim_due(
+        &self,
+        now: u64,
+        limit: usize,
+        lease: u64,
+    ) -> BoxFuture<'_, Result<Vec<Claimed>, StoreError>> {
+        self.send(|reply| Command::Claim {
+            now,
+            limit,
+            lease,
+            reply,
+        })
     }
 
     fn record(&self, outcomes: Vec<(i64, Record)>) -> BoxFuture<'_, Result<(), StoreError>> {
@@ -448,7 +503,11 @@ impl Store for SqliteStore {
         self.send(|r| Command::Retry(ids, now, r))
     }
 
-    fn list_deliveries(&self, status: Option<Status>, limit: usize) -> BoxFuture<'_, Result<Vec<DeliveryInfo>, StoreError>> {
+    fn list_deliveries(
+        &self,
+        status: Option<Status>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<DeliveryInfo>, StoreError>> {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT d.id, d.event_id, e.event, d.action, d.rule, d.status, d.attempts, d.next_attempt_at,
@@ -461,7 +520,12 @@ impl Store for SqliteStore {
         })
     }
 
-    fn list_events(&self, since: u64, event: Option<String>, limit: usize) -> BoxFuture<'_, Result<Vec<EventInfo>, StoreError>> {
+    fn list_events(
+        &self,
+        since: u64,
+        event: Option<String>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<EventInfo>, StoreError>> {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT id, event, received_at, rules, body FROM events
@@ -543,7 +607,10 @@ mod tests {
             received_at_ms: at,
             body: serde_json::json!({"callId": id}),
             rules: vec!["r".into()],
-            deliveries: actions.iter().map(|a| (a.to_string(), "r".to_string())).collect(),
+            deliveries: actions
+                .iter()
+                .map(|a| (a.to_string(), "r".to_string()))
+                .collect(),
         }
     }
 
@@ -552,18 +619,42 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = SqliteStore::open(dir.path()).unwrap();
-            assert_eq!(s.accept(ev("e1", "k1", &["a", "b"], 1000), 60_000).await.unwrap(), Accepted::New("e1".into()));
-            assert_eq!(s.accept(ev("e2", "k1", &["a"], 2000), 60_000).await.unwrap(), Accepted::Duplicate);
+            assert_eq!(
+                s.accept(ev("e1", "k1", &["a", "b"], 1000), 60_000)
+                    .await
+                    .unwrap(),
+                Accepted::New("e1".into())
+            );
+            assert_eq!(
+                s.accept(ev("e2", "k1", &["a"], 2000), 60_000)
+                    .await
+                    .unwrap(),
+                Accepted::Duplicate
+            );
             // After the window the same key is a new event.
-            assert_eq!(s.accept(ev("e3", "k1", &[], 70_000), 60_000).await.unwrap(), Accepted::New("e3".into()));
+            assert_eq!(
+                s.accept(ev("e3", "k1", &[], 70_000), 60_000).await.unwrap(),
+                Accepted::New("e3".into())
+            );
             let claimed = s.claim_due(1000, 10, 30_000).await.unwrap();
-            assert_eq!(claimed.iter().map(|c| c.action.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+            assert_eq!(
+                claimed
+                    .iter()
+                    .map(|c| c.action.as_str())
+                    .collect::<Vec<_>>(),
+                ["a", "b"]
+            );
             assert_eq!(claimed[0].body["callId"], "e1");
             // Leased: not claimed twice.
             assert!(s.claim_due(1001, 10, 30_000).await.unwrap().is_empty());
             s.record(vec![
                 (claimed[0].id, Record::Sent),
-                (claimed[1].id, Record::Dead { error: "410 Gone".into() }),
+                (
+                    claimed[1].id,
+                    Record::Dead {
+                        error: "410 Gone".into(),
+                    },
+                ),
             ])
             .await
             .unwrap();
@@ -579,7 +670,10 @@ mod tests {
             assert_eq!(s.claim_due(5000, 10, 600_000).await.unwrap().len(), 1);
         }
         let s = SqliteStore::open(dir.path()).unwrap();
-        assert_eq!(s.accept(ev("e4", "k1", &[], 80_000), 60_000).await.unwrap(), Accepted::Duplicate);
+        assert_eq!(
+            s.accept(ev("e4", "k1", &[], 80_000), 60_000).await.unwrap(),
+            Accepted::Duplicate
+        );
         // Reopening voids the dead process's lease: the delivery is due again.
         assert_eq!(s.claim_due(6000, 10, 30_000).await.unwrap().len(), 1);
     }
@@ -589,11 +683,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open(dir.path()).unwrap();
         s.accept(ev("old", "k1", &[], 1000), 1000).await.unwrap();
-        s.accept(ev("pending", "k2", &["a"], 1000), 1000).await.unwrap();
+        s.accept(ev("pending", "k2", &["a"], 1000), 1000)
+            .await
+            .unwrap();
         let now = crate::verify::now_ms();
         s.accept(ev("new", "k3", &[], now), 1000).await.unwrap();
         s.prune(now, 10_000).await.unwrap();
-        let ids: Vec<String> = s.list_events(0, None, 10).await.unwrap().into_iter().map(|e| e.id).collect();
+        let ids: Vec<String> = s
+            .list_events(0, None, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
         assert_eq!(ids, ["new", "pending"]);
     }
 }

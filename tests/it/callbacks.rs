@@ -23,7 +23,10 @@ async fn a_signed_roster_callback_is_accepted_and_stored_with_its_rules() {
     assert_eq!(events[0]["event"], "roster:ban");
     assert_eq!(events[0]["rules"], json!(["everything"]));
     assert_eq!(events[0]["callback"]["to"], "bob");
-    assert!(events[0]["callback"].get("security").is_none(), "the API never shows signatures");
+    assert!(
+        events[0]["callback"].get("security").is_none(),
+        "the API never shows signatures"
+    );
 }
 
 #[tokio::test]
@@ -33,7 +36,8 @@ async fn every_documented_fixture_is_accepted_once_re_signed() {
     let mut n = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
-        let mut body: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let mut body: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         body["appkey"] = json!(APPKEY);
         sign(&mut body, SECRET);
         let (status, answer) = app.post(&body).await;
@@ -50,7 +54,10 @@ async fn a_repeat_is_acknowledged_as_a_duplicate_and_not_stored_again() {
     let body = signed("roster:ban", "alice", "bob");
     assert_eq!(app.post(&body).await.0, 200);
     let (status, answer) = app.post(&body).await;
-    assert_eq!((status, answer), (200, json!({"ok": true, "duplicate": true})));
+    assert_eq!(
+        (status, answer),
+        (200, json!({"ok": true, "duplicate": true}))
+    );
     assert_eq!(app.events().await.len(), 1);
     assert_eq!(app.deliveries("").await.len(), 1);
 }
@@ -63,7 +70,10 @@ async fn accept_and_remote_accept_share_a_call_id_but_are_two_events() {
     remote["payload"]["operation"] = json!("remote_accept");
     let a = app.post(&accept).await;
     let b = app.post(&remote).await;
-    assert!(a.1["id"].is_string() && b.1["id"].is_string(), "{a:?} {b:?}");
+    assert!(
+        a.1["id"].is_string() && b.1["id"].is_string(),
+        "{a:?} {b:?}"
+    );
     assert_eq!(app.events().await.len(), 2);
 }
 
@@ -80,7 +90,10 @@ async fn unknown_families_are_accepted_verified_and_stored() {
     sign(&mut msg, SECRET);
     assert_eq!(app.post(&msg).await.0, 200);
     let events = app.events().await;
-    let names: Vec<&str> = events.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    let names: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["groupchat", "unknown"]);
     // Unsigned, an unknown family is refused like any other.
     login["security"] = json!("0".repeat(32));
@@ -121,18 +134,27 @@ async fn bad_signatures_unknown_appkeys_and_old_events_get_401_without_echoing_s
     let mut body = signed("roster:ban", "a", "b");
     sign(&mut body, "wrong-secret");
     let (status, answer) = app.post(&body).await;
-    assert_eq!((status, answer["error"].as_str()), (401, Some("bad signature")));
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (401, Some("bad signature"))
+    );
 
     let mut body = signed("roster:ban", "a", "b");
     body["appkey"] = json!("other#app");
     let (status, answer) = app.post(&body).await;
-    assert_eq!((status, answer["error"].as_str()), (401, Some("unknown appkey")));
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (401, Some("unknown appkey"))
+    );
 
     let mut body = signed("roster:ban", "a", "b");
     body["timestamp"] = json!(easehook::verify::now_ms() - 10 * 60 * 1000);
     sign(&mut body, SECRET);
     let (status, answer) = app.post(&body).await;
-    assert_eq!((status, answer["error"].as_str()), (401, Some("event too old")));
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (401, Some("event too old"))
+    );
     assert!(!answer.to_string().contains(SECRET));
 
     // Uppercase hex is the same signature.
@@ -149,18 +171,37 @@ async fn rotated_secrets_and_the_star_fallback_verify() {
     let (dir, config) = write_config(&opts);
     // The generated secrets block is replaced by the one above.
     let text = std::fs::read_to_string(&config).unwrap();
-    let text = text.replacen(&format!("secrets:\n  \"{APPKEY}\": [\"${{IT_SECRET}}\"]\n"), "", 1);
+    let text = text.replacen(
+        &format!("secrets:\n  \"{APPKEY}\": [\"${{IT_SECRET}}\"]\n"),
+        "",
+        1,
+    );
     std::fs::write(&config, text).unwrap();
-    let app = easehook::app::App::start(&config, std::sync::Arc::new(env_map(&opts)), easehook::shutdown::Shutdown::new())
-        .await
-        .unwrap();
+    let app = easehook::app::App::start(
+        &config,
+        std::sync::Arc::new(env_map(&opts)),
+        easehook::shutdown::Shutdown::new(),
+    )
+    .await
+    .unwrap();
     let url = format!("http://{}/easemob/callback", app.callback_addr);
     let client = reqwest::Client::new();
-    for (appkey, secret) in [(APPKEY, "old-secret-aaaa"), (APPKEY, SECRET), ("any#other", "fallback-bbbb")] {
+    for (appkey, secret) in [
+        (APPKEY, "old-secret-aaaa"),
+        (APPKEY, SECRET),
+        ("any#other", "fallback-bbbb"),
+    ] {
         let mut body = signed("roster:ban", "a", "b");
         body["appkey"] = json!(appkey);
         sign(&mut body, secret);
-        let status = client.post(&url).json(&body).send().await.unwrap().status().as_u16();
+        let status = client
+            .post(&url)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
         assert_eq!(status, 200, "{appkey} {secret}");
     }
     app.shutdown();
@@ -174,10 +215,15 @@ async fn oversized_bodies_get_413_by_length_and_while_streaming() {
     body["payload"]["reason"] = json!("x".repeat(2000));
     sign(&mut body, SECRET);
     let (status, answer) = app.post(&body).await;
-    assert_eq!((status, answer["error"].as_str()), (413, Some("body too large")));
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (413, Some("body too large"))
+    );
 
     // Chunked, with no length to check up front.
-    let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = (0..20).map(|_| Ok(bytes::Bytes::from(vec![b' '; 100]))).collect();
+    let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = (0..20)
+        .map(|_| Ok(bytes::Bytes::from(vec![b' '; 100])))
+        .collect();
     let stream = futures_util::stream::iter(chunks);
     let (status, _) = app.post_bytes(reqwest::Body::wrap_stream(stream)).await;
     assert_eq!(status, 413);
@@ -194,7 +240,13 @@ async fn oversized_bodies_get_413_by_length_and_while_streaming() {
 #[tokio::test]
 async fn an_announced_huge_body_is_refused_without_being_read() {
     let app = spawn_app().await;
-    let addr = app.callback_url.trim_start_matches("http://").split('/').next().unwrap().to_string();
+    let addr = app
+        .callback_url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
     let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
     // Announce 100 MB, send a few bytes, and wait for the answer: it comes
     // at once, without the server waiting for (or reading) the rest.
@@ -202,7 +254,10 @@ async fn an_announced_huge_body_is_refused_without_being_read() {
         .await
         .unwrap();
     let mut buf = vec![0u8; 1024];
-    let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await.expect("answered at once").unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
+        .await
+        .expect("answered at once")
+        .unwrap();
     let head = String::from_utf8_lossy(&buf[..n]);
     assert!(head.starts_with("HTTP/1.1 413"), "{head}");
 }
@@ -214,9 +269,20 @@ async fn other_paths_and_methods_get_404_and_405() {
     let r = app.client.get(&app.callback_url).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 405);
     assert_eq!(r.headers()["allow"], "POST");
-    let r = app.client.post(format!("{base}/elsewhere")).body("{}").send().await.unwrap();
+    let r = app
+        .client
+        .post(format!("{base}/elsewhere"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 404);
-    let r = app.client.get(format!("{base}/healthz")).send().await.unwrap();
+    let r = app
+        .client
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 200);
 }
 
@@ -228,15 +294,22 @@ async fn the_store_failing_gets_503_and_readyz_follows_it() {
     // take the event.
     let db = app.state_dir.join("easehook.db");
     let conn = rusqlite_open(&db);
-    conn.execute_batch("PRAGMA query_only = 0; BEGIN EXCLUSIVE;").unwrap();
+    conn.execute_batch("PRAGMA query_only = 0; BEGIN EXCLUSIVE;")
+        .unwrap();
     let body = signed("roster:ban", "a", "b");
     let (status, answer) = app.post(&body).await;
-    assert_eq!((status, answer["error"].as_str()), (503, Some("store unavailable")));
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (503, Some("store unavailable"))
+    );
     assert_eq!(app.admin(reqwest::Method::GET, "/readyz").await.0, 503);
     // Space returns: the lock is released. The probe makes the daemon ready
     // again by itself, and Easemob's retry of the same event is accepted.
     conn.execute_batch("ROLLBACK").unwrap();
-    eventually(Duration::from_secs(10), "ready again", || async { app.admin(reqwest::Method::GET, "/readyz").await.0 == 200 }).await;
+    eventually(Duration::from_secs(10), "ready again", || async {
+        app.admin(reqwest::Method::GET, "/readyz").await.0 == 200
+    })
+    .await;
     assert_eq!(app.post(&body).await.0, 200);
 }
 
@@ -247,15 +320,29 @@ fn rusqlite_open(path: &std::path::Path) -> rusqlite::Connection {
 #[tokio::test]
 async fn admin_health_and_readiness() {
     let app = spawn_app().await;
-    assert_eq!(app.admin(reqwest::Method::GET, "/healthz").await, (200, json!({"ok": true})));
-    assert_eq!(app.admin(reqwest::Method::GET, "/readyz").await, (200, json!({"ok": true})));
+    assert_eq!(
+        app.admin(reqwest::Method::GET, "/healthz").await,
+        (200, json!({"ok": true}))
+    );
+    assert_eq!(
+        app.admin(reqwest::Method::GET, "/readyz").await,
+        (200, json!({"ok": true}))
+    );
     assert_eq!(app.admin(reqwest::Method::GET, "/nope").await.0, 404);
 }
 
 #[tokio::test]
 async fn the_admin_api_needs_the_token_when_one_is_set() {
-    let app = spawn_app_with(Options::rules("").config("admin_token: ${TOKEN}").env("TOKEN", "admin-token-123456")).await;
-    assert_eq!(app.admin(reqwest::Method::GET, "/api/v1/status").await.0, 401);
+    let app = spawn_app_with(
+        Options::rules("")
+            .config("admin_token: ${TOKEN}")
+            .env("TOKEN", "admin-token-123456"),
+    )
+    .await;
+    assert_eq!(
+        app.admin(reqwest::Method::GET, "/api/v1/status").await.0,
+        401
+    );
     assert_eq!(app.admin(reqwest::Method::POST, "/-/reload").await.0, 401);
     // Health stays open for probes.
     assert_eq!(app.admin(reqwest::Method::GET, "/healthz").await.0, 200);
@@ -267,6 +354,12 @@ async fn the_admin_api_needs_the_token_when_one_is_set() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    let wrong = app.client.get(format!("{}/api/v1/events", app.admin_url)).bearer_auth("nope").send().await.unwrap();
+    let wrong = app
+        .client
+        .get(format!("{}/api/v1/events", app.admin_url))
+        .bearer_auth("nope")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(wrong.status().as_u16(), 401);
 }

@@ -45,9 +45,18 @@ fn check_reports_every_problem_in_one_run_and_exits_1() {
     let (code, out, _) = easehook(&config, &["check"]);
     assert_eq!(code, 1, "{out}");
     // The config file's problem stops loading before the rules are read.
-    assert!(out.contains("easehook.yaml: max_body: invalid size"), "{out}");
+    assert!(
+        out.contains("easehook.yaml: max_body: invalid size"),
+        "{out}"
+    );
     // Fixed, the rule problems all come out together.
-    std::fs::write(&config, std::fs::read_to_string(&config).unwrap().replace("max_body: lots", "")).unwrap();
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("max_body: lots", ""),
+    )
+    .unwrap();
     let (code, out, _) = easehook(&config, &["check"]);
     assert_eq!(code, 1, "{out}");
     for needle in [
@@ -69,7 +78,10 @@ fn check_never_prints_secrets() {
     let (_dir, config) = write_config(&opts);
     let (code, out, err) = easehook(&config, &["check"]);
     assert_eq!(code, 1);
-    assert!(out.contains("callback_path: \"***\" must be a URL path"), "{out}");
+    assert!(
+        out.contains("callback_path: \"***\" must be a URL path"),
+        "{out}"
+    );
     assert!(!out.contains(SECRET) && !err.contains(SECRET), "{out}{err}");
 }
 
@@ -86,7 +98,8 @@ fn test_prints_matching_rules_and_fully_rendered_messages_with_secrets_masked() 
          \x20 - {name: after-stop, actions: [quiet]}\n",
     );
     let (_dir, config) = write_config(&opts);
-    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/easemob/roster-ban.json");
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/fixtures/easemob/roster-ban.json");
     let out = Command::new(env!("CARGO_BIN_EXE_easehook"))
         .arg("--config")
         .arg(&config)
@@ -123,7 +136,9 @@ fn test_prints_matching_rules_and_fully_rendered_messages_with_secrets_masked() 
 
 #[test]
 fn test_reads_standard_input_and_needs_no_signature() {
-    let (_dir, config) = write_config(&Options::rules("actions:\n  n: {type: log, message: 'hi {{to_user}}'}\nrules:\n  - {name: r, actions: [n]}\n"));
+    let (_dir, config) = write_config(&Options::rules(
+        "actions:\n  n: {type: log, message: 'hi {{to_user}}'}\nrules:\n  - {name: r, actions: [n]}\n",
+    ));
     let mut child = Command::new(env!("CARGO_BIN_EXE_easehook"))
         .arg("--config")
         .arg(&config)
@@ -149,21 +164,42 @@ fn test_reads_standard_input_and_needs_no_signature() {
 #[test]
 fn simulate_print_signs_with_the_configured_secret() {
     let (_dir, config) = write_config(&Options::rules(""));
-    let (code, out, err) = easehook(&config, &["simulate", "--event", "roster:ban", "--from", "alice", "--to", "bob", "--print"]);
+    let (code, out, err) = easehook(
+        &config,
+        &[
+            "simulate",
+            "--event",
+            "roster:ban",
+            "--from",
+            "alice",
+            "--to",
+            "bob",
+            "--print",
+        ],
+    );
     assert_eq!(code, 0, "{err}");
     let body: serde_json::Value = serde_json::from_str(&out).unwrap();
     let cb = easehook::callback::Callback::from_value(body).unwrap();
     assert_eq!(cb.event, "roster:ban");
-    assert_eq!((cb.from_user.as_str(), cb.to_user.as_str()), ("alice", "bob"));
+    assert_eq!(
+        (cb.from_user.as_str(), cb.to_user.as_str()),
+        ("alice", "bob")
+    );
     let secrets = easehook::config::Secrets::from_pairs([(APPKEY, SECRET)]);
     assert_eq!(easehook::verify::check(&cb, &secrets, None, 0), Ok(()));
 }
 
 #[test]
 fn usage_errors_exit_2() {
-    let out = Command::new(env!("CARGO_BIN_EXE_easehook")).arg("--no-such-flag").output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_easehook"))
+        .arg("--no-such-flag")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    let out = Command::new(env!("CARGO_BIN_EXE_easehook")).arg("--version").output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_easehook"))
+        .arg("--version")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("easehook "));
 }

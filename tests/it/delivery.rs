@@ -21,7 +21,9 @@ async fn one_delivery(app: &TestApp, status: &str) -> serde_json::Value {
 #[tokio::test]
 async fn an_http_action_sends_the_rendered_request() {
     let sink = HttpSink::start().await;
-    let app = spawn_app_with(Options::rules(http_rules(&sink.url(""), "")).env("HOOK_TOKEN", "tok-abc")).await;
+    let app =
+        spawn_app_with(Options::rules(http_rules(&sink.url(""), "")).env("HOOK_TOKEN", "tok-abc"))
+            .await;
     let mut body = signed("roster:add", "张 三", "bob");
     body["payload"]["reason"] = json!("hi \"there\" {{event}}\n你好");
     sign(&mut body, SECRET);
@@ -35,14 +37,18 @@ async fn an_http_action_sends_the_rendered_request() {
     assert_eq!(reqs[0].headers["x-token"], "Bearer tok-abc");
     assert_eq!(reqs[0].headers["content-type"], "application/json");
     let sent: serde_json::Value = serde_json::from_str(&reqs[0].body).unwrap();
-    assert_eq!(sent, json!({"user": "张 三", "reason": "hi \"there\" {{event}}\n你好", "n": 1}));
+    assert_eq!(
+        sent,
+        json!({"user": "张 三", "reason": "hi \"there\" {{event}}\n你好", "n": 1})
+    );
 }
 
 #[tokio::test]
 async fn a_5xx_is_retried_and_delivered_once() {
     let sink = HttpSink::start().await;
     sink.script([Answer::status(503), Answer::status(500)]);
-    let app = spawn_app_with(Options::rules(http_rules(&sink.url(""), "")).env("HOOK_TOKEN", "t")).await;
+    let app =
+        spawn_app_with(Options::rules(http_rules(&sink.url(""), "")).env("HOOK_TOKEN", "t")).await;
     assert_eq!(app.post(&signed("roster:ban", "a", "b")).await.0, 200);
     let d = one_delivery(&app, "sent").await;
     assert_eq!(d["attempts"], 3);
@@ -61,12 +67,20 @@ async fn a_429_waits_for_retry_after() {
         sink.url("/services/T0/B0/XYZ")
     );
     let app = spawn_app_with(Options::rules(rules)).await;
-    assert_eq!(app.post(&signed("roster:ban", "alice", "<!channel>")).await.0, 200);
+    assert_eq!(
+        app.post(&signed("roster:ban", "alice", "<!channel>"))
+            .await
+            .0,
+        200
+    );
     one_delivery(&app, "sent").await;
     let reqs = sink.requests();
     assert_eq!(reqs.len(), 2);
     let gap = reqs[1].at - reqs[0].at;
-    assert!(gap >= Duration::from_millis(950), "retried after {gap:?}, Retry-After said 1s");
+    assert!(
+        gap >= Duration::from_millis(950),
+        "retried after {gap:?}, Retry-After said 1s"
+    );
     let body: serde_json::Value = serde_json::from_str(&reqs[1].body).unwrap();
     assert_eq!(body["text"], "*alice* blocked &lt;!channel&gt;");
     assert_eq!(body["username"], "easehook");
@@ -77,47 +91,85 @@ async fn a_429_waits_for_retry_after() {
 async fn a_4xx_is_dead_at_once_listed_and_delivered_after_retry() {
     let sink = HttpSink::start().await;
     sink.script([Answer::status(404)]);
-    let app = spawn_app_with(Options::rules(http_rules(&sink.url(""), "")).env("HOOK_TOKEN", "secret-token-value")).await;
+    let app = spawn_app_with(
+        Options::rules(http_rules(&sink.url(""), "")).env("HOOK_TOKEN", "secret-token-value"),
+    )
+    .await;
     assert_eq!(app.post(&signed("roster:ban", "a", "b")).await.0, 200);
     let dead = one_delivery(&app, "dead").await;
     assert_eq!(dead["attempts"], 1);
-    assert!(dead["last_error"].as_str().unwrap().starts_with("HTTP 404"), "{dead}");
+    assert!(
+        dead["last_error"].as_str().unwrap().starts_with("HTTP 404"),
+        "{dead}"
+    );
     assert_eq!(app.get("/api/v1/status").await["dead_deliveries"], 1);
     let id = dead["id"].as_i64().unwrap();
-    let (status, body) = app.admin(reqwest::Method::POST, &format!("/api/v1/deliveries/{id}/retry")).await;
+    let (status, body) = app
+        .admin(
+            reqwest::Method::POST,
+            &format!("/api/v1/deliveries/{id}/retry"),
+        )
+        .await;
     assert_eq!((status, body["requeued"].clone()), (200, json!(1)));
     let sent = one_delivery(&app, "sent").await;
     assert_eq!(sent["id"], id);
     assert_eq!(sink.count(), 2);
     // Not dead any more: retrying again is a 404.
-    assert_eq!(app.admin(reqwest::Method::POST, &format!("/api/v1/deliveries/{id}/retry")).await.0, 404);
+    assert_eq!(
+        app.admin(
+            reqwest::Method::POST,
+            &format!("/api/v1/deliveries/{id}/retry")
+        )
+        .await
+        .0,
+        404
+    );
 }
 
 #[tokio::test]
 async fn a_hanging_destination_times_out_and_gives_up_after_max_attempts() {
     let sink = HttpSink::start().await;
     sink.script((0..3).map(|_| Answer::status(200).delay(Duration::from_secs(3))));
-    let app = spawn_app_with(Options::rules(http_rules(&sink.url(""), "    timeout: 200ms\n    max_attempts: 2\n")).env("HOOK_TOKEN", "t")).await;
+    let app = spawn_app_with(
+        Options::rules(http_rules(
+            &sink.url(""),
+            "    timeout: 200ms\n    max_attempts: 2\n",
+        ))
+        .env("HOOK_TOKEN", "t"),
+    )
+    .await;
     assert_eq!(app.post(&signed("roster:ban", "a", "b")).await.0, 200);
     let dead = one_delivery(&app, "dead").await;
     assert_eq!(dead["attempts"], 2);
     let err = dead["last_error"].as_str().unwrap();
-    assert!(err.contains("timed out") && err.contains("gave up after 2 attempts"), "{err}");
+    assert!(
+        err.contains("timed out") && err.contains("gave up after 2 attempts"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
 async fn a_rate_limit_spaces_deliveries_and_drops_none() {
     let sink = HttpSink::start().await;
-    let app = spawn_app_with(Options::rules(http_rules(&sink.url(""), "    rate_limit: 5/s\n")).env("HOOK_TOKEN", "t")).await;
+    let app = spawn_app_with(
+        Options::rules(http_rules(&sink.url(""), "    rate_limit: 5/s\n")).env("HOOK_TOKEN", "t"),
+    )
+    .await;
     for _ in 0..12 {
         assert_eq!(app.post(&signed("roster:ban", "a", "b")).await.0, 200);
     }
-    eventually(Duration::from_secs(15), "12 deliveries", || async { app.deliveries("sent").await.len() == 12 }).await;
+    eventually(Duration::from_secs(15), "12 deliveries", || async {
+        app.deliveries("sent").await.len() == 12
+    })
+    .await;
     let reqs = sink.requests();
     assert_eq!(reqs.len(), 12);
     // 5 at once (the burst), then one per 200ms: the last ≥ 1.4s after the first.
     let span = reqs[11].at - reqs[0].at;
-    assert!(span >= Duration::from_millis(1300), "12 deliveries at 5/s took only {span:?}");
+    assert!(
+        span >= Duration::from_millis(1300),
+        "12 deliveries at 5/s took only {span:?}"
+    );
 }
 
 #[tokio::test]
@@ -131,7 +183,10 @@ async fn attempts_in_flight_never_exceed_concurrency() {
     for _ in 0..8 {
         assert_eq!(app.post(&signed("roster:ban", "a", "b")).await.0, 200);
     }
-    eventually(Duration::from_secs(15), "8 deliveries", || async { app.deliveries("sent").await.len() == 8 }).await;
+    eventually(Duration::from_secs(15), "8 deliveries", || async {
+        app.deliveries("sent").await.len() == 8
+    })
+    .await;
     let max = sink.max_in_flight.load(std::sync::atomic::Ordering::SeqCst);
     assert_eq!(max, 2, "at most 2 attempts in flight, saw {max}");
 }
@@ -140,12 +195,17 @@ async fn attempts_in_flight_never_exceed_concurrency() {
 async fn acknowledgement_does_not_wait_for_a_slow_destination() {
     let sink = HttpSink::start().await;
     sink.script((0..5).map(|_| Answer::status(200).delay(Duration::from_secs(2))));
-    let app = spawn_app_with(Options::rules(http_rules(&sink.url(""), "")).env("HOOK_TOKEN", "t")).await;
+    let app =
+        spawn_app_with(Options::rules(http_rules(&sink.url(""), "")).env("HOOK_TOKEN", "t")).await;
     for _ in 0..5 {
         let started = std::time::Instant::now();
         assert_eq!(app.post(&signed("roster:ban", "a", "b")).await.0, 200);
         // The destination takes 2s; the answer does not.
-        assert!(started.elapsed() < Duration::from_millis(1500), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }
 
@@ -153,15 +213,26 @@ async fn acknowledgement_does_not_wait_for_a_slow_destination() {
 async fn a_delivery_whose_action_was_removed_is_dead() {
     let sink = HttpSink::start().await;
     sink.script([Answer::status(503)]);
-    let opts = Options::rules(http_rules(&sink.url(""), "")).env("HOOK_TOKEN", "t").config("delivery:\n  initial_backoff: 1s\n  max_backoff: 1s");
+    let opts = Options::rules(http_rules(&sink.url(""), ""))
+        .env("HOOK_TOKEN", "t")
+        .config("delivery:\n  initial_backoff: 1s\n  max_backoff: 1s");
     let app = spawn_app_with(opts).await;
     assert_eq!(app.post(&signed("roster:ban", "a", "b")).await.0, 200);
-    eventually(Duration::from_secs(5), "the first attempt", || async { sink.count() == 1 }).await;
+    eventually(Duration::from_secs(5), "the first attempt", || async {
+        sink.count() == 1
+    })
+    .await;
     app.write_rules("rules: []\n");
     let (status, body) = app.admin(reqwest::Method::POST, "/-/reload").await;
     assert_eq!(status, 200, "{body}");
     let dead = one_delivery(&app, "dead").await;
-    assert!(dead["last_error"].as_str().unwrap().contains("no longer exists"), "{dead}");
+    assert!(
+        dead["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("no longer exists"),
+        "{dead}"
+    );
 }
 
 #[tokio::test]
@@ -173,10 +244,19 @@ async fn secrets_never_reach_errors_or_the_api() {
         "actions:\n  s: {{type: slack, webhook_url: '{}', text: hi}}\n  down: {{type: http, url: 'http://127.0.0.1:9/${{HOOK_TOKEN}}', max_attempts: 1}}\nrules:\n  - {{name: r, actions: [s, down]}}\n",
         sink.url("/services/${HOOK_TOKEN}")
     );
-    let app = spawn_app_with(Options::rules(rules).env("HOOK_TOKEN", "very-secret-hook-token")).await;
+    let app =
+        spawn_app_with(Options::rules(rules).env("HOOK_TOKEN", "very-secret-hook-token")).await;
     assert_eq!(app.post(&signed("roster:ban", "a", "b")).await.0, 200);
-    eventually(Duration::from_secs(10), "two dead deliveries", || async { app.deliveries("dead").await.len() == 2 }).await;
-    let all = format!("{:?}{:?}{:?}", app.deliveries("").await, app.events().await, app.get("/api/v1/status").await);
+    eventually(Duration::from_secs(10), "two dead deliveries", || async {
+        app.deliveries("dead").await.len() == 2
+    })
+    .await;
+    let all = format!(
+        "{:?}{:?}{:?}",
+        app.deliveries("").await,
+        app.events().await,
+        app.get("/api/v1/status").await
+    );
     assert!(!all.contains("very-secret-hook-token"), "{all}");
     assert!(!all.contains(SECRET));
 }
@@ -185,7 +265,8 @@ async fn secrets_never_reach_errors_or_the_api() {
 async fn test_send_really_sends() {
     let sink = HttpSink::start().await;
     let (_dir, config) = write_config(&Options::rules(http_rules(&sink.url(""), "")));
-    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/easemob/roster-ban.json");
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/fixtures/easemob/roster-ban.json");
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_easehook"))
         .arg("--config")
         .arg(&config)
@@ -218,7 +299,12 @@ async fn kill_9_loses_no_acknowledged_event() {
     let mut acknowledged = Vec::new();
     for i in 0..60 {
         let body = signed("roster:ban", &format!("user{i}"), "bob");
-        let r = client.post(&d.callback_url).json(&body).send().await.unwrap();
+        let r = client
+            .post(&d.callback_url)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status().as_u16(), 200);
         acknowledged.push(format!("user{i}"));
     }
@@ -227,13 +313,22 @@ async fn kill_9_loses_no_acknowledged_event() {
     // The destination comes up; the daemon restarts.
     let sink = HttpSink::start_on(tokio::net::TcpListener::bind(sink_addr).await.unwrap()).await;
     let _d2 = Daemon::start(&config, &[("HOOK_TOKEN", "t")]).await;
-    eventually(Duration::from_secs(30), "every acknowledged event delivered", || async {
-        let got: std::collections::HashSet<String> = sink
-            .requests()
-            .iter()
-            .map(|r| serde_json::from_str::<serde_json::Value>(&r.body).unwrap()["user"].as_str().unwrap().to_string())
-            .collect();
-        acknowledged.iter().all(|u| got.contains(u))
-    })
+    eventually(
+        Duration::from_secs(30),
+        "every acknowledged event delivered",
+        || async {
+            let got: std::collections::HashSet<String> = sink
+                .requests()
+                .iter()
+                .map(|r| {
+                    serde_json::from_str::<serde_json::Value>(&r.body).unwrap()["user"]
+                        .as_str()
+                        .unwrap()
+                        .to_string()
+                })
+                .collect();
+            acknowledged.iter().all(|u| got.contains(u))
+        },
+    )
     .await;
 }

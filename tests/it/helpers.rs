@@ -50,7 +50,10 @@ pub struct Options {
 
 impl Options {
     pub fn rules(rules: impl Into<String>) -> Self {
-        Self { rules: rules.into(), ..Self::default() }
+        Self {
+            rules: rules.into(),
+            ..Self::default()
+        }
     }
     pub fn config(mut self, extra: impl Into<String>) -> Self {
         self.extra_config.push_str(&extra.into());
@@ -112,9 +115,11 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(opts: Options) -> TestApp {
-    let _ = tracing_subscriber_init();
+    tracing_subscriber_init();
     let (dir, config) = write_config(&opts);
-    let app = App::start(&config, Arc::new(env_map(&opts)), Shutdown::new()).await.expect("daemon starts");
+    let app = App::start(&config, Arc::new(env_map(&opts)), Shutdown::new())
+        .await
+        .expect("daemon starts");
     let state_dir = dir.path().join("data");
     TestApp {
         callback_url: format!("http://{}/easemob/callback", app.callback_addr),
@@ -133,7 +138,8 @@ fn tracing_subscriber_init() {
 /// A callback body for `event`, signed with the test secret.
 pub fn signed(event: &str, from: &str, to: &str) -> Value {
     let id = unique_id();
-    let mut body = easehook::rules::samples::body(event, APPKEY, from, to, &id, easehook::verify::now_ms());
+    let mut body =
+        easehook::rules::samples::body(event, APPKEY, from, to, &id, easehook::verify::now_ms());
     sign(&mut body, SECRET);
     body
 }
@@ -152,16 +158,29 @@ pub fn unique_id() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     let n = N.fetch_add(1, Ordering::Relaxed);
-    format!("{}{:06}", easehook::verify::now_ms() % 1_000_000_000_000, n % 1_000_000)
+    format!(
+        "{}{:06}",
+        easehook::verify::now_ms() % 1_000_000_000_000,
+        n % 1_000_000
+    )
 }
 
 impl TestApp {
     pub async fn post(&self, body: &Value) -> (u16, Value) {
-        let resp = self.client.post(&self.callback_url).json(body).send().await.unwrap();
+        let resp = self
+            .client
+            .post(&self.callback_url)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap();
         assert!(text.len() < 200, "every body is under 200 bytes: {text}");
-        (status, serde_json::from_str(&text).unwrap_or(json!({"raw": text})))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(json!({"raw": text})),
+        )
     }
 
     pub async fn post_bytes(&self, body: impl Into<reqwest::Body>) -> (u16, Value) {
@@ -176,11 +195,19 @@ impl TestApp {
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap();
         assert!(text.len() < 200, "every body is under 200 bytes: {text}");
-        (status, serde_json::from_str(&text).unwrap_or(json!({"raw": text})))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(json!({"raw": text})),
+        )
     }
 
     pub async fn admin(&self, method: reqwest::Method, path: &str) -> (u16, Value) {
-        let resp = self.client.request(method, format!("{}{path}", self.admin_url)).send().await.unwrap();
+        let resp = self
+            .client
+            .request(method, format!("{}{path}", self.admin_url))
+            .send()
+            .await
+            .unwrap();
         let status = resp.status().as_u16();
         (status, resp.json().await.unwrap_or(Value::Null))
     }
@@ -192,7 +219,9 @@ impl TestApp {
     }
 
     pub async fn deliveries(&self, status: &str) -> Vec<Value> {
-        let body = self.get(&format!("/api/v1/deliveries?status={status}&limit=1000")).await;
+        let body = self
+            .get(&format!("/api/v1/deliveries?status={status}&limit=1000"))
+            .await;
         body["deliveries"].as_array().unwrap().clone()
     }
 
@@ -203,13 +232,19 @@ impl TestApp {
             if let Some(d) = self.deliveries(status).await.into_iter().next() {
                 return d;
             }
-            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for a {status} delivery");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for a {status} delivery"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
     pub async fn events(&self) -> Vec<Value> {
-        self.get("/api/v1/events?limit=1000").await["events"].as_array().unwrap().clone()
+        self.get("/api/v1/events?limit=1000").await["events"]
+            .as_array()
+            .unwrap()
+            .clone()
     }
 
     pub fn write_rules(&self, yaml: &str) {
@@ -222,7 +257,6 @@ impl TestApp {
     pub async fn rule_count(&self) -> u64 {
         self.get("/api/v1/status").await["rules"].as_u64().unwrap()
     }
-
 }
 
 impl Drop for TestApp {
@@ -253,7 +287,11 @@ pub struct Answer {
 
 impl Answer {
     pub fn status(status: u16) -> Self {
-        Self { status, delay: Duration::ZERO, headers: Vec::new() }
+        Self {
+            status,
+            delay: Duration::ZERO,
+            headers: Vec::new(),
+        }
     }
     pub fn header(mut self, k: &str, v: &str) -> Self {
         self.headers.push((k.into(), v.into()));
@@ -298,31 +336,49 @@ impl HttpSink {
             .and(warp::query::raw().or(warp::any().map(String::new)).unify())
             .and(warp::header::headers_cloned())
             .and(warp::body::bytes())
-            .then(move |method: warp::http::Method, path: warp::path::FullPath, query: String, headers: warp::http::HeaderMap, body: bytes::Bytes| {
-                let s = s.clone();
-                async move {
-                    let now = s.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-                    s.max_in_flight.fetch_max(now, Ordering::SeqCst);
-                    s.received.lock().unwrap().push(Received {
-                        method: method.to_string(),
-                        path: if query.is_empty() { path.as_str().to_string() } else { format!("{}?{query}", path.as_str()) },
-                        headers: headers
-                            .iter()
-                            .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
-                            .collect(),
-                        body: String::from_utf8_lossy(&body).to_string(),
-                        at: std::time::Instant::now(),
-                    });
-                    let answer = s.script.lock().unwrap().pop_front().unwrap_or(Answer::status(200));
-                    tokio::time::sleep(answer.delay).await;
-                    s.in_flight.fetch_sub(1, Ordering::SeqCst);
-                    let mut resp = warp::http::Response::builder().status(answer.status);
-                    for (k, v) in &answer.headers {
-                        resp = resp.header(k, v);
+            .then(
+                move |method: warp::http::Method,
+                      path: warp::path::FullPath,
+                      query: String,
+                      headers: warp::http::HeaderMap,
+                      body: bytes::Bytes| {
+                    let s = s.clone();
+                    async move {
+                        let now = s.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                        s.max_in_flight.fetch_max(now, Ordering::SeqCst);
+                        s.received.lock().unwrap().push(Received {
+                            method: method.to_string(),
+                            path: if query.is_empty() {
+                                path.as_str().to_string()
+                            } else {
+                                format!("{}?{query}", path.as_str())
+                            },
+                            headers: headers
+                                .iter()
+                                .map(|(k, v)| {
+                                    (k.as_str().to_string(), v.to_str().unwrap_or("").to_string())
+                                })
+                                .collect(),
+                            body: String::from_utf8_lossy(&body).to_string(),
+                            at: std::time::Instant::now(),
+                        });
+                        let answer = s
+                            .script
+                            .lock()
+                            .unwrap()
+                            .pop_front()
+                            .unwrap_or(Answer::status(200));
+                        tokio::time::sleep(answer.delay).await;
+                        s.in_flight.fetch_sub(1, Ordering::SeqCst);
+                        let mut resp = warp::http::Response::builder().status(answer.status);
+                        for (k, v) in &answer.headers {
+                            resp = resp.header(k, v);
+                        }
+                        resp.body(warp::hyper::body::Bytes::from_static(b"{}"))
+                            .unwrap()
                     }
-                    resp.body(warp::hyper::body::Bytes::from_static(b"{}")).unwrap()
-                }
-            });
+                },
+            );
         tokio::spawn(warp::serve(route).incoming(listener).run());
         sink
     }
@@ -364,8 +420,19 @@ struct MailHandler {
 }
 
 impl mailin_embedded::Handler for MailHandler {
-    fn data_start(&mut self, _domain: &str, from: &str, _is8bit: bool, to: &[String]) -> mailin_embedded::Response {
-        self.current = Mail { from: from.to_string(), to: to.to_vec(), data: Vec::new(), auth: self.authed.clone() };
+    fn data_start(
+        &mut self,
+        _domain: &str,
+        from: &str,
+        _is8bit: bool,
+        to: &[String],
+    ) -> mailin_embedded::Response {
+        self.current = Mail {
+            from: from.to_string(),
+            to: to.to_vec(),
+            data: Vec::new(),
+            auth: self.authed.clone(),
+        };
         mailin_embedded::response::OK
     }
     fn data(&mut self, buf: &[u8]) -> std::io::Result<()> {
@@ -373,10 +440,18 @@ impl mailin_embedded::Handler for MailHandler {
         Ok(())
     }
     fn data_end(&mut self) -> mailin_embedded::Response {
-        self.mails.lock().unwrap().push(std::mem::take(&mut self.current));
+        self.mails
+            .lock()
+            .unwrap()
+            .push(std::mem::take(&mut self.current));
         mailin_embedded::response::OK
     }
-    fn auth_plain(&mut self, _authz: &str, user: &str, password: &str) -> mailin_embedded::Response {
+    fn auth_plain(
+        &mut self,
+        _authz: &str,
+        user: &str,
+        password: &str,
+    ) -> mailin_embedded::Response {
         if user == self.user && password == self.password {
             self.authed = Some((user.to_string(), password.to_string()));
             mailin_embedded::response::AUTH_OK
@@ -435,7 +510,12 @@ impl SmtpServer {
         std::thread::spawn(move || {
             let _ = server.serve();
         });
-        SmtpServer { port, ca_file, mails, _dir: dir }
+        SmtpServer {
+            port,
+            ca_file,
+            mails,
+            _dir: dir,
+        }
     }
 
     pub fn mails(&self) -> Vec<Mail> {
@@ -449,11 +529,14 @@ pub fn test_certificates() -> (String, String, String) {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "easehook test CA");
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "easehook test CA");
     let ca_cert = ca_params.self_signed(&ca_key).unwrap();
     let issuer = Issuer::new(ca_params, ca_key);
     let key = KeyPair::generate().unwrap();
-    let params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    let params =
+        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
     let cert = params.signed_by(&key, &issuer).unwrap();
     (ca_cert.pem(), cert.pem(), key.serialize_pem())
 }

@@ -8,5 +8,6 @@ mod callbacks;
 mod cli;
 mod delivery;
 mod email;
+mod interop;
 mod process;
 mod reload;

@@ -21,16 +21,21 @@ pub struct Daemon {
 
 /// Pick free ports by binding port 0 and releasing them.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Rewrite a test config to fixed ports (a child process cannot report the
 /// ports it bound) and JSON logs.
 pub fn fixed_ports(config: &std::path::Path) -> (u16, u16) {
     let (cb, admin) = (free_port(), free_port());
-    let text = std::fs::read_to_string(config)
-        .unwrap()
-        .replace("listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0", &format!("listen: 127.0.0.1:{cb}\nadmin_listen: 127.0.0.1:{admin}\nlog_format: json"));
+    let text = std::fs::read_to_string(config).unwrap().replace(
+        "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0",
+        &format!("listen: 127.0.0.1:{cb}\nadmin_listen: 127.0.0.1:{admin}\nlog_format: json"),
+    );
     std::fs::write(config, text).unwrap();
     (cb, admin)
 }
@@ -39,11 +44,24 @@ impl Daemon {
     pub async fn start(config: &std::path::Path, extra_env: &[(&str, &str)]) -> Daemon {
         let text = std::fs::read_to_string(config).unwrap();
         let port = |key: &str| -> u16 {
-            text.lines().find_map(|l| l.strip_prefix(key)).unwrap().rsplit(':').next().unwrap().trim().parse().unwrap()
+            text.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .unwrap()
+                .rsplit(':')
+                .next()
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap()
         };
         let (cb, admin) = (port("listen: "), port("admin_listen: "));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_easehook"));
-        cmd.arg("--config").arg(config).env("IT_SECRET", SECRET).env("RUST_LOG", "info").stderr(Stdio::piped()).stdout(Stdio::null());
+        cmd.arg("--config")
+            .arg(config)
+            .env("IT_SECRET", SECRET)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null());
         for (k, v) in extra_env {
             cmd.env(k, v);
         }
@@ -67,7 +85,12 @@ impl Daemon {
         eventually(Duration::from_secs(20), "the daemon to be ready", || {
             let c = client.clone();
             let u = url.clone();
-            async move { c.get(&u).send().await.is_ok_and(|r| r.status().is_success()) }
+            async move {
+                c.get(&u)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            }
         })
         .await;
         d
@@ -78,7 +101,12 @@ impl Daemon {
     }
 
     pub fn log(&self) -> Vec<serde_json::Value> {
-        self.lines.lock().unwrap().iter().filter_map(|l| serde_json::from_str(l).ok()).collect()
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
     }
 
     /// Wait for the process to exit; its exit code.
@@ -88,7 +116,10 @@ impl Daemon {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status.code();
             }
-            assert!(std::time::Instant::now() < deadline, "the daemon did not exit");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the daemon did not exit"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -108,9 +139,18 @@ async fn sigterm_finishes_requests_in_flight_then_exits_0() {
     let mut d = Daemon::start(&config, &[]).await;
     let body = signed("roster:ban", "alice", "bob").to_string();
     // A request in flight: headers and half the body sent.
-    let addr = d.callback_url.trim_start_matches("http://").split('/').next().unwrap().to_string();
+    let addr = d
+        .callback_url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
     let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let head = format!("POST /easemob/callback HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", body.len());
+    let head = format!(
+        "POST /easemob/callback HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
     conn.write_all(head.as_bytes()).await.unwrap();
     conn.write_all(&body.as_bytes()[..10]).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -124,7 +164,10 @@ async fn sigterm_finishes_requests_in_flight_then_exits_0() {
     // …but the request in flight is answered.
     conn.write_all(&body.as_bytes()[10..]).await.unwrap();
     let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut answer)).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("\"ok\":true"), "{answer}");
@@ -133,16 +176,42 @@ async fn sigterm_finishes_requests_in_flight_then_exits_0() {
 
 #[tokio::test]
 async fn one_json_log_line_per_callback_with_event_result_and_latency() {
-    let (_dir, config) = write_config(&Options::rules("actions:\n  n: {type: log, message: x}\nrules:\n  - {name: bans, when: {event: roster:ban}, actions: [n]}\n"));
+    let (_dir, config) = write_config(&Options::rules(
+        "actions:\n  n: {type: log, message: x}\nrules:\n  - {name: bans, when: {event: roster:ban}, actions: [n]}\n",
+    ));
     fixed_ports(&config);
     let d = Daemon::start(&config, &[]).await;
     let client = reqwest::Client::new();
-    let ok = client.post(&d.callback_url).json(&signed("roster:ban", "a", "b")).send().await.unwrap();
+    let ok = client
+        .post(&d.callback_url)
+        .json(&signed("roster:ban", "a", "b"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ok.status().as_u16(), 200);
     let bad = client.post(&d.callback_url).body("{").send().await.unwrap();
     assert_eq!(bad.status().as_u16(), 400);
-    eventually(Duration::from_secs(5), "two callback lines", || async { d.log().iter().filter(|l| l["message"].as_str().is_some_and(|m| m.starts_with("callback"))).count() == 2 }).await;
-    let lines: Vec<serde_json::Value> = d.log().into_iter().filter(|l| l["message"].as_str().is_some_and(|m| m.starts_with("callback"))).collect();
+    eventually(Duration::from_secs(5), "two callback lines", || async {
+        d.log()
+            .iter()
+            .filter(|l| {
+                l["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("callback"))
+            })
+            .count()
+            == 2
+    })
+    .await;
+    let lines: Vec<serde_json::Value> = d
+        .log()
+        .into_iter()
+        .filter(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("callback"))
+        })
+        .collect();
     assert_eq!(lines[0]["event"], "roster:ban");
     assert_eq!(lines[0]["result"], "accepted");
     assert_eq!(lines[0]["status"], 200);
@@ -158,15 +227,33 @@ async fn sighup_reloads_the_rules() {
     fixed_ports(&config);
     let d = Daemon::start(&config, &[]).await;
     let client = reqwest::Client::new();
-    let status = || async { client.get(format!("{}/api/v1/status", d.admin_url)).send().await.unwrap().json::<serde_json::Value>().await.unwrap() };
+    let status = || async {
+        client
+            .get(format!("{}/api/v1/status", d.admin_url))
+            .send()
+            .await
+            .unwrap()
+            .json::<serde_json::Value>()
+            .await
+            .unwrap()
+    };
     assert_eq!(status().await["rules"], 0);
     // The file watcher may see the change too; the log line below is only
     // written when the reload came from SIGHUP.
-    std::fs::write(dir.path().join("rules/10-test.yaml"), "rules:\n  - {name: one, actions: []}\n").unwrap();
+    std::fs::write(
+        dir.path().join("rules/10-test.yaml"),
+        "rules:\n  - {name: one, actions: []}\n",
+    )
+    .unwrap();
     d.signal(Signal::SIGHUP);
-    eventually(Duration::from_secs(10), "one rule after SIGHUP", || async { status().await["rules"] == 1 }).await;
+    eventually(Duration::from_secs(10), "one rule after SIGHUP", || async {
+        status().await["rules"] == 1
+    })
+    .await;
     eventually(Duration::from_secs(5), "a SIGHUP log line", || async {
-        d.log().iter().any(|l| l["message"].as_str().is_some_and(|m| m.contains("SIGHUP")))
+        d.log()
+            .iter()
+            .any(|l| l["message"].as_str().is_some_and(|m| m.contains("SIGHUP")))
     })
     .await;
 }

@@ -29,7 +29,10 @@ async fn a_changed_rule_file_is_picked_up_without_restart() {
     let app = spawn_app_with(Options::rules(rules(&["first"]))).await;
     assert_eq!(matched_rules(&app).await, json!(["first"]));
     app.write_rules(&rules(&["first", "second"]));
-    eventually(Duration::from_secs(10), "the new rule set", || async { app.rule_count().await == 2 }).await;
+    eventually(Duration::from_secs(10), "the new rule set", || async {
+        app.rule_count().await == 2
+    })
+    .await;
     assert_eq!(matched_rules(&app).await, json!(["first", "second"]));
     let status = app.get("/api/v1/status").await;
     assert_eq!(status["last_reload"]["successful"], true);
@@ -43,14 +46,24 @@ async fn a_changed_template_is_picked_up() {
     .template("note.hbs", "v1 {{event}}");
     let app = spawn_app_with(opts).await;
     let before = app.get("/api/v1/status").await["last_reload"]["at"].clone();
-    std::fs::write(app.dir.path().join("templates/note.hbs"), "v2 {{event}} {{broken").unwrap();
+    std::fs::write(
+        app.dir.path().join("templates/note.hbs"),
+        "v2 {{event}} {{broken",
+    )
+    .unwrap();
     // The broken template is rejected, and says so.
     eventually(Duration::from_secs(10), "a failed reload", || async {
         app.get("/api/v1/status").await["last_reload"]["successful"] == false
     })
     .await;
     let status = app.get("/api/v1/status").await;
-    assert!(status["last_reload"]["errors"][0].as_str().unwrap().contains("note.hbs"), "{status}");
+    assert!(
+        status["last_reload"]["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("note.hbs"),
+        "{status}"
+    );
     let _ = before;
 }
 
@@ -66,13 +79,36 @@ async fn post_reload_reports_every_problem_and_keeps_the_old_rules() {
     .unwrap();
     let (status, body) = app.admin(reqwest::Method::POST, "/-/reload").await;
     assert_eq!(status, 400, "{body}");
-    let problems: Vec<String> = body["problems"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect();
-    assert!(problems.iter().any(|p| p.contains("action bad") && p.contains("message")), "{problems:?}");
-    assert!(problems.iter().any(|p| p.contains("rule x: when.from: invalid regex")), "{problems:?}");
-    assert!(problems.iter().any(|p| p.contains("rule x: unknown action `ghost`")), "{problems:?}");
+    let problems: Vec<String> = body["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("action bad") && p.contains("message")),
+        "{problems:?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("rule x: when.from: invalid regex")),
+        "{problems:?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("rule x: unknown action `ghost`")),
+        "{problems:?}"
+    );
     // The old set keeps serving.
     assert_eq!(matched_rules(&app).await, json!(["kept"]));
-    assert_eq!(app.get("/api/v1/status").await["last_reload"]["successful"], false);
+    assert_eq!(
+        app.get("/api/v1/status").await["last_reload"]["successful"],
+        false
+    );
     // Fixed, the reload succeeds.
     app.write_rules(&rules(&["fixed"]));
     let (status, body) = app.admin(reqwest::Method::POST, "/-/reload").await;
@@ -96,7 +132,11 @@ async fn reload_under_load_never_fails_a_callback_or_mixes_rule_sets() {
         })
     };
     for i in 0..30 {
-        let set = if i % 2 == 0 { rules(&["b1", "b2"]) } else { rules(&["a1", "a2"]) };
+        let set = if i % 2 == 0 {
+            rules(&["b1", "b2"])
+        } else {
+            rules(&["a1", "a2"])
+        };
         app.write_rules(&set);
         let (status, body) = app.admin(reqwest::Method::POST, "/-/reload").await;
         assert_eq!(status, 200, "{body}");
