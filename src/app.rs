@@ -52,6 +52,28 @@ pub fn notify_systemd(states: &[sd_notify::NotifyState]) {
     }
 }
 
+/// Ping systemd's watchdog at half its interval, but only while the
+/// dispatcher loop runs and the store writer answers: a daemon that still
+/// takes callbacks but can no longer deliver or store them gets restarted.
+async fn watchdog(state: Arc<AppState>, interval: std::time::Duration, shutdown: Shutdown) {
+    let period = interval / 2;
+    tracing::info!(interval_ms = interval.as_millis() as u64, "systemd watchdog enabled");
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tokio::time::sleep(period) => {}
+        }
+        let beat = state.heartbeat.load(std::sync::atomic::Ordering::Relaxed);
+        let dispatcher_alive = crate::verify::now_ms().saturating_sub(beat) < interval.as_millis() as u64;
+        let store_alive = matches!(tokio::time::timeout(period, state.store.ping()).await, Ok(Ok(())));
+        if dispatcher_alive && store_alive {
+            notify_systemd(&[sd_notify::NotifyState::Watchdog]);
+        } else {
+            tracing::error!(dispatcher_alive, store_alive, "withholding the watchdog ping");
+        }
+    }
+}
+
 impl App {
     /// Load the configuration at `config`, bind, and start serving.
     pub async fn start(
@@ -94,6 +116,7 @@ impl App {
             env,
             accepted: AtomicU64::new(0),
             wake: Arc::new(tokio::sync::Notify::new()),
+            heartbeat: AtomicU64::new(crate::verify::now_ms()),
         });
         let dispatcher = Arc::new(Dispatcher::new(state.clone(), Senders::new()?));
         let mut tasks = JoinSet::new();
@@ -120,6 +143,9 @@ impl App {
         ));
         tasks.spawn(dispatcher.run(state.wake.clone(), shutdown.clone()));
         tasks.spawn(crate::dispatch::maintain(state.clone(), shutdown.clone()));
+        if let Some(interval) = sd_notify::watchdog_enabled() {
+            tasks.spawn(watchdog(state.clone(), interval, shutdown.clone()));
+        }
         tracing::info!(
             listen = %callback_addr,
             callback_path = %snap.settings.callback_path,

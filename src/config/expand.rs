@@ -90,20 +90,25 @@ fn walk(
             }
         }
         Value::Mapping(map) => {
-            for (k, v) in map.iter_mut() {
-                let key = match k {
+            // Keys are strings too (`secrets: {"${EASEMOB_APPKEY}": …}`):
+            // rebuild the mapping with expanded keys, keeping its order.
+            let old = std::mem::take(map);
+            for (mut k, mut v) in old {
+                let key_text = match &k {
                     Value::String(s) => s.clone(),
-                    other => serde_yaml::to_string(other)
-                        .unwrap_or_default()
-                        .trim()
-                        .to_string(),
+                    other => serde_yaml::to_string(other).unwrap_or_default().trim().to_string(),
                 };
-                let child = if path.is_empty() {
-                    key
-                } else {
-                    format!("{path}.{key}")
-                };
-                walk(v, child, env, out, errors);
+                let child = if path.is_empty() { key_text.clone() } else { format!("{path}.{key_text}") };
+                if let Value::String(s) = &mut k
+                    && s.contains('$')
+                {
+                    match expand_str(s, env, out) {
+                        Ok(e) => *s = e,
+                        Err(message) => errors.push(ExpandError { path: child.clone(), message }),
+                    }
+                }
+                walk(&mut v, child, env, out, errors);
+                map.insert(k, v);
             }
         }
         Value::Tagged(t) => walk(&mut t.value, path, env, out, errors),
@@ -329,6 +334,16 @@ mod tests {
             out.external,
             vec!["abcdef123".to_string(), "mx".to_string()]
         );
+    }
+
+    #[test]
+    fn mapping_keys_are_expanded_too() {
+        let mut v: Value = serde_yaml::from_str("secrets:\n  \"${APPKEY}\": [x]\n  \"*\": []\n").unwrap();
+        let mut errors = Vec::new();
+        expand_tree(&mut v, &env(&[("APPKEY", "org#app")]), &mut Expanded::default(), &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        let keys: Vec<_> = v["secrets"].as_mapping().unwrap().keys().map(|k| k.as_str().unwrap()).collect();
+        assert_eq!(keys, ["org#app", "*"]);
     }
 
     #[test]

@@ -71,6 +71,8 @@ pub struct AppState {
     pub accepted: AtomicU64,
     /// Wakes the dispatcher when new deliveries are stored.
     pub wake: Arc<tokio::sync::Notify>,
+    /// When the dispatcher loop last ran (ms since the epoch), for the watchdog.
+    pub heartbeat: AtomicU64,
 }
 
 /// A JSON reply with a status code.

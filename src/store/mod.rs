@@ -206,4 +206,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Try a small write, to find out whether a broken store has recovered.
     fn probe(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Answered by the writer without touching the disk: is it alive and
+    /// taking commands (for the systemd watchdog)?
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 }

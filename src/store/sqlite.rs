@@ -72,6 +72,7 @@ enum Command {
     Retry(Option<Vec<i64>>, u64, Reply<u64>),
     Prune(u64, u64, Reply<u64>),
     Probe(Reply<()>),
+    Ping(Reply<()>),
 }
 
 /// An answer computed inside the transaction, sent only after it commits.
@@ -212,6 +213,16 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Command>, writable: Arc<Atom
                 Err(_) => break,
             }
         }
+        // Pings need no transaction: answering them proves the loop runs.
+        let (pings, batch): (Vec<_>, Vec<_>) = batch.into_iter().partition(|c| matches!(c, Command::Ping(_)));
+        for p in pings {
+            if let Command::Ping(r) = p {
+                let _ = r.send(Ok(()));
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
         let mut pending = Vec::with_capacity(batch.len());
         if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
             writable.store(false, Ordering::Relaxed);
@@ -251,7 +262,7 @@ fn fail_command(c: Command, msg: &str) {
     let p = match c {
         Command::Accept(_, _, r) => Pending::Accept(r, Ok(Accepted::Duplicate)),
         Command::Claim { reply, .. } => Pending::Claim(reply, Ok(Vec::new())),
-        Command::Record(_, r) | Command::Probe(r) => Pending::Unit(r, Ok(())),
+        Command::Record(_, r) | Command::Probe(r) | Command::Ping(r) => Pending::Unit(r, Ok(())),
         Command::Retry(_, _, r) | Command::Prune(_, _, r) => Pending::Count(r, Ok(0)),
     };
     p.fail(msg);
@@ -292,6 +303,7 @@ fn run_command(conn: &Connection, c: Command) -> Pending {
         Command::Prune(now, retention, reply) => {
             Pending::Count(reply, sp(conn, || prune(conn, now, retention)))
         }
+        Command::Ping(reply) => Pending::Unit(reply, Ok(())),
         Command::Probe(reply) => Pending::Unit(
             reply,
             sp(conn, || {
@@ -592,6 +604,10 @@ impl Store for SqliteStore {
 
     fn probe(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         self.send(Command::Probe)
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.send(Command::Ping)
     }
 }
 
