@@ -57,19 +57,30 @@ pub fn notify_systemd(states: &[sd_notify::NotifyState]) {
 /// takes callbacks but can no longer deliver or store them gets restarted.
 async fn watchdog(state: Arc<AppState>, interval: std::time::Duration, shutdown: Shutdown) {
     let period = interval / 2;
-    tracing::info!(interval_ms = interval.as_millis() as u64, "systemd watchdog enabled");
+    tracing::info!(
+        interval_ms = interval.as_millis() as u64,
+        "systemd watchdog enabled"
+    );
     loop {
         tokio::select! {
             _ = shutdown.wait() => return,
             _ = tokio::time::sleep(period) => {}
         }
         let beat = state.heartbeat.load(std::sync::atomic::Ordering::Relaxed);
-        let dispatcher_alive = crate::verify::now_ms().saturating_sub(beat) < interval.as_millis() as u64;
-        let store_alive = matches!(tokio::time::timeout(period, state.store.ping()).await, Ok(Ok(())));
+        let dispatcher_alive =
+            crate::verify::now_ms().saturating_sub(beat) < interval.as_millis() as u64;
+        let store_alive = matches!(
+            tokio::time::timeout(period, state.store.ping()).await,
+            Ok(Ok(()))
+        );
         if dispatcher_alive && store_alive {
             notify_systemd(&[sd_notify::NotifyState::Watchdog]);
         } else {
-            tracing::error!(dispatcher_alive, store_alive, "withholding the watchdog ping");
+            tracing::error!(
+                dispatcher_alive,
+                store_alive,
+                "withholding the watchdog ping"
+            );
         }
     }
 }

@@ -129,7 +129,9 @@ impl Dispatcher {
             if shutdown.is_triggered() {
                 break;
             }
-            self.state.heartbeat.store(now_ms(), std::sync::atomic::Ordering::Relaxed);
+            self.state
+                .heartbeat
+                .store(now_ms(), std::sync::atomic::Ordering::Relaxed);
             let free = slots.available_permits();
             let mut claimed_all = false;
             if free > 0 {

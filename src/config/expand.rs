@@ -96,15 +96,25 @@ fn walk(
             for (mut k, mut v) in old {
                 let key_text = match &k {
                     Value::String(s) => s.clone(),
-                    other => serde_yaml::to_string(other).unwrap_or_default().trim().to_string(),
+                    other => serde_yaml::to_string(other)
+                        .unwrap_or_default()
+                        .trim()
+                        .to_string(),
                 };
-                let child = if path.is_empty() { key_text.clone() } else { format!("{path}.{key_text}") };
+                let child = if path.is_empty() {
+                    key_text.clone()
+                } else {
+                    format!("{path}.{key_text}")
+                };
                 if let Value::String(s) = &mut k
                     && s.contains('$')
                 {
                     match expand_str(s, env, out) {
                         Ok(e) => *s = e,
-                        Err(message) => errors.push(ExpandError { path: child.clone(), message }),
+                        Err(message) => errors.push(ExpandError {
+                            path: child.clone(),
+                            message,
+                        }),
                     }
                 }
                 walk(&mut v, child, env, out, errors);
@@ -338,11 +348,22 @@ mod tests {
 
     #[test]
     fn mapping_keys_are_expanded_too() {
-        let mut v: Value = serde_yaml::from_str("secrets:\n  \"${APPKEY}\": [x]\n  \"*\": []\n").unwrap();
+        let mut v: Value =
+            serde_yaml::from_str("secrets:\n  \"${APPKEY}\": [x]\n  \"*\": []\n").unwrap();
         let mut errors = Vec::new();
-        expand_tree(&mut v, &env(&[("APPKEY", "org#app")]), &mut Expanded::default(), &mut errors);
+        expand_tree(
+            &mut v,
+            &env(&[("APPKEY", "org#app")]),
+            &mut Expanded::default(),
+            &mut errors,
+        );
         assert!(errors.is_empty(), "{errors:?}");
-        let keys: Vec<_> = v["secrets"].as_mapping().unwrap().keys().map(|k| k.as_str().unwrap()).collect();
+        let keys: Vec<_> = v["secrets"]
+            .as_mapping()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str().unwrap())
+            .collect();
         assert_eq!(keys, ["org#app", "*"]);
     }
 

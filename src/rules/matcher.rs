@@ -176,16 +176,16 @@ impl Matcher {
         }
     }
 
-    /// The event names and families this matcher can only ever accept, when it
-    /// is made of plain names: the rule index uses it to skip rules cheaply.
-    pub(super) fn event_keys(&self) -> Option<Vec<EventKey>> {
+    /// The only values this matcher can accept, when it is made of plain
+    /// values: the rule index files a rule under them.
+    pub(super) fn plain_values(&self) -> Option<Vec<PlainValue>> {
         match self {
-            Matcher::Exact(s) => Some(vec![EventKey::Name(s.clone())]),
-            Matcher::Family(f) => Some(vec![EventKey::Family(f.clone())]),
+            Matcher::Exact(s) => Some(vec![PlainValue::Exact(s.clone())]),
+            Matcher::Family(f) => Some(vec![PlainValue::Family(f.clone())]),
             Matcher::Any(items) => {
                 let mut out = Vec::new();
                 for i in items {
-                    out.extend(i.event_keys()?);
+                    out.extend(i.plain_values()?);
                 }
                 Some(out)
             }
@@ -202,10 +202,11 @@ fn first_line(s: &str) -> String {
         .to_string()
 }
 
-/// An index key for a rule's event condition.
+/// A value a condition requires, for the rule index.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum EventKey {
-    Name(String),
+pub(super) enum PlainValue {
+    Exact(String),
+    /// An event family (`roster`): matches `roster` and `roster:…`.
     Family(String),
 }
 

@@ -2,9 +2,10 @@
 //! `templates_dir` into one immutable value, evaluated for every callback.
 //!
 //! Compilation is pure and complete: every problem of every file is reported
-//! at once. Evaluation does no I/O: rules are indexed by the event names and
-//! families their `when.event` condition allows, so an event only visits the
-//! rules that could match it (plus those without a plain event condition).
+//! at once. Evaluation does no I/O: each rule is indexed under the plain
+//! values its most selective `when` condition requires (a user, an appkey, an
+//! event name or family, …), so an event only visits the rules that could
+//! match it, plus those that pin no value.
 
 pub mod matcher;
 pub mod samples;
@@ -21,7 +22,7 @@ use crate::config::expand::{Env, Expanded};
 use crate::config::{Settings, read_yaml, strip_location};
 use crate::diag::Diagnostics;
 use crate::template::Templates;
-use matcher::{Condition, EventKey, Field, Matcher};
+use matcher::{Condition, Field, Matcher, PlainValue};
 
 /// A compiled rule.
 #[derive(Debug)]
@@ -90,53 +91,96 @@ pub struct Evaluation {
     pub deliveries: Vec<Planned>,
 }
 
-/// The rule index: which rules an event name can match.
+/// Fields a rule can be indexed on, most selective first: a rule is filed
+/// under the first of these that its `when` pins to plain values.
+const INDEXED_FIELDS: [Field; 10] = [
+    Field::MsgId,
+    Field::CallId,
+    Field::From,
+    Field::To,
+    Field::Appkey,
+    Field::Host,
+    Field::Event,
+    Field::Operation,
+    Field::EventType,
+    Field::ChatType,
+];
+
+/// The rule index: which rules an event can possibly match. Every rule is
+/// filed once, under the values that one of its conditions requires (or as
+/// "always" when none pins a value), so evaluation visits only the rules
+/// filed under the event's own values plus the unindexed ones.
 #[derive(Debug, Default)]
-struct EventIndex {
-    by_name: HashMap<String, Vec<usize>>,
+struct RuleIndex {
+    /// Per field of [`INDEXED_FIELDS`]: value → rules, ascending.
+    by_value: Vec<(Field, HashMap<String, Vec<usize>>)>,
+    /// Event family → rules whose `event` names the family.
     by_family: HashMap<String, Vec<usize>>,
-    /// Rules whose event condition is absent or not made of plain names.
     always: Vec<usize>,
 }
 
-impl EventIndex {
-    fn add(&mut self, rule: usize, keys: Option<Vec<EventKey>>) {
-        match keys {
-            None => self.always.push(rule),
-            Some(keys) => {
-                for k in keys {
-                    let list = match k {
-                        EventKey::Name(n) => self.by_name.entry(n).or_default(),
-                        EventKey::Family(f) => self.by_family.entry(f).or_default(),
-                    };
-                    if list.last() != Some(&rule) {
-                        list.push(rule);
+/// At most one list per indexed field, the families, and the unindexed rules.
+const MAX_LISTS: usize = INDEXED_FIELDS.len() + 2;
+
+impl RuleIndex {
+    fn add(&mut self, rule_index: usize, rule: &Rule) {
+        for field in &INDEXED_FIELDS {
+            let Some(keys) = rule
+                .when
+                .iter()
+                .filter(|c| c.field == *field)
+                .find_map(|c| c.matcher.plain_values())
+            else {
+                continue;
+            };
+            for key in keys {
+                let list = match key {
+                    PlainValue::Family(f) => self.by_family.entry(f).or_default(),
+                    PlainValue::Exact(v) => {
+                        let pos = match self.by_value.iter().position(|(f, _)| f == field) {
+                            Some(p) => p,
+                            None => {
+                                self.by_value.push((field.clone(), HashMap::new()));
+                                self.by_value.len() - 1
+                            }
+                        };
+                        self.by_value[pos].1.entry(v).or_default()
                     }
+                };
+                if list.last() != Some(&rule_index) {
+                    list.push(rule_index);
                 }
             }
+            return;
         }
+        self.always.push(rule_index);
     }
 
-    /// Candidate rules for an event, in rule order, each once.
-    fn candidates<'a>(&'a self, event: &str) -> Candidates<'a> {
-        let family = event.split(':').next().unwrap_or(event);
-        let empty: &[usize] = &[];
-        Candidates {
-            lists: [
-                self.by_name.get(event).map_or(empty, Vec::as_slice),
-                // A family pattern also matches an event named exactly like
-                // the family; the name lookup above covers names with `:`.
-                self.by_family.get(family).map_or(empty, Vec::as_slice),
-                &self.always,
-            ],
-            last: None,
+    /// Candidate rules for a callback, in rule order, each once.
+    fn candidates<'a>(&'a self, cb: &Callback) -> Candidates<'a> {
+        let mut lists: [&[usize]; MAX_LISTS] = [&[]; MAX_LISTS];
+        let mut n = 0;
+        for (field, map) in &self.by_value {
+            if let Some(v) = field.get(cb)
+                && let Some(list) = map.get(v.as_ref())
+            {
+                lists[n] = list;
+                n += 1;
+            }
         }
+        let family = cb.event.split(':').next().unwrap_or(&cb.event);
+        if let Some(list) = self.by_family.get(family) {
+            lists[n] = list;
+            n += 1;
+        }
+        lists[n] = &self.always;
+        Candidates { lists, last: None }
     }
 }
 
-/// A merge of three sorted lists of rule indexes, without duplicates.
+/// A merge of sorted lists of rule indexes, without duplicates.
 struct Candidates<'a> {
-    lists: [&'a [usize]; 3],
+    lists: [&'a [usize]; MAX_LISTS],
     last: Option<usize>,
 }
 
@@ -171,7 +215,7 @@ pub struct RuleSet {
     pub actions: Vec<Action>,
     pub templates: Templates,
     action_by_name: HashMap<String, usize>,
-    index: EventIndex,
+    index: RuleIndex,
     /// The rule files that were read, in order.
     pub files: Vec<PathBuf>,
     /// Things `check` reports that do not make the set invalid.
@@ -182,7 +226,7 @@ impl RuleSet {
     /// Evaluate every rule, in order, until a matching rule with `stop`.
     pub fn evaluate(&self, cb: &Callback) -> Evaluation {
         let mut out = Evaluation::default();
-        for i in self.index.candidates(&cb.event) {
+        for i in self.index.candidates(cb) {
             let rule = &self.rules[i];
             if !rule.matches(cb) {
                 continue;
@@ -238,7 +282,7 @@ impl RuleSet {
             actions: Vec::new(),
             templates,
             action_by_name: HashMap::new(),
-            index: EventIndex::default(),
+            index: RuleIndex::default(),
             files,
             warnings: Vec::new(),
         };
@@ -299,12 +343,7 @@ impl RuleSet {
                 }
                 rule_files.insert(raw.name.clone(), file.clone());
                 if let Some(rule) = set.compile_rule(raw, &file, &label, &defined_in, &mut diags) {
-                    let keys = rule
-                        .when
-                        .iter()
-                        .find(|c| c.field == Field::Event)
-                        .and_then(|c| c.matcher.event_keys());
-                    set.index.add(set.rules.len(), keys);
+                    set.index.add(set.rules.len(), &rule);
                     set.rules.push(rule);
                 }
             }

@@ -294,9 +294,28 @@ fn the_index_visits_only_candidate_rules_but_keeps_order() {
     let set = load(&[("many.yaml", &many_rules(1000))]).unwrap();
     let e = set.evaluate(&cb("roster:ban", "alice"));
     assert_eq!(names(&set, &e).0, vec!["bans"]);
-    assert_eq!(set.index.candidates("roster:ban").count(), 1);
+    // Rules pin `from: userN`: alice's event visits only the unpinned rule.
     assert_eq!(
-        set.index.candidates("roster:ban0").collect::<Vec<_>>(),
-        vec![6]
+        set.index
+            .candidates(&cb("roster:ban", "alice"))
+            .collect::<Vec<_>>(),
+        vec![1000]
+    );
+    let user6 = cb("roster:ban0", "user6");
+    assert_eq!(set.index.candidates(&user6).collect::<Vec<_>>(), vec![6]);
+    assert_eq!(names(&set, &set.evaluate(&user6)).0, vec!["r6"]);
+    // A family rule is found through the family; lists of values through each.
+    let set = load(&[(
+        "f.yaml",
+        "actions:\n  a: {type: log, message: x}\nrules:\n  - {name: fam, when: {event: roster}, actions: [a]}\n  - {name: two, when: {to: [bob, carol]}, actions: [a]}\n  - {name: glob, when: {from: 'a*'}, actions: [a]}\n",
+    )])
+    .unwrap();
+    assert_eq!(
+        names(&set, &set.evaluate(&cb("roster:add", "alice"))).0,
+        vec!["fam", "two", "glob"]
+    );
+    assert_eq!(
+        names(&set, &set.evaluate(&cb("chat", "zed"))).0,
+        vec!["two"]
     );
 }

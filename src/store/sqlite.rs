@@ -214,7 +214,9 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Command>, writable: Arc<Atom
             }
         }
         // Pings need no transaction: answering them proves the loop runs.
-        let (pings, batch): (Vec<_>, Vec<_>) = batch.into_iter().partition(|c| matches!(c, Command::Ping(_)));
+        let (pings, batch): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .partition(|c| matches!(c, Command::Ping(_)));
         for p in pings {
             if let Command::Ping(r) = p {
                 let _ = r.send(Ok(()));

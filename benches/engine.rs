@@ -1,0 +1,125 @@
+//! Criterion benchmarks of the request path's pure parts: parse + verify,
+//! rule evaluation (100 and 10,000 rules) and rendering.
+//!
+//! `cargo bench --bench engine`; figures and their baseline in BENCHMARKS.md.
+
+use std::collections::HashMap;
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use easehook::callback::{Callback, ROSTER_OPERATIONS};
+use easehook::config::{self, Secrets};
+use easehook::rules::RuleSet;
+use easehook::{template, verify};
+
+const SECRET: &str = "bench-secret-0123456789";
+
+/// A realistic mix of `n` rules: per-user, per-app and per-recipient routing
+/// of roster events, other families, and a few rules that pin no value
+/// (globs) and so are evaluated for every event; then the product team's two
+/// ban rules, which match the benchmark event.
+fn rules_yaml(n: usize) -> String {
+    let mut s = String::from(
+        "actions:\n  note: {type: log, message: '{{event}} {{from_user}} -> {{to_user}}'}\n  \
+         mail: {type: email, to: [product@example.com], subject: '{{from_user}} blocked {{to_user}}', text: {template: ban.txt.hbs}, html: {template: ban.html.hbs}}\n  \
+         slack: {type: slack, webhook_url: 'https://hooks.example/T/B/X', text: ':no_entry: *{{from_user}}* blocked *{{to_user}}* at {{datetime timestamp}}'}\n\
+         rules:\n",
+    );
+    for i in 0..n {
+        let op = ROSTER_OPERATIONS[i % ROSTER_OPERATIONS.len()];
+        let when = match i % 200 {
+            199 => format!("{{from: 'test_{i}_*'}}"),
+            k if k % 4 == 0 => format!("{{event: roster:{op}, from: user{i}}}"),
+            k if k % 4 == 1 => format!("{{event: roster:{op}, appkey: 'org{i}#app'}}"),
+            k if k % 4 == 2 => format!(
+                "{{event: roster:{op}, to: [user{i}, vip{i}], payload.status.error_code: ok}}"
+            ),
+            _ => format!("{{event: fam{i}, eventType: [chat, chat_offline]}}"),
+        };
+        s += &format!("  - {{name: r{i}, when: {when}, actions: [note]}}\n");
+    }
+    s += "  - {name: ban-to-product, when: {event: roster:ban, eventType: [chat, chat_offline], payload.status.error_code: ok}, unless: {from: 'test_*'}, actions: [mail, slack]}\n";
+    s += "  - {name: roster-audit, when: {event: roster}, actions: [note]}\n";
+    s
+}
+
+fn load(n: usize) -> (tempfile::TempDir, RuleSet) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("rules")).unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::create_dir(dir.path().join("templates")).unwrap();
+    for t in ["ban.txt.hbs", "ban.html.hbs", "footer.txt.hbs"] {
+        std::fs::copy(
+            root.join("templates").join(t),
+            dir.path().join("templates").join(t),
+        )
+        .unwrap();
+    }
+    std::fs::write(dir.path().join("rules/rules.yaml"), rules_yaml(n)).unwrap();
+    let cfg = dir.path().join("easehook.yaml");
+    std::fs::write(&cfg, format!("secrets: {{\"org#app\": [\"{SECRET}\"]}}\n")).unwrap();
+    let env: HashMap<String, String> = HashMap::new();
+    let settings = config::load(&cfg, &env).unwrap();
+    let rules = RuleSet::load(&settings, &env).unwrap();
+    (dir, rules)
+}
+
+fn ban_body() -> Vec<u8> {
+    let mut body = easehook::rules::samples::body(
+        "roster:ban",
+        "org#app",
+        "alice",
+        "bob",
+        "966725184268539960",
+        1_642_648_046_912,
+    );
+    let sig = verify::sign(body["callId"].as_str().unwrap(), SECRET, "1642648046912");
+    body["security"] = serde_json::json!(sig);
+    serde_json::to_vec(&body).unwrap()
+}
+
+fn bench(c: &mut Criterion) {
+    let body = ban_body();
+    let secrets = Secrets::from_pairs([("org#app", SECRET)]);
+
+    // Baseline of the same run: what parsing the JSON alone costs.
+    c.bench_function("baseline/serde_json_parse", |b| {
+        b.iter(|| serde_json::from_slice::<serde_json::Value>(black_box(&body)).unwrap())
+    });
+    c.bench_function("callback/parse_and_verify", |b| {
+        b.iter(|| {
+            let cb = Callback::parse(black_box(&body)).unwrap();
+            verify::check(&cb, &secrets, None, 0).unwrap();
+            cb
+        })
+    });
+
+    let cb = Callback::parse(&body).unwrap();
+    for n in [100, 10_000] {
+        let (_dir, rules) = load(n);
+        let e = rules.evaluate(&cb);
+        assert_eq!(
+            e.deliveries.len(),
+            3,
+            "the benchmark event matches the ban rules"
+        );
+        c.bench_function(&format!("rules/evaluate_{n}"), |b| {
+            b.iter(|| rules.evaluate(black_box(&cb)))
+        });
+    }
+
+    let (_dir, rules) = load(100);
+    let base = template::base_context(&cb, chrono::Utc::now());
+    for action in ["mail", "slack"] {
+        let a = rules.action(action).unwrap();
+        c.bench_function(&format!("render/{action}"), |b| {
+            b.iter(|| {
+                let ctx = template::with_names(&base, "ban-to-product", action);
+                a.render(&rules.templates, black_box(&ctx)).unwrap()
+            })
+        });
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
