@@ -128,7 +128,9 @@ impl App {
             accepted: AtomicU64::new(0),
             wake: Arc::new(tokio::sync::Notify::new()),
             heartbeat: AtomicU64::new(crate::verify::now_ms()),
+            metrics: crate::metrics::Metrics::new(),
         });
+        state.metrics.reloaded(true);
         let dispatcher = Arc::new(Dispatcher::new(state.clone(), Senders::new()?));
         let mut tasks = JoinSet::new();
         let limits = Limits {

@@ -251,7 +251,25 @@ impl Dispatcher {
             ),
         };
         let record = redact(record, &settings.redactor);
-        let ms = started.elapsed().as_millis() as u64;
+        let elapsed = started.elapsed();
+        let ms = elapsed.as_millis() as u64;
+        let m = &self.state.metrics;
+        let outcome = match &record {
+            Record::Sent => "sent",
+            Record::Retry { .. } => "retried",
+            Record::Dead { .. } => "dead",
+        };
+        m.deliveries
+            .get_or_create(&crate::metrics::DeliveryLabels {
+                action: c.action.clone(),
+                outcome: outcome.into(),
+            })
+            .inc();
+        m.delivery_duration
+            .get_or_create(&crate::metrics::ActionLabels {
+                action: c.action.clone(),
+            })
+            .observe(elapsed.as_secs_f64());
         match &record {
             Record::Sent => {
                 tracing::info!(event = %event, attempt = c.attempts + 1, ms, "delivered")

@@ -29,7 +29,8 @@
 //! | [`server`] | the callback and admin listeners |
 //! | [`reload`] | SIGHUP, file watching and the reload endpoint |
 //! | [`shutdown`] | one signal that reaches every long-lived task |
-//! | [`telemetry`] | logs |
+//! | [`telemetry`] | logs (stderr or journald) |
+//! | [`metrics`] | Prometheus metrics of one daemon |
 //! | [`app`] | wiring: start everything, run until shutdown |
 //! | [`commands`] | `check`, `test` and `simulate` |
 
@@ -41,6 +42,7 @@ pub mod commands;
 pub mod config;
 pub mod diag;
 pub mod dispatch;
+pub mod metrics;
 pub mod reload;
 pub mod rules;
 pub mod server;

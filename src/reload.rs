@@ -55,6 +55,7 @@ pub fn reload_now(state: &AppState) -> Result<(), Diagnostics> {
                 "configuration reloaded"
             );
             state.snapshot.store(new);
+            state.metrics.reloaded(true);
             if let Ok(mut s) = state.reload_status.lock() {
                 *s = ReloadStatus {
                     ok: true,
@@ -72,6 +73,7 @@ pub fn reload_now(state: &AppState) -> Result<(), Diagnostics> {
                 problems = diags.len(),
                 "reload rejected; the previous configuration stays in force"
             );
+            state.metrics.reloaded(false);
             if let Ok(mut s) = state.reload_status.lock() {
                 *s = ReloadStatus {
                     ok: false,

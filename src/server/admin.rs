@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `GET /healthz` | 200 while the process serves |
 //! | `GET /readyz` | 200 once rules are loaded and the store is writable, else 503 |
+//! | `GET /metrics` | Prometheus metrics (OpenMetrics text) |
 //! | `POST /-/reload` | reload now; 400 with every problem when the new set is invalid |
 //! | `GET /api/v1/status` | version, uptime, counts, queue depth, last reload |
 //! | `GET /api/v1/deliveries?status=&limit=` | deliveries, newest first |
@@ -127,6 +128,24 @@ async fn events(state: &AppState, query: &HashMap<String, String>) -> Response {
     }
 }
 
+async fn metrics(state: &AppState) -> Response {
+    let m = &state.metrics;
+    // Gauges that live in the store are read at scrape time.
+    if let Ok(c) = state.store.counts().await {
+        m.queue_depth.set(c.pending as i64);
+        m.dead_deliveries.set(c.dead as i64);
+    }
+    m.store_writable.set(i64::from(state.store.is_writable()));
+    let mut r = warp::reply::Response::new(m.encode().into());
+    r.headers_mut().insert(
+        "content-type",
+        warp::http::HeaderValue::from_static(
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+    );
+    r
+}
+
 async fn retry(state: &AppState, ids: Option<Vec<i64>>) -> Response {
     let single = ids.as_ref().map(|v| v[0]);
     match state.store.retry(ids, crate::verify::now_ms()).await {
@@ -201,6 +220,7 @@ async fn handle(
                 Err(_) => error_reply(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
             }
         }
+        ("/metrics", &Method::GET) => metrics(&state).await,
         ("/api/v1/deliveries", &Method::GET) => deliveries(&state, &query).await,
         ("/api/v1/events", &Method::GET) => events(&state, &query).await,
         ("/api/v1/deliveries/retry-dead", &Method::POST) => retry(&state, None).await,

@@ -51,6 +51,8 @@ struct Outcome {
     event: String,
     /// Names of the matching rules, comma-separated.
     rules: String,
+    /// The bounded `event` label for metrics.
+    event_label: String,
     response: Response,
 }
 
@@ -61,6 +63,7 @@ impl Outcome {
             result,
             event: String::new(),
             rules: String::new(),
+            event_label: "other".into(),
             response: error_reply(status, message),
         }
     }
@@ -93,7 +96,16 @@ where
     }
     let started = Instant::now();
     let out = accept(&state, &snapshot, &headers, body).await;
-    let latency_ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3;
+    let elapsed = started.elapsed().as_secs_f64();
+    let latency_ms = (elapsed * 1e6).round() / 1e3;
+    let m = &state.metrics;
+    m.callbacks
+        .get_or_create(&crate::metrics::CallbackLabels {
+            result: out.result.to_string(),
+            event: out.event_label.clone(),
+        })
+        .inc();
+    m.callback_duration.observe(elapsed);
     let status = out.status.as_u16();
     if out.status.is_success() {
         tracing::info!(event = %out.event, result = out.result, status, rules = %out.rules, latency_ms, "callback");
@@ -151,6 +163,7 @@ where
     let now = verify::now_ms();
     if let Err(e) = verify::check(&cb, &settings.secrets, settings.max_event_age, now) {
         let mut o = Outcome::error(StatusCode::UNAUTHORIZED, "unauthorized", &e.to_string());
+        o.event_label = crate::metrics::event_label(Some(&cb));
         o.event = cb.event;
         return o;
     }
@@ -172,6 +185,7 @@ where
         .map(|&i| rules.rules[i].name.clone())
         .collect();
     let matched = matched_rules.join(",");
+    let event_label = crate::metrics::event_label(Some(&cb));
     let new = NewEvent {
         id: uuid::Uuid::now_v7().to_string(),
         dedup_key: cb.dedup_key.clone(),
@@ -186,6 +200,15 @@ where
     match state.store.accept(new, window).await {
         Ok(Accepted::New(id)) => {
             state.accepted.fetch_add(1, Ordering::Relaxed);
+            for rule in matched.split(',').filter(|r| !r.is_empty()) {
+                state
+                    .metrics
+                    .rule_matches
+                    .get_or_create(&crate::metrics::RuleLabels {
+                        rule: rule.to_string(),
+                    })
+                    .inc();
+            }
             if has_deliveries {
                 state.wake.notify_one();
             }
@@ -194,6 +217,7 @@ where
                 result: "accepted",
                 event: cb.event,
                 rules: matched,
+                event_label,
                 response: json_reply(StatusCode::OK, &serde_json::json!({"ok": true, "id": id})),
             }
         }
@@ -202,6 +226,7 @@ where
             result: "duplicate",
             event: cb.event,
             rules: matched,
+            event_label,
             response: json_reply(
                 StatusCode::OK,
                 &serde_json::json!({"ok": true, "duplicate": true}),

@@ -73,6 +73,7 @@ pub struct AppState {
     pub wake: Arc<tokio::sync::Notify>,
     /// When the dispatcher loop last ran (ms since the epoch), for the watchdog.
     pub heartbeat: AtomicU64,
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// A JSON reply with a status code.

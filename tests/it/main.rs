@@ -9,5 +9,6 @@ mod cli;
 mod delivery;
 mod email;
 mod interop;
+mod ops;
 mod process;
 mod reload;

@@ -1,0 +1,243 @@
+//! Prometheus metrics, served by the admin listener at `/metrics`.
+//!
+//! Each daemon instance owns its registry (tests run many daemons in one
+//! process, and each must count only its own). Label values are bounded: the
+//! `event` label is a known roster event, else a known family, else `other`;
+//! `rule` and `action` are names from the configuration.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+use crate::callback::{Callback, ROSTER_OPERATIONS};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallbackLabels {
+    pub result: String,
+    pub event: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleLabels {
+    pub rule: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeliveryLabels {
+    pub action: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabels {
+    pub action: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 100 µs … ~26 s.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 19))
+}
+
+/// Callback families Easemob sends; anything else is counted as `other`.
+const FAMILIES: [&str; 9] = [
+    "chat",
+    "groupchat",
+    "roster",
+    "muc",
+    "recall",
+    "read_ack",
+    "delivery_ack",
+    "chatroom",
+    "user",
+];
+
+/// The bounded `event` label of a callback.
+pub fn event_label(cb: Option<&Callback>) -> String {
+    let Some(cb) = cb else { return "other".into() };
+    if let (Some("roster"), Some(op)) = (cb.chat_type.as_deref(), cb.operation.as_deref())
+        && ROSTER_OPERATIONS.contains(&op)
+    {
+        return cb.event.clone();
+    }
+    match cb.chat_type.as_deref() {
+        Some(f) if FAMILIES.contains(&f) => f.to_string(),
+        _ => "other".into(),
+    }
+}
+
+/// Every metric of one daemon.
+pub struct Metrics {
+    registry: Registry,
+    pub callbacks: Family<CallbackLabels, Counter>,
+    pub callback_duration: Histogram,
+    pub rule_matches: Family<RuleLabels, Counter>,
+    pub deliveries: Family<DeliveryLabels, Counter>,
+    pub delivery_duration: HistogramFamily<ActionLabels>,
+    pub queue_depth: Gauge,
+    pub dead_deliveries: Gauge,
+    pub reload_successful: Gauge,
+    pub reload_success_timestamp: Gauge<f64, AtomicU64>,
+    pub store_writable: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("easehook");
+        let m = Metrics {
+            callbacks: Family::default(),
+            callback_duration: latency_histogram(),
+            rule_matches: Family::default(),
+            deliveries: Family::default(),
+            delivery_duration: Family::new_with_constructor(latency_histogram),
+            queue_depth: Gauge::default(),
+            dead_deliveries: Gauge::default(),
+            reload_successful: Gauge::default(),
+            reload_success_timestamp: Gauge::default(),
+            store_writable: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "callbacks",
+            "Callbacks received, by result and event",
+            m.callbacks.clone(),
+        );
+        registry.register(
+            "callback_duration_seconds",
+            "Time from request to answer for callbacks",
+            m.callback_duration.clone(),
+        );
+        registry.register(
+            "rule_matches",
+            "Accepted events matched, by rule",
+            m.rule_matches.clone(),
+        );
+        registry.register(
+            "deliveries",
+            "Delivery attempts, by action and outcome (sent, retried, dead)",
+            m.deliveries.clone(),
+        );
+        registry.register(
+            "delivery_duration_seconds",
+            "Time of one delivery attempt, by action",
+            m.delivery_duration.clone(),
+        );
+        registry.register(
+            "queue_depth",
+            "Deliveries waiting to be sent",
+            m.queue_depth.clone(),
+        );
+        registry.register(
+            "dead_deliveries",
+            "Deliveries that gave up",
+            m.dead_deliveries.clone(),
+        );
+        registry.register(
+            "config_last_reload_successful",
+            "Whether the last configuration load succeeded",
+            m.reload_successful.clone(),
+        );
+        registry.register(
+            "config_last_reload_success_timestamp_seconds",
+            "When the configuration was last loaded successfully",
+            m.reload_success_timestamp.clone(),
+        );
+        registry.register(
+            "store_writable",
+            "Whether the store takes new events",
+            m.store_writable.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// A successful (re)load, now.
+    pub fn reloaded(&self, ok: bool) {
+        self.reload_successful.set(i64::from(ok));
+        if ok {
+            self.reload_success_timestamp
+                .set(crate::verify::now_ms() as f64 / 1000.0);
+        }
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            tracing::error!("cannot encode metrics");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn event_labels_are_bounded() {
+        let cb = |v: serde_json::Value| {
+            let mut base = json!({"callId": "c", "security": "s", "timestamp": 1});
+            base.as_object_mut()
+                .unwrap()
+                .extend(v.as_object().unwrap().clone());
+            Callback::from_value(base).unwrap()
+        };
+        assert_eq!(
+            event_label(Some(&cb(
+                json!({"chat_type": "roster", "payload": {"operation": "ban"}})
+            ))),
+            "roster:ban"
+        );
+        assert_eq!(
+            event_label(Some(&cb(
+                json!({"chat_type": "roster", "payload": {"operation": "evil"}})
+            ))),
+            "roster"
+        );
+        assert_eq!(
+            event_label(Some(&cb(json!({"chat_type": "groupchat"})))),
+            "groupchat"
+        );
+        assert_eq!(
+            event_label(Some(&cb(json!({"chat_type": "x1234"})))),
+            "other"
+        );
+        assert_eq!(event_label(Some(&cb(json!({"status": "online"})))), "other");
+        assert_eq!(event_label(None), "other");
+    }
+
+    #[test]
+    fn exposition_names_every_series() {
+        let m = Metrics::new();
+        m.callbacks
+            .get_or_create(&CallbackLabels {
+                result: "accepted".into(),
+                event: "roster:ban".into(),
+            })
+            .inc();
+        m.reloaded(true);
+        let text = m.encode();
+        for name in [
+            "easehook_callbacks_total{result=\"accepted\",event=\"roster:ban\"} 1",
+            "easehook_callback_duration_seconds_count",
+            "easehook_queue_depth",
+            "easehook_dead_deliveries",
+            "easehook_config_last_reload_successful 1",
+            "easehook_config_last_reload_success_timestamp_seconds",
+        ] {
+            assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+    }
+}
