@@ -6,9 +6,12 @@ mod helpers;
 
 mod callbacks;
 mod cli;
+mod crash;
 mod delivery;
 mod email;
+mod hostile;
 mod interop;
 mod ops;
 mod process;
+mod props;
 mod reload;

@@ -123,7 +123,7 @@ async fn reload_under_load_never_fails_a_callback_or_mixes_rule_sets() {
         let app = app.clone();
         tokio::spawn(async move {
             let mut ids = Vec::new();
-            for _ in 0..150 {
+            for _ in 0..300 {
                 let (status, answer) = app.post(&signed("roster:ban", "alice", "bob")).await;
                 assert_eq!(status, 200, "{answer}");
                 ids.push(answer["id"].as_str().unwrap().to_string());
@@ -131,7 +131,7 @@ async fn reload_under_load_never_fails_a_callback_or_mixes_rule_sets() {
             ids
         })
     };
-    for i in 0..30 {
+    for i in 0..100 {
         let set = if i % 2 == 0 {
             rules(&["b1", "b2"])
         } else {

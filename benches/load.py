@@ -1,0 +1,364 @@
+#!/usr/bin/env python3
+"""easehook's load benchmark: one run, one machine, three servers.
+
+  baseline   a bare warp server that reads and parses the same JSON body and
+             answers 200 (examples/baseline.rs): the ceiling of the stack here
+  easehook   the real daemon, durable commits on (synchronous=FULL), 100
+             realistic rules, an HTTP action to a fast local sink
+  webhook    adnanh/webhook (Debian package `webhook`) with an equivalent hook:
+             match payload.operation, run /bin/true
+
+Load comes from wrk (Debian package `wrk`) with a Lua script that cycles
+through pre-signed callbacks with unique callIds, so no request is a
+duplicate.
+
+Scenarios:
+  (a) maximum acknowledged throughput at 64 connections
+  (b) a fixed ~1,000 requests/s while the destination takes 2 s per request
+  (c) drain: 20,000 queued deliveries sent to a fast local sink
+  (d) start-up time to READY with 1,000 rules
+  (e) idle RSS
+
+usage: python3 benches/load.py [--duration SECONDS] [--skip-build]
+Run from the repository root. Installs wrk and webhook with apt-get when
+missing. Every request goes to 127.0.0.1.
+"""
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SECRET = "load-secret-0123456789"
+APPKEY = "bench#app"
+OPS = ["add", "remove", "accept", "remote_accept", "decline", "remote_decline", "ban", "allow"]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url, timeout=30.0, want=200):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == want:
+                    return True
+        except Exception:
+            pass
+        time.sleep(0.002)
+    raise RuntimeError(f"{url} not ready")
+
+
+def wait_port(port, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.002)
+    raise RuntimeError(f"port {port} not listening")
+
+
+def get_json(url):
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return json.loads(r.read())
+
+
+def rss_kib(pid, field="VmRSS"):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def ensure_tools():
+    missing = [p for p, b in (("wrk", "wrk"), ("webhook", "webhook")) if not shutil.which(b)]
+    if missing:
+        subprocess.run(["apt-get", "update", "-qq"], check=False)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], check=True)
+
+
+def build(skip):
+    if not skip:
+        subprocess.run(["cargo", "build", "--release", "--bin", "easehook", "--example", "baseline"], cwd=ROOT, check=True)
+    return os.path.join(ROOT, "target/release/easehook"), os.path.join(ROOT, "target/release/examples/baseline")
+
+
+def signed_triples(path, n):
+    """callId, security, timestamp, msg_id per line: unique, pre-signed."""
+    ts = str(int(time.time() * 1000))
+    with open(path, "w") as f:
+        for i in range(n):
+            msg_id = f"9{i:017d}"
+            call_id = f"{APPKEY}_{msg_id}"
+            sec = hashlib.md5((call_id + SECRET + ts).encode()).hexdigest()
+            f.write(f"{call_id} {sec} {ts} {msg_id}\n")
+
+
+LUA = r"""
+local lines = {}
+local i = 0
+local delay_ms = tonumber(os.getenv("WRK_DELAY_MS") or "0")
+for line in io.lines(os.getenv("WRK_CALLS")) do lines[#lines + 1] = line end
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local ops = {"ban", "add", "remove", "accept", "ban", "decline", "ban", "allow"}
+
+function init(args)
+  -- Each thread starts elsewhere in the list, so no two send the same event.
+  i = (offset or 0) % #lines
+end
+
+request = function()
+  i = i + 1
+  if i > #lines then i = 1 end
+  local call_id, sec, ts, msg_id = lines[i]:match("(%S+) (%S+) (%S+) (%S+)")
+  local op = ops[(i % #ops) + 1]
+  local body = '{"chat_type":"roster","callId":"' .. call_id .. '","security":"' .. sec ..
+    '","payload":{"operation":"' .. op .. '","status":{"error_code":"ok"}},"host":"msync@ebs-ali-beijing-msync43",' ..
+    '"appkey":"bench#app","from":"bench#app_user' .. (i % 997) .. '@easemob.com","to":"peer' .. (i % 991) ..
+    '","eventType":"chat","msg_id":"' .. msg_id .. '","timestamp":' .. ts .. '}'
+  return wrk.format(nil, nil, nil, body)
+end
+
+if delay_ms > 0 then
+  delay = function() return delay_ms end
+end
+
+local base = tonumber(os.getenv("WRK_OFFSET") or "0")
+local started = 0
+setup = function(thread)
+  thread:set("offset", base + started * 200000)
+  started = started + 1
+end
+
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("RESULT %d %f %d %d %d %d %d %d %d %d\n",
+    summary.requests, summary.duration / 1e6,
+    latency:percentile(50), latency:percentile(99), latency.max,
+    e.connect, e.read, e.write, e.status, e.timeout))
+end
+"""
+
+
+def run_wrk(url, calls, duration, connections=64, threads=2, delay_ms=0, pid=None, offset=0):
+    """Runs wrk; returns a dict of figures. Samples the server's peak RSS."""
+    env = dict(os.environ, WRK_CALLS=calls, WRK_DELAY_MS=str(delay_ms), WRK_OFFSET=str(offset))
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(LUA)
+        script = f.name
+    cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration}s", "--timeout", "10s", "-s", script, url]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    os.unlink(script)
+    line = next((l for l in p.stdout.splitlines() if l.startswith("RESULT ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk failed: {p.stdout}\n{p.stderr}")
+    v = line.split()[1:]
+    reqs, secs = int(v[0]), float(v[1])
+    errors = sum(int(x) for x in v[5:])
+    return {
+        "rps": reqs / secs,
+        "p50_ms": int(v[2]) / 1000,
+        "p99_ms": int(v[3]) / 1000,
+        "max_ms": int(v[4]) / 1000,
+        "errors": errors,
+        "requests": reqs,
+        "peak_rss_mb": rss_kib(pid, "VmHWM") / 1024 if pid else 0,
+    }
+
+
+def rules_yaml(n, sink_url, extra_action=""):
+    s = "actions:\n"
+    s += f"  audit:\n    type: http\n    url: '{sink_url}/audit/{{{{event}}}}'\n    json: {{event: '{{{{event}}}}', user: '{{{{from_user}}}}', target: '{{{{to_user}}}}', at: '{{{{time}}}}'}}\n"
+    s += "  note: {type: log, level: debug, message: '{{event}} {{from_user}}'}\n"
+    s += extra_action
+    s += "rules:\n"
+    for i in range(n - 2):
+        op = OPS[i % len(OPS)]
+        k = i % 4
+        if k == 0:
+            when = f"{{event: 'roster:{op}', from: user{i}}}"
+        elif k == 1:
+            when = f"{{event: 'roster:{op}', appkey: 'org{i}#app'}}"
+        elif k == 2:
+            when = f"{{event: 'roster:{op}', to: [peer{i}, vip{i}], payload.status.error_code: ok}}"
+        else:
+            when = f"{{event: fam{i}, eventType: [chat, chat_offline]}}"
+        s += f"  - {{name: r{i}, when: {when}, actions: [note]}}\n"
+    s += "  - {name: ban-audit, when: {event: roster:ban, eventType: [chat, chat_offline]}, unless: {from: 'test_*'}, actions: [audit]}\n"
+    s += "  - {name: roster-all, when: {event: roster}, actions: [note]}\n"
+    return s
+
+
+class Easehook:
+    def __init__(self, binary, workdir, rules, extra_config=""):
+        self.dir = workdir
+        self.port, self.admin = free_port(), free_port()
+        os.makedirs(os.path.join(workdir, "rules"), exist_ok=True)
+        os.makedirs(os.path.join(workdir, "templates"), exist_ok=True)
+        with open(os.path.join(workdir, "rules", "rules.yaml"), "w") as f:
+            f.write(rules)
+        self.config = os.path.join(workdir, "easehook.yaml")
+        with open(self.config, "w") as f:
+            f.write(
+                f'listen: 127.0.0.1:{self.port}\nadmin_listen: 127.0.0.1:{self.admin}\n'
+                f'secrets: {{"{APPKEY}": ["{SECRET}"]}}\nstate_dir: {workdir}/data\nlog_format: json\n{extra_config}'
+            )
+        self.binary = binary
+        self.proc = None
+
+    def start(self):
+        t0 = time.monotonic()
+        self.proc = subprocess.Popen(
+            [self.binary, "--config", self.config, "run"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=dict(os.environ, RUST_LOG="warn"),
+        )
+        wait_http(f"http://127.0.0.1:{self.admin}/readyz")
+        return time.monotonic() - t0
+
+    def stop(self):
+        if self.proc:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=30)
+            self.proc = None
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}/easemob/callback"
+
+    def status(self):
+        return get_json(f"http://127.0.0.1:{self.admin}/api/v1/status")
+
+
+def start_baseline(binary, delay_ms=0):
+    port = free_port()
+    proc = subprocess.Popen([binary, str(port), str(delay_ms)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port)
+    return proc, port
+
+
+def start_webhook(workdir):
+    port = free_port()
+    hooks = os.path.join(workdir, "hooks.json")
+    with open(hooks, "w") as f:
+        json.dump([{
+            "id": "easemob",
+            "execute-command": "/bin/true",
+            "response-message": "ok",
+            "trigger-rule": {"match": {"type": "value", "value": "ban",
+                                        "parameter": {"source": "payload", "name": "payload.operation"}}},
+        }], f)
+    proc = subprocess.Popen(["webhook", "-hooks", hooks, "-ip", "127.0.0.1", "-port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port)
+    return proc, f"http://127.0.0.1:{port}/hooks/easemob"
+
+
+def fmt_row(name, r):
+    return (f"| {name:<10} | {r['rps']:>9.0f} | {r['p50_ms']:>7.2f} | {r['p99_ms']:>7.2f} | {r['max_ms']:>8.2f} "
+            f"| {r['errors']:>6} | {r['peak_rss_mb']:>7.1f} |")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--skip-build", action="store_true")
+    args = ap.parse_args()
+    ensure_tools()
+    easehook_bin, baseline_bin = build(args.skip_build)
+    work = tempfile.mkdtemp(prefix="easehook-load-")
+    calls = os.path.join(work, "calls.txt")
+    signed_triples(calls, 400_000)
+    results = {}
+    print(f"machine: {os.cpu_count()} cores; duration {args.duration}s per run; wrk -t2 -c64", flush=True)
+
+    # (a) throughput: baseline, easehook, webhook — same load, same run.
+    base, base_port = start_baseline(baseline_bin)
+    results["baseline"] = run_wrk(f"http://127.0.0.1:{base_port}/", calls, args.duration, pid=base.pid)
+    sink, sink_port = start_baseline(baseline_bin)
+    eh = Easehook(easehook_bin, os.path.join(work, "a"), rules_yaml(100, f"http://127.0.0.1:{sink_port}"))
+    eh.start()
+    idle_rss = rss_kib(eh.proc.pid) / 1024
+    results["easehook"] = run_wrk(eh.url, calls, args.duration, pid=eh.proc.pid)
+    eh.stop()
+    wh, wh_url = start_webhook(work)
+    results["webhook"] = run_wrk(wh_url, calls, args.duration, pid=wh.pid)
+    wh.terminate()
+    print("\n(a) maximum acknowledged throughput, 64 connections")
+    print("| server     |     req/s | p50 ms  | p99 ms  | max ms   | errors | peak RSS MB |")
+    print("|------------|-----------|---------|---------|----------|--------|---------|")
+    for k in ("baseline", "easehook", "webhook"):
+        print(fmt_row(k, results[k]))
+    ra = results["easehook"]["rps"] / results["baseline"]["rps"]
+    rw = results["easehook"]["rps"] / results["webhook"]["rps"]
+    print(f"easehook/baseline = {ra:.2f}   easehook/webhook = {rw:.2f}")
+
+    # (b) fixed ~1,000 req/s (64 connections, 64 ms between requests each)
+    # while every delivery takes 2 s at the destination.
+    slow, slow_port = start_baseline(baseline_bin, delay_ms=2000)
+    eh = Easehook(easehook_bin, os.path.join(work, "b"), rules_yaml(100, f"http://127.0.0.1:{slow_port}"))
+    eh.start()
+    rb = run_wrk(eh.url, calls, args.duration, delay_ms=64, pid=eh.proc.pid)
+    eh.stop()
+    slow.terminate()
+    print("\n(b) ~1,000 req/s while the destination takes 2 s per request")
+    print(f"req/s {rb['rps']:.0f}  p50 {rb['p50_ms']:.2f} ms  p99 {rb['p99_ms']:.2f} ms  max {rb['max_ms']:.2f} ms  errors {rb['errors']}  peak RSS {rb['peak_rss_mb']:.1f} MB")
+
+    # (c) drain: queue 20,000 deliveries while the destination is down, then
+    # bring it up and restart the daemon; measure deliveries/s at the sink.
+    down_port = free_port()
+    cdir = os.path.join(work, "c")
+    extra = "delivery:\n  initial_backoff: 1s\n  max_backoff: 2s\n  max_attempts: 100\n"
+    eh = Easehook(easehook_bin, cdir, rules_yaml(100, f"http://127.0.0.1:{down_port}"), extra)
+    eh.start()
+    queued, offset = 0, 0
+    while queued < 20_000:
+        run_wrk(eh.url, calls, 2, pid=eh.proc.pid, offset=offset)
+        offset += 50_000
+        queued = eh.status()["queue_depth"]
+    eh.stop()
+    drain_sink = subprocess.Popen([baseline_bin, str(down_port), "0"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(down_port)
+    eh.start()
+    deadline = time.monotonic() + 600
+    while eh.status()["queue_depth"] > 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    stats = get_json(f"http://127.0.0.1:{down_port}/stats")
+    eh.stop()
+    drain_sink.terminate()
+    span = max(stats["last_ms"] - stats["first_ms"], 1) / 1000
+    drain_rate = stats["count"] / span
+    print(f"\n(c) drain: {queued} queued, {stats['count']} delivered in {span:.2f} s = {drain_rate:.0f} deliveries/s")
+
+    # (d) start-up to READY with 1,000 rules, (e) idle RSS.
+    starts = []
+    for i in range(5):
+        eh = Easehook(easehook_bin, os.path.join(work, f"d{i}"), rules_yaml(1000, f"http://127.0.0.1:{sink_port}"))
+        starts.append(eh.start())
+        eh.stop()
+    sink.terminate()
+    base.terminate()
+    print(f"\n(d) start-up to READY with 1,000 rules: median {sorted(starts)[2] * 1000:.0f} ms (of 5)")
+    print(f"(e) idle RSS (100 rules, after start): {idle_rss:.1f} MB")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+//! Property tests: arbitrary input to parsing, verification, rule
+//! compilation and rendering never panics. `PROPTEST_CASES=100000 cargo test
+//! --test it props` runs a longer campaign.
+
+use std::collections::HashMap;
+
+use proptest::prelude::*;
+use serde_json::Value;
+
+use easehook::callback::Callback;
+use easehook::config::Secrets;
+use easehook::rules::matcher::Matcher;
+use easehook::template::{Escape, Templates};
+
+fn json_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(|n| Value::from(n)),
+        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| Value::from(f)),
+        ".{0,20}".prop_map(Value::String),
+        "[0-9]{1,25}".prop_map(Value::String),
+    ];
+    leaf.prop_recursive(4, 32, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            prop::collection::hash_map(
+                prop_oneof![
+                    Just("callId".to_string()),
+                    Just("security".to_string()),
+                    Just("timestamp".to_string()),
+                    Just("payload".to_string()),
+                    Just("operation".to_string()),
+                    Just("chat_type".to_string()),
+                    Just("from".to_string()),
+                    Just("to".to_string()),
+                    Just("appkey".to_string()),
+                    ".{0,8}"
+                ],
+                inner,
+                0..8
+            )
+            .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn parsing_and_verifying_arbitrary_bytes_never_panics(body in prop::collection::vec(any::<u8>(), 0..512)) {
+        if let Ok(cb) = Callback::parse(&body) {
+            let _ = easehook::verify::check(&cb, &Secrets::from_pairs([("*", "s")]), Some(std::time::Duration::from_secs(1)), u64::MAX);
+        }
+    }
+
+    #[test]
+    fn parsing_and_verifying_arbitrary_json_never_panics(v in json_value()) {
+        if let Ok(cb) = Callback::from_value(v) {
+            let _ = easehook::verify::check(&cb, &Secrets::from_pairs([("*", "s")]), Some(std::time::Duration::from_secs(1)), 0);
+            let _ = easehook::metrics::event_label(Some(&cb));
+            let ctx = easehook::template::base_context(&cb, chrono::Utc::now());
+            prop_assert!(ctx.is_object());
+        }
+    }
+
+    #[test]
+    fn compiling_arbitrary_matchers_never_panics(yaml in ".{0,60}", value in ".{0,20}") {
+        if let Ok(v) = serde_yaml::from_str::<serde_yaml::Value>(&yaml) {
+            for event in [false, true] {
+                if let Ok(m) = Matcher::compile(&v, event) {
+                    let _ = m.matches(Some(&value));
+                    let _ = m.matches(None);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rendering_arbitrary_templates_and_data_never_panics(src in ".{0,80}", data in json_value()) {
+        let mut t = Templates::new(chrono_tz::Tz::UTC);
+        for escape in [Escape::Plain, Escape::Html, Escape::Url, Escape::Slack] {
+            if let Ok(r) = t.register_inline("p#x", escape, &src) {
+                let _ = t.render(&r, &data);
+            }
+        }
+    }
+
+    #[test]
+    fn rendering_helpers_with_arbitrary_arguments_never_panics(a in json_value(), fmt in ".{0,12}", tz in ".{0,12}", n in any::<i64>()) {
+        let mut t = Templates::new(chrono_tz::Tz::UTC);
+        let ctx = serde_json::json!({"a": a, "fmt": fmt, "tz": tz, "n": n});
+        for src in [
+            "{{datetime a}}", "{{datetime n format=fmt tz=tz}}", "{{json a}}", "{{default a n}}",
+            "{{upper a}}", "{{lower a}}", "{{truncate a n}}", "{{truncate fmt 3}}",
+        ] {
+            let r = t.register_inline("h#x", Escape::Plain, src).unwrap();
+            let _ = t.render(&r, &ctx);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Whole rule files, from a grammar of plausible and broken pieces.
+    #[test]
+    fn compiling_arbitrary_rule_files_never_panics(
+        pieces in prop::collection::vec(prop_oneof![
+            Just("actions:\n".to_string()),
+            Just("rules:\n".to_string()),
+            Just("  a: {type: log, message: '{{event}}'}\n".to_string()),
+            Just("  h: {type: http, url: 'http://x/{{from}}', json: [1, '{{to}}']}\n".to_string()),
+            Just("  s: {type: slack, webhook_url: 'http://x', text: '{{#if a}}', blocks: 3}\n".to_string()),
+            Just("  e: {type: email, to: '{{to}}', subject: s, html: {template: x.hbs}}\n".to_string()),
+            Just("  - {name: r, when: {event: roster}, actions: [a]}\n".to_string()),
+            Just("  - {name: q, when: {from: {regex: '('}}, unless: {x: {not: {exists: 1}}}, actions: [h, zz]}\n".to_string()),
+            Just("  - name: p\n    when: {payload.a.b: [1, true, null]}\n    stop: yes\n".to_string()),
+            ".{0,30}",
+        ], 0..10)
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("rules")).unwrap();
+        std::fs::write(dir.path().join("rules/r.yaml"), pieces.concat()).unwrap();
+        let cfg = dir.path().join("easehook.yaml");
+        std::fs::write(&cfg, "secrets: {\"*\": [s3cr3t-value]}\n").unwrap();
+        let env: HashMap<String, String> = HashMap::new();
+        let settings = easehook::config::load(&cfg, &env).unwrap();
+        if let Ok(set) = easehook::rules::RuleSet::load(&settings, &env) {
+            for cb in easehook::rules::samples::all() {
+                let _ = set.evaluate(&cb);
+            }
+        }
+    }
+}
