@@ -33,6 +33,12 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
         }
     };
     crate::telemetry::init(settings.log_format);
+    // A panic in a task must reach the log (journald, JSON) like any error.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        tracing::error!(panic = %info, "panic");
+        default_hook(info);
+    }));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

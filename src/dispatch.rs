@@ -139,6 +139,9 @@ impl Dispatcher {
                 let lease = lease_ms(&snapshot);
                 match store.claim_due(now_ms(), free, lease).await {
                     Ok(claimed) => {
+                        if !claimed.is_empty() {
+                            tracing::debug!(ids = ?claimed.iter().map(|c| c.id).collect::<Vec<_>>(), "claimed");
+                        }
                         claimed_all = claimed.len() == free;
                         let mut deferred = Vec::new();
                         let mut per_action: HashMap<String, u32> = HashMap::new();

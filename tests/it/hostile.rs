@@ -9,7 +9,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::helpers::*;
 
 async fn raw(app: &TestApp, request: &[u8]) -> String {
-    let addr = app.callback_url.trim_start_matches("http://").split('/').next().unwrap().to_string();
+    let addr = app
+        .callback_url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
     let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
     conn.write_all(request).await.unwrap();
     let mut buf = Vec::new();
@@ -31,10 +37,26 @@ async fn malformed_bodies_of_every_kind_get_400() {
         ("empty", Vec::new()),
         ("deeply nested array", deep.into_bytes()),
         ("deeply nested object", deep_obj.into_bytes()),
-        ("invalid UTF-8", b"{\"callId\": \"\xff\xfe\", \"security\": \"x\", \"timestamp\": 1}".to_vec()),
-        ("huge number", format!("{{\"callId\":\"a\",\"security\":\"b\",\"timestamp\":1{}}}", "0".repeat(400)).into_bytes()),
-        ("float timestamp", b"{\"callId\":\"a\",\"security\":\"b\",\"timestamp\":1e30}".to_vec()),
-        ("trailing garbage", b"{\"callId\":\"a\",\"security\":\"b\",\"timestamp\":1} x".to_vec()),
+        (
+            "invalid UTF-8",
+            b"{\"callId\": \"\xff\xfe\", \"security\": \"x\", \"timestamp\": 1}".to_vec(),
+        ),
+        (
+            "huge number",
+            format!(
+                "{{\"callId\":\"a\",\"security\":\"b\",\"timestamp\":1{}}}",
+                "0".repeat(400)
+            )
+            .into_bytes(),
+        ),
+        (
+            "float timestamp",
+            b"{\"callId\":\"a\",\"security\":\"b\",\"timestamp\":1e30}".to_vec(),
+        ),
+        (
+            "trailing garbage",
+            b"{\"callId\":\"a\",\"security\":\"b\",\"timestamp\":1} x".to_vec(),
+        ),
         ("NUL bytes", b"\0\0\0".to_vec()),
     ];
     for (name, body) in cases {
@@ -48,12 +70,34 @@ async fn malformed_bodies_of_every_kind_get_400() {
 #[tokio::test]
 async fn wrong_types_for_every_field_are_refused_or_ignored_never_fatal() {
     let app = spawn_app().await;
-    for field in ["callId", "security", "timestamp", "chat_type", "payload", "from", "to", "appkey", "eventType", "msg_id", "host"] {
-        for bad in [json!(null), json!(true), json!(12), json!([1]), json!({"a": 1}), json!("")] {
+    for field in [
+        "callId",
+        "security",
+        "timestamp",
+        "chat_type",
+        "payload",
+        "from",
+        "to",
+        "appkey",
+        "eventType",
+        "msg_id",
+        "host",
+    ] {
+        for bad in [
+            json!(null),
+            json!(true),
+            json!(12),
+            json!([1]),
+            json!({"a": 1}),
+            json!(""),
+        ] {
             let mut body = signed("roster:ban", "alice", "bob");
             body[field] = bad.clone();
             let (status, answer) = app.post(&body).await;
-            assert!([200, 400, 401].contains(&status), "{field}={bad}: {status} {answer}");
+            assert!(
+                [200, 400, 401].contains(&status),
+                "{field}={bad}: {status} {answer}"
+            );
         }
     }
     // Duplicate keys: the last one wins, as in most JSON parsers; the
@@ -71,27 +115,54 @@ async fn lying_lengths_and_header_floods_are_refused() {
     // A Content-Length larger than the body: the server waits for the rest,
     // gives up after its body timeout or when the client goes away; a
     // shorter one leaves trailing bytes that are not a request.
-    let short = raw(&app, b"POST /easemob/callback HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\n{\"a\":1}").await;
+    let short = raw(
+        &app,
+        b"POST /easemob/callback HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\n{\"a\":1}",
+    )
+    .await;
     assert!(short.starts_with("HTTP/1.1 400"), "{short}");
-    let not_a_number = raw(&app, b"POST /easemob/callback HTTP/1.1\r\nhost: x\r\ncontent-length: lots\r\n\r\n{}").await;
-    assert!(not_a_number.starts_with("HTTP/1.1 400") || not_a_number.is_empty(), "{not_a_number}");
+    let not_a_number = raw(
+        &app,
+        b"POST /easemob/callback HTTP/1.1\r\nhost: x\r\ncontent-length: lots\r\n\r\n{}",
+    )
+    .await;
+    assert!(
+        not_a_number.starts_with("HTTP/1.1 400") || not_a_number.is_empty(),
+        "{not_a_number}"
+    );
     let mut flood = b"POST /easemob/callback HTTP/1.1\r\nhost: x\r\n".to_vec();
     for i in 0..500 {
         flood.extend_from_slice(format!("x-h{i}: {}\r\n", "v".repeat(100)).as_bytes());
     }
     flood.extend_from_slice(b"content-length: 2\r\n\r\n{}");
     let answer = raw(&app, &flood).await;
-    assert!(answer.starts_with("HTTP/1.1 431") || answer.is_empty(), "header flood: {answer}");
-    let huge_header = format!("POST /easemob/callback HTTP/1.1\r\nhost: x\r\nx-big: {}\r\ncontent-length: 2\r\n\r\n{{}}", "v".repeat(1 << 20));
+    assert!(
+        answer.starts_with("HTTP/1.1 431") || answer.is_empty(),
+        "header flood: {answer}"
+    );
+    let huge_header = format!(
+        "POST /easemob/callback HTTP/1.1\r\nhost: x\r\nx-big: {}\r\ncontent-length: 2\r\n\r\n{{}}",
+        "v".repeat(1 << 20)
+    );
     let answer = raw(&app, huge_header.as_bytes()).await;
-    assert!(answer.starts_with("HTTP/1.1 431") || answer.is_empty(), "huge header: {}", &answer[..answer.len().min(100)]);
+    assert!(
+        answer.starts_with("HTTP/1.1 431") || answer.is_empty(),
+        "huge header: {}",
+        &answer[..answer.len().min(100)]
+    );
     still_serving(&app).await;
 }
 
 #[tokio::test]
 async fn many_idle_connections_do_not_stop_valid_callbacks() {
     let app = spawn_app().await;
-    let addr = app.callback_url.trim_start_matches("http://").split('/').next().unwrap().to_string();
+    let addr = app
+        .callback_url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
     let mut idle = Vec::new();
     for _ in 0..300 {
         idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
