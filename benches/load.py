@@ -182,7 +182,9 @@ def run_wrk(url, calls, duration, connections=64, threads=2, delay_ms=0, pid=Non
     }
 
 
-def rules_yaml(n, sink_url, extra_action=""):
+def rules_yaml(n, sink_url, extra_action="", routine="note"):
+    """100 realistic rules; `routine` is the action of the routing rules (a
+    log line by default; the drain scenario sends everything to the sink)."""
     s = "actions:\n"
     s += f"  audit:\n    type: http\n    url: '{sink_url}/audit/{{{{event}}}}'\n    json: {{event: '{{{{event}}}}', user: '{{{{from_user}}}}', target: '{{{{to_user}}}}', at: '{{{{time}}}}'}}\n"
     s += "  note: {type: log, level: debug, message: '{{event}} {{from_user}}'}\n"
@@ -199,9 +201,9 @@ def rules_yaml(n, sink_url, extra_action=""):
             when = f"{{event: 'roster:{op}', to: [peer{i}, vip{i}], payload.status.error_code: ok}}"
         else:
             when = f"{{event: fam{i}, eventType: [chat, chat_offline]}}"
-        s += f"  - {{name: r{i}, when: {when}, actions: [note]}}\n"
+        s += f"  - {{name: r{i}, when: {when}, actions: [{routine}]}}\n"
     s += "  - {name: ban-audit, when: {event: roster:ban, eventType: [chat, chat_offline]}, unless: {from: 'test_*'}, actions: [audit]}\n"
-    s += "  - {name: roster-all, when: {event: roster}, actions: [note]}\n"
+    s += f"  - {{name: roster-all, when: {{event: roster}}, actions: [{routine}]}}\n"
     return s
 
 
@@ -326,7 +328,7 @@ def main():
     down_port = free_port()
     cdir = os.path.join(work, "c")
     extra = "delivery:\n  initial_backoff: 1s\n  max_backoff: 2s\n  max_attempts: 100\n"
-    eh = Easehook(easehook_bin, cdir, rules_yaml(100, f"http://127.0.0.1:{down_port}"), extra)
+    eh = Easehook(easehook_bin, cdir, rules_yaml(100, f"http://127.0.0.1:{down_port}", routine="audit"), extra)
     eh.start()
     queued, offset = 0, 0
     while queued < 20_000:
@@ -341,11 +343,12 @@ def main():
     while eh.status()["queue_depth"] > 0 and time.monotonic() < deadline:
         time.sleep(0.2)
     stats = get_json(f"http://127.0.0.1:{down_port}/stats")
+    dead = eh.status()["dead_deliveries"]
     eh.stop()
     drain_sink.terminate()
     span = max(stats["last_ms"] - stats["first_ms"], 1) / 1000
     drain_rate = stats["count"] / span
-    print(f"\n(c) drain: {queued} queued, {stats['count']} delivered in {span:.2f} s = {drain_rate:.0f} deliveries/s")
+    print(f"\n(c) drain: {queued} queued, {stats['count']} delivered ({dead} dead) in {span:.2f} s = {drain_rate:.0f} deliveries/s")
 
     # (d) start-up to READY with 1,000 rules, (e) idle RSS.
     starts = []

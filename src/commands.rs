@@ -39,8 +39,12 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
         tracing::error!(panic = %info, "panic");
         default_hook(info);
     }));
+    // Blocking work is the store's read queries; a few threads serve them.
+    // Tokio's default (512) lets a burst grow a thread, stack and malloc
+    // arena per query in flight.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(4)
         .build()?;
     runtime.block_on(async {
         let shutdown = Shutdown::new();

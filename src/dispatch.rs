@@ -15,6 +15,7 @@ use std::time::Duration;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use crate::actions::{Outcome, RateLimit, Senders};
 use crate::callback::Callback;
@@ -233,11 +234,16 @@ impl Dispatcher {
     }
 
     async fn attempt(&self, c: Claimed) {
+        // The span goes with the future (`instrument`), never held entered
+        // across an await: the task may resume on another thread.
+        let span = tracing::info_span!("delivery", id = c.id, action = %c.action, rule = %c.rule, event_id = %c.event_id);
+        self.attempt_in_span(c).instrument(span).await
+    }
+
+    async fn attempt_in_span(&self, c: Claimed) {
         let snapshot = self.state.snapshot.load_full();
         let settings = &snapshot.settings;
         let d = &settings.delivery;
-        let span = tracing::info_span!("delivery", id = c.id, action = %c.action, rule = %c.rule, event_id = %c.event_id);
-        let _enter = span.enter();
         let started = std::time::Instant::now();
         let (record, event) = match self.render_and_send(&snapshot, &c).await {
             Err((record, event)) => (record, event),

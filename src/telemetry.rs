@@ -52,7 +52,9 @@ pub fn init(format: LogFormat) {
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
-            .with_current_span(false)
+            // The delivery span (id, action, rule, event_id) rides along.
+            .with_current_span(true)
+            .with_span_list(false)
             .try_init(),
     };
 }

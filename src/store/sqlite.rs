@@ -504,11 +504,17 @@ impl Store for SqliteStore {
 
     fn next_due(&self) -> BoxFuture<'_, Result<Option<u64>, StoreError>> {
         self.read(|c| {
+            // Leased deliveries are in flight here (the dispatcher hears when
+            // they finish); the others are found through the due index,
+            // without scanning the queue.
             c.query_row(
-                "SELECT MIN(MAX(next_attempt_at, COALESCE(leased_until, 0))) FROM deliveries WHERE status = 'pending'",
+                "SELECT next_attempt_at FROM deliveries
+                 WHERE status = 'pending' AND leased_until IS NULL
+                 ORDER BY next_attempt_at LIMIT 1",
                 [],
-                |r| r.get::<_, Option<i64>>(0),
+                |r| r.get::<_, i64>(0),
             )
+            .optional()
             .map(|v| v.map(|v| v as u64))
         })
     }

@@ -219,6 +219,20 @@ async fn one_json_log_line_per_callback_with_event_result_and_latency() {
     assert!(lines[0]["latency_ms"].as_f64().is_some());
     assert_eq!(lines[1]["result"], "bad_request");
     assert_eq!(lines[1]["level"], "WARN");
+    // A delivery's line names the delivery, its action, rule and event.
+    eventually(Duration::from_secs(5), "a delivered line", || async {
+        d.log().iter().any(|l| l["message"] == "delivered")
+    })
+    .await;
+    let delivered = d
+        .log()
+        .into_iter()
+        .find(|l| l["message"] == "delivered")
+        .unwrap();
+    assert_eq!(delivered["span"]["action"], "n", "{delivered}");
+    assert_eq!(delivered["span"]["rule"], "bans", "{delivered}");
+    assert_eq!(delivered["span"]["id"], 1, "{delivered}");
+    assert_eq!(delivered["event"], "roster:ban", "{delivered}");
 }
 
 #[tokio::test]
