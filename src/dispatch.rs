@@ -290,9 +290,28 @@ impl Dispatcher {
                 tracing::error!(event = %event, attempt = c.attempts + 1, error = %error, "delivery dead")
             }
         }
-        if let Err(e) = self.state.store.record(vec![(c.id, record)]).await {
-            // The lease runs out and the delivery is tried again: at least once.
-            tracing::error!(error = %e, "cannot record a delivery outcome");
+        self.record(c.id, record).await;
+    }
+
+    /// Record an outcome. While the store refuses (a full disk), keep trying
+    /// for as long as the lease holds, so the outcome lands as soon as space
+    /// returns; past that, the lease runs out and the delivery is tried again
+    /// (at least once).
+    async fn record(&self, id: i64, record: Record) {
+        let deadline = std::time::Instant::now()
+            + Duration::from_millis(lease_ms(&self.state.snapshot.load()) / 2);
+        loop {
+            match self.state.store.record(vec![(id, record.clone())]).await {
+                Ok(()) => return,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    tracing::warn!(error = %e, "cannot record a delivery outcome yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot record a delivery outcome; it will be retried when its lease runs out");
+                    return;
+                }
+            }
         }
     }
 

@@ -239,10 +239,23 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Command>, writable: Arc<Atom
         }
         match conn.execute_batch("COMMIT") {
             Ok(()) => {
-                let ok = !pending
+                // Any failed write makes the store unwritable; only a real
+                // write (an event stored, or a probe) makes it writable again:
+                // a bookkeeping commit that changed nothing proves nothing.
+                let failed = pending
                     .iter()
                     .any(|p| matches!(p, Pending::Accept(_, Err(_)) | Pending::Unit(_, Err(_))));
-                writable.store(ok, Ordering::Relaxed);
+                let wrote = pending.iter().any(|p| {
+                    matches!(
+                        p,
+                        Pending::Accept(_, Ok(Accepted::New(_))) | Pending::Unit(_, Ok(()))
+                    )
+                });
+                if failed {
+                    writable.store(false, Ordering::Relaxed);
+                } else if wrote {
+                    writable.store(true, Ordering::Relaxed);
+                }
                 for p in pending {
                     p.send();
                 }

@@ -332,3 +332,43 @@ async fn kill_9_loses_no_acknowledged_event() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_destination_that_closes_mid_response_is_retried() {
+    // First connection: part of a status line, then the connection is
+    // closed. Later ones: a proper 200. (A 200 whose body is cut short is an
+    // answer: the destination took the request.)
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = served.clone();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        loop {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let _ = conn.read(&mut buf).await;
+                if n == 0 {
+                    // Cut inside the status line: no answer was given.
+                    let _ = conn.write_all(b"HTTP/1.1 20").await;
+                } else {
+                    let _ = conn
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}",
+                        )
+                        .await;
+                }
+            });
+        }
+    });
+    let app = spawn_app_with(
+        Options::rules(http_rules(&format!("http://{addr}"), "")).env("HOOK_TOKEN", "t"),
+    )
+    .await;
+    assert_eq!(app.post(&signed("roster:ban", "a", "b")).await.0, 200);
+    let sent = one_delivery(&app, "sent").await;
+    assert_eq!(sent["attempts"], 2, "{sent}");
+    assert!(served.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+}

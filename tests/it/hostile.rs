@@ -170,3 +170,53 @@ async fn many_idle_connections_do_not_stop_valid_callbacks() {
     still_serving(&app).await;
     drop(idle);
 }
+
+#[tokio::test]
+async fn slow_clients_cannot_hold_a_connection_forever() {
+    let app = spawn_app().await;
+    let addr = app
+        .callback_url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    // Headers trickled one byte a second: closed by the header read timeout.
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let started = std::time::Instant::now();
+    let trickle = async {
+        for b in b"POST /easemob/callback HTTP/1.1\r\nhost: slow\r\nx-slow: "
+            .iter()
+            .cycle()
+        {
+            if slow.write_all(&[*b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), trickle)
+        .await
+        .expect("the server closed the trickling connection");
+    let held = started.elapsed();
+    assert!(
+        held >= Duration::from_secs(9) && held < Duration::from_secs(15),
+        "held {held:?}"
+    );
+    // A body that never completes: 408 after the body timeout.
+    let mut stalled = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    stalled
+        .write_all(
+            b"POST /easemob/callback HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{\"callId\"",
+        )
+        .await
+        .unwrap();
+    still_serving(&app).await;
+    let mut buf = vec![0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(15), stalled.read(&mut buf))
+        .await
+        .expect("answered")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+}

@@ -8,6 +8,7 @@ mod callbacks;
 mod cli;
 mod crash;
 mod delivery;
+mod diskfull;
 mod email;
 mod hostile;
 mod interop;
