@@ -90,8 +90,11 @@ struct RawConfig {
     timezone: Option<String>,
     /// `text` or `json`. Default `text`.
     log_format: Option<LogFormat>,
-    delivery: Option<RawDelivery>,
-    smtp: Option<BTreeMap<String, RawSmtp>>,
+    /// Read key by key (see [`deserialize_keys`]), so that every problem
+    /// inside is reported.
+    delivery: Option<Value>,
+    /// Named SMTP servers, each read key by key.
+    smtp: Option<serde_yaml::Mapping>,
 }
 
 /// How log lines are written.
@@ -433,6 +436,23 @@ fn resolve(base: &Path, p: Option<PathBuf>, default: &str) -> PathBuf {
     if p.is_absolute() { p } else { base.join(p) }
 }
 
+/// A nested section (`delivery`, `smtp.NAME`), read key by key.
+fn section<T: DeserializeOwned + Default>(
+    value: Option<Value>,
+    file: &str,
+    prefix: &str,
+    diags: &mut Diagnostics,
+) -> T {
+    match value {
+        None | Some(Value::Null) => T::default(),
+        Some(Value::Mapping(map)) => deserialize_keys(map, file, prefix, diags),
+        Some(_) => {
+            diags.push(file, prefix, "must be a mapping of keys to values");
+            T::default()
+        }
+    }
+}
+
 fn compile(
     raw: RawConfig,
     path: &Path,
@@ -538,7 +558,7 @@ fn compile(
         diags.push(file, "max_body", "must be more than 0");
     }
 
-    let d = raw.delivery.unwrap_or_default();
+    let d: RawDelivery = section(raw.delivery, file, "delivery", diags);
     let def = DeliverySettings::default();
     let delivery = DeliverySettings {
         max_attempts: d.max_attempts.map_or(def.max_attempts, |n| n.0),
@@ -566,9 +586,20 @@ fn compile(
     }
 
     let mut smtp = BTreeMap::new();
-    let raw_smtp = raw
-        .smtp
-        .unwrap_or_else(|| BTreeMap::from([("default".to_string(), RawSmtp::default())]));
+    let raw_smtp: Vec<(String, RawSmtp)> = match raw.smtp {
+        None => vec![("default".to_string(), RawSmtp::default())],
+        Some(map) => map
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let Some(name) = k.as_str().map(str::to_string) else {
+                    diags.push(file, "smtp", "server names are strings");
+                    return None;
+                };
+                let server = section(Some(v), file, &format!("smtp.{name}"), diags);
+                Some((name, server))
+            })
+            .collect(),
+    };
     for (name, s) in raw_smtp {
         let tls = s.tls.unwrap_or_default();
         let port = s.port.map(|p| p.0).unwrap_or(match tls {
@@ -731,8 +762,8 @@ mod tests {
                 "listen: nowhere\n",
                 "max_body: lots\n",
                 "dedup_window: 10\n",
-                "delivery: {max_attempts: 0}\n",
-                "smtp: {default: {prot: 25}}\n",
+                "delivery: {max_attempts: 0, timeout: soon, max_backoff: later}\n",
+                "smtp: {default: {prot: 25, tls: maybe}}\n",
                 "timezone: Mars/Olympus\n",
                 "colour: blue\n",
                 "admin_token: ${ADMIN_TOKEN}\n",
@@ -748,6 +779,9 @@ mod tests {
             "easehook.yaml: dedup_window: invalid duration 10",
             "easehook.yaml: delivery.max_attempts: must be at least 1",
             "easehook.yaml: smtp.default.prot: unknown field `prot`",
+            "easehook.yaml: smtp.default.tls: unknown variant `maybe`",
+            "easehook.yaml: delivery.timeout: invalid duration \"soon\"",
+            "easehook.yaml: delivery.max_backoff: invalid duration \"later\"",
             "easehook.yaml: timezone: unknown time zone",
             "easehook.yaml: colour: unknown field `colour`",
             "easehook.yaml: admin_token: environment variable ADMIN_TOKEN is not set",
@@ -756,7 +790,7 @@ mod tests {
             assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
         }
         assert!(!text.contains("topsecretvalue"), "{text}");
-        assert_eq!(err.len(), 9, "{text}");
+        assert_eq!(err.len(), 12, "{text}");
     }
 
     #[test]

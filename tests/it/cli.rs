@@ -1,6 +1,7 @@
 //! The command line, run as a user would: the built binary.
 
 use std::process::Command;
+use std::time::Duration;
 
 use crate::helpers::*;
 
@@ -202,4 +203,99 @@ fn usage_errors_exit_2() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("easehook "));
+}
+
+/// `simulate`, `events list` and `deliveries list|retry` against a running
+/// daemon, configured by the same file.
+#[tokio::test]
+async fn simulate_and_the_admin_commands_work_against_a_running_daemon() {
+    let sink = HttpSink::start().await;
+    sink.script([Answer::status(410)]);
+    let rules = format!(
+        "actions:\n  hook: {{type: http, url: '{}'}}\nrules:\n  - {{name: bans, when: {{event: roster:ban}}, actions: [hook]}}\n",
+        sink.url("/hook")
+    );
+    let opts = Options::rules(rules)
+        .config("admin_token: ${ADMIN_TOKEN}")
+        .env("ADMIN_TOKEN", "cli-admin-token-1");
+    let (_dir, config) = write_config(&opts);
+    crate::process::fixed_ports(&config);
+    let app = easehook::app::App::start(
+        &config,
+        std::sync::Arc::new(env_map(&opts)),
+        easehook::shutdown::Shutdown::new(),
+    )
+    .await
+    .unwrap();
+    let run = |args: &'static [&'static str]| {
+        let config = config.clone();
+        async move {
+            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_easehook"))
+                .arg("--config")
+                .arg(&config)
+                .args(args)
+                .env("IT_SECRET", SECRET)
+                .env("ADMIN_TOKEN", "cli-admin-token-1")
+                .output()
+                .await
+                .unwrap();
+            (
+                out.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&out.stdout).to_string(),
+            )
+        }
+    };
+    let (code, out) = run(&[
+        "simulate",
+        "--event",
+        "roster:ban",
+        "--from",
+        "alice",
+        "--to",
+        "bob",
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("HTTP 200 {\"ok\":true,\"id\":"), "{out}");
+    let (code, out) = run(&[
+        "simulate",
+        "--event",
+        "roster:add",
+        "--secret",
+        "wrong-secret",
+    ])
+    .await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("HTTP 401"), "{out}");
+
+    let (code, out) = run(&["events", "list", "--event", "roster"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("roster:ban") && out.contains("alice -> bob") && out.contains("rules [bans]"),
+        "{out}"
+    );
+    assert!(out.contains("1 event(s)"), "{out}");
+
+    eventually(Duration::from_secs(10), "a dead delivery", || async {
+        run(&["deliveries", "list", "--status", "dead"])
+            .await
+            .1
+            .contains("HTTP 410")
+    })
+    .await;
+    let (code, out) = run(&["deliveries", "retry", "--dead"]).await;
+    assert_eq!((code, out.trim()), (0, "1 dead deliveries requeued"));
+    eventually(
+        Duration::from_secs(10),
+        "delivered after the retry",
+        || async {
+            let out = run(&["deliveries", "list", "--json"]).await.1;
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+            v["deliveries"][0]["status"] == "sent"
+        },
+    )
+    .await;
+    let (code, out) = run(&["deliveries", "retry", "1"]).await;
+    assert_eq!(code, 1, "not dead any more: {out}");
+    app.shutdown();
 }

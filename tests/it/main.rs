@@ -16,3 +16,4 @@ mod ops;
 mod process;
 mod props;
 mod reload;
+mod shipped;
