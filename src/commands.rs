@@ -131,7 +131,7 @@ pub fn test(config_path: &Path, args: &TestArgs) -> anyhow::Result<ExitCode> {
     }
     let cb = Callback::from_value(raw).map_err(|e| anyhow::anyhow!("{}: {e}", args.event))?;
     let rules = &snap.rules;
-    let redactor = &snap.settings.redactor;
+    let redactor = &snap.rules.redactor;
     println!(
         "event {} from {:?} to {:?} (appkey {:?})",
         cb.event,

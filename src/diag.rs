@@ -125,6 +125,13 @@ impl Redactor {
         }
     }
 
+    /// This redactor with more secrets (those of the rule files).
+    pub fn with(&self, more: Vec<String>) -> Self {
+        let mut all: Vec<String> = self.secrets.as_ref().clone();
+        all.extend(more);
+        Self::new(all)
+    }
+
     pub fn is_secret(&self, value: &str) -> bool {
         self.secrets.iter().any(|s| s == value)
     }

@@ -259,7 +259,7 @@ impl Dispatcher {
                 event,
             ),
         };
-        let record = redact(record, &settings.redactor);
+        let record = redact(record, &snapshot.rules.redactor);
         let elapsed = started.elapsed();
         let ms = elapsed.as_millis() as u64;
         let m = &self.state.metrics;

@@ -220,6 +220,8 @@ pub struct RuleSet {
     pub files: Vec<PathBuf>,
     /// Things `check` reports that do not make the set invalid.
     pub warnings: Vec<String>,
+    /// Masks the secrets of the configuration and of the rule files.
+    pub redactor: crate::diag::Redactor,
 }
 
 impl RuleSet {
@@ -285,6 +287,9 @@ impl RuleSet {
             index: RuleIndex::default(),
             files,
             warnings: Vec::new(),
+            redactor: settings
+                .redactor
+                .with(std::mem::take(&mut expanded.secrets)),
         };
         // Actions first, from every file: a rule may name an action that a
         // later file defines.
@@ -352,7 +357,7 @@ impl RuleSet {
             set.check_renders(&mut diags);
             set.collect_warnings();
         }
-        diags.redact(&settings.redactor);
+        diags.redact(&set.redactor);
         diags.into_result().map(|()| set)
     }
 

@@ -372,3 +372,65 @@ async fn a_destination_that_closes_mid_response_is_retried() {
     assert_eq!(sent["attempts"], 2, "{sent}");
     assert!(served.load(std::sync::atomic::Ordering::SeqCst) >= 2);
 }
+
+/// 5,000 events for a `rate_limit: 10/s` action: every one is delivered, at
+/// the limit, none dropped. About 8.5 minutes, so `cargo test` skips it;
+/// `.ci/run` runs it (`cargo test --test it -- --ignored`).
+#[tokio::test]
+#[ignore = "takes 8.5 minutes; .ci/run runs it"]
+async fn a_burst_of_5000_for_a_10_per_second_action_is_delivered_in_full_at_the_limit() {
+    let sink = HttpSink::start().await;
+    let app = std::sync::Arc::new(
+        spawn_app_with(
+            Options::rules(http_rules(&sink.url(""), "    rate_limit: 10/s\n"))
+                .env("HOOK_TOKEN", "t"),
+        )
+        .await,
+    );
+    let started = std::time::Instant::now();
+    let mut posters = Vec::new();
+    for _ in 0..8 {
+        let app = app.clone();
+        posters.push(tokio::spawn(async move {
+            for _ in 0..625 {
+                assert_eq!(app.post(&signed("roster:ban", "a", "b")).await.0, 200);
+            }
+        }));
+    }
+    for p in posters {
+        p.await.unwrap();
+    }
+    let accepted_in = started.elapsed();
+    let deadline = std::time::Instant::now() + Duration::from_secs(700);
+    loop {
+        let status = app.get("/api/v1/status").await;
+        if status["queue_depth"] == 0 {
+            assert_eq!(status["dead_deliveries"], 0);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not drained: {status}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let reqs = sink.requests();
+    assert_eq!(reqs.len(), 5000, "every delivery, once");
+    let span = reqs[4999].at - reqs[0].at;
+    // A burst of 10, then one per 100 ms.
+    assert!(
+        span >= Duration::from_secs(495),
+        "5000 at 10/s took only {span:?}"
+    );
+    assert!(
+        span <= Duration::from_secs(560),
+        "5000 at 10/s took {span:?}: slower than the limit"
+    );
+    for w in reqs.windows(111) {
+        assert!(
+            w[110].at - w[0].at >= Duration::from_secs(10),
+            "more than 110 in 10 s"
+        );
+    }
+    eprintln!("rate limit: 5000 accepted in {accepted_in:?}, delivered over {span:?}");
+}

@@ -16,4 +16,5 @@ mod ops;
 mod process;
 mod props;
 mod reload;
+mod secrets;
 mod shipped;
