@@ -40,7 +40,10 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            max_connections: 1024,
+            // Idle connections are cheap, and a slow-loris flood must not
+            // crowd out Easemob: the cap is high, the header timeout short.
+            // The systemd unit raises the file limit to match.
+            max_connections: 8192,
             header_read_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
         }

@@ -164,10 +164,13 @@ async fn many_idle_connections_do_not_stop_valid_callbacks() {
         .unwrap()
         .to_string();
     let mut idle = Vec::new();
-    for _ in 0..300 {
+    for _ in 0..2000 {
         idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
     }
-    still_serving(&app).await;
+    // Thousands of idle connections: valid callbacks are still answered.
+    for _ in 0..5 {
+        still_serving(&app).await;
+    }
     drop(idle);
 }
 
