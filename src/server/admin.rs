@@ -33,11 +33,7 @@ use crate::store::Status;
 pub fn routes(
     state: Arc<AppState>,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
-    warp::any()
-        .map(move || state.clone())
-        .and(warp::method())
-        .and(warp::path::full())
-        .and(warp::header::headers_cloned())
+    super::request_parts(state)
         .and(warp::query::<HashMap<String, String>>())
         .then(
             |state: Arc<AppState>,

@@ -27,11 +27,7 @@ const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub fn routes(
     state: Arc<AppState>,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
-    warp::any()
-        .map(move || state.clone())
-        .and(warp::method())
-        .and(warp::path::full())
-        .and(warp::header::headers_cloned())
+    super::request_parts(state)
         .and(warp::body::stream())
         .then(
             |state: Arc<AppState>,

@@ -85,6 +85,26 @@ pub fn json_reply(status: StatusCode, body: &serde_json::Value) -> warp::reply::
     warp::reply::with_status(warp::reply::json(body), status).into_response()
 }
 
+/// What both listeners' handlers start from: the shared state and the
+/// request's method, path and headers.
+pub fn request_parts(
+    state: Arc<AppState>,
+) -> impl Filter<
+    Extract = (
+        Arc<AppState>,
+        warp::http::Method,
+        warp::path::FullPath,
+        warp::http::HeaderMap,
+    ),
+    Error = std::convert::Infallible,
+> + Clone {
+    warp::any()
+        .map(move || state.clone())
+        .and(warp::method())
+        .and(warp::path::full())
+        .and(warp::header::headers_cloned())
+}
+
 /// The answer to a request that no route could take (a warp rejection).
 pub async fn rejected(
     _: warp::Rejection,

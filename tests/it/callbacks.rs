@@ -240,13 +240,7 @@ async fn oversized_bodies_get_413_by_length_and_while_streaming() {
 #[tokio::test]
 async fn an_announced_huge_body_is_refused_without_being_read() {
     let app = spawn_app().await;
-    let addr = app
-        .callback_url
-        .trim_start_matches("http://")
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let addr = app.callback_addr();
     let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
     // Announce 100 MB, send a few bytes, and wait for the answer: it comes
     // at once, without the server waiting for (or reading) the rest.

@@ -166,6 +166,16 @@ pub fn unique_id() -> String {
 }
 
 impl TestApp {
+    /// `host:port` of the callback listener, for raw TCP tests.
+    pub fn callback_addr(&self) -> String {
+        self.callback_url
+            .trim_start_matches("http://")
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string()
+    }
+
     pub async fn post(&self, body: &Value) -> (u16, Value) {
         self.post_bytes(body.to_string()).await
     }

@@ -9,13 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::helpers::*;
 
 async fn raw(app: &TestApp, request: &[u8]) -> String {
-    let addr = app
-        .callback_url
-        .trim_start_matches("http://")
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let addr = app.callback_addr();
     let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
     conn.write_all(request).await.unwrap();
     let mut buf = Vec::new();
@@ -156,13 +150,7 @@ async fn lying_lengths_and_header_floods_are_refused() {
 #[tokio::test]
 async fn many_idle_connections_do_not_stop_valid_callbacks() {
     let app = spawn_app().await;
-    let addr = app
-        .callback_url
-        .trim_start_matches("http://")
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let addr = app.callback_addr();
     let mut idle = Vec::new();
     for _ in 0..2000 {
         idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
@@ -177,13 +165,7 @@ async fn many_idle_connections_do_not_stop_valid_callbacks() {
 #[tokio::test]
 async fn slow_clients_cannot_hold_a_connection_forever() {
     let app = spawn_app().await;
-    let addr = app
-        .callback_url
-        .trim_start_matches("http://")
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let addr = app.callback_addr();
     // Headers trickled one byte a second: closed by the header read timeout.
     let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let started = std::time::Instant::now();
