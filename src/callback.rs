@@ -152,27 +152,6 @@ impl Callback {
             _ => "",
         }
     }
-
-    /// A field by its rule/template name (`event`, `from`, `payload.reason`, …).
-    pub fn field(&self, name: &str) -> Option<std::borrow::Cow<'_, str>> {
-        use std::borrow::Cow::Borrowed;
-        match name {
-            "event" => Some(Borrowed(self.event.as_str())),
-            "operation" => self.operation.as_deref().map(Borrowed),
-            "chat_type" => self.chat_type.as_deref().map(Borrowed),
-            "eventType" => self.event_type.as_deref().map(Borrowed),
-            "appkey" => self.appkey.as_deref().map(Borrowed),
-            "host" => self.host.as_deref().map(Borrowed),
-            "callId" => Some(Borrowed(self.call_id.as_str())),
-            "msg_id" => self.msg_id.as_deref().map(Borrowed),
-            "from" => self
-                .from
-                .as_ref()
-                .map(|_| Borrowed(self.from_user.as_str())),
-            "to" => self.to.as_ref().map(|_| Borrowed(self.to_user.as_str())),
-            path => lookup_path(&self.raw, path.split('.')).map(value_text),
-        }
-    }
 }
 
 /// Follow a dotted path into JSON; list items are addressed by index.
@@ -295,6 +274,14 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// A field as rules read it.
+    fn field(cb: &Callback, name: &str) -> Option<String> {
+        crate::rules::matcher::Field::parse(name)
+            .unwrap()
+            .get(cb)
+            .map(|v| v.into_owned())
+    }
+
     fn fixture(name: &str) -> Vec<u8> {
         let path = format!(
             "{}/../shared/fixtures/easemob/{name}",
@@ -326,16 +313,16 @@ mod tests {
         }
         let ban = Callback::parse(&fixture("roster-ban.json")).unwrap();
         assert_eq!(
-            ban.field("payload.status.error_code").as_deref(),
+            field(&ban, "payload.status.error_code").as_deref(),
             Some("ok")
         );
         let accept = Callback::parse(&fixture("roster-accept.json")).unwrap();
         assert_eq!(
-            accept.field("payload.roster_ver").as_deref(),
+            field(&accept, "payload.roster_ver").as_deref(),
             Some("DD6E14FE5EE5A9ABC52CA86C5DE1601CF729BFD6")
         );
         let add = Callback::parse(&fixture("roster-add.json")).unwrap();
-        assert_eq!(add.field("payload.reason").as_deref(), Some(""));
+        assert_eq!(field(&add, "payload.reason").as_deref(), Some(""));
     }
 
     #[test]
@@ -438,14 +425,14 @@ mod tests {
                            "status": "online", "user": "org#app_alice/ios", "appkey": "org#app"});
         let cb = Callback::from_value(login).unwrap();
         assert_eq!(cb.event, "unknown");
-        assert_eq!(cb.field("status").as_deref(), Some("online"));
+        assert_eq!(field(&cb, "status").as_deref(), Some("online"));
         let msg = json!({"callId": "org#app_y", "security": "s", "timestamp": 5, "chat_type": "groupchat",
                          "payload": {"bodies": [{"type": "txt", "msg": "hi"}]}, "eventType": "chat"});
         let cb = Callback::from_value(msg).unwrap();
         assert_eq!(cb.event, "groupchat");
-        assert_eq!(cb.field("payload.bodies.0.msg").as_deref(), Some("hi"));
+        assert_eq!(field(&cb, "payload.bodies.0.msg").as_deref(), Some("hi"));
         assert_eq!(
-            cb.field("payload.bodies.0").as_deref(),
+            field(&cb, "payload.bodies.0").as_deref(),
             Some(r#"{"type":"txt","msg":"hi"}"#)
         );
     }

@@ -282,22 +282,11 @@ pub fn with_names(base: &Value, rule: &str, action: &str) -> Value {
     ctx
 }
 
-fn param<'a>(h: &'a Helper, idx: usize, helper: &str) -> Result<&'a Value, RenderError> {
+fn param<'a>(h: &'a Helper, idx: usize, helper: &'static str) -> Result<&'a Value, RenderError> {
     match h.param(idx) {
         Some(p) if !p.is_value_missing() => Ok(p.value()),
         Some(p) => Err(RenderErrorReason::MissingVariable(p.relative_path().cloned()).into()),
-        None => Err(RenderErrorReason::ParamNotFoundForIndex(static_name(helper), idx).into()),
-    }
-}
-
-fn static_name(helper: &str) -> &'static str {
-    match helper {
-        "datetime" => "datetime",
-        "json" => "json",
-        "default" => "default",
-        "upper" => "upper",
-        "lower" => "lower",
-        _ => "truncate",
+        None => Err(RenderErrorReason::ParamNotFoundForIndex(helper, idx).into()),
     }
 }
 

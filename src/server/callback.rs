@@ -196,12 +196,12 @@ where
     match state.store.accept(new, window).await {
         Ok(Accepted::New(id)) => {
             state.accepted.fetch_add(1, Ordering::Relaxed);
-            for rule in matched.split(',').filter(|r| !r.is_empty()) {
+            for &i in &evaluation.rules {
                 state
                     .metrics
                     .rule_matches
                     .get_or_create(&crate::metrics::RuleLabels {
-                        rule: rule.to_string(),
+                        rule: rules.rules[i].name.clone(),
                     })
                     .inc();
             }

@@ -177,13 +177,7 @@ async fn rotated_secrets_and_the_star_fallback_verify() {
         1,
     );
     std::fs::write(&config, text).unwrap();
-    let app = easehook::app::App::start(
-        &config,
-        std::sync::Arc::new(env_map(&opts)),
-        easehook::shutdown::Shutdown::new(),
-    )
-    .await
-    .unwrap();
+    let app = start_from(&config, &opts).await;
     let url = format!("http://{}/easemob/callback", app.callback_addr);
     let client = reqwest::Client::new();
     for (appkey, secret) in [

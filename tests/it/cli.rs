@@ -220,13 +220,7 @@ async fn simulate_and_the_admin_commands_work_against_a_running_daemon() {
         .env("ADMIN_TOKEN", "cli-admin-token-1");
     let (_dir, config) = write_config(&opts);
     crate::process::fixed_ports(&config);
-    let app = easehook::app::App::start(
-        &config,
-        std::sync::Arc::new(env_map(&opts)),
-        easehook::shutdown::Shutdown::new(),
-    )
-    .await
-    .unwrap();
+    let app = start_from(&config, &opts).await;
     let run = |args: &'static [&'static str]| {
         let config = config.clone();
         async move {

@@ -110,6 +110,14 @@ pub fn env_map(opts: &Options) -> HashMap<String, String> {
     env
 }
 
+/// Start the daemon in-process from a config written (and perhaps edited)
+/// by the test itself.
+pub async fn start_from(config: &std::path::Path, opts: &Options) -> App {
+    App::start(config, Arc::new(env_map(opts)), Shutdown::new())
+        .await
+        .expect("daemon starts")
+}
+
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(Options::rules("")).await
 }

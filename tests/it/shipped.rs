@@ -40,13 +40,7 @@ async fn the_shipped_ban_notifications_reach_email_and_slack() {
         .unwrap()
         .replacen("timezone: UTC\n", "", 1);
     std::fs::write(&config, text).unwrap();
-    let app = easehook::app::App::start(
-        &config,
-        std::sync::Arc::new(env_map(&opts)),
-        easehook::shutdown::Shutdown::new(),
-    )
-    .await
-    .expect("the shipped rules load");
+    let app = start_from(&config, &opts).await;
     let url = format!("http://{}/easemob/callback", app.callback_addr);
     let client = reqwest::Client::new();
     let mut ban = easehook::rules::samples::body(
