@@ -19,7 +19,7 @@ Scenarios:
   (d) start-up time to READY with 1,000 rules
   (e) idle RSS
 
-usage: python3 benches/load.py [--duration SECONDS] [--skip-build]
+usage: python3 benches/load.py [--duration SECONDS] [--skip-build] [--only abcde]
 Run from the repository root. Installs wrk and webhook with apt-get when
 missing. Every request goes to 127.0.0.1.
 """
@@ -282,84 +282,102 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--skip-build", action="store_true")
+    ap.add_argument("--only", default="abcde", help="the scenarios to run, e.g. 'a' or 'bc'")
+    ap.add_argument("--binary", help="the easehook binary to measure (default: the release build)")
     args = ap.parse_args()
     ensure_tools()
     easehook_bin, baseline_bin = build(args.skip_build)
+    if args.binary:
+        easehook_bin = os.path.abspath(args.binary)
     work = tempfile.mkdtemp(prefix="easehook-load-")
     calls = os.path.join(work, "calls.txt")
     signed_triples(calls, 400_000)
     results = {}
     print(f"machine: {os.cpu_count()} cores; duration {args.duration}s per run; wrk -t2 -c64", flush=True)
 
-    # (a) throughput: baseline, easehook, webhook — same load, same run.
-    base, base_port = start_baseline(baseline_bin)
-    results["baseline"] = run_wrk(f"http://127.0.0.1:{base_port}/", calls, args.duration, pid=base.pid)
     sink, sink_port = start_baseline(baseline_bin)
-    eh = Easehook(easehook_bin, os.path.join(work, "a"), rules_yaml(100, f"http://127.0.0.1:{sink_port}"))
-    eh.start()
-    idle_rss = rss_kib(eh.proc.pid) / 1024
-    results["easehook"] = run_wrk(eh.url, calls, args.duration, pid=eh.proc.pid)
-    eh.stop()
-    wh, wh_url = start_webhook(work)
-    results["webhook"] = run_wrk(wh_url, calls, args.duration, pid=wh.pid)
-    wh.terminate()
-    print("\n(a) maximum acknowledged throughput, 64 connections")
-    print("| server     |     req/s | p50 ms  | p99 ms  | max ms   | errors | peak RSS MB |")
-    print("|------------|-----------|---------|---------|----------|--------|---------|")
-    for k in ("baseline", "easehook", "webhook"):
-        print(fmt_row(k, results[k]))
-    ra = results["easehook"]["rps"] / results["baseline"]["rps"]
-    rw = results["easehook"]["rps"] / results["webhook"]["rps"]
-    print(f"easehook/baseline = {ra:.2f}   easehook/webhook = {rw:.2f}")
+    idle_rss = None
+
+    # (a) throughput: baseline, easehook, webhook — same load, same run.
+    if "a" in args.only:
+        base, base_port = start_baseline(baseline_bin)
+        results["baseline"] = run_wrk(f"http://127.0.0.1:{base_port}/", calls, args.duration, pid=base.pid)
+        base.terminate()
+        eh = Easehook(easehook_bin, os.path.join(work, "a"), rules_yaml(100, f"http://127.0.0.1:{sink_port}"))
+        eh.start()
+        idle_rss = rss_kib(eh.proc.pid) / 1024
+        results["easehook"] = run_wrk(eh.url, calls, args.duration, pid=eh.proc.pid)
+        eh.stop()
+        wh, wh_url = start_webhook(work)
+        results["webhook"] = run_wrk(wh_url, calls, args.duration, pid=wh.pid)
+        wh.terminate()
+        print("\n(a) maximum acknowledged throughput, 64 connections")
+        print("| server     |     req/s | p50 ms  | p99 ms  | max ms   | errors | peak RSS MB |")
+        print("|------------|-----------|---------|---------|----------|--------|---------|")
+        for k in ("baseline", "easehook", "webhook"):
+            print(fmt_row(k, results[k]))
+        ra = results["easehook"]["rps"] / results["baseline"]["rps"]
+        rw = results["easehook"]["rps"] / results["webhook"]["rps"]
+        print(f"easehook/baseline = {ra:.2f}   easehook/webhook = {rw:.2f}", flush=True)
 
     # (b) fixed ~1,000 req/s (64 connections, 64 ms between requests each)
     # while every delivery takes 2 s at the destination.
-    slow, slow_port = start_baseline(baseline_bin, delay_ms=2000)
-    eh = Easehook(easehook_bin, os.path.join(work, "b"), rules_yaml(100, f"http://127.0.0.1:{slow_port}"))
-    eh.start()
-    rb = run_wrk(eh.url, calls, args.duration, delay_ms=64, pid=eh.proc.pid)
-    eh.stop()
-    slow.terminate()
-    print("\n(b) ~1,000 req/s while the destination takes 2 s per request")
-    print(f"req/s {rb['rps']:.0f}  p50 {rb['p50_ms']:.2f} ms  p99 {rb['p99_ms']:.2f} ms  max {rb['max_ms']:.2f} ms  errors {rb['errors']}  peak RSS {rb['peak_rss_mb']:.1f} MB")
+    if "b" in args.only:
+        slow, slow_port = start_baseline(baseline_bin, delay_ms=2000)
+        eh = Easehook(easehook_bin, os.path.join(work, "b"), rules_yaml(100, f"http://127.0.0.1:{slow_port}"))
+        eh.start()
+        rb = run_wrk(eh.url, calls, args.duration, delay_ms=64, pid=eh.proc.pid)
+        eh.stop()
+        slow.terminate()
+        print("\n(b) ~1,000 req/s while the destination takes 2 s per request")
+        print(f"req/s {rb['rps']:.0f}  p50 {rb['p50_ms']:.2f} ms  p99 {rb['p99_ms']:.2f} ms  max {rb['max_ms']:.2f} ms  errors {rb['errors']}  peak RSS {rb['peak_rss_mb']:.1f} MB", flush=True)
 
     # (c) drain: queue 20,000 deliveries while the destination is down, then
     # bring it up and restart the daemon; measure deliveries/s at the sink.
-    down_port = free_port()
-    cdir = os.path.join(work, "c")
-    extra = "delivery:\n  initial_backoff: 1s\n  max_backoff: 2s\n  max_attempts: 100\n"
-    eh = Easehook(easehook_bin, cdir, rules_yaml(100, f"http://127.0.0.1:{down_port}", routine="audit"), extra)
-    eh.start()
-    queued, offset = 0, 0
-    while queued < 20_000:
-        run_wrk(eh.url, calls, 2, pid=eh.proc.pid, offset=offset)
-        offset += 50_000
-        queued = eh.status()["queue_depth"]
-    eh.stop()
-    drain_sink = subprocess.Popen([baseline_bin, str(down_port), "0"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_port(down_port)
-    eh.start()
-    deadline = time.monotonic() + 600
-    while eh.status()["queue_depth"] > 0 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    stats = get_json(f"http://127.0.0.1:{down_port}/stats")
-    dead = eh.status()["dead_deliveries"]
-    eh.stop()
-    drain_sink.terminate()
-    span = max(stats["last_ms"] - stats["first_ms"], 1) / 1000
-    drain_rate = stats["count"] / span
-    print(f"\n(c) drain: {queued} queued, {stats['count']} delivered ({dead} dead) in {span:.2f} s = {drain_rate:.0f} deliveries/s")
-
-    # (d) start-up to READY with 1,000 rules, (e) idle RSS.
-    starts = []
-    for i in range(5):
-        eh = Easehook(easehook_bin, os.path.join(work, f"d{i}"), rules_yaml(1000, f"http://127.0.0.1:{sink_port}"))
-        starts.append(eh.start())
+    if "c" in args.only:
+        down_port = free_port()
+        cdir = os.path.join(work, "c")
+        extra = "delivery:\n  initial_backoff: 1s\n  max_backoff: 2s\n  max_attempts: 100\n"
+        eh = Easehook(easehook_bin, cdir, rules_yaml(100, f"http://127.0.0.1:{down_port}", routine="audit"), extra)
+        eh.start()
+        queued, offset = 0, 0
+        while queued < 20_000:
+            run_wrk(eh.url, calls, 2, pid=eh.proc.pid, offset=offset)
+            offset += 50_000
+            queued = eh.status()["queue_depth"]
         eh.stop()
+        drain_sink = subprocess.Popen([baseline_bin, str(down_port), "0"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(down_port)
+        eh.start()
+        deadline = time.monotonic() + 600
+        while eh.status()["queue_depth"] > 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        stats = get_json(f"http://127.0.0.1:{down_port}/stats")
+        dead = eh.status()["dead_deliveries"]
+        eh.stop()
+        drain_sink.terminate()
+        span = max(stats["last_ms"] - stats["first_ms"], 1) / 1000
+        drain_rate = stats["count"] / span
+        print(f"\n(c) drain: {queued} queued, {stats['count']} delivered ({dead} dead) in {span:.2f} s = {drain_rate:.0f} deliveries/s", flush=True)
+
+    # (d) start-up to READY with 1,000 rules.
+    if "d" in args.only:
+        starts = []
+        for i in range(5):
+            eh = Easehook(easehook_bin, os.path.join(work, f"d{i}"), rules_yaml(1000, f"http://127.0.0.1:{sink_port}"))
+            starts.append(eh.start())
+            eh.stop()
+        print(f"\n(d) start-up to READY with 1,000 rules: median {sorted(starts)[2] * 1000:.0f} ms (of 5)")
+
+    # (e) idle RSS: 100 rules, after start (measured before the load of (a)).
+    if "e" in args.only:
+        if idle_rss is None:
+            eh = Easehook(easehook_bin, os.path.join(work, "e"), rules_yaml(100, f"http://127.0.0.1:{sink_port}"))
+            eh.start()
+            idle_rss = rss_kib(eh.proc.pid) / 1024
+            eh.stop()
+        print(f"(e) idle RSS (100 rules, after start): {idle_rss:.1f} MB")
     sink.terminate()
-    base.terminate()
-    print(f"\n(d) start-up to READY with 1,000 rules: median {sorted(starts)[2] * 1000:.0f} ms (of 5)")
-    print(f"(e) idle RSS (100 rules, after start): {idle_rss:.1f} MB")
     shutil.rmtree(work, ignore_errors=True)
 
 

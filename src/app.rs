@@ -114,6 +114,9 @@ impl App {
         tracing::info!(path = %store.path().display(), "store opened");
         let drain = settings.delivery.shutdown_grace;
         let (reload_tx, reload_rx) = mpsc::channel(8);
+        // As many hand-offs as attempts can run at once, which bounds how
+        // long a hand-off waits for a slot (see `dispatch::lease_ms`).
+        let (handoff_tx, handoff_rx) = mpsc::channel(settings.delivery.concurrency);
         let state = Arc::new(AppState {
             snapshot: ArcSwap::new(snap.clone()),
             store: Arc::new(store),
@@ -127,6 +130,7 @@ impl App {
             env,
             accepted: AtomicU64::new(0),
             wake: Arc::new(tokio::sync::Notify::new()),
+            handoff: handoff_tx,
             heartbeat: AtomicU64::new(crate::verify::now_ms()),
             metrics: crate::metrics::Metrics::new(),
         });
@@ -154,7 +158,7 @@ impl App {
             reload_rx,
             shutdown.clone(),
         ));
-        tasks.spawn(dispatcher.run(state.wake.clone(), shutdown.clone()));
+        tasks.spawn(dispatcher.run(handoff_rx, state.wake.clone(), shutdown.clone()));
         tasks.spawn(crate::dispatch::maintain(state.clone(), shutdown.clone()));
         if let Some(interval) = sd_notify::watchdog_enabled() {
             tasks.spawn(watchdog(state.clone(), interval, shutdown.clone()));

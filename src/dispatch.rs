@@ -13,12 +13,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::actions::{Outcome, RateLimit, Senders};
-use crate::callback::Callback;
 use crate::server::AppState;
 use crate::shutdown::Shutdown;
 use crate::store::{Claimed, Record};
@@ -108,6 +107,9 @@ pub struct Dispatcher {
     limiters: Limiters,
 }
 
+/// Outcomes on their way to the store.
+type Outcomes = mpsc::UnboundedSender<(i64, Record)>;
+
 impl Dispatcher {
     pub fn new(state: Arc<AppState>, senders: Senders) -> Self {
         Self {
@@ -119,13 +121,34 @@ impl Dispatcher {
 
     /// Run until shutdown; then give attempts in flight `shutdown_grace` and
     /// leave everything else queued.
-    pub async fn run(self: Arc<Self>, wake: Arc<Notify>, shutdown: Shutdown) {
+    ///
+    /// Work comes from two places: `handoff`, deliveries the request path
+    /// stored already leased (no query needed), and the store, for
+    /// everything else that is due (retries, and what did not fit the
+    /// hand-off). While both have work, the store gets at least half the
+    /// free slots, so that neither starves the other.
+    pub async fn run(
+        self: Arc<Self>,
+        mut handoff: mpsc::Receiver<Claimed>,
+        wake: Arc<Notify>,
+        shutdown: Shutdown,
+    ) {
         let settings = &self.state.snapshot.load().settings;
         let concurrency = settings.delivery.concurrency;
         let grace = settings.delivery.shutdown_grace;
         let slots = Arc::new(Semaphore::new(concurrency));
         let mut in_flight: JoinSet<()> = JoinSet::new();
         let store = self.state.store.clone();
+        let (outcomes, outcomes_rx) = mpsc::unbounded_channel();
+        let recorder = tokio::spawn(record_outcomes(
+            self.state.clone(),
+            outcomes_rx,
+            wake.clone(),
+        ));
+        // Whether the store may hold due deliveries not claimed yet, and
+        // else when to look again.
+        let mut look = true;
+        let mut next_look = tokio::time::Instant::now();
         loop {
             if shutdown.is_triggered() {
                 break;
@@ -134,65 +157,58 @@ impl Dispatcher {
                 .heartbeat
                 .store(now_ms(), std::sync::atomic::Ordering::Relaxed);
             let free = slots.available_permits();
-            let mut claimed_all = false;
-            if free > 0 {
+            if look && free > 0 {
+                let ask = if handoff.is_empty() {
+                    free
+                } else {
+                    free.div_ceil(2)
+                };
                 let snapshot = self.state.snapshot.load_full();
-                let lease = lease_ms(&snapshot);
-                match store.claim_due(now_ms(), free, lease).await {
+                match store.claim_due(now_ms(), ask, lease_ms(&snapshot)).await {
                     Ok(claimed) => {
                         if !claimed.is_empty() {
                             tracing::debug!(ids = ?claimed.iter().map(|c| c.id).collect::<Vec<_>>(), "claimed");
                         }
-                        claimed_all = claimed.len() == free;
-                        let mut deferred = Vec::new();
-                        let mut per_action: HashMap<String, u32> = HashMap::new();
-                        for c in claimed {
-                            if let Some(wait) = self.throttle(&snapshot, &c, &mut per_action) {
-                                deferred.push((
-                                    c.id,
-                                    Record::Retry {
-                                        at_ms: now_ms() + wait.as_millis() as u64,
-                                        error: String::new(),
-                                        counted: false,
-                                    },
-                                ));
-                                continue;
-                            }
-                            let permit = slots
-                                .clone()
-                                .try_acquire_owned()
-                                .expect("claimed no more than the free slots");
-                            let me = self.clone();
-                            in_flight.spawn(async move {
-                                me.attempt(c).await;
-                                drop(permit);
-                            });
-                        }
-                        if !deferred.is_empty()
-                            && let Err(e) = store.record(deferred).await
-                        {
-                            tracing::error!(error = %e, "cannot defer rate-limited deliveries");
-                        }
+                        look = claimed.len() == ask;
+                        self.start_all(&snapshot, claimed, &slots, &mut in_flight, &outcomes);
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "cannot claim deliveries");
+                        look = false;
                     }
                 }
+                if !look {
+                    let wait = match store.next_due().await {
+                        Ok(Some(t)) => Duration::from_millis(t.saturating_sub(now_ms())),
+                        _ => Duration::from_secs(1),
+                    };
+                    next_look = tokio::time::Instant::now() + wait.min(Duration::from_secs(1));
+                }
             }
-            if claimed_all && slots.available_permits() > 0 {
+            let mut ready = Vec::new();
+            while ready.len() < slots.available_permits() {
+                match handoff.try_recv() {
+                    Ok(c) => ready.push(c),
+                    Err(_) => break,
+                }
+            }
+            if !ready.is_empty() {
+                let snapshot = self.state.snapshot.load_full();
+                self.start_all(&snapshot, ready, &slots, &mut in_flight, &outcomes);
+            }
+            if look && slots.available_permits() > 0 {
                 continue;
             }
-            let sleep = match store.next_due().await {
-                Ok(Some(t)) => {
-                    Duration::from_millis(t.saturating_sub(now_ms())).min(Duration::from_secs(1))
-                }
-                _ => Duration::from_secs(1),
-            };
+            let has_room = slots.available_permits() > 0;
             tokio::select! {
                 _ = shutdown.wait() => break,
-                _ = wake.notified() => {}
+                _ = wake.notified() => look = true,
+                Some(c) = handoff.recv(), if has_room => {
+                    let snapshot = self.state.snapshot.load_full();
+                    self.start_all(&snapshot, vec![c], &slots, &mut in_flight, &outcomes);
+                }
                 Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
-                _ = tokio::time::sleep(sleep) => {}
+                _ = tokio::time::sleep_until(next_look), if !look => look = true,
             }
         }
         if !in_flight.is_empty() {
@@ -211,7 +227,53 @@ impl Dispatcher {
                     "shutdown grace over; unfinished deliveries stay queued"
                 );
                 in_flight.abort_all();
+                while in_flight.join_next().await.is_some() {}
             }
+        }
+        // Hand-offs not started stay leased in the store; the next start
+        // voids their leases. Outcomes already known are written now.
+        drop(outcomes);
+        if tokio::time::timeout(grace.max(Duration::from_secs(1)), recorder)
+            .await
+            .is_err()
+        {
+            tracing::warn!("outcomes not recorded in time; those deliveries will be tried again");
+        }
+    }
+
+    /// Start an attempt for each claimed delivery (a slot each), except
+    /// those a rate limit defers: they go back to the store, due later.
+    fn start_all(
+        self: &Arc<Self>,
+        snapshot: &crate::snapshot::Snapshot,
+        claimed: Vec<Claimed>,
+        slots: &Arc<Semaphore>,
+        in_flight: &mut JoinSet<()>,
+        outcomes: &Outcomes,
+    ) {
+        let mut per_action: HashMap<String, u32> = HashMap::new();
+        for c in claimed {
+            if let Some(wait) = self.throttle(snapshot, &c, &mut per_action) {
+                let deferred = Record::Retry {
+                    at_ms: now_ms() + wait.as_millis() as u64,
+                    error: String::new(),
+                    counted: false,
+                };
+                let _ = outcomes.send((c.id, deferred));
+                continue;
+            }
+            let permit = slots
+                .clone()
+                .try_acquire_owned()
+                .expect("started no more than the free slots");
+            let me = self.clone();
+            let outcomes = outcomes.clone();
+            in_flight.spawn(async move {
+                let id = c.id;
+                let record = me.attempt(c).await;
+                drop(permit);
+                let _ = outcomes.send((id, record));
+            });
         }
     }
 
@@ -233,14 +295,15 @@ impl Dispatcher {
         Some(total)
     }
 
-    async fn attempt(&self, c: Claimed) {
+    /// Make one attempt and decide what to record.
+    async fn attempt(&self, c: Claimed) -> Record {
         // The span goes with the future (`instrument`), never held entered
         // across an await: the task may resume on another thread.
         let span = tracing::info_span!("delivery", id = c.id, action = %c.action, rule = %c.rule, event_id = %c.event_id);
         self.attempt_in_span(c).instrument(span).await
     }
 
-    async fn attempt_in_span(&self, c: Claimed) {
+    async fn attempt_in_span(&self, c: Claimed) -> Record {
         let snapshot = self.state.snapshot.load_full();
         let settings = &snapshot.settings;
         let d = &settings.delivery;
@@ -290,29 +353,7 @@ impl Dispatcher {
                 tracing::error!(event = %event, attempt = c.attempts + 1, error = %error, "delivery dead")
             }
         }
-        self.record(c.id, record).await;
-    }
-
-    /// Record an outcome. While the store refuses (a full disk), keep trying
-    /// for as long as the lease holds, so the outcome lands as soon as space
-    /// returns; past that, the lease runs out and the delivery is tried again
-    /// (at least once).
-    async fn record(&self, id: i64, record: Record) {
-        let deadline = std::time::Instant::now()
-            + Duration::from_millis(lease_ms(&self.state.snapshot.load()) / 2);
-        loop {
-            match self.state.store.record(vec![(id, record.clone())]).await {
-                Ok(()) => return,
-                Err(e) if std::time::Instant::now() < deadline => {
-                    tracing::warn!(error = %e, "cannot record a delivery outcome yet; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot record a delivery outcome; it will be retried when its lease runs out");
-                    return;
-                }
-            }
-        }
+        record
     }
 
     /// Render with the current snapshot and send. `Err` carries an outcome
@@ -324,7 +365,9 @@ impl Dispatcher {
     ) -> Result<(Outcome, u32, String), (Record, String)> {
         let settings = &snapshot.settings;
         let dead = |error: String, event: &str| (Record::Dead { error }, event.to_string());
-        let cb = Callback::from_value(c.body.clone())
+        let cb = c
+            .callback
+            .as_deref()
             .map_err(|e| dead(format!("stored event is unreadable: {e}"), ""))?;
         let Some(action) = snapshot.rules.action(&c.action) else {
             return Err(dead(
@@ -340,11 +383,8 @@ impl Dispatcher {
         }
         let received = chrono::DateTime::from_timestamp_millis(c.received_at_ms as i64)
             .unwrap_or_else(chrono::Utc::now);
-        let ctx = template::with_names(
-            &template::base_context(&cb, received),
-            &c.rule,
-            &action.name,
-        );
+        let ctx =
+            template::with_names(&template::base_context(cb, received), &c.rule, &action.name);
         let msg = action
             .render(&snapshot.rules.templates, &ctx)
             .map_err(|e| dead(format!("template: {e}"), &cb.event))?;
@@ -360,7 +400,7 @@ impl Dispatcher {
                     error: format!("timed out after {}ms", timeout.as_millis()),
                 },
             };
-        Ok((outcome, max_attempts, cb.event))
+        Ok((outcome, max_attempts, cb.event.clone()))
     }
 }
 
@@ -382,9 +422,53 @@ fn redact(r: Record, redactor: &crate::diag::Redactor) -> Record {
     }
 }
 
-/// How long a claim holds a delivery: longer than any attempt can take, so
-/// that only a dead process's claims ever run out.
-fn lease_ms(snapshot: &crate::snapshot::Snapshot) -> u64 {
+/// Write outcomes to the store in batches: every outcome that arrived while
+/// the last batch was being written goes in the next one, so a busy
+/// dispatcher costs the writer one command per batch, not one per delivery.
+///
+/// While the store refuses (a full disk), a batch is tried again for as long
+/// as the leases hold, so the outcomes land as soon as space returns; past
+/// that, the leases run out and those deliveries are tried again (at least
+/// once). A batch with retries wakes the dispatcher, whose idea of the next
+/// due delivery they may change.
+async fn record_outcomes(
+    state: Arc<AppState>,
+    mut rx: mpsc::UnboundedReceiver<(i64, Record)>,
+    wake: Arc<Notify>,
+) {
+    let mut batch = Vec::new();
+    while rx.recv_many(&mut batch, 4096).await > 0 {
+        let outcomes = std::mem::take(&mut batch);
+        let retries = outcomes
+            .iter()
+            .any(|(_, r)| matches!(r, Record::Retry { .. }));
+        let deadline =
+            std::time::Instant::now() + Duration::from_millis(lease_ms(&state.snapshot.load()) / 2);
+        loop {
+            match state.store.record(outcomes.clone()).await {
+                Ok(()) => break,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    tracing::warn!(error = %e, "cannot record delivery outcomes yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, count = outcomes.len(), "cannot record delivery outcomes; they will be retried when their leases run out");
+                    break;
+                }
+            }
+        }
+        if retries {
+            wake.notify_one();
+        }
+    }
+}
+
+/// How long a claim holds a delivery: longer than any attempt can take plus
+/// the time a hand-off can wait for a free slot, so that only a dead
+/// process's claims ever run out. A full hand-off queue holds as many
+/// deliveries as there are slots, and they get at least half of the slots
+/// that free up, each within one attempt's time: two attempts of waiting.
+pub fn lease_ms(snapshot: &crate::snapshot::Snapshot) -> u64 {
     let longest = snapshot
         .rules
         .actions
@@ -393,7 +477,7 @@ fn lease_ms(snapshot: &crate::snapshot::Snapshot) -> u64 {
         .chain(std::iter::once(snapshot.settings.delivery.timeout))
         .max()
         .unwrap_or_default();
-    (longest + Duration::from_secs(60)).as_millis() as u64
+    (longest * 3 + Duration::from_secs(60)).as_millis() as u64
 }
 
 /// Housekeeping: prune past `retention` every minute, and while the store is

@@ -165,6 +165,8 @@ where
     }
     let rules = &snapshot.rules;
     let evaluation = rules.evaluate(&cb);
+    // Shared with the deliveries handed to the dispatcher.
+    let cb = Arc::new(cb);
     let deliveries: Vec<(String, String)> = evaluation
         .deliveries
         .iter()
@@ -182,19 +184,34 @@ where
         .collect();
     let matched = matched_rules.join(",");
     let event_label = crate::metrics::event_label(Some(&cb));
+    // Room in the dispatcher's hand-off for every delivery of this event:
+    // then they are stored already claimed and handed over in memory.
+    // Without room they wait in the store for the dispatcher to claim them.
+    let handoff = match deliveries.len() {
+        0 => None,
+        n => state.handoff.try_reserve_many(n).ok(),
+    };
     let new = NewEvent {
         id: uuid::Uuid::now_v7().to_string(),
         dedup_key: cb.dedup_key.clone(),
         event: cb.event.clone(),
         received_at_ms: now,
-        body: cb.raw,
+        // Valid UTF-8: it parsed as JSON.
+        body: String::from_utf8(body.to_vec()).unwrap_or_else(|_| cb.raw.to_string()),
         rules: matched_rules,
         deliveries,
+        lease_until: handoff
+            .as_ref()
+            .map(|_| now + crate::dispatch::lease_ms(snapshot)),
     };
     let window = settings.dedup_window.as_millis() as u64;
+    let stored = handoff.as_ref().map(|_| new.deliveries.clone());
     let has_deliveries = !new.deliveries.is_empty();
     match state.store.accept(new, window).await {
-        Ok(Accepted::New(id)) => {
+        Ok(Accepted::New {
+            id,
+            deliveries: ids,
+        }) => {
             state.accepted.fetch_add(1, Ordering::Relaxed);
             for &i in &evaluation.rules {
                 state
@@ -205,13 +222,28 @@ where
                     })
                     .inc();
             }
-            if has_deliveries {
-                state.wake.notify_one();
+            match (handoff, stored) {
+                (Some(permits), Some(names)) => {
+                    let callback = Ok(cb.clone());
+                    for ((permit, delivery), (action, rule)) in permits.zip(ids).zip(names) {
+                        permit.send(crate::store::Claimed {
+                            id: delivery,
+                            event_id: id.clone(),
+                            action,
+                            rule,
+                            attempts: 0,
+                            received_at_ms: now,
+                            callback: callback.clone(),
+                        });
+                    }
+                }
+                _ if has_deliveries => state.wake.notify_one(),
+                _ => {}
             }
             Outcome {
                 status: StatusCode::OK,
                 result: "accepted",
-                event: cb.event,
+                event: cb.event.clone(),
                 rules: matched,
                 event_label,
                 response: json_reply(StatusCode::OK, &serde_json::json!({"ok": true, "id": id})),
@@ -220,7 +252,7 @@ where
         Ok(Accepted::Duplicate) => Outcome {
             status: StatusCode::OK,
             result: "duplicate",
-            event: cb.event,
+            event: cb.event.clone(),
             rules: matched,
             event_label,
             response: json_reply(
@@ -235,7 +267,7 @@ where
                 "unavailable",
                 "store unavailable",
             );
-            o.event = cb.event;
+            o.event = cb.event.clone();
             o
         }
     }

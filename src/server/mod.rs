@@ -72,8 +72,10 @@ pub struct AppState {
     pub env: Arc<dyn Env + Send + Sync>,
     /// Callbacks accepted since start (for status).
     pub accepted: AtomicU64,
-    /// Wakes the dispatcher when new deliveries are stored.
+    /// Wakes the dispatcher when new deliveries are stored for it to claim.
     pub wake: Arc<tokio::sync::Notify>,
+    /// Deliveries stored already claimed, handed to the dispatcher directly.
+    pub handoff: mpsc::Sender<crate::store::Claimed>,
     /// When the dispatcher loop last ran (ms since the epoch), for the watchdog.
     pub heartbeat: AtomicU64,
     pub metrics: crate::metrics::Metrics,

@@ -7,13 +7,22 @@
 //! outcome ([`Store::record`]). A delivery whose lease runs out (the daemon
 //! died mid-attempt) becomes due again: at least once, never lost.
 //!
+//! On the fast path the request handler stores the deliveries already
+//! leased ([`NewEvent::lease_until`]) and hands them to the dispatcher in
+//! memory, so a fresh delivery costs no claim. A restart voids every lease,
+//! so a hand-off lost with the process is sent by the next one.
+//!
 //! The interface is what a shared PostgreSQL queue would also implement; the
 //! embedded SQLite store ([`sqlite::SqliteStore`]) is the default.
 
 pub mod sqlite;
 
+use std::sync::Arc;
+
 use futures_util::future::BoxFuture;
 use serde::Serialize;
+
+use crate::callback::Callback;
 
 /// An event ready to be stored, with the deliveries its rules asked for.
 #[derive(Debug, Clone)]
@@ -24,19 +33,24 @@ pub struct NewEvent {
     pub event: String,
     /// Milliseconds since the epoch when the daemon received it.
     pub received_at_ms: u64,
-    /// The callback as received.
-    pub body: serde_json::Value,
+    /// The callback's JSON text as received.
+    pub body: String,
     /// Names of the matching rules, in order.
     pub rules: Vec<String>,
     /// (action, rule) names, in order.
     pub deliveries: Vec<(String, String)>,
+    /// Store the deliveries already claimed until this time (ms since the
+    /// epoch): the caller hands them to the dispatcher itself. `None` leaves
+    /// them for [`Store::claim_due`].
+    pub lease_until: Option<u64>,
 }
 
 /// What became of an event offered to the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Accepted {
-    /// Stored under this id.
-    New(String),
+    /// Stored under `id`; `deliveries` are the ids of its deliveries, in the
+    /// order of [`NewEvent::deliveries`].
+    New { id: String, deliveries: Vec<i64> },
     /// Seen within the dedup window: nothing stored.
     Duplicate,
 }
@@ -63,7 +77,9 @@ pub struct Claimed {
     /// Attempts made before this one.
     pub attempts: u32,
     pub received_at_ms: u64,
-    pub body: serde_json::Value,
+    /// The stored callback, parsed once per event; `Err` says why it could
+    /// not be read back.
+    pub callback: Result<Arc<Callback>, String>,
 }
 
 /// What happened to one attempt.

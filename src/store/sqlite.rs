@@ -7,6 +7,11 @@
 //! each caller. Under load many callbacks share one fsync; alone, a callback
 //! pays for exactly one. Reads for the admin API use a second connection,
 //! which WAL lets run beside the writer.
+//!
+//! The writer thread is the one serial step of the request path, so it does
+//! nothing that another thread can do: JSON is encoded before a command is
+//! queued and decoded after its answer, and its statements are prepared
+//! once and cached.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,6 +19,8 @@ use std::sync::{Arc, Mutex, mpsc};
 
 use futures_util::future::BoxFuture;
 use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::callback::Callback;
 use tokio::sync::oneshot;
 
 use super::{
@@ -60,13 +67,31 @@ PRAGMA user_version = 1;
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
+/// A row of a claim, decoded into [`Claimed`] outside the writer.
+struct ClaimedRow {
+    id: i64,
+    event_id: String,
+    action: String,
+    rule: String,
+    attempts: u32,
+    received_at: i64,
+    body: String,
+}
+
+/// An event with its JSON already encoded.
+struct Prepared {
+    event: NewEvent,
+    rules_json: String,
+    window: u64,
+}
+
 enum Command {
-    Accept(Box<NewEvent>, u64, Reply<Accepted>),
+    Accept(Box<Prepared>, Reply<Accepted>),
     Claim {
         now: u64,
         limit: usize,
         lease: u64,
-        reply: Reply<Vec<Claimed>>,
+        reply: Reply<Vec<ClaimedRow>>,
     },
     Record(Vec<(i64, Record)>, Reply<()>),
     Retry(Option<Vec<i64>>, u64, Reply<u64>),
@@ -78,7 +103,7 @@ enum Command {
 /// An answer computed inside the transaction, sent only after it commits.
 enum Pending {
     Accept(Reply<Accepted>, Result<Accepted, StoreError>),
-    Claim(Reply<Vec<Claimed>>, Result<Vec<Claimed>, StoreError>),
+    Claim(Reply<Vec<ClaimedRow>>, Result<Vec<ClaimedRow>, StoreError>),
     Unit(Reply<()>, Result<(), StoreError>),
     Count(Reply<u64>, Result<u64, StoreError>),
 }
@@ -248,7 +273,7 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Command>, writable: Arc<Atom
                 let wrote = pending.iter().any(|p| {
                     matches!(
                         p,
-                        Pending::Accept(_, Ok(Accepted::New(_))) | Pending::Unit(_, Ok(()))
+                        Pending::Accept(_, Ok(Accepted::New { .. })) | Pending::Unit(_, Ok(()))
                     )
                 });
                 if failed {
@@ -275,7 +300,7 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Command>, writable: Arc<Atom
 
 fn fail_command(c: Command, msg: &str) {
     let p = match c {
-        Command::Accept(_, _, r) => Pending::Accept(r, Ok(Accepted::Duplicate)),
+        Command::Accept(_, r) => Pending::Accept(r, Ok(Accepted::Duplicate)),
         Command::Claim { reply, .. } => Pending::Claim(reply, Ok(Vec::new())),
         Command::Record(_, r) | Command::Probe(r) | Command::Ping(r) => Pending::Unit(r, Ok(())),
         Command::Retry(_, _, r) | Command::Prune(_, _, r) => Pending::Count(r, Ok(0)),
@@ -287,10 +312,10 @@ fn fail_command(c: Command, msg: &str) {
 /// the others of the batch.
 fn run_command(conn: &Connection, c: Command) -> Pending {
     fn sp<T>(conn: &Connection, f: impl FnOnce() -> rusqlite::Result<T>) -> Result<T, StoreError> {
-        conn.execute_batch("SAVEPOINT cmd")?;
+        conn.prepare_cached("SAVEPOINT cmd")?.execute([])?;
         match f() {
             Ok(v) => {
-                conn.execute_batch("RELEASE cmd")?;
+                conn.prepare_cached("RELEASE cmd")?.execute([])?;
                 Ok(v)
             }
             Err(e) => {
@@ -300,9 +325,7 @@ fn run_command(conn: &Connection, c: Command) -> Pending {
         }
     }
     match c {
-        Command::Accept(ev, window, reply) => {
-            Pending::Accept(reply, sp(conn, || accept(conn, &ev, window)))
-        }
+        Command::Accept(ev, reply) => Pending::Accept(reply, sp(conn, || accept(conn, &ev))),
         Command::Claim {
             now,
             limit,
@@ -332,39 +355,50 @@ fn run_command(conn: &Connection, c: Command) -> Pending {
     }
 }
 
-fn accept(conn: &Connection, ev: &NewEvent, window: u64) -> rusqlite::Result<Accepted> {
+fn accept(conn: &Connection, p: &Prepared) -> rusqlite::Result<Accepted> {
+    let ev = &p.event;
     let now = ev.received_at_ms as i64;
-    let seen: Option<i64> = conn
-        .prepare_cached("SELECT expires_at FROM dedup WHERE key = ?1")?
-        .query_row([&ev.dedup_key], |r| r.get(0))
-        .optional()?;
-    if seen.is_some_and(|exp| exp > now) {
+    // One statement both checks and claims the key: a key that exists and
+    // has not expired is left alone (no row changes), which makes this
+    // event a duplicate.
+    let claimed_key = conn
+        .prepare_cached(
+            "INSERT INTO dedup(key, expires_at) VALUES(?1, ?2)
+             ON CONFLICT(key) DO UPDATE SET expires_at = excluded.expires_at
+             WHERE dedup.expires_at <= ?3",
+        )?
+        .execute(params![
+            ev.dedup_key,
+            now.saturating_add(p.window as i64),
+            now
+        ])?;
+    if claimed_key == 0 {
         return Ok(Accepted::Duplicate);
     }
-    conn.prepare_cached(
-        "INSERT INTO dedup(key, expires_at) VALUES(?1, ?2) ON CONFLICT(key) DO UPDATE SET expires_at = ?2",
-    )?
-    .execute(params![ev.dedup_key, now.saturating_add(window as i64)])?;
     conn.prepare_cached("INSERT INTO events(id, dedup_key, event, received_at, rules, body) VALUES(?1, ?2, ?3, ?4, ?5, ?6)")?
-        .execute(params![
-            ev.id,
-            ev.dedup_key,
-            ev.event,
-            now,
-            serde_json::to_string(&ev.rules).unwrap_or_else(|_| "[]".into()),
-            ev.body.to_string()
-        ])?;
+        .execute(params![ev.id, ev.dedup_key, ev.event, now, p.rules_json, ev.body])?;
     let mut ins = conn.prepare_cached(
-        "INSERT INTO deliveries(event_id, action, rule, status, attempts, next_attempt_at, created_at, updated_at)
-         VALUES(?1, ?2, ?3, 'pending', 0, ?4, ?4, ?4)",
+        "INSERT INTO deliveries(event_id, action, rule, status, attempts, next_attempt_at, leased_until, created_at, updated_at)
+         VALUES(?1, ?2, ?3, 'pending', 0, ?4, ?5, ?4, ?4)",
     )?;
+    let lease = ev.lease_until.map(|t| t as i64);
+    let mut ids = Vec::with_capacity(ev.deliveries.len());
     for (action, rule) in &ev.deliveries {
-        ins.execute(params![ev.id, action, rule, now])?;
+        ins.execute(params![ev.id, action, rule, now, lease])?;
+        ids.push(conn.last_insert_rowid());
     }
-    Ok(Accepted::New(ev.id.clone()))
+    Ok(Accepted::New {
+        id: ev.id.clone(),
+        deliveries: ids,
+    })
 }
 
-fn claim(conn: &Connection, now: u64, limit: usize, lease: u64) -> rusqlite::Result<Vec<Claimed>> {
+fn claim(
+    conn: &Connection,
+    now: u64,
+    limit: usize,
+    lease: u64,
+) -> rusqlite::Result<Vec<ClaimedRow>> {
     let now = now as i64;
     let mut stmt = conn.prepare_cached(
         "UPDATE deliveries SET leased_until = ?1
@@ -389,22 +423,57 @@ fn claim(conn: &Connection, now: u64, limit: usize, lease: u64) -> rusqlite::Res
         )?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let mut ev = conn.prepare_cached("SELECT received_at, body FROM events WHERE id = ?1")?;
-    let mut out = Vec::with_capacity(rows.len());
+    let mut out: Vec<ClaimedRow> = Vec::with_capacity(rows.len());
     for (id, event_id, action, rule, attempts) in rows {
-        let (received_at, body): (i64, String) =
-            ev.query_row([&event_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        out.push(Claimed {
+        // Deliveries of one event share its body: read it once.
+        let known = out
+            .iter()
+            .find(|c| c.event_id == event_id)
+            .map(|c| (c.received_at, c.body.clone()));
+        let (received_at, body) = match known {
+            Some(v) => v,
+            None => ev.query_row([&event_id], |r| Ok((r.get(0)?, r.get(1)?)))?,
+        };
+        out.push(ClaimedRow {
             id,
             event_id,
             action,
             rule,
             attempts,
-            received_at_ms: received_at as u64,
-            body: serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+            received_at,
+            body,
         });
     }
     out.sort_by_key(|c| c.id);
     Ok(out)
+}
+
+/// Decode claimed rows (off the writer thread): each event's callback is
+/// parsed once, however many of its deliveries were claimed.
+fn decode(rows: Vec<ClaimedRow>) -> Vec<Claimed> {
+    let mut parsed: std::collections::HashMap<String, Result<Arc<Callback>, String>> =
+        std::collections::HashMap::new();
+    rows.into_iter()
+        .map(|r| {
+            let callback = parsed
+                .entry(r.event_id.clone())
+                .or_insert_with(|| {
+                    Callback::parse(r.body.as_bytes())
+                        .map(Arc::new)
+                        .map_err(|e| e.to_string())
+                })
+                .clone();
+            Claimed {
+                id: r.id,
+                event_id: r.event_id,
+                action: r.action,
+                rule: r.rule,
+                attempts: r.attempts,
+                received_at_ms: r.received_at as u64,
+                callback,
+            }
+        })
+        .collect()
 }
 
 fn record(conn: &Connection, outcomes: &[(i64, Record)]) -> rusqlite::Result<()> {
@@ -494,7 +563,17 @@ fn delivery_row(r: &rusqlite::Row) -> rusqlite::Result<DeliveryInfo> {
 
 impl Store for SqliteStore {
     fn accept(&self, event: NewEvent, window: u64) -> BoxFuture<'_, Result<Accepted, StoreError>> {
-        self.send(|r| Command::Accept(Box::new(event), window, r))
+        let rules_json = serde_json::to_string(&event.rules).unwrap_or_else(|_| "[]".into());
+        self.send(|r| {
+            Command::Accept(
+                Box::new(Prepared {
+                    event,
+                    rules_json,
+                    window,
+                }),
+                r,
+            )
+        })
     }
 
     fn claim_due(
@@ -503,12 +582,13 @@ impl Store for SqliteStore {
         limit: usize,
         lease: u64,
     ) -> BoxFuture<'_, Result<Vec<Claimed>, StoreError>> {
-        self.send(|reply| Command::Claim {
+        let rows = self.send(|reply| Command::Claim {
             now,
             limit,
             lease,
             reply,
-        })
+        });
+        Box::pin(async move { rows.await.map(decode) })
     }
 
     fn record(&self, outcomes: Vec<(i64, Record)>) -> BoxFuture<'_, Result<(), StoreError>> {
@@ -642,12 +722,13 @@ mod tests {
             dedup_key: key.into(),
             event: "roster:ban".into(),
             received_at_ms: at,
-            body: serde_json::json!({"callId": id}),
+            body: serde_json::json!({"callId": id, "security": "s", "timestamp": at}).to_string(),
             rules: vec!["r".into()],
             deliveries: actions
                 .iter()
                 .map(|a| (a.to_string(), "r".to_string()))
                 .collect(),
+            lease_until: None,
         }
     }
 
@@ -656,12 +737,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = SqliteStore::open(dir.path()).unwrap();
-            assert_eq!(
-                s.accept(ev("e1", "k1", &["a", "b"], 1000), 60_000)
-                    .await
-                    .unwrap(),
-                Accepted::New("e1".into())
-            );
+            let Accepted::New { id, deliveries } = s
+                .accept(ev("e1", "k1", &["a", "b"], 1000), 60_000)
+                .await
+                .unwrap()
+            else {
+                panic!("not stored")
+            };
+            assert_eq!((id.as_str(), deliveries.len()), ("e1", 2));
             assert_eq!(
                 s.accept(ev("e2", "k1", &["a"], 2000), 60_000)
                     .await
@@ -669,10 +752,10 @@ mod tests {
                 Accepted::Duplicate
             );
             // After the window the same key is a new event.
-            assert_eq!(
+            assert!(matches!(
                 s.accept(ev("e3", "k1", &[], 70_000), 60_000).await.unwrap(),
-                Accepted::New("e3".into())
-            );
+                Accepted::New { id, .. } if id == "e3"
+            ));
             let claimed = s.claim_due(1000, 10, 30_000).await.unwrap();
             assert_eq!(
                 claimed
@@ -681,7 +764,9 @@ mod tests {
                     .collect::<Vec<_>>(),
                 ["a", "b"]
             );
-            assert_eq!(claimed[0].body["callId"], "e1");
+            // Claimed in id order, each with its parsed callback.
+            assert_eq!(claimed.iter().map(|c| c.id).collect::<Vec<_>>(), deliveries);
+            assert_eq!(claimed[0].callback.as_ref().unwrap().call_id, "e1");
             // Leased: not claimed twice.
             assert!(s.claim_due(1001, 10, 30_000).await.unwrap().is_empty());
             s.record(vec![
