@@ -381,6 +381,14 @@ impl Dispatcher {
                 &cb.event,
             ));
         }
+        let max_attempts = action
+            .max_attempts
+            .unwrap_or(settings.delivery.max_attempts);
+        if let crate::actions::ActionKind::Log(log) = &action.kind
+            && !log.is_written()
+        {
+            return Ok((Outcome::Sent, max_attempts, cb.event.clone()));
+        }
         let received = chrono::DateTime::from_timestamp_millis(c.received_at_ms as i64)
             .unwrap_or_else(chrono::Utc::now);
         let ctx =
@@ -389,9 +397,6 @@ impl Dispatcher {
             .render(&snapshot.rules.templates, &ctx)
             .map_err(|e| dead(format!("template: {e}"), &cb.event))?;
         let timeout = action.timeout.unwrap_or(settings.delivery.timeout);
-        let max_attempts = action
-            .max_attempts
-            .unwrap_or(settings.delivery.max_attempts);
         let outcome =
             match tokio::time::timeout(timeout, self.senders.send(&msg, settings, timeout)).await {
                 Ok(o) => o,

@@ -71,6 +71,20 @@ pub(super) fn compile(raw: RawLog, c: &mut Compiler) -> Option<LogAction> {
 }
 
 impl LogAction {
+    /// Whether the log keeps lines of this action's level. When it does not
+    /// (`RUST_LOG=warn` and a `debug` action), there is nothing to render
+    /// or write: the delivery is done.
+    pub fn is_written(&self) -> bool {
+        use tracing::Level as L;
+        match self.level {
+            Level::Trace => tracing::enabled!(target: "easehook::action", L::TRACE),
+            Level::Debug => tracing::enabled!(target: "easehook::action", L::DEBUG),
+            Level::Info => tracing::enabled!(target: "easehook::action", L::INFO),
+            Level::Warn => tracing::enabled!(target: "easehook::action", L::WARN),
+            Level::Error => tracing::enabled!(target: "easehook::action", L::ERROR),
+        }
+    }
+
     pub(super) fn render(&self, t: &Templates, ctx: &Value) -> Result<LogLine, String> {
         Ok(LogLine {
             level: self.level,

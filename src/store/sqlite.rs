@@ -10,12 +10,14 @@
 //!
 //! The writer thread is the one serial step of the request path, so it does
 //! nothing that another thread can do: JSON is encoded before a command is
-//! queued and decoded after its answer, and its statements are prepared
-//! once and cached.
+//! queued and decoded after its answer, its statements are prepared once
+//! and cached, and checkpoints (copying the WAL into the database file) run
+//! on a thread of their own ([`checkpointer`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -30,6 +32,17 @@ use super::{
 
 /// Commands handled in one transaction at most.
 const MAX_BATCH: usize = 512;
+
+/// How long the checkpointer lets commits gather before it copies them into
+/// the database file. A page written by many commits in that time (the
+/// right edge of an index) is copied once.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+
+/// WAL size (in pages; 8192 × 4 KiB = 32 MiB) past which the checkpointer
+/// makes the next commit start the WAL over. Passive checkpoints never wait
+/// for the writer, so under constant load they may never catch up with it
+/// exactly, and the WAL would only grow.
+const WAL_RESTART_PAGES: i64 = 8192;
 
 /// The schema. Tables keyed by text are `WITHOUT ROWID`: one B-tree each
 /// instead of a table and its key's index, which is one page less to write
@@ -179,7 +192,7 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     // Only this process writes; a lock held longer than this is an outside
     // tool, and the callback is better answered 503 than kept waiting.
-    conn.busy_timeout(std::time::Duration::from_secs(1))?;
+    conn.busy_timeout(Duration::from_secs(1))?;
     let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
         tracing::warn!(mode, "SQLite did not switch to WAL");
@@ -208,14 +221,27 @@ impl SqliteStore {
                 [],
             )
             .context("cannot release old leases")?;
+        // Checkpoints are the checkpointer's job, never a commit's.
+        writer
+            .execute_batch("PRAGMA wal_autocheckpoint=0")
+            .context("cannot configure the store")?;
         let reader =
             open(&path).with_context(|| format!("cannot open the store {}", path.display()))?;
+        let checkpoints =
+            open(&path).with_context(|| format!("cannot open the store {}", path.display()))?;
         let (tx, rx) = mpsc::channel();
+        // Capacity 1: the writer's "there is something to checkpoint" never
+        // blocks it, and many commits make one wake-up.
+        let (committed_tx, committed_rx) = mpsc::sync_channel(1);
         let writable = Arc::new(AtomicBool::new(true));
         let flag = writable.clone();
         std::thread::Builder::new()
+            .name("easehook-ckpt".into())
+            .spawn(move || checkpointer(checkpoints, committed_rx))
+            .context("cannot start the store checkpointer")?;
+        std::thread::Builder::new()
             .name("easehook-store".into())
-            .spawn(move || writer_loop(writer, rx, flag))
+            .spawn(move || writer_loop(writer, rx, flag, committed_tx))
             .context("cannot start the store writer")?;
         Ok(Self {
             tx: Mutex::new(tx),
@@ -267,7 +293,43 @@ impl SqliteStore {
     }
 }
 
-fn writer_loop(conn: Connection, rx: mpsc::Receiver<Command>, writable: Arc<AtomicBool>) {
+/// Copy committed pages from the WAL into the database file, a while after
+/// each commit, until the writer stops.
+///
+/// Passive checkpoints run beside the writer without holding it up. Once
+/// the WAL is past [`WAL_RESTART_PAGES`], a restarting checkpoint waits for
+/// the writer's current batch, copies the rest (little, after the passive
+/// ones) and lets the next commit start the WAL from its beginning.
+fn checkpointer(conn: Connection, committed: mpsc::Receiver<()>) {
+    let run = |mode: &str| -> rusqlite::Result<(i64, i64)> {
+        conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+            Ok((r.get(1)?, r.get(2)?))
+        })
+    };
+    while committed.recv().is_ok() {
+        std::thread::sleep(CHECKPOINT_EVERY);
+        match run("PASSIVE") {
+            Ok((log, _)) if log >= WAL_RESTART_PAGES => {
+                if let Err(e) = run("RESTART") {
+                    tracing::debug!(error = %e, "restarting checkpoint failed");
+                }
+            }
+            Ok(_) => {}
+            // A full disk and the like: the next commit brings the next try.
+            Err(e) => tracing::debug!(error = %e, "checkpoint failed"),
+        }
+    }
+    // The writer has stopped: copy what is left, so the WAL is small when
+    // the daemon starts next.
+    let _ = run("TRUNCATE");
+}
+
+fn writer_loop(
+    conn: Connection,
+    rx: mpsc::Receiver<Command>,
+    writable: Arc<AtomicBool>,
+    committed: mpsc::SyncSender<()>,
+) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -304,6 +366,7 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Command>, writable: Arc<Atom
         for (c, d) in batch.into_iter().zip(done) {
             reply(c, d);
         }
+        let _ = committed.try_send(());
     }
 }
 
@@ -835,6 +898,87 @@ mod tests {
         );
         // Reopening voids the dead process's lease: the delivery is due again.
         assert_eq!(s.claim_due(6000, 10, 30_000).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn leased_deliveries_wait_for_their_lease_and_a_restart_frees_them() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = SqliteStore::open(dir.path()).unwrap();
+            let mut e = ev("e1", "k1", &["a"], 1000);
+            e.lease_until = Some(50_000);
+            let Accepted::New { deliveries, .. } = s.accept(e, 60_000).await.unwrap() else {
+                panic!("not stored")
+            };
+            assert_eq!(deliveries.len(), 1);
+            // Handed off: no claim takes it while the lease holds…
+            assert!(s.claim_due(2000, 10, 30_000).await.unwrap().is_empty());
+            assert_eq!(s.next_due().await.unwrap(), None);
+            // …and one does once it has run out (the hand-off was lost).
+            assert_eq!(s.claim_due(50_000, 10, 30_000).await.unwrap().len(), 1);
+        }
+        let s = SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(s.claim_due(2000, 10, 30_000).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn one_failing_command_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path()).unwrap();
+        s.accept(ev("e1", "k1", &["a"], 1000), 60_000)
+            .await
+            .unwrap();
+        // Queued together, so they share a batch: the second reuses an
+        // event id (a constraint error), the others are fine.
+        let (a, b, c) = tokio::join!(
+            s.accept(ev("e2", "k2", &["a"], 1000), 60_000),
+            s.accept(ev("e1", "k3", &["a"], 1000), 60_000),
+            s.accept(ev("e3", "k4", &["a"], 1000), 60_000),
+        );
+        assert!(matches!(a.unwrap(), Accepted::New { id, .. } if id == "e2"));
+        assert!(b.is_err());
+        assert!(matches!(c.unwrap(), Accepted::New { id, .. } if id == "e3"));
+        let ids: Vec<String> = s
+            .list_events(0, None, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(ids.len(), 3, "{ids:?}");
+        // Nothing of the failed command was kept: its dedup key is free.
+        assert!(matches!(
+            s.accept(ev("e4", "k3", &[], 1000), 60_000).await.unwrap(),
+            Accepted::New { .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn checkpoints_move_commits_into_the_database_file_off_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("easehook.db");
+        let wal = dir.path().join("easehook.db-wal");
+        let s = SqliteStore::open(dir.path()).unwrap();
+        let before = std::fs::metadata(&db).unwrap().len();
+        for i in 0..200 {
+            let id = format!("e{i}");
+            s.accept(ev(&id, &id, &["a"], 1000), 60_000).await.unwrap();
+        }
+        // The writer never checkpoints (wal_autocheckpoint=0); the
+        // checkpointer copies the pages into the database file soon after.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::fs::metadata(&db).unwrap().len() <= before {
+            assert!(std::time::Instant::now() < deadline, "no checkpoint");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        // Once the store is closed, the checkpointer empties the WAL.
+        drop(s);
+        while std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0) > 0 {
+            assert!(std::time::Instant::now() < deadline, "WAL not truncated");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let s = SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(s.list_events(0, None, 500).await.unwrap().len(), 200);
     }
 
     #[tokio::test]

@@ -184,3 +184,46 @@ async fn systemd_hears_ready_watchdog_reloading_and_stopping_in_order() {
         "{seen:?}"
     );
 }
+
+/// The `nice` value of each of this process's threads named `name`.
+fn thread_nice(name: &str) -> Vec<i64> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // Fields after the parenthesized name: state is field 3, nice is 19.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+        if let Some(nice) = rest.split_whitespace().nth(16) {
+            out.push(nice.parse().unwrap());
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn deliveries_run_below_the_request_path_priority() {
+    let app = spawn_app_with(Options::rules(
+        "actions:\n  note: {type: log, message: '{{event}}'}\nrules:\n  - {name: all, actions: [note]}\n",
+    ))
+    .await;
+    let (status, _) = app.post(&signed("roster:ban", "alice", "bob")).await;
+    assert_eq!(status, 200);
+    app.wait_for_delivery("sent", Duration::from_secs(5)).await;
+    // Thread names are cut to 15 bytes by the kernel.
+    let nices = thread_nice("easehook-delive");
+    assert!(!nices.is_empty(), "no delivery threads found");
+    assert!(nices.iter().all(|&n| n == 10), "{nices:?}");
+    // The test's own runtime (where the listeners run) is untouched.
+    let own = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+    let own_nice = own
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .nth(16)
+        .unwrap();
+    assert_eq!(own_nice, "0");
+}

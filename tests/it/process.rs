@@ -271,3 +271,44 @@ async fn sighup_reloads_the_rules() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn log_actions_write_at_their_level_and_lines_the_log_drops_are_done_at_once() {
+    // RUST_LOG=info (the Daemon helper): a warn line is written, a debug
+    // line is not, and both deliveries are done.
+    let (_dir, config) = write_config(&Options::rules(
+        "actions:\n\
+         \x20 shown: {type: log, level: warn, message: 'ban by {{from_user}}'}\n\
+         \x20 hidden: {type: log, level: debug, message: 'quiet {{from_user}}'}\n\
+         rules:\n  - {name: bans, when: {event: roster:ban}, actions: [shown, hidden]}\n",
+    ));
+    fixed_ports(&config);
+    let d = Daemon::start(&config, &[]).await;
+    let r = reqwest::Client::new()
+        .post(&d.callback_url)
+        .json(&signed("roster:ban", "alice", "bob"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    eventually(Duration::from_secs(5), "both deliveries done", || async {
+        d.log()
+            .iter()
+            .filter(|l| l["message"] == "delivered")
+            .count()
+            == 2
+    })
+    .await;
+    let log = d.log();
+    let shown: Vec<_> = log
+        .iter()
+        .filter(|l| l["message"] == "ban by alice")
+        .collect();
+    assert_eq!(shown.len(), 1, "{log:?}");
+    assert_eq!(shown[0]["level"], "WARN");
+    assert_eq!(shown[0]["target"], "easehook::action");
+    assert!(
+        !log.iter().any(|l| l.to_string().contains("quiet alice")),
+        "{log:?}"
+    );
+}
