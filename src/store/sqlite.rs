@@ -14,8 +14,9 @@
 //! and cached, and checkpoints (copying the WAL into the database file) run
 //! on a thread of their own ([`checkpointer`]).
 
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
@@ -33,10 +34,18 @@ use super::{
 /// Commands handled in one transaction at most.
 const MAX_BATCH: usize = 512;
 
-/// How long the checkpointer lets commits gather before it copies them into
-/// the database file. A page written by many commits in that time (the
-/// right edge of an index) is copied once.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+/// The checkpointer copies committed pages into the database file once this
+/// many new pages are in the WAL (SQLite's own default)…
+const CHECKPOINT_PAGES: i64 = 1000;
+
+/// …or this long after a commit, whichever comes first. Letting commits
+/// gather means a page written by many of them (the right edge of an
+/// index) is copied once, and under a light load the database file is
+/// flushed about once a second instead of beside every commit.
+const CHECKPOINT_AFTER: Duration = Duration::from_secs(1);
+
+/// How often the checkpointer looks at the WAL's growth while it waits.
+const CHECKPOINT_POLL: Duration = Duration::from_millis(10);
 
 /// WAL size (in pages; 8192 × 4 KiB = 32 MiB) past which the checkpointer
 /// makes the next commit start the WAL over. Passive checkpoints never wait
@@ -221,10 +230,12 @@ impl SqliteStore {
                 [],
             )
             .context("cannot release old leases")?;
-        // Checkpoints are the checkpointer's job, never a commit's.
+        // Checkpoints are the checkpointer's job, never a commit's. (The
+        // pragma sets a WAL hook of its own, so ours comes after it.)
         writer
             .execute_batch("PRAGMA wal_autocheckpoint=0")
             .context("cannot configure the store")?;
+        writer.wal_hook(Some(note_wal_pages));
         let reader =
             open(&path).with_context(|| format!("cannot open the store {}", path.display()))?;
         let checkpoints =
@@ -233,15 +244,21 @@ impl SqliteStore {
         // Capacity 1: the writer's "there is something to checkpoint" never
         // blocks it, and many commits make one wake-up.
         let (committed_tx, committed_rx) = mpsc::sync_channel(1);
+        let wal_pages = Arc::new(AtomicI64::new(0));
         let writable = Arc::new(AtomicBool::new(true));
         let flag = writable.clone();
+        let pages = wal_pages.clone();
         std::thread::Builder::new()
             .name("easehook-ckpt".into())
-            .spawn(move || checkpointer(checkpoints, committed_rx))
+            .spawn(move || checkpointer(checkpoints, committed_rx, pages))
             .context("cannot start the store checkpointer")?;
+        let committed = Committed {
+            notify: committed_tx,
+            wal_pages,
+        };
         std::thread::Builder::new()
             .name("easehook-store".into())
-            .spawn(move || writer_loop(writer, rx, flag, committed_tx))
+            .spawn(move || writer_loop(writer, rx, flag, committed))
             .context("cannot start the store writer")?;
         Ok(Self {
             tx: Mutex::new(tx),
@@ -293,28 +310,65 @@ impl SqliteStore {
     }
 }
 
-/// Copy committed pages from the WAL into the database file, a while after
-/// each commit, until the writer stops.
+thread_local! {
+    /// Pages in the WAL after this thread's last commit, as SQLite's WAL
+    /// hook reports them (the hook is a plain function: it cannot capture).
+    static WAL_PAGES: Cell<i64> = const { Cell::new(0) };
+}
+
+fn note_wal_pages(_: &rusqlite::hooks::Wal, pages: std::ffi::c_int) -> rusqlite::Result<()> {
+    WAL_PAGES.with(|p| p.set(pages.into()));
+    Ok(())
+}
+
+/// How the writer tells the checkpointer about its commits.
+struct Committed {
+    /// "There was a commit": capacity 1, so it never blocks the writer and
+    /// many commits make one wake-up.
+    notify: mpsc::SyncSender<()>,
+    /// Pages in the WAL after the last commit.
+    wal_pages: Arc<AtomicI64>,
+}
+
+/// Copy committed pages from the WAL into the database file (see
+/// [`CHECKPOINT_PAGES`] and [`CHECKPOINT_AFTER`] for when), until the writer
+/// stops.
 ///
 /// Passive checkpoints run beside the writer without holding it up. Once
 /// the WAL is past [`WAL_RESTART_PAGES`], a restarting checkpoint waits for
 /// the writer's current batch, copies the rest (little, after the passive
 /// ones) and lets the next commit start the WAL from its beginning.
-fn checkpointer(conn: Connection, committed: mpsc::Receiver<()>) {
+fn checkpointer(conn: Connection, committed: mpsc::Receiver<()>, wal_pages: Arc<AtomicI64>) {
     let run = |mode: &str| -> rusqlite::Result<(i64, i64)> {
         conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
             Ok((r.get(1)?, r.get(2)?))
         })
     };
+    // WAL pages already copied (SQLite counts them from the WAL's start).
+    let mut copied = 0;
     while committed.recv().is_ok() {
-        std::thread::sleep(CHECKPOINT_EVERY);
+        let since = std::time::Instant::now();
+        loop {
+            let pages = wal_pages.load(Ordering::Relaxed);
+            // Fewer pages than were copied: the WAL has started over.
+            let new = if pages < copied {
+                pages
+            } else {
+                pages - copied
+            };
+            if new >= CHECKPOINT_PAGES || since.elapsed() >= CHECKPOINT_AFTER {
+                break;
+            }
+            std::thread::sleep(CHECKPOINT_POLL);
+        }
         match run("PASSIVE") {
             Ok((log, _)) if log >= WAL_RESTART_PAGES => {
+                copied = 0;
                 if let Err(e) = run("RESTART") {
                     tracing::debug!(error = %e, "restarting checkpoint failed");
                 }
             }
-            Ok(_) => {}
+            Ok((_, done)) => copied = done,
             // A full disk and the like: the next commit brings the next try.
             Err(e) => tracing::debug!(error = %e, "checkpoint failed"),
         }
@@ -328,7 +382,7 @@ fn writer_loop(
     conn: Connection,
     rx: mpsc::Receiver<Command>,
     writable: Arc<AtomicBool>,
-    committed: mpsc::SyncSender<()>,
+    committed: Committed,
 ) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
@@ -366,7 +420,10 @@ fn writer_loop(
         for (c, d) in batch.into_iter().zip(done) {
             reply(c, d);
         }
-        let _ = committed.try_send(());
+        committed
+            .wal_pages
+            .store(WAL_PAGES.with(Cell::get), Ordering::Relaxed);
+        let _ = committed.notify.try_send(());
     }
 }
 
