@@ -11,13 +11,14 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, BytesMut};
 use futures_util::{Stream, StreamExt};
+use tokio::sync::mpsc::{self, OwnedPermit};
 use warp::Filter;
 use warp::http::{HeaderMap, Method, StatusCode};
 use warp::reply::Response;
 
 use super::{AppState, error_reply, json_reply};
 use crate::callback::Callback;
-use crate::store::{Accepted, NewEvent};
+use crate::store::{Accepted, Claimed, NewEvent, StoreError};
 use crate::verify;
 
 /// Time allowed to receive the whole body once headers are in.
@@ -112,7 +113,7 @@ where
 }
 
 async fn accept<S, B>(
-    state: &AppState,
+    state: &Arc<AppState>,
     snapshot: &crate::snapshot::Snapshot,
     headers: &HeaderMap,
     body: S,
@@ -187,10 +188,7 @@ where
     // Room in the dispatcher's hand-off for every delivery of this event:
     // then they are stored already claimed and handed over in memory.
     // Without room they wait in the store for the dispatcher to claim them.
-    let handoff = match deliveries.len() {
-        0 => None,
-        n => state.handoff.try_reserve_many(n).ok(),
-    };
+    let handoff = reserve(&state.handoff, deliveries.len());
     let new = NewEvent {
         id: uuid::Uuid::now_v7().to_string(),
         dedup_key: cb.dedup_key.clone(),
@@ -205,13 +203,12 @@ where
             .map(|_| now + crate::dispatch::lease_ms(snapshot)),
     };
     let window = settings.dedup_window.as_millis() as u64;
-    let stored = handoff.as_ref().map(|_| new.deliveries.clone());
-    let has_deliveries = !new.deliveries.is_empty();
-    match state.store.accept(new, window).await {
-        Ok(Accepted::New {
-            id,
-            deliveries: ids,
-        }) => {
+    let committing = tokio::spawn(commit(state.clone(), new, window, handoff, cb.clone()));
+    let committed = committing
+        .await
+        .unwrap_or_else(|e| Err(StoreError(format!("the commit task failed: {e}"))));
+    match committed {
+        Ok(Accepted::New { id, .. }) => {
             state.accepted.fetch_add(1, Ordering::Relaxed);
             for &i in &evaluation.rules {
                 state
@@ -221,24 +218,6 @@ where
                         rule: rules.rules[i].name.clone(),
                     })
                     .inc();
-            }
-            match (handoff, stored) {
-                (Some(permits), Some(names)) => {
-                    let callback = Ok(cb.clone());
-                    for ((permit, delivery), (action, rule)) in permits.zip(ids).zip(names) {
-                        permit.send(crate::store::Claimed {
-                            id: delivery,
-                            event_id: id.clone(),
-                            action,
-                            rule,
-                            attempts: 0,
-                            received_at_ms: now,
-                            callback: callback.clone(),
-                        });
-                    }
-                }
-                _ if has_deliveries => state.wake.notify_one(),
-                _ => {}
             }
             Outcome {
                 status: StatusCode::OK,
@@ -271,6 +250,59 @@ where
             o
         }
     }
+}
+
+/// A slot in the dispatcher's hand-off for each of `n` deliveries, or none
+/// at all.
+fn reserve(handoff: &mpsc::Sender<Claimed>, n: usize) -> Option<Vec<OwnedPermit<Claimed>>> {
+    if n == 0 {
+        return None;
+    }
+    // Dropped on the way out when one is missing: the slots are released.
+    (0..n)
+        .map(|_| handoff.clone().try_reserve_owned().ok())
+        .collect()
+}
+
+/// Commit the event, then hand its deliveries to the dispatcher (when
+/// `handoff` holds a slot for each) or wake it to claim them from the store.
+///
+/// Runs as a task of its own: a caller that hangs up mid-commit drops the
+/// request's future, and with it would go the hand-off of deliveries the
+/// store has already recorded as claimed.
+async fn commit(
+    state: Arc<AppState>,
+    new: NewEvent,
+    window: u64,
+    handoff: Option<Vec<OwnedPermit<Claimed>>>,
+    callback: Arc<Callback>,
+) -> Result<Accepted, StoreError> {
+    let names = new.deliveries.clone();
+    let received_at_ms = new.received_at_ms;
+    let accepted = state.store.accept(new, window).await?;
+    if let Accepted::New { id, deliveries } = &accepted {
+        match handoff {
+            Some(permits) => {
+                let callback = Ok(callback);
+                for ((permit, &delivery), (action, rule)) in
+                    permits.into_iter().zip(deliveries).zip(names)
+                {
+                    permit.send(Claimed {
+                        id: delivery,
+                        event_id: id.clone(),
+                        action,
+                        rule,
+                        attempts: 0,
+                        received_at_ms,
+                        callback: callback.clone(),
+                    });
+                }
+            }
+            None if !deliveries.is_empty() => state.wake.notify_one(),
+            None => {}
+        }
+    }
+    Ok(accepted)
 }
 
 enum ReadError {
