@@ -164,7 +164,7 @@ impl Dispatcher {
                     free.div_ceil(2)
                 };
                 let snapshot = self.state.snapshot.load_full();
-                match store.claim_due(now_ms(), ask, lease_ms(&snapshot)).await {
+                match store.claim_due(now_ms(), ask, snapshot.lease_ms).await {
                     Ok(claimed) => {
                         if !claimed.is_empty() {
                             tracing::debug!(ids = ?claimed.iter().map(|c| c.id).collect::<Vec<_>>(), "claimed");
@@ -448,7 +448,7 @@ async fn record_outcomes(
             .iter()
             .any(|(_, r)| matches!(r, Record::Retry { .. }));
         let deadline =
-            std::time::Instant::now() + Duration::from_millis(lease_ms(&state.snapshot.load()) / 2);
+            std::time::Instant::now() + Duration::from_millis(state.snapshot.load().lease_ms / 2);
         loop {
             match state.store.record(outcomes.clone()).await {
                 Ok(()) => break,
@@ -473,13 +473,16 @@ async fn record_outcomes(
 /// process's claims ever run out. A full hand-off queue holds as many
 /// deliveries as there are slots, and they get at least half of the slots
 /// that free up, each within one attempt's time: two attempts of waiting.
-pub fn lease_ms(snapshot: &crate::snapshot::Snapshot) -> u64 {
-    let longest = snapshot
-        .rules
+///
+/// Computed once per snapshot ([`Snapshot::lease_ms`]), not per request.
+///
+/// [`Snapshot::lease_ms`]: crate::snapshot::Snapshot::lease_ms
+pub fn lease_ms(settings: &crate::config::Settings, rules: &crate::rules::RuleSet) -> u64 {
+    let longest = rules
         .actions
         .iter()
         .filter_map(|a| a.timeout)
-        .chain(std::iter::once(snapshot.settings.delivery.timeout))
+        .chain(std::iter::once(settings.delivery.timeout))
         .max()
         .unwrap_or_default();
     (longest * 3 + Duration::from_secs(60)).as_millis() as u64

@@ -13,6 +13,9 @@ use crate::rules::RuleSet;
 pub struct Snapshot {
     pub settings: Settings,
     pub rules: RuleSet,
+    /// How long a claim holds a delivery under these settings and actions
+    /// (see [`crate::dispatch::lease_ms`]).
+    pub lease_ms: u64,
 }
 
 /// Load the config file and compile its rule set: the one code path shared
@@ -20,5 +23,10 @@ pub struct Snapshot {
 pub fn load(path: &Path, env: &dyn Env) -> Result<Arc<Snapshot>, Diagnostics> {
     let settings = config::load(path, env)?;
     let rules = RuleSet::load(&settings, env)?;
-    Ok(Arc::new(Snapshot { settings, rules }))
+    let lease_ms = crate::dispatch::lease_ms(&settings, &rules);
+    Ok(Arc::new(Snapshot {
+        settings,
+        rules,
+        lease_ms,
+    }))
 }

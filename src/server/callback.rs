@@ -198,9 +198,7 @@ where
         body: String::from_utf8(body.to_vec()).unwrap_or_else(|_| cb.raw.to_string()),
         rules: matched_rules,
         deliveries,
-        lease_until: handoff
-            .as_ref()
-            .map(|_| now + crate::dispatch::lease_ms(snapshot)),
+        lease_until: handoff.as_ref().map(|_| now + snapshot.lease_ms),
     };
     let window = settings.dedup_window.as_millis() as u64;
     let committing = tokio::spawn(commit(state.clone(), new, window, handoff, cb.clone()));
@@ -277,12 +275,12 @@ async fn commit(
     handoff: Option<Vec<OwnedPermit<Claimed>>>,
     callback: Arc<Callback>,
 ) -> Result<Accepted, StoreError> {
-    let names = new.deliveries.clone();
+    let names = handoff.as_ref().map(|_| new.deliveries.clone());
     let received_at_ms = new.received_at_ms;
     let accepted = state.store.accept(new, window).await?;
     if let Accepted::New { id, deliveries } = &accepted {
-        match handoff {
-            Some(permits) => {
+        match handoff.zip(names) {
+            Some((permits, names)) => {
                 let callback = Ok(callback);
                 for ((permit, &delivery), (action, rule)) in
                     permits.into_iter().zip(deliveries).zip(names)

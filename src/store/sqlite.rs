@@ -889,6 +889,16 @@ mod tests {
         }
     }
 
+    /// The ids of the stored events, newest first.
+    async fn event_ids(s: &SqliteStore) -> Vec<String> {
+        s.list_events(0, None, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.id)
+            .collect()
+    }
+
     #[tokio::test]
     async fn accept_dedup_claim_record_retry_and_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -995,13 +1005,7 @@ mod tests {
         assert!(matches!(a.unwrap(), Accepted::New { id, .. } if id == "e2"));
         assert!(b.is_err());
         assert!(matches!(c.unwrap(), Accepted::New { id, .. } if id == "e3"));
-        let ids: Vec<String> = s
-            .list_events(0, None, 10)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|e| e.id)
-            .collect();
+        let ids = event_ids(&s).await;
         assert_eq!(ids.len(), 3, "{ids:?}");
         // Nothing of the failed command was kept: its dedup key is free.
         assert!(matches!(
@@ -1049,13 +1053,7 @@ mod tests {
         let now = crate::verify::now_ms();
         s.accept(ev("new", "k3", &[], now), 1000).await.unwrap();
         s.prune(now, 10_000).await.unwrap();
-        let ids: Vec<String> = s
-            .list_events(0, None, 10)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|e| e.id)
-            .collect();
+        let ids = event_ids(&s).await;
         assert_eq!(ids, ["new", "pending"]);
     }
 }

@@ -194,13 +194,17 @@ fn thread_nice(name: &str) -> Vec<i64> {
             continue;
         }
         let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
-        // Fields after the parenthesized name: state is field 3, nice is 19.
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-        if let Some(nice) = rest.split_whitespace().nth(16) {
-            out.push(nice.parse().unwrap());
-        }
+        out.extend(nice_in_stat(&stat));
     }
     out
+}
+
+/// The `nice` field of a `/proc/…/stat` line.
+fn nice_in_stat(stat: &str) -> Option<i64> {
+    // Fields after the parenthesized name: state is field 3, nice is 19.
+    let rest = stat.rsplit_once(')')?.1;
+    let nice = rest.split_whitespace().nth(16)?;
+    Some(nice.parse().expect("nice is a number"))
 }
 
 #[tokio::test]
@@ -218,12 +222,5 @@ async fn deliveries_run_below_the_request_path_priority() {
     assert!(nices.iter().all(|&n| n == 10), "{nices:?}");
     // The test's own runtime (where the listeners run) is untouched.
     let own = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
-    let own_nice = own
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .nth(16)
-        .unwrap();
-    assert_eq!(own_nice, "0");
+    assert_eq!(nice_in_stat(&own), Some(0));
 }
