@@ -114,7 +114,7 @@ fn bench(c: &mut Criterion) {
         let a = rules.action(action).unwrap();
         c.bench_function(&format!("render/{action}"), |b| {
             b.iter(|| {
-                let ctx = template::with_names(&base, "ban-to-product", action);
+                let ctx = template::with_names(base.clone(), "ban-to-product", action);
                 a.render(&rules.templates, black_box(&ctx)).unwrap()
             })
         });

@@ -173,7 +173,7 @@ pub fn test(config_path: &Path, args: &TestArgs) -> anyhow::Result<ExitCode> {
                 ),
                 Some(p) if p.rule == ri => {
                     println!("  action {} ({}):", action.name, action.kind.type_name());
-                    let ctx = template::with_names(&base, &rule.name, &action.name);
+                    let ctx = template::with_names(base.clone(), &rule.name, &action.name);
                     match action.render(&rules.templates, &ctx) {
                         Ok(msg) => {
                             for line in msg.describe(redactor).lines() {

@@ -17,8 +17,8 @@ use crate::callback::{Callback, ROSTER_OPERATIONS};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CallbackLabels {
-    pub result: String,
-    pub event: String,
+    pub result: &'static str,
+    pub event: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -58,18 +58,35 @@ const FAMILIES: [&str; 9] = [
 ];
 
 /// The bounded `event` label of a callback.
-pub fn event_label(cb: Option<&Callback>) -> String {
-    let Some(cb) = cb else { return "other".into() };
+pub fn event_label(cb: Option<&Callback>) -> &'static str {
+    let Some(cb) = cb else { return "other" };
     if let (Some("roster"), Some(op)) = (cb.chat_type.as_deref(), cb.operation.as_deref())
-        && ROSTER_OPERATIONS.contains(&op)
+        && let Some(i) = ROSTER_OPERATIONS.iter().position(|o| *o == op)
     {
-        return cb.event.clone();
+        return ROSTER_EVENTS[i];
     }
     match cb.chat_type.as_deref() {
-        Some(f) if FAMILIES.contains(&f) => f.to_string(),
-        _ => "other".into(),
+        Some(f) => FAMILIES
+            .iter()
+            .find(|&&k| k == f)
+            .copied()
+            .unwrap_or("other"),
+        None => "other",
     }
 }
+
+/// `roster:{operation}` for each of [`ROSTER_OPERATIONS`], in its order: the
+/// event names of roster callbacks, as labels that cost no allocation.
+const ROSTER_EVENTS: [&str; ROSTER_OPERATIONS.len()] = [
+    "roster:add",
+    "roster:remove",
+    "roster:accept",
+    "roster:remote_accept",
+    "roster:decline",
+    "roster:remote_decline",
+    "roster:ban",
+    "roster:allow",
+];
 
 /// Every metric of one daemon.
 pub struct Metrics {
@@ -216,6 +233,11 @@ mod tests {
         );
         assert_eq!(event_label(Some(&cb(json!({"status": "online"})))), "other");
         assert_eq!(event_label(None), "other");
+        // The label of every roster operation is the callback's event name.
+        for op in ROSTER_OPERATIONS {
+            let c = cb(json!({"chat_type": "roster", "payload": {"operation": op}}));
+            assert_eq!(event_label(Some(&c)), c.event);
+        }
     }
 
     #[test]
@@ -223,8 +245,8 @@ mod tests {
         let m = Metrics::new();
         m.callbacks
             .get_or_create(&CallbackLabels {
-                result: "accepted".into(),
-                event: "roster:ban".into(),
+                result: "accepted",
+                event: "roster:ban",
             })
             .inc();
         m.reloaded(true);

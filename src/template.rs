@@ -208,9 +208,9 @@ impl Templates {
     }
 
     /// Render a registered template.
-    pub fn render(&self, t: &TemplateRef, ctx: &Value) -> Result<String, String> {
+    pub fn render(&self, t: &TemplateRef, ctx: &TemplateData) -> Result<String, String> {
         self.registries[t.escape.index()]
-            .render(&t.name, ctx)
+            .render_with_context(&t.name, ctx)
             .map_err(|e| render_error_message(&e))
     }
 }
@@ -273,14 +273,19 @@ pub fn base_context(cb: &Callback, received_at: DateTime<Utc>) -> Value {
 }
 
 /// `base` with `rule` and `action` set.
-pub fn with_names(base: &Value, rule: &str, action: &str) -> Value {
-    let mut ctx = base.clone();
-    if let Value::Object(m) = &mut ctx {
+pub fn with_names(mut base: Value, rule: &str, action: &str) -> TemplateData {
+    if let Value::Object(m) = &mut base {
         m.insert("rule".into(), Value::String(rule.into()));
         m.insert("action".into(), Value::String(action.into()));
     }
-    ctx
+    TemplateData::from(base)
 }
+
+/// The data of one render, shared by every template of an action.
+///
+/// Handlebars takes it as it is; handing it a `Value` instead would make it
+/// copy the whole context again for each template rendered.
+pub type TemplateData = handlebars::Context;
 
 fn param<'a>(h: &'a Helper, idx: usize, helper: &'static str) -> Result<&'a Value, RenderError> {
     match h.param(idx) {
@@ -459,7 +464,7 @@ impl HelperDef for TruncateHelper {
 mod tests {
     use super::*;
 
-    fn sample() -> Value {
+    fn sample() -> TemplateData {
         let cb = Callback::from_value(json!({
             "chat_type": "roster", "callId": "org#app_1", "security": "x",
             "payload": {"operation": "add", "reason": "hi {{from}} \"<b>&</b>\"\n你好"},
@@ -468,7 +473,7 @@ mod tests {
         }))
         .unwrap();
         let received = Utc.timestamp_millis_opt(1642648047000).unwrap();
-        with_names(&base_context(&cb, received), "r1", "a1")
+        with_names(base_context(&cb, received), "r1", "a1")
     }
 
     fn render(escape: Escape, src: &str) -> Result<String, String> {

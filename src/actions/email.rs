@@ -1,10 +1,9 @@
 //! `type: email`: a message through one of the configured SMTP servers.
 
 use serde::Deserialize;
-use serde_json::Value;
 
 use super::{Compiler, StringList, TemplateSource};
-use crate::template::{Escape, TemplateRef, Templates};
+use crate::template::{Escape, TemplateData, TemplateRef, Templates};
 
 /// An email action as written in a rule file.
 #[derive(Debug, Deserialize)]
@@ -131,7 +130,7 @@ pub(super) fn compile(raw: RawEmail, c: &mut Compiler) -> Option<EmailAction> {
 }
 
 impl EmailAction {
-    pub(super) fn render(&self, t: &Templates, ctx: &Value) -> Result<EmailMessage, String> {
+    pub(super) fn render(&self, t: &Templates, ctx: &TemplateData) -> Result<EmailMessage, String> {
         let list = |refs: &[TemplateRef]| -> Result<Vec<String>, String> {
             refs.iter()
                 .map(|r| {

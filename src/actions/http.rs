@@ -6,7 +6,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{Compiler, JsonTemplate, TemplateSource};
-use crate::template::{Escape, TemplateRef, Templates};
+use crate::template::{Escape, TemplateData, TemplateRef, Templates};
 
 /// An HTTP action as written in a rule file.
 #[derive(Debug, Deserialize)]
@@ -129,7 +129,7 @@ pub(super) fn compile(raw: RawHttp, c: &mut Compiler) -> Option<HttpAction> {
 }
 
 impl HttpAction {
-    pub(super) fn render(&self, t: &Templates, ctx: &Value) -> Result<HttpRequest, String> {
+    pub(super) fn render(&self, t: &Templates, ctx: &TemplateData) -> Result<HttpRequest, String> {
         let url = t.render(&self.url, ctx)?;
         reqwest::Url::parse(&url).map_err(|e| format!("rendered url is invalid: {e}"))?;
         let headers = self

@@ -1,10 +1,9 @@
 //! `type: log`: a line in easehook's own log.
 
 use serde::Deserialize;
-use serde_json::Value;
 
 use super::{Compiler, TemplateSource};
-use crate::template::{Escape, TemplateRef, Templates};
+use crate::template::{Escape, TemplateData, TemplateRef, Templates};
 
 /// A log action as written in a rule file.
 #[derive(Debug, Deserialize)]
@@ -85,7 +84,7 @@ impl LogAction {
         }
     }
 
-    pub(super) fn render(&self, t: &Templates, ctx: &Value) -> Result<LogLine, String> {
+    pub(super) fn render(&self, t: &Templates, ctx: &TemplateData) -> Result<LogLine, String> {
         Ok(LogLine {
             level: self.level,
             message: t.render(&self.message, ctx)?,

@@ -18,7 +18,7 @@ use serde_json::Value;
 use crate::config::units::{HumanDuration, Num};
 use crate::config::{Settings, strip_location};
 use crate::diag::{Diagnostics, Redactor};
-use crate::template::{Escape, TemplateRef, Templates};
+use crate::template::{Escape, TemplateData, TemplateRef, Templates};
 
 /// A compiled action.
 #[derive(Debug)]
@@ -69,7 +69,7 @@ pub enum Message {
 
 impl Action {
     /// Render every template of this action against a render context.
-    pub fn render(&self, t: &Templates, ctx: &Value) -> Result<Message, String> {
+    pub fn render(&self, t: &Templates, ctx: &TemplateData) -> Result<Message, String> {
         match &self.kind {
             ActionKind::Email(a) => a.render(t, ctx).map(Message::Email),
             ActionKind::Slack(a) => a.render(t, ctx).map(Message::Slack),
@@ -286,7 +286,7 @@ pub enum JsonTemplate {
 }
 
 impl JsonTemplate {
-    pub fn render(&self, t: &Templates, ctx: &Value) -> Result<Value, String> {
+    pub fn render(&self, t: &Templates, ctx: &TemplateData) -> Result<Value, String> {
         Ok(match self {
             JsonTemplate::Literal(v) => v.clone(),
             JsonTemplate::Template(r) => Value::String(t.render(r, ctx)?),

@@ -407,7 +407,7 @@ impl RuleSet {
                     continue;
                 };
                 let ctx = crate::template::with_names(
-                    &crate::template::base_context(cb, received),
+                    crate::template::base_context(cb, received),
                     &rule.name,
                     &action.name,
                 );

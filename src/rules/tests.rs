@@ -236,7 +236,7 @@ fn rendering_escapes_by_destination_and_builds_json_safely() {
         let a = set.action(name).unwrap();
         a.render(
             &set.templates,
-            &crate::template::with_names(&base, "adds", name),
+            &crate::template::with_names(base.clone(), "adds", name),
         )
         .unwrap()
     };

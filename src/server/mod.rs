@@ -87,6 +87,18 @@ pub fn json_reply(status: StatusCode, body: &serde_json::Value) -> warp::reply::
     warp::reply::with_status(warp::reply::json(body), status).into_response()
 }
 
+/// A reply whose JSON body is already written out: the hot replies of the
+/// callback listener, which would otherwise build a `Value` to serialize it.
+pub fn raw_json_reply(status: StatusCode, body: impl warp::Reply) -> warp::reply::Response {
+    let mut r = body.into_response();
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        warp::http::header::CONTENT_TYPE,
+        warp::http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
 /// What both listeners' handlers start from: the shared state and the
 /// request's method, path and headers.
 pub fn request_parts(

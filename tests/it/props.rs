@@ -82,6 +82,7 @@ proptest! {
     #[test]
     fn rendering_arbitrary_templates_and_data_never_panics(src in ".{0,80}", data in json_value()) {
         let mut t = Templates::new(chrono_tz::Tz::UTC);
+        let data = easehook::template::TemplateData::from(data);
         for escape in [Escape::Plain, Escape::Html, Escape::Url, Escape::Slack] {
             if let Ok(r) = t.register_inline("p#x", escape, &src) {
                 let _ = t.render(&r, &data);
@@ -92,7 +93,7 @@ proptest! {
     #[test]
     fn rendering_helpers_with_arbitrary_arguments_never_panics(a in json_value(), fmt in ".{0,12}", tz in ".{0,12}", n in any::<i64>()) {
         let mut t = Templates::new(chrono_tz::Tz::UTC);
-        let ctx = serde_json::json!({"a": a, "fmt": fmt, "tz": tz, "n": n});
+        let ctx = easehook::template::TemplateData::from(serde_json::json!({"a": a, "fmt": fmt, "tz": tz, "n": n}));
         for src in [
             "{{datetime a}}", "{{datetime n format=fmt tz=tz}}", "{{json a}}", "{{default a n}}",
             "{{upper a}}", "{{lower a}}", "{{truncate a n}}", "{{truncate fmt 3}}",
