@@ -6,7 +6,11 @@
 //! fields, missing optional fields) and strict about what verification needs
 //! (`callId`, `security`, `timestamp`).
 
+use std::sync::{Arc, OnceLock};
+
 use md5::{Digest, Md5};
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 /// Why a body is not a usable callback. Every variant answers 400.
@@ -27,8 +31,11 @@ pub enum ParseError {
 /// A parsed callback.
 #[derive(Debug, Clone)]
 pub struct Callback {
-    /// The whole callback as received.
-    pub raw: Value,
+    /// The whole callback as JSON, parsed from `body` when first asked for
+    /// (see [`Callback::raw`]).
+    raw: OnceLock<Value>,
+    /// The body it was parsed from, when it came as bytes.
+    body: Option<Arc<str>>,
     pub call_id: String,
     pub security: String,
     /// Milliseconds since the epoch.
@@ -67,14 +74,52 @@ pub const ROSTER_OPERATIONS: [&str; 8] = [
 
 impl Callback {
     /// Parse a request body.
+    ///
+    /// Only the fields easehook reads are decoded here; the whole body is
+    /// parsed into a [`Value`] when something first needs it (a rule on a
+    /// dotted path, a template), which on the request path is rarely. The
+    /// result is the same as [`Callback::from_value`] on the parsed body:
+    /// any body the narrow parse does not take (not an object, a key given
+    /// twice) goes the long way.
     pub fn parse(body: &[u8]) -> Result<Self, ParseError> {
-        let raw: Value = serde_json::from_slice(body).map_err(|_| ParseError::Malformed)?;
+        let text: Arc<str> = std::str::from_utf8(body)
+            .map_err(|_| ParseError::Malformed)?
+            .into();
+        // A struct also deserializes from a JSON array, field by field:
+        // only an object may take the narrow path.
+        let object = text
+            .trim_start_matches([' ', '\t', '\n', '\r'])
+            .starts_with('{');
+        if object && let Some(fields) = Decoded::read(&text) {
+            let mut cb = Self::build(&fields)?;
+            cb.body = Some(text);
+            return Ok(cb);
+        }
+        let raw: Value = serde_json::from_str(&text).map_err(|_| ParseError::Malformed)?;
         Self::from_value(raw)
     }
 
     /// Build from already-parsed JSON (dry runs, tests).
     pub fn from_value(raw: Value) -> Result<Self, ParseError> {
         let obj = raw.as_object().ok_or(ParseError::NotObject)?;
+        let mut cb = Self::build(obj)?;
+        cb.raw = OnceLock::from(raw);
+        Ok(cb)
+    }
+
+    /// The whole callback as received.
+    pub fn raw(&self) -> &Value {
+        self.raw.get_or_init(|| {
+            self.body
+                .as_deref()
+                // It parsed once already; Null is for the impossible.
+                .and_then(|b| serde_json::from_str(b).ok())
+                .unwrap_or(Value::Null)
+        })
+    }
+
+    /// Everything but `raw` and `body`, from the callback's fields.
+    fn build(obj: &impl Fields) -> Result<Self, ParseError> {
         let call_id = required_str(obj, "callId")?;
         let security = required_str(obj, "security")?;
         let (timestamp, timestamp_text) = match obj.get("timestamp") {
@@ -92,10 +137,7 @@ impl Callback {
             Some(_) => return Err(ParseError::BadTimestamp),
         };
         let chat_type = optional_str(obj, "chat_type");
-        let operation = obj
-            .get("payload")
-            .and_then(|p| p.get("operation"))
-            .and_then(scalar_text);
+        let operation = obj.operation().and_then(scalar_text);
         let event_type = optional_str(obj, "eventType");
         let appkey = optional_str(obj, "appkey");
         let from = optional_str(obj, "from");
@@ -137,7 +179,8 @@ impl Callback {
             to_user,
             event,
             dedup_key,
-            raw,
+            raw: OnceLock::new(),
+            body: None,
         })
     }
 
@@ -152,6 +195,144 @@ impl Callback {
             _ => "",
         }
     }
+}
+
+/// Where [`Callback::build`] reads the fields of a callback from.
+trait Fields {
+    /// A top-level field.
+    fn get(&self, key: &str) -> Option<&Value>;
+    /// `payload.operation`.
+    fn operation(&self) -> Option<&Value>;
+}
+
+impl Fields for Map<String, Value> {
+    fn get(&self, key: &str) -> Option<&Value> {
+        Map::get(self, key)
+    }
+
+    fn operation(&self) -> Option<&Value> {
+        Map::get(self, "payload").and_then(|p| p.get("operation"))
+    }
+}
+
+/// The fields [`Callback::build`] reads, each decoded on its own from the
+/// body's text, the rest of which is only checked to be valid JSON.
+struct Decoded {
+    call_id: Option<Value>,
+    security: Option<Value>,
+    timestamp: Option<Value>,
+    chat_type: Option<Value>,
+    event_type: Option<Value>,
+    appkey: Option<Value>,
+    host: Option<Value>,
+    from: Option<Value>,
+    to: Option<Value>,
+    msg_id: Option<Value>,
+    event: Option<Value>,
+    operation: Option<Value>,
+}
+
+impl Fields for Decoded {
+    fn get(&self, key: &str) -> Option<&Value> {
+        match key {
+            "callId" => self.call_id.as_ref(),
+            "security" => self.security.as_ref(),
+            "timestamp" => self.timestamp.as_ref(),
+            "chat_type" => self.chat_type.as_ref(),
+            "eventType" => self.event_type.as_ref(),
+            "appkey" => self.appkey.as_ref(),
+            "host" => self.host.as_ref(),
+            "from" => self.from.as_ref(),
+            "to" => self.to.as_ref(),
+            "msg_id" => self.msg_id.as_ref(),
+            "event" => self.event.as_ref(),
+            _ => None,
+        }
+    }
+
+    fn operation(&self) -> Option<&Value> {
+        self.operation.as_ref()
+    }
+}
+
+impl Decoded {
+    /// The fields of a body, or `None` when it needs the full parse to decode
+    /// as it would from a `Value` (it is not valid JSON, or a field read here
+    /// is given twice).
+    fn read(text: &str) -> Option<Self> {
+        let f: RawFields = serde_json::from_str(text).ok()?;
+        let value = |raw: Option<&RawValue>| -> Option<Option<Value>> {
+            match raw {
+                Some(r) => serde_json::from_str(r.get()).ok().map(Some),
+                None => Some(None),
+            }
+        };
+        // Only an object has an `operation`: a struct would also read an
+        // array, field by field.
+        let operation = match f.payload {
+            Some(p) if p.get().starts_with('{') => {
+                value(serde_json::from_str::<RawPayload>(p.get()).ok()?.operation)?
+            }
+            _ => None,
+        };
+        Some(Decoded {
+            call_id: value(f.call_id)?,
+            security: value(f.security)?,
+            timestamp: value(f.timestamp)?,
+            chat_type: value(f.chat_type)?,
+            event_type: value(f.event_type)?,
+            appkey: value(f.appkey)?,
+            host: value(f.host)?,
+            from: value(f.from)?,
+            to: value(f.to)?,
+            msg_id: value(f.msg_id)?,
+            event: value(f.event)?,
+            operation,
+        })
+    }
+}
+
+/// The top-level fields [`Callback::build`] reads, left unparsed.
+///
+/// `present` keeps a JSON `null` as a value (a plain `Option` would make it
+/// absent), so the fields decode exactly as they would from a `Value`.
+#[derive(Deserialize)]
+struct RawFields<'a> {
+    #[serde(rename = "callId", default, borrow, deserialize_with = "present")]
+    call_id: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    security: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    timestamp: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    chat_type: Option<&'a RawValue>,
+    #[serde(rename = "eventType", default, borrow, deserialize_with = "present")]
+    event_type: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    appkey: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    host: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    from: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    to: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    msg_id: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    event: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    payload: Option<&'a RawValue>,
+}
+
+/// `payload.operation`, the one field read inside `payload`.
+#[derive(Deserialize)]
+struct RawPayload<'a> {
+    #[serde(default, borrow, deserialize_with = "present")]
+    operation: Option<&'a RawValue>,
+}
+
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
 }
 
 /// Follow a dotted path into JSON; list items are addressed by index.
@@ -179,7 +360,7 @@ pub fn value_text(v: &Value) -> std::borrow::Cow<'_, str> {
     }
 }
 
-fn required_str(obj: &Map<String, Value>, key: &'static str) -> Result<String, ParseError> {
+fn required_str(obj: &impl Fields, key: &'static str) -> Result<String, ParseError> {
     match obj.get(key) {
         None | Some(Value::Null) => Err(ParseError::Missing(key)),
         Some(Value::String(s)) if s.is_empty() => Err(ParseError::Missing(key)),
@@ -190,7 +371,7 @@ fn required_str(obj: &Map<String, Value>, key: &'static str) -> Result<String, P
 
 /// Strings as they are; numbers as their digits (some ids arrive as numbers);
 /// anything else is treated as absent.
-fn optional_str(obj: &Map<String, Value>, key: &str) -> Option<String> {
+fn optional_str(obj: &impl Fields, key: &str) -> Option<String> {
     obj.get(key).and_then(scalar_text)
 }
 
@@ -373,6 +554,37 @@ mod tests {
         assert_ne!(a.dedup_key, b.dedup_key);
         assert_ne!(a.dedup_key, c.dedup_key);
         assert_eq!(a.dedup_key, same.dedup_key);
+    }
+
+    #[test]
+    fn a_body_parses_as_its_json_does_where_the_narrow_parse_cannot_go() {
+        let parse = |b: &str| Callback::parse(b.as_bytes());
+        let ok = r#"{"callId":"c","security":"s","timestamp":1"#;
+        // A key given twice: the last one counts, as in a `Value`.
+        let cb = parse(&format!(
+            r#"{ok},"to":"x","to":"y","payload":{{"operation":"add","operation":"ban"}}}}"#
+        ))
+        .unwrap();
+        assert_eq!(
+            (cb.to.as_deref(), cb.operation.as_deref()),
+            (Some("y"), Some("ban"))
+        );
+        // An array has no fields, even in the order a struct would read them.
+        assert_eq!(parse(r#"["c","s",1]"#).unwrap_err(), ParseError::NotObject);
+        // Neither has an array payload an operation.
+        let cb = parse(&format!(r#"{ok},"payload":["ban"]}}"#)).unwrap();
+        assert_eq!(cb.operation, None);
+        // null is a value: a null callId is missing, a null `to` is absent.
+        assert_eq!(
+            parse(r#"{"callId":null}"#).unwrap_err(),
+            ParseError::Missing("callId")
+        );
+        let cb = parse(&format!(r#" {ok},"to":null,"x":[1,{{"y":2}}]}}"#)).unwrap();
+        assert_eq!(cb.to, None);
+        // The whole body is there when asked for.
+        assert_eq!(cb.raw()["x"][1]["y"], json!(2));
+        assert_eq!(parse("{").unwrap_err(), ParseError::Malformed);
+        assert_eq!(Callback::parse(b"\xff").unwrap_err(), ParseError::Malformed);
     }
 
     #[test]

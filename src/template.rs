@@ -266,8 +266,8 @@ pub fn base_context(cb: &Callback, received_at: DateTime<Utc>) -> Value {
         "to_user": cb.to_user,
         "timestamp": cb.timestamp,
         "time": time,
-        "payload": cb.raw.get("payload").cloned().unwrap_or_else(|| json!({})),
-        "callback": cb.raw,
+        "payload": cb.raw().get("payload").cloned().unwrap_or_else(|| json!({})),
+        "callback": cb.raw(),
         "received_at": received_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
     })
 }

@@ -68,7 +68,7 @@ impl Field {
             Field::MsgId => cb.msg_id.as_deref().map(Borrowed),
             Field::From => cb.from.as_ref().map(|_| Borrowed(cb.from_user.as_str())),
             Field::To => cb.to.as_ref().map(|_| Borrowed(cb.to_user.as_str())),
-            Field::Path(p) => lookup_path(&cb.raw, p.iter().map(String::as_str)).map(value_text),
+            Field::Path(p) => lookup_path(cb.raw(), p.iter().map(String::as_str)).map(value_text),
         }
     }
 }

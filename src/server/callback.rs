@@ -203,7 +203,7 @@ where
         event: cb.event.clone(),
         received_at_ms: now,
         // Valid UTF-8: it parsed as JSON. Taken over without a copy.
-        body: String::from_utf8(Vec::from(body)).unwrap_or_else(|_| cb.raw.to_string()),
+        body: String::from_utf8(Vec::from(body)).unwrap_or_else(|_| cb.raw().to_string()),
         rules: matched_rules,
         deliveries,
         lease_until: handoff.as_ref().map(|_| now + snapshot.lease_ms),

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, Statement, params};
 
 use crate::callback::Callback;
 use tokio::sync::oneshot;
@@ -384,6 +384,20 @@ fn writer_loop(
     writable: Arc<AtomicBool>,
     committed: Committed,
 ) {
+    let mut w = match Writer::new(&conn) {
+        Ok(w) => w,
+        Err(e) => {
+            // Cannot happen with a schema this code created; if it does,
+            // every command gets the error rather than hanging.
+            tracing::error!(error = %e, "store cannot prepare its statements");
+            let msg = format!("cannot prepare statements: {e}");
+            while let Ok(c) = rx.recv() {
+                let d = Done::failed(&c, &msg);
+                reply(c, d);
+            }
+            return;
+        }
+    };
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -402,14 +416,14 @@ fn writer_loop(
         if batch.is_empty() {
             continue;
         }
-        let done = match run_batch(&conn, &batch) {
+        let done = match w.run_batch(&batch) {
             Ok(done) => done,
             Err(e) => {
                 // One transaction for the lot failed. Run each command in a
                 // transaction of its own, so that one bad command (or a disk
                 // that has just filled up) fails only what it must.
                 tracing::warn!(error = %e, commands = batch.len(), "store batch failed; running its commands one by one");
-                batch.iter().map(|c| run_alone(&conn, c)).collect()
+                batch.iter().map(|c| w.run_alone(c)).collect()
             }
         };
         if done.iter().any(Done::failed_write) {
@@ -427,69 +441,136 @@ fn writer_loop(
     }
 }
 
-fn begin(conn: &Connection) -> rusqlite::Result<()> {
-    conn.prepare_cached("BEGIN IMMEDIATE")?
-        .execute([])
-        .map(drop)
+/// The writer's connection with the statements of every callback prepared
+/// once: fetching them from rusqlite's statement cache would hash the SQL
+/// text and rebuild the cache key on every use.
+struct Writer<'c> {
+    conn: &'c Connection,
+    begin: Statement<'c>,
+    commit: Statement<'c>,
+    claim_key: Statement<'c>,
+    insert_event: Statement<'c>,
+    insert_delivery: Statement<'c>,
 }
 
-fn commit(conn: &Connection) -> rusqlite::Result<()> {
-    conn.prepare_cached("COMMIT")?.execute([]).map(drop)
-}
+impl<'c> Writer<'c> {
+    fn new(conn: &'c Connection) -> rusqlite::Result<Self> {
+        Ok(Self {
+            conn,
+            begin: conn.prepare("BEGIN IMMEDIATE")?,
+            commit: conn.prepare("COMMIT")?,
+            // One statement both checks and claims the key: a key that
+            // exists and has not expired is left alone (no row changes),
+            // which makes the event a duplicate.
+            claim_key: conn.prepare(
+                "INSERT INTO dedup(key, expires_at) VALUES(?1, ?2)
+                 ON CONFLICT(key) DO UPDATE SET expires_at = excluded.expires_at
+                 WHERE dedup.expires_at <= ?3",
+            )?,
+            insert_event: conn.prepare(
+                "INSERT INTO events(id, dedup_key, event, received_at, rules, body) VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
+            )?,
+            insert_delivery: conn.prepare(
+                "INSERT INTO deliveries(event_id, action, rule, status, attempts, next_attempt_at, leased_until, created_at, updated_at)
+                 VALUES(?1, ?2, ?3, 'pending', 0, ?4, ?5, ?4, ?4)",
+            )?,
+        })
+    }
 
-fn rollback(conn: &Connection) {
-    // A failed statement may have ended the transaction already.
-    if !conn.is_autocommit() {
-        let _ = conn.execute_batch("ROLLBACK");
+    fn begin(&mut self) -> rusqlite::Result<()> {
+        self.begin.execute([]).map(drop)
     }
-}
 
-/// Run a batch as one transaction (one fsync). No savepoints: they would
-/// make SQLite copy every page a command touches into a statement journal.
-/// Any failure undoes the whole batch, and the caller runs it again command
-/// by command.
-fn run_batch(conn: &Connection, batch: &[Command]) -> Result<Vec<Done>, StoreError> {
-    begin(conn)?;
-    let mut done = Vec::with_capacity(batch.len());
-    for c in batch {
-        let d = run_command(conn, c);
-        if let Some(e) = d.error() {
-            let e = StoreError(e.0.clone());
-            rollback(conn);
-            return Err(e);
-        }
-        done.push(d);
+    fn commit(&mut self) -> rusqlite::Result<()> {
+        self.commit.execute([]).map(drop)
     }
-    if let Err(e) = commit(conn) {
-        rollback(conn);
-        tracing::error!(error = %e, "store commit failed");
-        return Err(StoreError(format!("commit failed: {e}")));
-    }
-    Ok(done)
-}
 
-/// Run one command in a transaction of its own.
-fn run_alone(conn: &Connection, c: &Command) -> Done {
-    if let Err(e) = begin(conn) {
-        return Done::failed(c, &e.to_string());
-    }
-    let d = run_command(conn, c);
-    if d.error().is_some() {
-        rollback(conn);
-        return d;
-    }
-    match commit(conn) {
-        Ok(()) => d,
-        Err(e) => {
-            rollback(conn);
-            Done::failed(c, &format!("commit failed: {e}"))
+    fn rollback(&self) {
+        // A failed statement may have ended the transaction already.
+        if !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
         }
     }
-}
 
-fn run_command(conn: &Connection, c: &Command) -> Done {
-    match c {
-        Command::Accept(ev, _) => Done::Accept(accept(conn, ev).map_err(Into::into)),
+    /// Run a batch as one transaction (one fsync). No savepoints: they would
+    /// make SQLite copy every page a command touches into a statement
+    /// journal. Any failure undoes the whole batch, and the caller runs it
+    /// again command by command.
+    fn run_batch(&mut self, batch: &[Command]) -> Result<Vec<Done>, StoreError> {
+        self.begin()?;
+        let mut done = Vec::with_capacity(batch.len());
+        for c in batch {
+            let d = self.run_command(c);
+            if let Some(e) = d.error() {
+                let e = StoreError(e.0.clone());
+                self.rollback();
+                return Err(e);
+            }
+            done.push(d);
+        }
+        if let Err(e) = self.commit() {
+            self.rollback();
+            tracing::error!(error = %e, "store commit failed");
+            return Err(StoreError(format!("commit failed: {e}")));
+        }
+        Ok(done)
+    }
+
+    /// Run one command in a transaction of its own.
+    fn run_alone(&mut self, c: &Command) -> Done {
+        if let Err(e) = self.begin() {
+            return Done::failed(c, &e.to_string());
+        }
+        let d = self.run_command(c);
+        if d.error().is_some() {
+            self.rollback();
+            return d;
+        }
+        match self.commit() {
+            Ok(()) => d,
+            Err(e) => {
+                self.rollback();
+                Done::failed(c, &format!("commit failed: {e}"))
+            }
+        }
+    }
+
+    fn accept(&mut self, p: &Prepared) -> rusqlite::Result<Accepted> {
+        let ev = &p.event;
+        let now = ev.received_at_ms as i64;
+        let claimed_key = self.claim_key.execute(params![
+            ev.dedup_key,
+            now.saturating_add(p.window as i64),
+            now
+        ])?;
+        if claimed_key == 0 {
+            return Ok(Accepted::Duplicate);
+        }
+        self.insert_event.execute(params![
+            ev.id,
+            ev.dedup_key,
+            ev.event,
+            now,
+            p.rules_json,
+            ev.body
+        ])?;
+        let lease = ev.lease_until.map(|t| t as i64);
+        let mut ids = Vec::with_capacity(ev.deliveries.len());
+        for (action, rule) in &ev.deliveries {
+            self.insert_delivery
+                .execute(params![ev.id, action, rule, now, lease])?;
+            ids.push(self.conn.last_insert_rowid());
+        }
+        Ok(Accepted::New {
+            id: ev.id.clone(),
+            deliveries: ids,
+        })
+    }
+
+    fn run_command(&mut self, c: &Command) -> Done {
+        let conn = self.conn;
+        match c {
+            Command::Accept(ev, _) => Done::Accept(self.accept(ev).map_err(Into::into)),
         Command::Claim {
             now, limit, lease, ..
         } => Done::Claim(claim(conn, *now, *limit, *lease).map_err(Into::into)),
@@ -510,44 +591,7 @@ fn run_command(conn: &Connection, c: &Command) -> Done {
             .map_err(Into::into),
         ),
     }
-}
-
-fn accept(conn: &Connection, p: &Prepared) -> rusqlite::Result<Accepted> {
-    let ev = &p.event;
-    let now = ev.received_at_ms as i64;
-    // One statement both checks and claims the key: a key that exists and
-    // has not expired is left alone (no row changes), which makes this
-    // event a duplicate.
-    let claimed_key = conn
-        .prepare_cached(
-            "INSERT INTO dedup(key, expires_at) VALUES(?1, ?2)
-             ON CONFLICT(key) DO UPDATE SET expires_at = excluded.expires_at
-             WHERE dedup.expires_at <= ?3",
-        )?
-        .execute(params![
-            ev.dedup_key,
-            now.saturating_add(p.window as i64),
-            now
-        ])?;
-    if claimed_key == 0 {
-        return Ok(Accepted::Duplicate);
     }
-    conn.prepare_cached("INSERT INTO events(id, dedup_key, event, received_at, rules, body) VALUES(?1, ?2, ?3, ?4, ?5, ?6)")?
-        .execute(params![ev.id, ev.dedup_key, ev.event, now, p.rules_json, ev.body])?;
-    let mut ins = conn.prepare_cached(
-        "INSERT INTO deliveries(event_id, action, rule, status, attempts, next_attempt_at, leased_until, created_at, updated_at)
-         VALUES(?1, ?2, ?3, 'pending', 0, ?4, ?5, ?4, ?4)",
-    )?;
-    let lease = ev.lease_until.map(|t| t as i64);
-    let mut ids = Vec::with_capacity(ev.deliveries.len());
-    for (action, rule) in &ev.deliveries {
-        ins.execute(params![ev.id, action, rule, now, lease])?;
-        ids.push(conn.last_insert_rowid());
-    }
-    Ok(Accepted::New {
-        id: ev.id.clone(),
-        deliveries: ids,
-    })
 }
 
 fn claim(

@@ -37,6 +37,10 @@ fn json_value() -> impl Strategy<Value = Value> {
                     Just("from".to_string()),
                     Just("to".to_string()),
                     Just("appkey".to_string()),
+                    Just("eventType".to_string()),
+                    Just("msg_id".to_string()),
+                    Just("host".to_string()),
+                    Just("event".to_string()),
                     ".{0,8}"
                 ],
                 inner,
@@ -47,6 +51,55 @@ fn json_value() -> impl Strategy<Value = Value> {
     })
 }
 
+/// Objects that pass the required fields, with any of the optional ones
+/// (and `payload` shaped as an object with an `operation`, or anything else)
+/// taking any value, so that a parse goes as far as it can.
+fn callback_like() -> impl Strategy<Value = Value> {
+    let optional = prop::collection::hash_map(
+        prop_oneof![
+            Just("chat_type"),
+            Just("eventType"),
+            Just("appkey"),
+            Just("host"),
+            Just("from"),
+            Just("to"),
+            Just("msg_id"),
+            Just("event"),
+        ],
+        json_value(),
+        0..6,
+    );
+    let payload = prop_oneof![
+        json_value().prop_map(|op| serde_json::json!({"operation": op, "x": 1})),
+        prop::collection::vec(json_value(), 0..3).prop_map(Value::Array),
+        json_value(),
+    ];
+    (optional, prop::option::of(payload)).prop_map(|(optional, payload)| {
+        let mut m = serde_json::json!({"callId": "org#app_1", "security": "s", "timestamp": 1});
+        for (k, v) in optional {
+            m[k] = v;
+        }
+        if let Some(p) = payload {
+            m["payload"] = p;
+        }
+        m
+    })
+}
+
+/// Everything a parsed callback says, for comparing two of them.
+fn view(cb: &Callback) -> String {
+    format!(
+        "{:?}",
+        (
+            (&cb.call_id, &cb.security, cb.timestamp, &cb.timestamp_text),
+            (&cb.chat_type, &cb.operation, &cb.event_type, &cb.appkey),
+            (&cb.host, &cb.from, &cb.to, &cb.msg_id),
+            (&cb.from_user, &cb.to_user, &cb.event, &cb.dedup_key),
+            cb.raw(),
+        )
+    )
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
@@ -54,6 +107,19 @@ proptest! {
     fn parsing_and_verifying_arbitrary_bytes_never_panics(body in prop::collection::vec(any::<u8>(), 0..512)) {
         if let Ok(cb) = Callback::parse(&body) {
             let _ = easehook::verify::check(&cb, &Secrets::from_pairs([("*", "s")]), Some(std::time::Duration::from_secs(1)), u64::MAX);
+        }
+    }
+
+    #[test]
+    fn parsing_a_body_reads_it_as_parsing_its_json_does(v in prop_oneof![json_value(), callback_like()], pad in "[ \t\r\n]{0,2}", pretty in any::<bool>()) {
+        let text = if pretty { serde_json::to_string_pretty(&v) } else { serde_json::to_string(&v) };
+        let body = format!("{pad}{}", text.unwrap());
+        let narrow = Callback::parse(body.as_bytes());
+        let full = Callback::from_value(serde_json::from_str(&body).unwrap());
+        match (narrow, full) {
+            (Ok(a), Ok(b)) => prop_assert_eq!(view(&a), view(&b)),
+            (Err(a), Err(b)) => prop_assert_eq!(a, b),
+            (a, b) => prop_assert!(false, "narrow {:?} but full {:?}", a.is_ok(), b.is_ok()),
         }
     }
 
