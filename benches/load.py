@@ -19,7 +19,7 @@ Scenarios:
   (d) start-up time to READY with 1,000 rules
   (e) idle RSS
 
-usage: python3 benches/load.py [--duration SECONDS] [--skip-build] [--only abcde]
+usage: python3 benches/load.py [--duration SECONDS] [--skip-build] [--only abcde] [--callgrind]
 Run from the repository root. Installs wrk and webhook with apt-get when
 missing. Every request goes to 127.0.0.1.
 """
@@ -278,12 +278,74 @@ def fmt_row(name, r):
             f"| {r['errors']:>6} | {r['peak_rss_mb']:>7.1f} |")
 
 
+def callgrind_run(cmd, url, calls, ready_url, seconds, status=None):
+    """Runs `cmd` under callgrind with a light steady load (wrk -c8) and
+    returns (requests, {thread name: instructions}). With `status`, waits
+    for the delivery queue to drain first, so every request's deliveries
+    are counted."""
+    out = tempfile.mkdtemp(prefix="easehook-cg-")
+    proc = subprocess.Popen(
+        ["valgrind", "--tool=callgrind", "--separate-threads=yes", f"--callgrind-out-file={out}/cg", *cmd],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, RUST_LOG="warn"),
+    )
+    if ready_url:
+        wait_http(ready_url, timeout=120)
+    else:
+        wait_port(int(url.split(":")[2].split("/")[0]), timeout=120)
+    r = run_wrk(url, calls, seconds, connections=8)
+    deadline = time.monotonic() + 300
+    while status and time.monotonic() < deadline and status().get("queue_depth", 1) != 0:
+        time.sleep(0.5)
+    # callgrind numbers threads in the order they were created, as are tids.
+    names = []
+    for tid in sorted(int(t) for t in os.listdir(f"/proc/{proc.pid}/task")):
+        with open(f"/proc/{proc.pid}/task/{tid}/comm") as f:
+            names.append(f.read().strip())
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    by_name = {}
+    for fname in os.listdir(out):
+        if "-" not in fname:
+            continue  # not one thread's file
+        n = int(fname.rsplit("-", 1)[1])
+        with open(os.path.join(out, fname)) as f:
+            total = next(int(l.split()[1]) for l in f if l.startswith(("summary:", "totals:")))
+        name = "main (start-up)" if n == 1 else names[n - 1] if n - 1 < len(names) else "exited"
+        by_name[name] = by_name.get(name, 0) + total
+    shutil.rmtree(out, ignore_errors=True)
+    return r["requests"], by_name
+
+
+def callgrind_report(easehook_bin, baseline_bin, calls, seconds):
+    """Instructions per acknowledged callback, counted by callgrind: the same
+    for the same binaries and load whatever else the machine is doing."""
+    sink, sink_port = start_baseline(baseline_bin)
+    eh = Easehook(easehook_bin, tempfile.mkdtemp(prefix="easehook-cg-eh-"), rules_yaml(100, f"http://127.0.0.1:{sink_port}"))
+    n, threads = callgrind_run([easehook_bin, "--config", eh.config, "run"], eh.url, calls,
+                               f"http://127.0.0.1:{eh.admin}/readyz", seconds, status=eh.status)
+    sink.terminate()
+    port = free_port()
+    bn, bthreads = callgrind_run([baseline_bin, str(port), "0"], f"http://127.0.0.1:{port}/", calls, None, seconds)
+    base = sum(v for k, v in bthreads.items() if k != "main (start-up)") / bn
+    print(f"instructions per callback (callgrind, wrk -c8 for {seconds}s, deliveries drained):")
+    total = 0
+    for name, v in sorted(threads.items(), key=lambda kv: -kv[1]):
+        if name != "main (start-up)":
+            total += v
+        print(f"  {name:20s} {v / n:10,.0f}")
+    print(f"  {'easehook (all but start-up)':20s} {total / n:10,.0f}   over {n} callbacks")
+    print(f"  {'baseline':20s} {base:10,.0f}   over {bn} requests")
+    print(f"  easehook/baseline instructions: {total / n / base:.2f}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--skip-build", action="store_true")
     ap.add_argument("--only", default="abcde", help="the scenarios to run, e.g. 'a' or 'bc'")
     ap.add_argument("--binary", help="the easehook binary to measure (default: the release build)")
+    ap.add_argument("--callgrind", action="store_true",
+                    help="instead of the scenarios: count instructions per callback with callgrind")
     args = ap.parse_args()
     ensure_tools()
     easehook_bin, baseline_bin = build(args.skip_build)
@@ -292,6 +354,9 @@ def main():
     work = tempfile.mkdtemp(prefix="easehook-load-")
     calls = os.path.join(work, "calls.txt")
     signed_triples(calls, 400_000)
+    if args.callgrind:
+        callgrind_report(easehook_bin, baseline_bin, calls, 15)
+        return
     results = {}
     print(f"machine: {os.cpu_count()} cores; duration {args.duration}s per run; wrk -t2 -c64", flush=True)
 
