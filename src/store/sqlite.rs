@@ -55,8 +55,11 @@ const WAL_RESTART_PAGES: i64 = 8192;
 
 /// The schema. Tables keyed by text are `WITHOUT ROWID`: one B-tree each
 /// instead of a table and its key's index, which is one page less to write
-/// per commit. (Stores created before keep their rowid tables; every query
-/// works on both.)
+/// per commit. The due index holds only the deliveries a query looks for
+/// (pending and dead), so a delivery that is sent leaves it instead of
+/// moving within it, and it stays the size of the queue. (Stores created
+/// before keep their rowid tables and full index; every query works on
+/// both.)
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS events (
     id           TEXT PRIMARY KEY,
@@ -85,7 +88,8 @@ CREATE TABLE IF NOT EXISTS deliveries (
     created_at      INTEGER NOT NULL,
     updated_at      INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(status, next_attempt_at);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(status, next_attempt_at)
+    WHERE status = 'pending' OR status = 'dead';
 CREATE INDEX IF NOT EXISTS deliveries_event ON deliveries(event_id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 PRAGMA user_version = 1;
@@ -594,6 +598,24 @@ impl<'c> Writer<'c> {
     }
 }
 
+/// Lease the `?3` deliveries due first at `?2` until `?1`.
+const CLAIM_SQL: &str = "UPDATE deliveries SET leased_until = ?1
+     WHERE id IN (SELECT id FROM deliveries
+                  WHERE status = 'pending' AND next_attempt_at <= ?2
+                    AND (leased_until IS NULL OR leased_until <= ?2)
+                  ORDER BY next_attempt_at, id LIMIT ?3)
+     RETURNING id, event_id, action, rule, attempts";
+
+/// When the next delivery that is waiting in the store falls due.
+const NEXT_DUE_SQL: &str = "SELECT next_attempt_at FROM deliveries
+     WHERE status = 'pending' AND leased_until IS NULL
+     ORDER BY next_attempt_at LIMIT 1";
+
+/// Pending and dead deliveries. Written with `OR` (not `IN`): that is the
+/// form SQLite proves to be within the due index's `WHERE`.
+const COUNTS_SQL: &str = "SELECT status, COUNT(*) FROM deliveries
+     WHERE status = 'pending' OR status = 'dead' GROUP BY status";
+
 fn claim(
     conn: &Connection,
     now: u64,
@@ -601,14 +623,7 @@ fn claim(
     lease: u64,
 ) -> rusqlite::Result<Vec<ClaimedRow>> {
     let now = now as i64;
-    let mut stmt = conn.prepare_cached(
-        "UPDATE deliveries SET leased_until = ?1
-         WHERE id IN (SELECT id FROM deliveries
-                      WHERE status = 'pending' AND next_attempt_at <= ?2
-                        AND (leased_until IS NULL OR leased_until <= ?2)
-                      ORDER BY next_attempt_at, id LIMIT ?3)
-         RETURNING id, event_id, action, rule, attempts",
-    )?;
+    let mut stmt = conn.prepare_cached(CLAIM_SQL)?;
     let rows = stmt
         .query_map(
             params![now.saturating_add(lease as i64), now, limit as i64],
@@ -801,15 +816,9 @@ impl Store for SqliteStore {
             // Leased deliveries are in flight here (the dispatcher hears when
             // they finish); the others are found through the due index,
             // without scanning the queue.
-            c.query_row(
-                "SELECT next_attempt_at FROM deliveries
-                 WHERE status = 'pending' AND leased_until IS NULL
-                 ORDER BY next_attempt_at LIMIT 1",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
-            .optional()
-            .map(|v| v.map(|v| v as u64))
+            c.query_row(NEXT_DUE_SQL, [], |r| r.get::<_, i64>(0))
+                .optional()
+                .map(|v| v.map(|v| v as u64))
         })
     }
 
@@ -882,7 +891,7 @@ impl Store for SqliteStore {
     fn counts(&self) -> BoxFuture<'_, Result<Counts, StoreError>> {
         self.read(|c| {
             let mut counts = Counts::default();
-            let mut stmt = c.prepare_cached("SELECT status, COUNT(*) FROM deliveries WHERE status IN ('pending', 'dead') GROUP BY status")?;
+            let mut stmt = c.prepare_cached(COUNTS_SQL)?;
             let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
             for row in rows {
                 let (s, n) = row?;
@@ -1084,6 +1093,26 @@ mod tests {
         }
         let s = SqliteStore::open(dir.path()).unwrap();
         assert_eq!(s.list_events(0, None, 500).await.unwrap().len(), 200);
+    }
+
+    #[test]
+    fn queue_queries_are_answered_from_the_due_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path()).unwrap();
+        let c = Connection::open(dir.path().join("easehook.db")).unwrap();
+        for sql in [CLAIM_SQL, NEXT_DUE_SQL, COUNTS_SQL] {
+            let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let zeros = rusqlite::params_from_iter(std::iter::repeat_n(0, stmt.parameter_count()));
+            let plan: Vec<String> = stmt
+                .query_map(zeros, |r| r.get(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            let plan = plan.join("; ");
+            assert!(plan.contains("INDEX deliveries_due"), "{sql}: {plan}");
+            assert!(!plan.contains("SCAN deliveries"), "{sql}: {plan}");
+        }
+        drop(s);
     }
 
     #[tokio::test]
