@@ -98,7 +98,35 @@ where
         return r;
     }
     let started = Instant::now();
-    let out = accept(&state, &snapshot, length, body).await;
+    let accepted = match accept(&state, &snapshot, length, body).await {
+        Ok(accepted) => accepted,
+        Err(refused) => return record(&state, refused, started),
+    };
+    // The commit, the hand-off and the bookkeeping run as a task of their
+    // own: a caller that hangs up mid-commit drops this future, and with it
+    // would go the hand-off of deliveries the store has already recorded as
+    // claimed, and the log line and counters of an event that was stored.
+    let task_state = state.clone();
+    let finishing = tokio::spawn(async move {
+        let out = accepted.finish(&task_state).await;
+        record(&task_state, out, started)
+    });
+    match finishing.await {
+        Ok(response) => response,
+        Err(e) => {
+            tracing::error!(error = %e, "the commit task failed");
+            let out = Outcome::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "store unavailable",
+            );
+            record(&state, out, started)
+        }
+    }
+}
+
+/// Count and log how a callback ended; its answer.
+fn record(state: &AppState, out: Outcome, started: Instant) -> Response {
     let elapsed = started.elapsed().as_secs_f64();
     let latency_ms = (elapsed * 1e6).round() / 1e3;
     let m = &state.metrics;
@@ -118,12 +146,25 @@ where
     out.response
 }
 
+/// A callback read, verified and matched, ready to be committed.
+struct Ready {
+    new: NewEvent,
+    window: u64,
+    handoff: Option<Vec<OwnedPermit<Claimed>>>,
+    callback: Arc<Callback>,
+    /// Names of the matching rules, for their counters.
+    matched_rules: Vec<String>,
+    event_label: &'static str,
+}
+
+/// Read, parse, verify and match a callback: what is left is to commit it,
+/// or how it was refused.
 async fn accept<S, B>(
     state: &Arc<AppState>,
     snapshot: &crate::snapshot::Snapshot,
     length: Option<u64>,
     body: S,
-) -> Outcome
+) -> Result<Ready, Outcome>
 where
     S: Stream<Item = Result<B, warp::Error>> + Unpin,
     B: Buf,
@@ -134,43 +175,56 @@ where
     if let Some(len) = length
         && len > limit
     {
-        return Outcome::error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "body too large");
+        return Err(Outcome::error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            "body too large",
+        ));
     }
     // Sized from the announced length (already known to be within the
     // limit), so the buffer is allocated once.
     let capacity = length.unwrap_or(0) as usize;
-    let body = match tokio::time::timeout(BODY_READ_TIMEOUT, read_limited(body, limit, capacity))
-        .await
-    {
-        Err(_) => {
-            return Outcome::error(
-                StatusCode::REQUEST_TIMEOUT,
-                "bad_request",
-                "body not received in time",
-            );
-        }
-        Ok(Err(ReadError::TooLarge)) => {
-            return Outcome::error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "body too large");
-        }
-        Ok(Err(ReadError::Io)) => {
-            return Outcome::error(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "could not read body",
-            );
-        }
-        Ok(Ok(b)) => b,
-    };
+    let body =
+        match tokio::time::timeout(BODY_READ_TIMEOUT, read_limited(body, limit, capacity)).await {
+            Err(_) => {
+                return Err(Outcome::error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "bad_request",
+                    "body not received in time",
+                ));
+            }
+            Ok(Err(ReadError::TooLarge)) => {
+                return Err(Outcome::error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    "body too large",
+                ));
+            }
+            Ok(Err(ReadError::Io)) => {
+                return Err(Outcome::error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "could not read body",
+                ));
+            }
+            Ok(Ok(b)) => b,
+        };
     let cb = match Callback::parse(&body) {
         Ok(cb) => cb,
-        Err(e) => return Outcome::error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
+        Err(e) => {
+            return Err(Outcome::error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                &e.to_string(),
+            ));
+        }
     };
     let now = verify::now_ms();
     if let Err(e) = verify::check(&cb, &settings.secrets, settings.max_event_age, now) {
         let mut o = Outcome::error(StatusCode::UNAUTHORIZED, "unauthorized", &e.to_string());
         o.event_label = crate::metrics::event_label(Some(&cb));
         o.event = cb.event;
-        return o;
+        return Err(o);
     }
     let rules = &snapshot.rules;
     let evaluation = rules.evaluate(&cb);
@@ -191,7 +245,6 @@ where
         .iter()
         .map(|&i| rules.rules[i].name.clone())
         .collect();
-    let matched = matched_rules.join(",");
     let event_label = crate::metrics::event_label(Some(&cb));
     // Room in the dispatcher's hand-off for every delivery of this event:
     // then they are stored already claimed and handed over in memory.
@@ -204,54 +257,67 @@ where
         received_at_ms: now,
         // Valid UTF-8: it parsed as JSON. Taken over without a copy.
         body: String::from_utf8(Vec::from(body)).unwrap_or_else(|_| cb.raw().to_string()),
-        rules: matched_rules,
+        rules: matched_rules.clone(),
         deliveries,
         lease_until: handoff.as_ref().map(|_| now + snapshot.lease_ms),
     };
-    let window = settings.dedup_window.as_millis() as u64;
-    let committing = tokio::spawn(commit(state.clone(), new, window, handoff, cb.clone()));
-    let committed = committing
-        .await
-        .unwrap_or_else(|e| Err(StoreError(format!("the commit task failed: {e}"))));
-    match committed {
-        Ok(Accepted::New { id, .. }) => {
-            state.accepted.fetch_add(1, Ordering::Relaxed);
-            for &i in &evaluation.rules {
-                state
-                    .metrics
-                    .rule_matches
-                    .get_or_create(&crate::metrics::RuleLabels {
-                        rule: rules.rules[i].name.clone(),
-                    })
-                    .inc();
+    Ok(Ready {
+        new,
+        window: settings.dedup_window.as_millis() as u64,
+        handoff,
+        callback: cb,
+        matched_rules,
+        event_label,
+    })
+}
+
+impl Ready {
+    /// Commit, hand off, count: how the callback ended.
+    async fn finish(self, state: &Arc<AppState>) -> Outcome {
+        let event = self.callback.event.clone();
+        let matched = self.matched_rules.join(",");
+        let committed = commit(state, self.new, self.window, self.handoff, self.callback).await;
+        match committed {
+            Ok(Accepted::New { id, .. }) => {
+                state.accepted.fetch_add(1, Ordering::Relaxed);
+                for rule in self.matched_rules {
+                    state
+                        .metrics
+                        .rule_matches
+                        .get_or_create(&crate::metrics::RuleLabels { rule })
+                        .inc();
+                }
+                Outcome {
+                    status: StatusCode::OK,
+                    result: "accepted",
+                    event,
+                    rules: matched,
+                    event_label: self.event_label,
+                    // The id is a UUID: nothing in it needs escaping.
+                    response: raw_json_reply(
+                        StatusCode::OK,
+                        format!(r#"{{"ok":true,"id":"{id}"}}"#),
+                    ),
+                }
             }
-            Outcome {
+            Ok(Accepted::Duplicate) => Outcome {
                 status: StatusCode::OK,
-                result: "accepted",
-                event: cb.event.clone(),
+                result: "duplicate",
+                event,
                 rules: matched,
-                event_label,
-                // The id is a UUID: nothing in it needs escaping.
-                response: raw_json_reply(StatusCode::OK, format!(r#"{{"ok":true,"id":"{id}"}}"#)),
+                event_label: self.event_label,
+                response: raw_json_reply(StatusCode::OK, r#"{"ok":true,"duplicate":true}"#),
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "store refused an event");
+                let mut o = Outcome::error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "store unavailable",
+                );
+                o.event = event;
+                o
             }
-        }
-        Ok(Accepted::Duplicate) => Outcome {
-            status: StatusCode::OK,
-            result: "duplicate",
-            event: cb.event.clone(),
-            rules: matched,
-            event_label,
-            response: raw_json_reply(StatusCode::OK, r#"{"ok":true,"duplicate":true}"#),
-        },
-        Err(e) => {
-            tracing::error!(error = %e, "store refused an event");
-            let mut o = Outcome::error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "store unavailable",
-            );
-            o.event = cb.event.clone();
-            o
         }
     }
 }
@@ -270,12 +336,8 @@ fn reserve(handoff: &mpsc::Sender<Claimed>, n: usize) -> Option<Vec<OwnedPermit<
 
 /// Commit the event, then hand its deliveries to the dispatcher (when
 /// `handoff` holds a slot for each) or wake it to claim them from the store.
-///
-/// Runs as a task of its own: a caller that hangs up mid-commit drops the
-/// request's future, and with it would go the hand-off of deliveries the
-/// store has already recorded as claimed.
 async fn commit(
-    state: Arc<AppState>,
+    state: &AppState,
     new: NewEvent,
     window: u64,
     handoff: Option<Vec<OwnedPermit<Claimed>>>,

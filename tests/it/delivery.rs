@@ -436,7 +436,7 @@ async fn a_burst_of_5000_for_a_10_per_second_action_is_delivered_in_full_at_the_
 }
 
 #[tokio::test]
-async fn a_caller_that_hangs_up_mid_commit_still_has_its_delivery_sent_at_once() {
+async fn a_caller_that_hangs_up_mid_commit_still_has_its_delivery_sent_at_once_and_is_counted() {
     use tokio::io::AsyncWriteExt;
     let sink = HttpSink::start().await;
     let app =
@@ -464,6 +464,14 @@ async fn a_caller_that_hangs_up_mid_commit_still_has_its_delivery_sent_at_once()
     // left behind by the vanished request would run out (minutes).
     eventually(Duration::from_secs(5), "the delivery", || async {
         sink.count() == 1
+    })
+    .await;
+    // It was stored, so it is counted like any other accepted callback.
+    let metrics = format!("{}/metrics", app.admin_url);
+    eventually(Duration::from_secs(5), "the callback counted", || async {
+        let text = app.client.get(&metrics).send().await.unwrap().text().await;
+        text.unwrap()
+            .contains("easehook_callbacks_total{result=\"accepted\",event=\"roster:ban\"} 1")
     })
     .await;
 }
