@@ -70,6 +70,15 @@ impl Outcome {
             response: error_reply(status, message),
         }
     }
+
+    /// The store could not take the event (or the task committing it died).
+    fn unavailable() -> Self {
+        Self::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "store unavailable",
+        )
+    }
 }
 
 async fn handle<S, B>(
@@ -115,12 +124,7 @@ where
         Ok(response) => response,
         Err(e) => {
             tracing::error!(error = %e, "the commit task failed");
-            let out = Outcome::error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "store unavailable",
-            );
-            record(&state, out, started)
+            record(&state, Outcome::unavailable(), started)
         }
     }
 }
@@ -160,7 +164,7 @@ struct Ready {
 /// Read, parse, verify and match a callback: what is left is to commit it,
 /// or how it was refused.
 async fn accept<S, B>(
-    state: &Arc<AppState>,
+    state: &AppState,
     snapshot: &crate::snapshot::Snapshot,
     length: Option<u64>,
     body: S,
@@ -273,7 +277,7 @@ where
 
 impl Ready {
     /// Commit, hand off, count: how the callback ended.
-    async fn finish(self, state: &Arc<AppState>) -> Outcome {
+    async fn finish(self, state: &AppState) -> Outcome {
         let event = self.callback.event.clone();
         let matched = self.matched_rules.join(",");
         let committed = commit(state, self.new, self.window, self.handoff, self.callback).await;
@@ -310,11 +314,7 @@ impl Ready {
             },
             Err(e) => {
                 tracing::error!(error = %e, "store refused an event");
-                let mut o = Outcome::error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "store unavailable",
-                );
+                let mut o = Outcome::unavailable();
                 o.event = event;
                 o
             }
