@@ -93,8 +93,14 @@ async fn a_multipart_email_with_chinese_arrives_intact_over_starttls_with_auth()
         html.contains("<b>王小明</b> 屏蔽了 <b>bob</b> &lt;script&gt;x&lt;/script&gt;"),
         "{html}"
     );
-    let sent = app.deliveries("sent").await;
-    assert_eq!(sent.len(), 1);
+    // The outcome is recorded after the message is handed over, in the
+    // dispatcher's next batch of outcomes: wait for it.
+    eventually(
+        Duration::from_secs(10),
+        "the delivery recorded as sent",
+        || async { app.deliveries("sent").await.len() == 1 },
+    )
+    .await;
 }
 
 #[tokio::test]
