@@ -70,8 +70,8 @@ const PAGE_SIZE: u32 = 2048;
 ///   it, and it stays the size of the queue.
 ///
 /// `CREATE … IF NOT EXISTS`: a store created by an earlier version keeps
-/// its layout (a `WITHOUT ROWID` events table, a full due index), and every
-/// query works on both.
+/// its layout (a `WITHOUT ROWID` events table, `AUTOINCREMENT` delivery ids,
+/// a full due index, 4 KiB pages), and every query works on both.
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS events (
     id           TEXT PRIMARY KEY NOT NULL,
@@ -88,7 +88,7 @@ CREATE TABLE IF NOT EXISTS dedup (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS dedup_expiry ON dedup(expires_at);
 CREATE TABLE IF NOT EXISTS deliveries (
-    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    id              INTEGER PRIMARY KEY,
     event_id        TEXT NOT NULL REFERENCES events(id),
     action          TEXT NOT NULL,
     rule            TEXT NOT NULL,
@@ -761,10 +761,18 @@ fn retry(conn: &Connection, ids: Option<&[i64]>, now: u64) -> rusqlite::Result<u
     })
 }
 
+/// Delete what is past `retention` (sent and dead deliveries, events left
+/// with none) and dedup keys past their window. The newest delivery is
+/// always kept: delivery ids are rowids, which SQLite hands out as the
+/// largest plus one, so an emptied table would start again at 1 and an id
+/// in an operator's notes could name another delivery. (`AUTOINCREMENT`
+/// would keep them unique too, at the price of a write to
+/// `sqlite_sequence` on every insert.)
 fn prune(conn: &Connection, now: u64, retention: u64) -> rusqlite::Result<u64> {
     let cutoff = now.saturating_sub(retention) as i64;
     let mut n = conn.execute(
-        "DELETE FROM deliveries WHERE status IN ('sent', 'dead') AND updated_at < ?1",
+        "DELETE FROM deliveries WHERE status IN ('sent', 'dead') AND updated_at < ?1
+         AND id < (SELECT max(id) FROM deliveries)",
         [cutoff],
     )? as u64;
     n += conn.execute(
@@ -1053,20 +1061,26 @@ mod tests {
 
     /// Stores made by earlier versions keep their layout and work as they
     /// are: rowid tables and a full due index (the first), then `WITHOUT
-    /// ROWID` events and a partial due index (the second); 4 KiB pages.
+    /// ROWID` events and a partial due index (the second); both with
+    /// `AUTOINCREMENT` delivery ids and 4 KiB pages.
     #[tokio::test]
     async fn stores_of_earlier_layouts_keep_working() {
         let partial = "\n    WHERE status = 'pending' OR status = 'dead';";
-        let first = SCHEMA
+        let autoincrement = SCHEMA.replace(
+            "id              INTEGER PRIMARY KEY,",
+            "id              INTEGER PRIMARY KEY AUTOINCREMENT,",
+        );
+        let first = autoincrement
             .replace(") WITHOUT ROWID;", ");")
             .replace(partial, ";");
         let events_end = "    body         TEXT NOT NULL\n);";
-        let second = SCHEMA.replace(
+        let second = autoincrement.replace(
             events_end,
             "    body         TEXT NOT NULL\n) WITHOUT ROWID;",
         );
         assert!(!first.contains("WITHOUT ROWID") && !first.contains("WHERE"));
         assert_eq!(second.matches("WITHOUT ROWID").count(), 2);
+        assert!(first.contains("AUTOINCREMENT") && second.contains("AUTOINCREMENT"));
         for schema in [first, second] {
             let dir = tempfile::tempdir().unwrap();
             let c = Connection::open(dir.path().join("easehook.db")).unwrap();
@@ -1205,6 +1219,35 @@ mod tests {
             bodies / n
         );
         drop(s);
+    }
+
+    #[tokio::test]
+    async fn delivery_ids_never_repeat_after_everything_is_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path()).unwrap();
+        let Accepted::New {
+            deliveries: first, ..
+        } = s
+            .accept(ev("e1", "k1", &["a", "b"], 1000), 1000)
+            .await
+            .unwrap()
+        else {
+            panic!("not stored")
+        };
+        let done = first.iter().map(|&id| (id, Record::Sent)).collect();
+        s.record(done).await.unwrap();
+        // Everything is past retention: the older delivery goes, the newest
+        // stays, and so does its event.
+        let now = crate::verify::now_ms() + 60_000;
+        assert_eq!(s.prune(now, 10_000).await.unwrap(), 1);
+        assert_eq!(event_ids(&s).await, ["e1"]);
+        let Accepted::New {
+            deliveries: next, ..
+        } = s.accept(ev("e2", "k2", &["a"], now), 1000).await.unwrap()
+        else {
+            panic!("not stored")
+        };
+        assert!(next[0] > first[1], "{next:?} after {first:?}");
     }
 
     #[tokio::test]
