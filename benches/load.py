@@ -85,6 +85,12 @@ def rss_kib(pid, field="VmRSS"):
     return 0
 
 
+def written(pid):
+    """Bytes the process has written with write(2) and friends so far."""
+    with open(f"/proc/{pid}/io") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("wchar:"))
+
+
 def ensure_tools():
     missing = [p for p, b in (("wrk", "wrk"), ("webhook", "webhook")) if not shutil.which(b)]
     if missing:
@@ -162,6 +168,7 @@ def run_wrk(url, calls, duration, connections=64, threads=2, delay_ms=0, pid=Non
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(LUA)
         script = f.name
+    written_before = written(pid) if pid else 0
     cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration}s", "--timeout", "10s", "-s", script, url]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True)
     os.unlink(script)
@@ -179,6 +186,8 @@ def run_wrk(url, calls, duration, connections=64, threads=2, delay_ms=0, pid=Non
         "errors": errors,
         "requests": reqs,
         "peak_rss_mb": rss_kib(pid, "VmHWM") / 1024 if pid else 0,
+        # Store writes (WAL frames, checkpoints) and log lines, per request.
+        "written_kb": (written(pid) - written_before) / max(reqs, 1) / 1024 if pid else 0,
     }
 
 
@@ -383,7 +392,8 @@ def main():
             print(fmt_row(k, results[k]))
         ra = results["easehook"]["rps"] / results["baseline"]["rps"]
         rw = results["easehook"]["rps"] / results["webhook"]["rps"]
-        print(f"easehook/baseline = {ra:.2f}   easehook/webhook = {rw:.2f}", flush=True)
+        print(f"easehook/baseline = {ra:.2f}   easehook/webhook = {rw:.2f}")
+        print(f"easehook wrote {results['easehook']['written_kb']:.1f} KB per callback during the run", flush=True)
 
     # (b) fixed ~1,000 req/s (64 connections, 64 ms between requests each)
     # while every delivery takes 2 s at the destination.
@@ -395,7 +405,7 @@ def main():
         eh.stop()
         slow.terminate()
         print("\n(b) ~1,000 req/s while the destination takes 2 s per request")
-        print(f"req/s {rb['rps']:.0f}  p50 {rb['p50_ms']:.2f} ms  p99 {rb['p99_ms']:.2f} ms  max {rb['max_ms']:.2f} ms  errors {rb['errors']}  peak RSS {rb['peak_rss_mb']:.1f} MB", flush=True)
+        print(f"req/s {rb['rps']:.0f}  p50 {rb['p50_ms']:.2f} ms  p99 {rb['p99_ms']:.2f} ms  max {rb['max_ms']:.2f} ms  errors {rb['errors']}  peak RSS {rb['peak_rss_mb']:.1f} MB  written {rb['written_kb']:.1f} KB per callback", flush=True)
 
     # (c) drain: queue 20,000 deliveries while the destination is down, then
     # bring it up and restart the daemon; measure deliveries/s at the sink.
