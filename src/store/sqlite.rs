@@ -1205,7 +1205,7 @@ mod tests {
         }
         let c = Connection::open(dir.path().join("easehook.db")).unwrap();
         let pages: u64 = c.query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap();
-        let size: u64 = c.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
+        let size = u64::from(page_size(dir.path()));
         let bodies: u64 = c
             .query_row(
                 "SELECT sum(length(CAST(body AS BLOB))) FROM events",
