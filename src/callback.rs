@@ -457,10 +457,13 @@ fn dedup_key(
     while !call_id.is_char_boundary(prefix) {
         prefix -= 1;
     }
+    let mut hash = [0u8; 32];
+    // 16 bytes always fit 32 hex digits, which are ASCII.
+    let _ = hex::encode_to_slice(h.finalize(), &mut hash);
     let mut key = String::with_capacity(prefix + 33);
     key.push_str(&call_id[..prefix]);
     key.push('/');
-    key.push_str(&hex::encode(h.finalize()));
+    key.push_str(std::str::from_utf8(&hash).unwrap_or_default());
     key
 }
 

@@ -26,7 +26,7 @@ use handlebars::{
     ScopedJson,
 };
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
-use serde_json::{Value, json};
+use serde_json::{Map, Value};
 
 use crate::callback::Callback;
 use crate::diag::Diagnostics;
@@ -245,31 +245,49 @@ fn render_error_message(e: &RenderError) -> String {
 /// The context of every render (SPEC §5), without `rule` and `action`,
 /// which [`with_names`] adds.
 pub fn base_context(cb: &Callback, received_at: DateTime<Utc>) -> Value {
-    let s = |v: &Option<String>| Value::String(v.clone().unwrap_or_default());
+    let opt = |v: &Option<String>| Value::String(v.clone().unwrap_or_default());
+    let text = |v: &str| Value::String(v.to_owned());
     let time = Utc
         .timestamp_millis_opt(cb.timestamp as i64)
         .single()
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_default();
-    json!({
-        "event": cb.event,
-        "operation": s(&cb.operation),
-        "chat_type": s(&cb.chat_type),
-        "eventType": s(&cb.event_type),
-        "appkey": s(&cb.appkey),
-        "host": s(&cb.host),
-        "callId": cb.call_id,
-        "msg_id": s(&cb.msg_id),
-        "from": s(&cb.from),
-        "to": s(&cb.to),
-        "from_user": cb.from_user,
-        "to_user": cb.to_user,
-        "timestamp": cb.timestamp,
-        "time": time,
-        "payload": cb.raw().get("payload").cloned().unwrap_or_else(|| json!({})),
-        "callback": cb.raw(),
-        "received_at": received_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-    })
+    let raw = cb.raw();
+    // Built field by field: `json!` would turn the callback into a `Value`
+    // by serializing it, which costs twice what cloning it does.
+    let fields = [
+        ("event", text(&cb.event)),
+        ("operation", opt(&cb.operation)),
+        ("chat_type", opt(&cb.chat_type)),
+        ("eventType", opt(&cb.event_type)),
+        ("appkey", opt(&cb.appkey)),
+        ("host", opt(&cb.host)),
+        ("callId", text(&cb.call_id)),
+        ("msg_id", opt(&cb.msg_id)),
+        ("from", opt(&cb.from)),
+        ("to", opt(&cb.to)),
+        ("from_user", text(&cb.from_user)),
+        ("to_user", text(&cb.to_user)),
+        ("timestamp", Value::from(cb.timestamp)),
+        ("time", Value::String(time)),
+        (
+            "payload",
+            raw.get("payload")
+                .cloned()
+                .unwrap_or_else(|| Value::Object(Map::new())),
+        ),
+        ("callback", raw.clone()),
+        (
+            "received_at",
+            Value::String(received_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+        ),
+    ];
+    // Room for `rule` and `action`, which `with_names` adds.
+    let mut m = Map::with_capacity(fields.len() + 2);
+    for (k, v) in fields {
+        m.insert(k.to_owned(), v);
+    }
+    Value::Object(m)
 }
 
 /// `base` with `rule` and `action` set.
@@ -463,6 +481,7 @@ impl HelperDef for TruncateHelper {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn sample() -> TemplateData {
         let cb = Callback::from_value(json!({

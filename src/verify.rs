@@ -26,11 +26,16 @@ pub enum VerifyError {
 
 /// The signature Easemob computes: 32 lowercase hex characters.
 pub fn sign(call_id: &str, secret: &str, timestamp_text: &str) -> String {
+    hex::encode(digest(call_id, secret, timestamp_text))
+}
+
+/// The MD5 digest behind [`sign`].
+fn digest(call_id: &str, secret: &str, timestamp_text: &str) -> [u8; 16] {
     let mut h = Md5::new();
     h.update(call_id.as_bytes());
     h.update(secret.as_bytes());
     h.update(timestamp_text.as_bytes());
-    hex::encode(h.finalize())
+    h.finalize().into()
 }
 
 /// Check a callback's signature and age. `now_ms` is the current time in
@@ -44,13 +49,17 @@ pub fn check(
     let candidates = secrets
         .for_appkey(cb.signing_appkey())
         .ok_or(VerifyError::UnknownAppkey)?;
-    // Hex is case-insensitive; comparing lowercase bytes keeps the comparison
-    // itself constant-time. A wrong length can never match.
-    let given = cb.security.to_ascii_lowercase();
+    // The digests are compared, not their hex: hex is case-insensitive, and
+    // what is not 32 hex digits can match no digest. The comparison itself
+    // is constant-time.
+    let mut given = [0u8; 16];
+    if hex::decode_to_slice(&cb.security, &mut given).is_err() {
+        return Err(VerifyError::BadSignature);
+    }
     let mut ok = subtle::Choice::from(0);
     for secret in candidates {
-        let expected = sign(&cb.call_id, secret.expose(), &cb.timestamp_text);
-        ok |= expected.as_bytes().ct_eq(given.as_bytes());
+        let expected = digest(&cb.call_id, secret.expose(), &cb.timestamp_text);
+        ok |= expected.ct_eq(&given);
     }
     if !bool::from(ok) {
         return Err(VerifyError::BadSignature);
@@ -133,10 +142,16 @@ mod tests {
             check(&cb(&good, json!(1642648046913u64)), &secrets, None, 0),
             Err(VerifyError::BadSignature)
         );
-        assert_eq!(
-            check(&cb("short", json!(1642648046912u64)), &secrets, None, 0),
-            Err(VerifyError::BadSignature)
-        );
+        // Not 32 hex digits: too short, too long, or one digit that is not one.
+        let mut not_hex = good.clone();
+        not_hex.replace_range(31.., "g");
+        for given in ["short", &format!("{good}00"), &not_hex] {
+            assert_eq!(
+                check(&cb(given, json!(1642648046912u64)), &secrets, None, 0),
+                Err(VerifyError::BadSignature),
+                "{given}"
+            );
+        }
         let other = Secrets::from_pairs([("other#app", "secret")]);
         assert_eq!(
             check(&cb(&good, json!(1642648046912u64)), &other, None, 0),

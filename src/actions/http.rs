@@ -34,6 +34,8 @@ pub struct RawHttp {
 pub struct HttpAction {
     method: reqwest::Method,
     url: TemplateRef,
+    /// The URL as written and parsed, when it has nothing to fill in.
+    fixed_url: Option<(String, reqwest::Url)>,
     headers: Vec<(String, TemplateRef)>,
     body: Body,
 }
@@ -56,6 +58,8 @@ pub struct HttpRequest {
     pub headers: Vec<(String, String)>,
     pub content_type: Option<String>,
     pub body: Option<String>,
+    /// `url` parsed: the one parse it gets, when rendered.
+    target: reqwest::Url,
 }
 
 pub(super) fn compile(raw: RawHttp, c: &mut Compiler) -> Option<HttpAction> {
@@ -67,9 +71,12 @@ pub(super) fn compile(raw: RawHttp, c: &mut Compiler) -> Option<HttpAction> {
             reqwest::Method::POST
         }
     };
+    let mut fixed_url = None;
     if !raw.url.contains("{{") {
         match reqwest::Url::parse(&raw.url) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+            Ok(u) if matches!(u.scheme(), "http" | "https") => {
+                fixed_url = Some((raw.url.clone(), u));
+            }
             _ => c.error("url", "is not an http(s) URL"),
         }
     } else if !(raw.url.starts_with("http://") || raw.url.starts_with("https://")) {
@@ -123,6 +130,7 @@ pub(super) fn compile(raw: RawHttp, c: &mut Compiler) -> Option<HttpAction> {
     Some(HttpAction {
         method,
         url: url?,
+        fixed_url,
         headers,
         body,
     })
@@ -130,8 +138,17 @@ pub(super) fn compile(raw: RawHttp, c: &mut Compiler) -> Option<HttpAction> {
 
 impl HttpAction {
     pub(super) fn render(&self, t: &Templates, ctx: &TemplateData) -> Result<HttpRequest, String> {
-        let url = t.render(&self.url, ctx)?;
-        reqwest::Url::parse(&url).map_err(|e| format!("rendered url is invalid: {e}"))?;
+        // A URL without `{{…}}` renders as itself: it was parsed when the
+        // rules were loaded, and parsing is most of what rendering it costs.
+        let (url, target) = match &self.fixed_url {
+            Some((text, parsed)) => (text.clone(), parsed.clone()),
+            None => {
+                let url = t.render(&self.url, ctx)?;
+                let target = reqwest::Url::parse(&url)
+                    .map_err(|e| format!("rendered url is invalid: {e}"))?;
+                (url, target)
+            }
+        };
         let headers = self
             .headers
             .iter()
@@ -159,6 +176,7 @@ impl HttpAction {
             headers,
             content_type,
             body,
+            target,
         })
     }
 }
@@ -213,7 +231,7 @@ pub(super) async fn send(
             return super::Outcome::Permanent(format!("{:?} is not an HTTP method", m.method));
         }
     };
-    let mut req = client.request(method, &m.url).timeout(timeout);
+    let mut req = client.request(method, m.target.clone()).timeout(timeout);
     for (n, v) in &m.headers {
         req = req.header(n, v);
     }
