@@ -9,9 +9,12 @@
 use std::sync::{Arc, OnceLock};
 
 use md5::{Digest, Md5};
+use std::borrow::Cow;
+
+use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
+use serde_json::{Map, Number, Value};
 
 /// Why a body is not a usable callback. Every variant answers 400.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -90,7 +93,7 @@ impl Callback {
         let object = text
             .trim_start_matches([' ', '\t', '\n', '\r'])
             .starts_with('{');
-        if object && let Some(fields) = Decoded::read(&text) {
+        if object && let Some(fields) = Narrow::read(&text) {
             let mut cb = Self::build(&fields)?;
             cb.body = Some(text);
             return Ok(cb);
@@ -123,18 +126,21 @@ impl Callback {
         let call_id = required_str(obj, "callId")?;
         let security = required_str(obj, "security")?;
         let (timestamp, timestamp_text) = match obj.get("timestamp") {
-            None | Some(Value::Null) => return Err(ParseError::Missing("timestamp")),
-            Some(Value::Number(n)) => {
+            None | Some(Scalar::Null) => return Err(ParseError::Missing("timestamp")),
+            Some(Scalar::Num(n)) => {
                 let t = n.as_u64().ok_or(ParseError::BadTimestamp)?;
                 (t, t.to_string())
             }
-            Some(Value::String(s)) => {
+            Some(Scalar::Str(s)) => {
                 if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
                     return Err(ParseError::BadTimestamp);
                 }
-                (s.parse().map_err(|_| ParseError::BadTimestamp)?, s.clone())
+                (
+                    s.parse().map_err(|_| ParseError::BadTimestamp)?,
+                    s.to_owned(),
+                )
             }
-            Some(_) => return Err(ParseError::BadTimestamp),
+            Some(Scalar::Other) => return Err(ParseError::BadTimestamp),
         };
         let chat_type = optional_str(obj, "chat_type");
         let operation = obj.operation().and_then(scalar_text);
@@ -197,129 +203,145 @@ impl Callback {
     }
 }
 
+/// A field as [`Callback::build`] reads it: the text of a string or a
+/// number, or only what else it is.
+#[derive(Clone, Copy)]
+enum Scalar<'a> {
+    Str(&'a str),
+    Num(&'a Number),
+    Null,
+    /// `true`, `false`, an array or an object.
+    Other,
+}
+
+impl<'a> From<&'a Value> for Scalar<'a> {
+    fn from(v: &'a Value) -> Self {
+        match v {
+            Value::String(s) => Scalar::Str(s),
+            Value::Number(n) => Scalar::Num(n),
+            Value::Null => Scalar::Null,
+            _ => Scalar::Other,
+        }
+    }
+}
+
 /// Where [`Callback::build`] reads the fields of a callback from.
 trait Fields {
     /// A top-level field.
-    fn get(&self, key: &str) -> Option<&Value>;
+    fn get(&self, key: &str) -> Option<Scalar<'_>>;
     /// `payload.operation`.
-    fn operation(&self) -> Option<&Value>;
+    fn operation(&self) -> Option<Scalar<'_>>;
 }
 
 impl Fields for Map<String, Value> {
-    fn get(&self, key: &str) -> Option<&Value> {
-        Map::get(self, key)
+    fn get(&self, key: &str) -> Option<Scalar<'_>> {
+        Map::get(self, key).map(Scalar::from)
     }
 
-    fn operation(&self) -> Option<&Value> {
-        Map::get(self, "payload").and_then(|p| p.get("operation"))
+    fn operation(&self) -> Option<Scalar<'_>> {
+        Map::get(self, "payload")
+            .and_then(|p| p.get("operation"))
+            .map(Scalar::from)
+    }
+}
+
+/// A field decoded straight from the body's text, as [`Scalar`] reads it:
+/// a string without escapes stays a slice of the body, and nothing else
+/// is kept (an array or an object is only checked to be valid JSON).
+enum Decoded<'a> {
+    Str(Cow<'a, str>),
+    Num(Number),
+    Null,
+    Other,
+}
+
+impl Decoded<'_> {
+    fn scalar(&self) -> Scalar<'_> {
+        match self {
+            Decoded::Str(s) => Scalar::Str(s),
+            Decoded::Num(n) => Scalar::Num(n),
+            Decoded::Null => Scalar::Null,
+            Decoded::Other => Scalar::Other,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Decoded<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Decoded<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Self::Value, E> {
+                Ok(Decoded::Str(Cow::Borrowed(s)))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(Decoded::Str(Cow::Owned(s.to_owned())))
+            }
+            fn visit_string<E>(self, s: String) -> Result<Self::Value, E> {
+                Ok(Decoded::Str(Cow::Owned(s)))
+            }
+            fn visit_u64<E>(self, n: u64) -> Result<Self::Value, E> {
+                Ok(Decoded::Num(n.into()))
+            }
+            fn visit_i64<E>(self, n: i64) -> Result<Self::Value, E> {
+                Ok(Decoded::Num(n.into()))
+            }
+            // As a `Value` does: a float that is no JSON number is null.
+            fn visit_f64<E>(self, n: f64) -> Result<Self::Value, E> {
+                Ok(Number::from_f64(n).map_or(Decoded::Null, Decoded::Num))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Decoded::Null)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(Decoded::Other)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+                while a.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Decoded::Other)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+                while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Decoded::Other)
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
 /// The fields [`Callback::build`] reads, each decoded on its own from the
 /// body's text, the rest of which is only checked to be valid JSON.
-struct Decoded {
-    call_id: Option<Value>,
-    security: Option<Value>,
-    timestamp: Option<Value>,
-    chat_type: Option<Value>,
-    event_type: Option<Value>,
-    appkey: Option<Value>,
-    host: Option<Value>,
-    from: Option<Value>,
-    to: Option<Value>,
-    msg_id: Option<Value>,
-    event: Option<Value>,
-    operation: Option<Value>,
-}
-
-impl Fields for Decoded {
-    fn get(&self, key: &str) -> Option<&Value> {
-        match key {
-            "callId" => self.call_id.as_ref(),
-            "security" => self.security.as_ref(),
-            "timestamp" => self.timestamp.as_ref(),
-            "chat_type" => self.chat_type.as_ref(),
-            "eventType" => self.event_type.as_ref(),
-            "appkey" => self.appkey.as_ref(),
-            "host" => self.host.as_ref(),
-            "from" => self.from.as_ref(),
-            "to" => self.to.as_ref(),
-            "msg_id" => self.msg_id.as_ref(),
-            "event" => self.event.as_ref(),
-            _ => None,
-        }
-    }
-
-    fn operation(&self) -> Option<&Value> {
-        self.operation.as_ref()
-    }
-}
-
-impl Decoded {
-    /// The fields of a body, or `None` when it needs the full parse to decode
-    /// as it would from a `Value` (it is not valid JSON, or a field read here
-    /// is given twice).
-    fn read(text: &str) -> Option<Self> {
-        let f: RawFields = serde_json::from_str(text).ok()?;
-        let value = |raw: Option<&RawValue>| -> Option<Option<Value>> {
-            match raw {
-                Some(r) => serde_json::from_str(r.get()).ok().map(Some),
-                None => Some(None),
-            }
-        };
-        // Only an object has an `operation`: a struct would also read an
-        // array, field by field.
-        let operation = match f.payload {
-            Some(p) if p.get().starts_with('{') => {
-                value(serde_json::from_str::<RawPayload>(p.get()).ok()?.operation)?
-            }
-            _ => None,
-        };
-        Some(Decoded {
-            call_id: value(f.call_id)?,
-            security: value(f.security)?,
-            timestamp: value(f.timestamp)?,
-            chat_type: value(f.chat_type)?,
-            event_type: value(f.event_type)?,
-            appkey: value(f.appkey)?,
-            host: value(f.host)?,
-            from: value(f.from)?,
-            to: value(f.to)?,
-            msg_id: value(f.msg_id)?,
-            event: value(f.event)?,
-            operation,
-        })
-    }
-}
-
-/// The top-level fields [`Callback::build`] reads, left unparsed.
 ///
 /// `present` keeps a JSON `null` as a value (a plain `Option` would make it
 /// absent), so the fields decode exactly as they would from a `Value`.
 #[derive(Deserialize)]
 struct RawFields<'a> {
     #[serde(rename = "callId", default, borrow, deserialize_with = "present")]
-    call_id: Option<&'a RawValue>,
+    call_id: Option<Decoded<'a>>,
     #[serde(default, borrow, deserialize_with = "present")]
-    security: Option<&'a RawValue>,
+    security: Option<Decoded<'a>>,
     #[serde(default, borrow, deserialize_with = "present")]
-    timestamp: Option<&'a RawValue>,
+    timestamp: Option<Decoded<'a>>,
     #[serde(default, borrow, deserialize_with = "present")]
-    chat_type: Option<&'a RawValue>,
+    chat_type: Option<Decoded<'a>>,
     #[serde(rename = "eventType", default, borrow, deserialize_with = "present")]
-    event_type: Option<&'a RawValue>,
+    event_type: Option<Decoded<'a>>,
     #[serde(default, borrow, deserialize_with = "present")]
-    appkey: Option<&'a RawValue>,
+    appkey: Option<Decoded<'a>>,
     #[serde(default, borrow, deserialize_with = "present")]
-    host: Option<&'a RawValue>,
+    host: Option<Decoded<'a>>,
     #[serde(default, borrow, deserialize_with = "present")]
-    from: Option<&'a RawValue>,
+    from: Option<Decoded<'a>>,
     #[serde(default, borrow, deserialize_with = "present")]
-    to: Option<&'a RawValue>,
+    to: Option<Decoded<'a>>,
     #[serde(default, borrow, deserialize_with = "present")]
-    msg_id: Option<&'a RawValue>,
+    msg_id: Option<Decoded<'a>>,
     #[serde(default, borrow, deserialize_with = "present")]
-    event: Option<&'a RawValue>,
+    event: Option<Decoded<'a>>,
     #[serde(default, borrow, deserialize_with = "present")]
     payload: Option<&'a RawValue>,
 }
@@ -328,11 +350,60 @@ struct RawFields<'a> {
 #[derive(Deserialize)]
 struct RawPayload<'a> {
     #[serde(default, borrow, deserialize_with = "present")]
-    operation: Option<&'a RawValue>,
+    operation: Option<Decoded<'a>>,
 }
 
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
-    <&RawValue>::deserialize(d).map(Some)
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+/// A body's fields, read by the narrow parse.
+struct Narrow<'a> {
+    fields: RawFields<'a>,
+    operation: Option<Decoded<'a>>,
+}
+
+impl<'a> Narrow<'a> {
+    /// The fields of a body, or `None` when it needs the full parse to decode
+    /// as it would from a `Value` (it is not valid JSON, or a field read here
+    /// is given twice).
+    fn read(text: &'a str) -> Option<Self> {
+        let fields: RawFields = serde_json::from_str(text).ok()?;
+        // Only an object has an `operation`: a struct would also read an
+        // array, field by field.
+        let operation = match fields.payload {
+            Some(p) if p.get().starts_with('{') => {
+                serde_json::from_str::<RawPayload>(p.get()).ok()?.operation
+            }
+            _ => None,
+        };
+        Some(Narrow { fields, operation })
+    }
+}
+
+impl Fields for Narrow<'_> {
+    fn get(&self, key: &str) -> Option<Scalar<'_>> {
+        let f = &self.fields;
+        match key {
+            "callId" => f.call_id.as_ref(),
+            "security" => f.security.as_ref(),
+            "timestamp" => f.timestamp.as_ref(),
+            "chat_type" => f.chat_type.as_ref(),
+            "eventType" => f.event_type.as_ref(),
+            "appkey" => f.appkey.as_ref(),
+            "host" => f.host.as_ref(),
+            "from" => f.from.as_ref(),
+            "to" => f.to.as_ref(),
+            "msg_id" => f.msg_id.as_ref(),
+            "event" => f.event.as_ref(),
+            _ => None,
+        }
+        .map(Decoded::scalar)
+    }
+
+    fn operation(&self) -> Option<Scalar<'_>> {
+        self.operation.as_ref().map(Decoded::scalar)
+    }
 }
 
 /// Follow a dotted path into JSON; list items are addressed by index.
@@ -362,9 +433,9 @@ pub fn value_text(v: &Value) -> std::borrow::Cow<'_, str> {
 
 fn required_str(obj: &impl Fields, key: &'static str) -> Result<String, ParseError> {
     match obj.get(key) {
-        None | Some(Value::Null) => Err(ParseError::Missing(key)),
-        Some(Value::String(s)) if s.is_empty() => Err(ParseError::Missing(key)),
-        Some(Value::String(s)) => Ok(s.clone()),
+        None | Some(Scalar::Null) => Err(ParseError::Missing(key)),
+        Some(Scalar::Str("")) => Err(ParseError::Missing(key)),
+        Some(Scalar::Str(s)) => Ok(s.to_owned()),
         Some(_) => Err(ParseError::NotString(key)),
     }
 }
@@ -375,11 +446,11 @@ fn optional_str(obj: &impl Fields, key: &str) -> Option<String> {
     obj.get(key).and_then(scalar_text)
 }
 
-fn scalar_text(v: &Value) -> Option<String> {
+fn scalar_text(v: Scalar<'_>) -> Option<String> {
     match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
+        Scalar::Str(s) => Some(s.to_owned()),
+        Scalar::Num(n) => Some(n.to_string()),
+        Scalar::Null | Scalar::Other => None,
     }
 }
 
