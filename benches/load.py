@@ -19,7 +19,7 @@ Scenarios:
   (d) start-up time to READY with 1,000 rules
   (e) idle RSS
 
-usage: python3 benches/load.py [--duration SECONDS] [--skip-build] [--only abcde] [--callgrind]
+usage: python3 benches/load.py [--duration SECONDS] [--rounds N] [--skip-build] [--only abcde] [--callgrind]
 Run from the repository root. Installs wrk and webhook with apt-get when
 missing. Every request goes to 127.0.0.1.
 """
@@ -29,6 +29,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import socket
 import subprocess
 import sys
@@ -350,6 +351,7 @@ def callgrind_report(easehook_bin, baseline_bin, calls, seconds):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of (a), each server once per round")
     ap.add_argument("--skip-build", action="store_true")
     ap.add_argument("--only", default="abcde", help="the scenarios to run, e.g. 'a' or 'bc'")
     ap.add_argument("--binary", help="the easehook binary to measure (default: the release build)")
@@ -374,38 +376,55 @@ def main():
 
     # (a) throughput: baseline, easehook, webhook — same load, same run.
     if "a" in args.only:
-        base, base_port = start_baseline(baseline_bin)
-        results["baseline"] = run_wrk(f"http://127.0.0.1:{base_port}/", calls, args.duration, pid=base.pid)
-        base.terminate()
-        eh = Easehook(easehook_bin, os.path.join(work, "a"), rules_yaml(100, f"http://127.0.0.1:{sink_port}"))
-        eh.start()
-        idle_rss = rss_kib(eh.proc.pid) / 1024
-        results["easehook"] = run_wrk(eh.url, calls, args.duration, pid=eh.proc.pid)
-        eh.stop()
-        wh, wh_url = start_webhook(work)
-        results["webhook"] = run_wrk(wh_url, calls, args.duration, pid=wh.pid)
-        wh.terminate()
-        print("\n(a) maximum acknowledged throughput, 64 connections")
-        print("| server     |     req/s | p50 ms  | p99 ms  | max ms   | errors | peak RSS MB |")
-        print("|------------|-----------|---------|---------|----------|--------|---------|")
-        for k in ("baseline", "easehook", "webhook"):
-            print(fmt_row(k, results[k]))
-        ra = results["easehook"]["rps"] / results["baseline"]["rps"]
-        rw = results["easehook"]["rps"] / results["webhook"]["rps"]
-        print(f"easehook/baseline = {ra:.2f}   easehook/webhook = {rw:.2f}")
-        print(f"easehook wrote {results['easehook']['written_kb']:.1f} KB per callback during the run", flush=True)
+        # The three servers take turns, round after round: the host's load
+        # drifts over minutes, and a ratio is only as good as the baseline
+        # measured next to it. Each round's easehook starts on a new store,
+        # so no callback of an earlier round is a duplicate.
+        rounds = []
+        for r in range(args.rounds):
+            res = {}
+            base, base_port = start_baseline(baseline_bin)
+            res["baseline"] = run_wrk(f"http://127.0.0.1:{base_port}/", calls, args.duration, pid=base.pid)
+            base.terminate()
+            eh = Easehook(easehook_bin, os.path.join(work, f"a{r}"), rules_yaml(100, f"http://127.0.0.1:{sink_port}"))
+            eh.start()
+            if idle_rss is None:
+                idle_rss = rss_kib(eh.proc.pid) / 1024
+            res["easehook"] = run_wrk(eh.url, calls, args.duration, pid=eh.proc.pid)
+            eh.stop()
+            wh, wh_url = start_webhook(work)
+            res["webhook"] = run_wrk(wh_url, calls, args.duration, pid=wh.pid)
+            wh.terminate()
+            rounds.append(res)
+        print(f"\n(a) maximum acknowledged throughput, 64 connections; {args.rounds} rounds, the servers in turn")
+        print("| round | server     |     req/s | p50 ms  | p99 ms  | max ms   | errors | peak RSS MB |")
+        print("|-------|------------|-----------|---------|---------|----------|--------|---------|")
+        for i, res in enumerate(rounds):
+            for k in ("baseline", "easehook", "webhook"):
+                print(f"| {i + 1:>5} " + fmt_row(k, res[k]))
+        ra = [res["easehook"]["rps"] / res["baseline"]["rps"] for res in rounds]
+        rw = [res["easehook"]["rps"] / res["webhook"]["rps"] for res in rounds]
+        kb = [res["easehook"]["written_kb"] for res in rounds]
+        each = lambda xs: " ".join(f"{x:.2f}" for x in xs)
+        print(f"easehook/baseline = {statistics.median(ra):.2f} (median; rounds: {each(ra)})")
+        print(f"easehook/webhook  = {statistics.median(rw):.2f} (median; rounds: {each(rw)})")
+        print(f"easehook wrote {statistics.median(kb):.1f} KB per callback during a round (median)", flush=True)
 
     # (b) fixed ~1,000 req/s (64 connections, 64 ms between requests each)
     # while every delivery takes 2 s at the destination.
     if "b" in args.only:
         slow, slow_port = start_baseline(baseline_bin, delay_ms=2000)
-        eh = Easehook(easehook_bin, os.path.join(work, "b"), rules_yaml(100, f"http://127.0.0.1:{slow_port}"))
-        eh.start()
-        rb = run_wrk(eh.url, calls, args.duration, delay_ms=64, pid=eh.proc.pid)
-        eh.stop()
-        slow.terminate()
         print("\n(b) ~1,000 req/s while the destination takes 2 s per request")
-        print(f"req/s {rb['rps']:.0f}  p50 {rb['p50_ms']:.2f} ms  p99 {rb['p99_ms']:.2f} ms  max {rb['max_ms']:.2f} ms  errors {rb['errors']}  peak RSS {rb['peak_rss_mb']:.1f} MB  written {rb['written_kb']:.1f} KB per callback", flush=True)
+        p99s = []
+        for r in range(args.rounds):
+            eh = Easehook(easehook_bin, os.path.join(work, f"b{r}"), rules_yaml(100, f"http://127.0.0.1:{slow_port}"))
+            eh.start()
+            rb = run_wrk(eh.url, calls, args.duration, delay_ms=64, pid=eh.proc.pid)
+            eh.stop()
+            p99s.append(rb["p99_ms"])
+            print(f"round {r + 1}: req/s {rb['rps']:.0f}  p50 {rb['p50_ms']:.2f} ms  p99 {rb['p99_ms']:.2f} ms  max {rb['max_ms']:.2f} ms  errors {rb['errors']}  peak RSS {rb['peak_rss_mb']:.1f} MB  written {rb['written_kb']:.1f} KB per callback", flush=True)
+        slow.terminate()
+        print(f"p99 = {statistics.median(p99s):.2f} ms (median of {args.rounds} rounds)", flush=True)
 
     # (c) drain: queue 20,000 deliveries while the destination is down, then
     # bring it up and restart the daemon; measure deliveries/s at the sink.
