@@ -6,11 +6,10 @@
 //! fields, missing optional fields) and strict about what verification needs
 //! (`callId`, `security`, `timestamp`).
 
+use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 
 use md5::{Digest, Md5};
-use std::borrow::Cow;
-
 use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
