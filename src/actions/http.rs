@@ -33,11 +33,18 @@ pub struct RawHttp {
 #[derive(Debug)]
 pub struct HttpAction {
     method: reqwest::Method,
-    url: TemplateRef,
-    /// The URL as written and parsed, when it has nothing to fill in.
-    fixed_url: Option<(String, reqwest::Url)>,
+    url: Url,
     headers: Vec<(String, TemplateRef)>,
     body: Body,
+}
+
+#[derive(Debug)]
+enum Url {
+    /// A URL with nothing to fill in renders as itself: it is parsed once,
+    /// when the rules load, as parsing is most of what rendering it costs.
+    Fixed { text: String, parsed: reqwest::Url },
+    /// A URL with `{{…}}`, parsed each time it is rendered.
+    Template(TemplateRef),
 }
 
 #[derive(Debug)]
@@ -71,18 +78,24 @@ pub(super) fn compile(raw: RawHttp, c: &mut Compiler) -> Option<HttpAction> {
             reqwest::Method::POST
         }
     };
-    let mut fixed_url = None;
-    if !raw.url.contains("{{") {
+    let url = if !raw.url.contains("{{") {
         match reqwest::Url::parse(&raw.url) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") => {
-                fixed_url = Some((raw.url.clone(), u));
+            Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => Some(Url::Fixed {
+                text: raw.url,
+                parsed,
+            }),
+            _ => {
+                c.error("url", "is not an http(s) URL");
+                None
             }
-            _ => c.error("url", "is not an http(s) URL"),
         }
-    } else if !(raw.url.starts_with("http://") || raw.url.starts_with("https://")) {
-        c.error("url", "must start with http:// or https://");
-    }
-    let url = c.template("url", &TemplateSource::Inline(raw.url), Escape::Url);
+    } else {
+        if !(raw.url.starts_with("http://") || raw.url.starts_with("https://")) {
+            c.error("url", "must start with http:// or https://");
+        }
+        c.template("url", &TemplateSource::Inline(raw.url), Escape::Url)
+            .map(Url::Template)
+    };
     let mut headers = Vec::new();
     for (name, value) in raw.headers {
         if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
@@ -130,7 +143,6 @@ pub(super) fn compile(raw: RawHttp, c: &mut Compiler) -> Option<HttpAction> {
     Some(HttpAction {
         method,
         url: url?,
-        fixed_url,
         headers,
         body,
     })
@@ -138,12 +150,10 @@ pub(super) fn compile(raw: RawHttp, c: &mut Compiler) -> Option<HttpAction> {
 
 impl HttpAction {
     pub(super) fn render(&self, t: &Templates, ctx: &TemplateData) -> Result<HttpRequest, String> {
-        // A URL without `{{…}}` renders as itself: it was parsed when the
-        // rules were loaded, and parsing is most of what rendering it costs.
-        let (url, target) = match &self.fixed_url {
-            Some((text, parsed)) => (text.clone(), parsed.clone()),
-            None => {
-                let url = t.render(&self.url, ctx)?;
+        let (url, target) = match &self.url {
+            Url::Fixed { text, parsed } => (text.clone(), parsed.clone()),
+            Url::Template(template) => {
+                let url = t.render(template, ctx)?;
                 let target = reqwest::Url::parse(&url)
                     .map_err(|e| format!("rendered url is invalid: {e}"))?;
                 (url, target)
