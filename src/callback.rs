@@ -537,6 +537,12 @@ fn dedup_key(
     key
 }
 
+/// The hash at the end of a dedup key: the whole key as versions before the
+/// `callId` prefix wrote it.
+pub fn dedup_hash(key: &str) -> &str {
+    key.rsplit_once('/').map_or(key, |(_, hash)| hash)
+}
+
 /// At most this many bytes of `callId` begin a dedup key (Easemob's are
 /// about 40); the hash covers all of it.
 const DEDUP_PREFIX_MAX: usize = 64;
@@ -668,6 +674,14 @@ mod tests {
         let in_arrival_order = keys.clone();
         keys.sort();
         assert_eq!(keys, in_arrival_order);
+        // After the `/` is the whole key of earlier versions, which the
+        // store still looks up: the same hash of the same six fields.
+        let cb = Callback::from_value(base()).unwrap();
+        assert_eq!(cb.dedup_key, "org#app_1/96c56aa4cd0712010d15370175b88c5e");
+        assert_eq!(
+            dedup_hash(&cb.dedup_key),
+            "96c56aa4cd0712010d15370175b88c5e"
+        );
         // A long callId is cut at a character boundary; the hash still
         // covers all of it.
         let long = "é".repeat(40);

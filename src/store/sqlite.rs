@@ -242,25 +242,31 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
 /// when the last of them expires (no store: never), and until then a
 /// callback whose hash is such a key is a repeat too.
 fn legacy_keys_until(conn: &Connection) -> rusqlite::Result<i64> {
-    let noted: Option<String> = conn
-        .query_row(
-            "SELECT value FROM meta WHERE key = 'dedup_legacy_keys_until'",
-            [],
-            |r| r.get(0),
-        )
-        .optional()?;
-    if let Some(until) = noted.and_then(|v| v.parse().ok()) {
+    if let Some(until) = meta(conn, LEGACY_KEYS_UNTIL)?.and_then(|v| v.parse().ok()) {
         return Ok(until);
     }
     let until: i64 = conn.query_row("SELECT coalesce(max(expires_at), 0) FROM dedup", [], |r| {
         r.get(0)
     })?;
-    conn.execute(
-        "INSERT INTO meta(key, value) VALUES('dedup_legacy_keys_until', ?1)
-         ON CONFLICT(key) DO UPDATE SET value = ?1",
-        [until.to_string()],
-    )?;
+    set_meta(conn, LEGACY_KEYS_UNTIL, &until.to_string())?;
     Ok(until)
+}
+
+/// The `meta` entry of [`legacy_keys_until`].
+const LEGACY_KEYS_UNTIL: &str = "dedup_legacy_keys_until";
+
+/// A value of the `meta` table.
+fn meta(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
+    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        .optional()
+}
+
+fn set_meta(conn: &Connection, key: &str, value: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO meta(key, value) VALUES(?1, ?2) ON CONFLICT(key) DO UPDATE SET value = ?2",
+        [key, value],
+    )
+    .map(drop)
 }
 
 impl SqliteStore {
@@ -602,7 +608,7 @@ impl<'c> Writer<'c> {
         let ev = &p.event;
         let now = ev.received_at_ms as i64;
         if now < self.legacy_keys_until {
-            let legacy = ev.dedup_key.rsplit('/').next().unwrap_or_default();
+            let legacy = crate::callback::dedup_hash(&ev.dedup_key);
             let seen: bool = self
                 .legacy_key_seen
                 .query_row(params![legacy, now], |r| r.get(0))?;
@@ -643,26 +649,21 @@ impl<'c> Writer<'c> {
         let conn = self.conn;
         match c {
             Command::Accept(ev, _) => Done::Accept(self.accept(ev).map_err(Into::into)),
-        Command::Claim {
-            now, limit, lease, ..
-        } => Done::Claim(claim(conn, *now, *limit, *lease).map_err(Into::into)),
-        Command::Record(outcomes, _) => Done::Unit(record(conn, outcomes).map_err(Into::into)),
-        Command::Retry(ids, now, _) => {
-            Done::Count(retry(conn, ids.as_deref(), *now).map_err(Into::into))
+            Command::Claim {
+                now, limit, lease, ..
+            } => Done::Claim(claim(conn, *now, *limit, *lease).map_err(Into::into)),
+            Command::Record(outcomes, _) => Done::Unit(record(conn, outcomes).map_err(Into::into)),
+            Command::Retry(ids, now, _) => {
+                Done::Count(retry(conn, ids.as_deref(), *now).map_err(Into::into))
+            }
+            Command::Prune(now, retention, _) => {
+                Done::Count(prune(conn, *now, *retention).map_err(Into::into))
+            }
+            Command::Ping(_) => Done::Unit(Ok(())),
+            Command::Probe(_) => Done::Unit(
+                set_meta(conn, "probe", &crate::verify::now_ms().to_string()).map_err(Into::into),
+            ),
         }
-        Command::Prune(now, retention, _) => {
-            Done::Count(prune(conn, *now, *retention).map_err(Into::into))
-        }
-        Command::Ping(_) => Done::Unit(Ok(())),
-        Command::Probe(_) => Done::Unit(
-            conn.execute(
-                "INSERT INTO meta(key, value) VALUES('probe', ?1) ON CONFLICT(key) DO UPDATE SET value = ?1",
-                params![crate::verify::now_ms().to_string()],
-            )
-            .map(drop)
-            .map_err(Into::into),
-        ),
-    }
     }
 }
 
@@ -1144,12 +1145,7 @@ mod tests {
 
     fn legacy_keys_noted(db: &Path) -> String {
         let c = Connection::open(db).unwrap();
-        c.query_row(
-            "SELECT value FROM meta WHERE key = 'dedup_legacy_keys_until'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap()
+        meta(&c, LEGACY_KEYS_UNTIL).unwrap().unwrap()
     }
 
     /// Earlier versions keyed events by the hash alone. Upgrading within
