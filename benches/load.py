@@ -351,7 +351,7 @@ def callgrind_report(easehook_bin, baseline_bin, calls, seconds):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=int, default=10)
-    ap.add_argument("--rounds", type=int, default=3, help="rounds of (a), each server once per round")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of (a) and (b); in (a) each server runs once per round")
     ap.add_argument("--skip-build", action="store_true")
     ap.add_argument("--only", default="abcde", help="the scenarios to run, e.g. 'a' or 'bc'")
     ap.add_argument("--binary", help="the easehook binary to measure (default: the release build)")
@@ -368,7 +368,6 @@ def main():
     if args.callgrind:
         callgrind_report(easehook_bin, baseline_bin, calls, 15)
         return
-    results = {}
     print(f"machine: {os.cpu_count()} cores; duration {args.duration}s per run; wrk -t2 -c64", flush=True)
 
     sink, sink_port = start_baseline(baseline_bin)
