@@ -384,9 +384,7 @@ impl Dispatcher {
         let max_attempts = action
             .max_attempts
             .unwrap_or(settings.delivery.max_attempts);
-        if let crate::actions::ActionKind::Log(log) = &action.kind
-            && !log.is_written()
-        {
+        if action.is_done_at_once() {
             return Ok((Outcome::Sent, max_attempts, cb.event.clone()));
         }
         let received = chrono::DateTime::from_timestamp_millis(c.received_at_ms as i64)

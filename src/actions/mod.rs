@@ -68,6 +68,13 @@ pub enum Message {
 }
 
 impl Action {
+    /// Whether a delivery of this action has nothing to do: a `log` action
+    /// whose level the log drops. Such a delivery is done as soon as its
+    /// event is stored.
+    pub fn is_done_at_once(&self) -> bool {
+        matches!(&self.kind, ActionKind::Log(log) if !log.is_written())
+    }
+
     /// Render every template of this action against a render context.
     pub fn render(&self, t: &Templates, ctx: &TemplateData) -> Result<Message, String> {
         match &self.kind {

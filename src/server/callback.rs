@@ -18,7 +18,7 @@ use warp::reply::Response;
 
 use super::{AppState, error_reply, json_reply, raw_json_reply};
 use crate::callback::Callback;
-use crate::store::{Accepted, Claimed, NewEvent, StoreError};
+use crate::store::{Accepted, Claimed, NewDelivery, NewEvent, StoreError};
 use crate::verify;
 
 /// Time allowed to receive the whole body once headers are in.
@@ -234,14 +234,16 @@ where
     let evaluation = rules.evaluate(&cb);
     // Shared with the deliveries handed to the dispatcher.
     let cb = Arc::new(cb);
-    let deliveries: Vec<(String, String)> = evaluation
+    let deliveries: Vec<NewDelivery> = evaluation
         .deliveries
         .iter()
         .map(|p| {
-            (
-                rules.actions[p.action].name.clone(),
-                rules.rules[p.rule].name.clone(),
-            )
+            let action = &rules.actions[p.action];
+            NewDelivery {
+                action: action.name.clone(),
+                rule: rules.rules[p.rule].name.clone(),
+                done: action.is_done_at_once(),
+            }
         })
         .collect();
     let matched_rules: Vec<String> = evaluation
@@ -253,7 +255,10 @@ where
     // Room in the dispatcher's hand-off for every delivery of this event:
     // then they are stored already claimed and handed over in memory.
     // Without room they wait in the store for the dispatcher to claim them.
-    let handoff = reserve(&state.handoff, deliveries.len());
+    let handoff = reserve(
+        &state.handoff,
+        deliveries.iter().filter(|d| !d.done).count(),
+    );
     let new = NewEvent {
         id: uuid::Uuid::now_v7().to_string(),
         dedup_key: cb.dedup_key.clone(),
@@ -343,32 +348,51 @@ async fn commit(
     handoff: Option<Vec<OwnedPermit<Claimed>>>,
     callback: Arc<Callback>,
 ) -> Result<Accepted, StoreError> {
-    let names = handoff.as_ref().map(|_| new.deliveries.clone());
+    let planned = new.deliveries.clone();
     let received_at_ms = new.received_at_ms;
     let accepted = state.store.accept(new, window).await?;
-    if let Accepted::New { id, deliveries } = &accepted {
-        match handoff.zip(names) {
-            Some((permits, names)) => {
-                let callback = Ok(callback);
-                for ((permit, &delivery), (action, rule)) in
-                    permits.into_iter().zip(deliveries).zip(names)
-                {
-                    permit.send(Claimed {
-                        id: delivery,
-                        event_id: id.clone(),
-                        action,
-                        rule,
-                        attempts: 0,
-                        received_at_ms,
-                        callback: callback.clone(),
-                    });
-                }
+    let Accepted::New { id, deliveries } = &accepted else {
+        return Ok(accepted);
+    };
+    let (done, to_send): (Vec<_>, Vec<_>) =
+        deliveries.iter().zip(planned).partition(|(_, d)| d.done);
+    for (&delivery, d) in done {
+        done_at_once(state, delivery, id, &callback.event, d);
+    }
+    match handoff {
+        Some(permits) => {
+            let callback = Ok(callback);
+            for (permit, (&delivery, d)) in permits.into_iter().zip(to_send) {
+                permit.send(Claimed {
+                    id: delivery,
+                    event_id: id.clone(),
+                    action: d.action,
+                    rule: d.rule,
+                    attempts: 0,
+                    received_at_ms,
+                    callback: callback.clone(),
+                });
             }
-            None if !deliveries.is_empty() => state.wake.notify_one(),
-            None => {}
         }
+        None if !to_send.is_empty() => state.wake.notify_one(),
+        None => {}
     }
     Ok(accepted)
+}
+
+/// Count and log a delivery the store took as already done, as the
+/// dispatcher does for each one it sends.
+fn done_at_once(state: &AppState, id: i64, event_id: &str, event: &str, d: NewDelivery) {
+    let span = tracing::info_span!("delivery", id, action = %d.action, rule = %d.rule, event_id = %event_id);
+    span.in_scope(|| tracing::info!(event = %event, attempt = 1, ms = 0, "delivered"));
+    state
+        .metrics
+        .deliveries
+        .get_or_create(&crate::metrics::DeliveryLabels {
+            action: d.action,
+            outcome: "sent".into(),
+        })
+        .inc();
 }
 
 enum ReadError {

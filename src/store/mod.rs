@@ -37,12 +37,24 @@ pub struct NewEvent {
     pub body: String,
     /// Names of the matching rules, in order.
     pub rules: Vec<String>,
-    /// (action, rule) names, in order.
-    pub deliveries: Vec<(String, String)>,
+    /// The deliveries its rules asked for, in order.
+    pub deliveries: Vec<NewDelivery>,
     /// Store the deliveries already claimed until this time (ms since the
     /// epoch): the caller hands them to the dispatcher itself. `None` leaves
     /// them for [`Store::claim_due`].
     pub lease_until: Option<u64>,
+}
+
+/// A delivery of a new event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDelivery {
+    pub action: String,
+    /// The first matching rule that named the action.
+    pub rule: String,
+    /// Nothing is left to do: a `log` action whose level the log drops.
+    /// It is stored as sent (one attempt) and never handed to the
+    /// dispatcher, which would only find the same.
+    pub done: bool,
 }
 
 /// What became of an event offered to the store.

@@ -512,6 +512,7 @@ struct Writer<'c> {
     claim_key: Statement<'c>,
     insert_event: Statement<'c>,
     insert_delivery: Statement<'c>,
+    insert_done: Statement<'c>,
     /// See [`legacy_keys_until`]: until then, a repeat may be known by its
     /// key without the callId.
     legacy_keys_until: i64,
@@ -542,6 +543,11 @@ impl<'c> Writer<'c> {
             insert_delivery: conn.prepare(
                 "INSERT INTO deliveries(event_id, action, rule, status, attempts, next_attempt_at, leased_until, created_at, updated_at)
                  VALUES(?1, ?2, ?3, 'pending', 0, ?4, ?5, ?4, ?4)",
+            )?,
+            // Sent rows stay out of the due index: nothing to claim.
+            insert_done: conn.prepare(
+                "INSERT INTO deliveries(event_id, action, rule, status, attempts, next_attempt_at, created_at, updated_at)
+                 VALUES(?1, ?2, ?3, 'sent', 1, ?4, ?4, ?4)",
             )?,
         })
     }
@@ -634,9 +640,14 @@ impl<'c> Writer<'c> {
         ])?;
         let lease = ev.lease_until.map(|t| t as i64);
         let mut ids = Vec::with_capacity(ev.deliveries.len());
-        for (action, rule) in &ev.deliveries {
-            self.insert_delivery
-                .execute(params![ev.id, action, rule, now, lease])?;
+        for d in &ev.deliveries {
+            if d.done {
+                self.insert_done
+                    .execute(params![ev.id, d.action, d.rule, now])?;
+            } else {
+                self.insert_delivery
+                    .execute(params![ev.id, d.action, d.rule, now, lease])?;
+            }
             ids.push(self.conn.last_insert_rowid());
         }
         Ok(Accepted::New {
@@ -1002,6 +1013,7 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::NewDelivery;
 
     fn ev(id: &str, key: &str, actions: &[&str], at: u64) -> NewEvent {
         NewEvent {
@@ -1013,10 +1025,19 @@ mod tests {
             rules: vec!["r".into()],
             deliveries: actions
                 .iter()
-                .map(|a| (a.to_string(), "r".to_string()))
+                .map(|a| NewDelivery {
+                    action: a.to_string(),
+                    rule: "r".into(),
+                    done: false,
+                })
                 .collect(),
             lease_until: None,
         }
+    }
+
+    /// The actions of claimed deliveries, in order.
+    fn actions(claimed: &[Claimed]) -> Vec<&str> {
+        claimed.iter().map(|c| c.action.as_str()).collect()
     }
 
     /// The ids of the stored events, newest first.
@@ -1054,13 +1075,7 @@ mod tests {
                 Accepted::New { id, .. } if id == "e3"
             ));
             let claimed = s.claim_due(1000, 10, 30_000).await.unwrap();
-            assert_eq!(
-                claimed
-                    .iter()
-                    .map(|c| c.action.as_str())
-                    .collect::<Vec<_>>(),
-                ["a", "b"]
-            );
+            assert_eq!(actions(&claimed), ["a", "b"]);
             // Claimed in id order, each with its parsed callback.
             assert_eq!(claimed.iter().map(|c| c.id).collect::<Vec<_>>(), deliveries);
             assert_eq!(claimed[0].callback.as_ref().unwrap().call_id, "e1");
@@ -1107,6 +1122,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         lifecycle(dir.path()).await;
         assert_eq!(page_size(dir.path()), PAGE_SIZE);
+    }
+
+    #[tokio::test]
+    async fn deliveries_done_at_accept_are_stored_as_sent_and_never_claimed() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path()).unwrap();
+        let mut e = ev("e1", "k1", &["quiet", "mail"], 1000);
+        e.deliveries[0].done = true;
+        let Accepted::New { deliveries, .. } = s.accept(e, 60_000).await.unwrap() else {
+            panic!("not stored")
+        };
+        let sent = s.list_deliveries(Some(Status::Sent), 10).await.unwrap();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(
+            (sent[0].id, sent[0].action.as_str(), sent[0].attempts),
+            (deliveries[0], "quiet", 1)
+        );
+        assert_eq!(sent[0].next_attempt_at, None);
+        assert_eq!(s.counts().await.unwrap().pending, 1);
+        let claimed = s.claim_due(1000, 10, 30_000).await.unwrap();
+        assert_eq!(actions(&claimed), ["mail"]);
     }
 
     /// Stores made by earlier versions keep their layout and work as they

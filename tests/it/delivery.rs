@@ -467,11 +467,53 @@ async fn a_caller_that_hangs_up_mid_commit_still_has_its_delivery_sent_at_once_a
     })
     .await;
     // It was stored, so it is counted like any other accepted callback.
-    let metrics = format!("{}/metrics", app.admin_url);
     eventually(Duration::from_secs(5), "the callback counted", || async {
-        let text = app.client.get(&metrics).send().await.unwrap().text().await;
-        text.unwrap()
+        app.metrics()
+            .await
             .contains("easehook_callbacks_total{result=\"accepted\",event=\"roster:ban\"} 1")
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_log_line_the_log_drops_is_done_as_soon_as_its_event_is_stored() {
+    // One slot, held by an add's delivery whose destination takes 5 s: the
+    // dispatcher can start nothing else meanwhile. The log keeps `info`
+    // and above (the test subscriber; `RUST_LOG` would change it), so the
+    // ban's `trace` line has nothing to do.
+    let sink = HttpSink::start().await;
+    sink.script([Answer::status(200).delay(Duration::from_secs(5))]);
+    let rules = format!(
+        "actions:\n  hook: {{type: http, url: '{}'}}\n  quiet: {{type: log, level: trace, message: 'ban by {{{{from_user}}}}'}}\n\
+         rules:\n  - {{name: adds, when: {{event: roster:add}}, actions: [hook]}}\n  - {{name: bans, when: {{event: roster:ban}}, actions: [quiet]}}\n",
+        sink.url("/slow")
+    );
+    let app = spawn_app_with(Options::rules(rules).config("delivery:\n  concurrency: 1")).await;
+    assert_eq!(app.post(&signed("roster:add", "a", "b")).await.0, 200);
+    eventually(
+        Duration::from_secs(5),
+        "the add's attempt started",
+        || async { sink.count() == 1 },
+    )
+    .await;
+    assert_eq!(app.post(&signed("roster:ban", "a", "b")).await.0, 200);
+    // Read at once: no waiting for the dispatcher, whose one slot is busy.
+    let sent = app.deliveries("sent").await;
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(
+        (&sent[0]["action"], &sent[0]["rule"], &sent[0]["attempts"]),
+        (&json!("quiet"), &json!("bans"), &json!(1))
+    );
+    let pending = app.deliveries("pending").await;
+    assert_eq!(
+        pending.len(),
+        1,
+        "only the add's delivery waits: {pending:?}"
+    );
+    assert_eq!(pending[0]["action"], "hook");
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains("easehook_deliveries_total{action=\"quiet\",outcome=\"sent\"} 1"),
+        "{metrics}"
+    );
 }

@@ -119,15 +119,7 @@ async fn metrics_count_a_known_sequence_of_callbacks_and_deliveries() {
     // A failed reload shows.
     app.write_rules("rules: [oops");
     assert_eq!(app.admin(reqwest::Method::POST, "/-/reload").await.0, 400);
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.admin_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics().await;
     assert_eq!(metric(&text, "easehook_config_last_reload_successful"), 0.0);
 }
 
