@@ -389,7 +389,11 @@ impl Dispatcher {
         }
         let received = chrono::DateTime::from_timestamp_millis(c.received_at_ms as i64)
             .unwrap_or_else(chrono::Utc::now);
-        let ctx = template::with_names(template::base_context(cb, received), &c.rule, &action.name);
+        let ctx = template::with_names(
+            template::context(cb, received, action.reads),
+            &c.rule,
+            &action.name,
+        );
         let msg = action
             .render(&snapshot.rules.templates, &ctx)
             .map_err(|e| dead(format!("template: {e}"), &cb.event))?;

@@ -21,9 +21,10 @@
 use std::path::Path;
 
 use chrono::{DateTime, TimeZone, Utc};
+use handlebars::template::{HelperTemplate, Parameter, TemplateElement};
 use handlebars::{
-    Context, Handlebars, Helper, HelperDef, RenderContext, RenderError, RenderErrorReason,
-    ScopedJson,
+    Context, Handlebars, Helper, HelperDef, Path as JsonPath, PathSeg, RenderContext, RenderError,
+    RenderErrorReason, ScopedJson,
 };
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
 use serde_json::{Map, Value};
@@ -207,12 +208,72 @@ impl Templates {
         })
     }
 
+    /// Whether a registered template may read `payload` or `callback`, the
+    /// two entries of the context that cost a parse of the whole callback.
+    /// Only a template that provably does not (every value it names is
+    /// named outright, and none is either) answers false; a partial, a
+    /// decorator, `this`, `..` or `@root` may reach anything.
+    pub fn reads_callback(&self, t: &TemplateRef) -> bool {
+        self.registries[t.escape.index()]
+            .get_template(&t.name)
+            .is_none_or(|tpl| may_read_callback(&tpl.elements))
+    }
+
     /// Render a registered template.
     pub fn render(&self, t: &TemplateRef, ctx: &TemplateData) -> Result<String, String> {
         self.registries[t.escape.index()]
             .render_with_context(&t.name, ctx)
             .map_err(|e| render_error_message(&e))
     }
+}
+
+/// See [`Templates::reads_callback`].
+fn may_read_callback(elements: &[TemplateElement]) -> bool {
+    elements.iter().any(|e| match e {
+        TemplateElement::RawString(_) | TemplateElement::Comment(_) => false,
+        TemplateElement::Expression(h)
+        | TemplateElement::HtmlExpression(h)
+        | TemplateElement::HelperBlock(h) => helper_may_read_callback(h),
+        TemplateElement::DecoratorExpression(_)
+        | TemplateElement::DecoratorBlock(_)
+        | TemplateElement::PartialExpression(_)
+        | TemplateElement::PartialBlock(_) => true,
+        // Whatever a later version adds.
+        _ => true,
+    })
+}
+
+fn helper_may_read_callback(h: &HelperTemplate) -> bool {
+    param_may_read_callback(&h.name)
+        || h.params.iter().any(param_may_read_callback)
+        || h.hash.values().any(param_may_read_callback)
+        || [&h.template, &h.inverse]
+            .into_iter()
+            .flatten()
+            .any(|t| may_read_callback(&t.elements))
+}
+
+fn param_may_read_callback(p: &Parameter) -> bool {
+    let first = match p {
+        Parameter::Literal(_) => return false,
+        Parameter::Subexpression(s) => return may_read_callback(std::slice::from_ref(&s.element)),
+        // Block-local values (`@index`, `@key`) come from what the block
+        // was given, which is checked where it is named.
+        Parameter::Path(JsonPath::Local(_)) => return false,
+        Parameter::Path(JsonPath::Relative((segs, _))) => match segs.first() {
+            Some(PathSeg::Named(n)) => n.as_str(),
+            // `this`, `..`, `@root`.
+            _ => return true,
+        },
+        // A helper's name, or a value named like one (`{{event}}`).
+        Parameter::Name(n) => n.split(['.', '/']).next().unwrap_or_default(),
+        _ => return true,
+    };
+    let plain = !first.is_empty()
+        && first
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    !plain || first == "payload" || first == "callback" || first == "this"
 }
 
 fn template_error_location(e: &handlebars::TemplateError) -> String {
@@ -242,9 +303,24 @@ fn render_error_message(e: &RenderError) -> String {
     }
 }
 
+/// Which context a render needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reads {
+    /// Every entry of SPEC §5.
+    All,
+    /// All but `payload` and `callback`: the templates read neither
+    /// ([`Templates::reads_callback`]), so the callback is not parsed.
+    NotCallback,
+}
+
 /// The context of every render (SPEC §5), without `rule` and `action`,
 /// which [`with_names`] adds.
 pub fn base_context(cb: &Callback, received_at: DateTime<Utc>) -> Value {
+    context(cb, received_at, Reads::All)
+}
+
+/// The context a render reads: [`base_context`], or less of it.
+pub fn context(cb: &Callback, received_at: DateTime<Utc>, reads: Reads) -> Value {
     let opt = |v: &Option<String>| Value::String(v.clone().unwrap_or_default());
     let text = |v: &str| Value::String(v.to_owned());
     let time = Utc
@@ -252,7 +328,6 @@ pub fn base_context(cb: &Callback, received_at: DateTime<Utc>) -> Value {
         .single()
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_default();
-    let raw = cb.raw();
     // Built field by field: `json!` would turn the callback into a `Value`
     // by serializing it, which costs twice what cloning it does.
     let fields = [
@@ -271,21 +346,24 @@ pub fn base_context(cb: &Callback, received_at: DateTime<Utc>) -> Value {
         ("timestamp", Value::from(cb.timestamp)),
         ("time", Value::String(time)),
         (
-            "payload",
-            raw.get("payload")
-                .cloned()
-                .unwrap_or_else(|| Value::Object(Map::new())),
-        ),
-        ("callback", raw.clone()),
-        (
             "received_at",
             Value::String(received_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
         ),
     ];
-    // Room for `rule` and `action`, which `with_names` adds.
-    let mut m = Map::with_capacity(fields.len() + 2);
+    // Room for `payload`, `callback`, and the `rule` and `action` that
+    // `with_names` adds.
+    let mut m = Map::with_capacity(fields.len() + 4);
     for (k, v) in fields {
         m.insert(k.to_owned(), v);
+    }
+    if reads == Reads::All {
+        let raw = cb.raw();
+        let payload = raw.get("payload").cloned();
+        m.insert(
+            "payload".into(),
+            payload.unwrap_or_else(|| Value::Object(Map::new())),
+        );
+        m.insert("callback".into(), raw.clone());
     }
     Value::Object(m)
 }
@@ -512,6 +590,69 @@ mod tests {
             out,
             "roster:add|add|roster|chat|org#app||org#app_1|1|org#app_alice@easemob.com|bob|alice|bob|1642648046912|2022-01-20T03:07:26.912Z|add|1|r1|a1|2022-01-20T03:07:27.000Z"
         );
+    }
+
+    /// A template that may read `payload` or `callback` is told apart from
+    /// one that provably does not; and the second renders the same from
+    /// the context without them.
+    #[test]
+    fn templates_that_may_read_the_callback_are_known() {
+        let may = [
+            "{{payload.reason}}",
+            "{{callback.msg_id}}",
+            "{{this.payload.reason}}",
+            "{{[payload].reason}}",
+            "{{default payload.reason \"-\"}}",
+            "{{datetime timestamp tz=payload.tz}}",
+            "{{upper (lower payload.reason)}}",
+            "{{#with payload}}{{reason}}{{/with}}",
+            "{{#if event}}{{else}}{{../payload.reason}}{{/if}}",
+            "{{#if event}}{{payload.reason}}{{/if}}",
+            "{{#if event}}x{{else}}{{callback.host}}{{/if}}",
+            "{{#each callback}}{{@key}}{{/each}}",
+            "{{json this}}",
+            "{{lookup this \"payload\"}}",
+            "{{@root.payload.reason}}",
+            "{{> footer.hbs}}",
+        ];
+        let lean = [
+            "plain text",
+            "{{event}} {{from_user}} -> {{to_user}} at {{time}}",
+            "{{datetime timestamp format=\"%H:%M\" tz=\"UTC\"}} {{rule}}/{{action}}",
+            "{{upper (truncate from_user 3)}} {{default host \"none\"}}",
+            "{{#if chat_type}}{{eventType}}{{else}}{{appkey}}{{/if}}",
+            "{{! payload is only named in a comment }}{{msg_id}}",
+            "{{json \"payload\"}}",
+        ];
+        let mut t = Templates::new(chrono_tz::Tz::Asia__Shanghai);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("footer.hbs"), "-- {{rule}}").unwrap();
+        t.load_dir(dir.path(), &mut Diagnostics::new());
+        let cb = Callback::from_value(json!({
+            "chat_type": "roster", "callId": "org#app_1", "security": "x",
+            "payload": {"operation": "add", "reason": "hi", "tz": "UTC"},
+            "appkey": "org#app", "from": "org#app_alice@easemob.com", "to": "bob",
+            "eventType": "chat", "msg_id": "1", "timestamp": 1642648046912u64
+        }))
+        .unwrap();
+        let received = Utc.timestamp_millis_opt(1642648047000).unwrap();
+        let full = with_names(base_context(&cb, received), "r1", "a1");
+        let without = with_names(context(&cb, received, Reads::NotCallback), "r1", "a1");
+        for (i, src) in may.iter().chain(&lean).enumerate() {
+            let r = t
+                .register_inline(&format!("t#{i}"), Escape::Plain, src)
+                .unwrap_or_else(|e| panic!("{src}: {e}"));
+            assert_eq!(t.reads_callback(&r), i < may.len(), "{src}");
+            if i >= may.len() {
+                assert_eq!(t.render(&r, &without), t.render(&r, &full), "{src}");
+                assert!(t.render(&r, &full).is_ok(), "{src}");
+            }
+        }
+        // The lean context lacks exactly the two.
+        let names = |v: Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+        let mut gone = names(base_context(&cb, received));
+        gone.retain(|k| !names(context(&cb, received, Reads::NotCallback)).contains(k));
+        assert_eq!(gone, ["payload", "callback"]);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use serde_json::Value;
 use crate::config::units::{HumanDuration, Num};
 use crate::config::{Settings, strip_location};
 use crate::diag::{Diagnostics, Redactor};
-use crate::template::{Escape, TemplateData, TemplateRef, Templates};
+use crate::template::{Escape, Reads, TemplateData, TemplateRef, Templates};
 
 /// A compiled action.
 #[derive(Debug)]
@@ -35,6 +35,9 @@ pub struct Action {
     pub timeout: Option<Duration>,
     /// Overrides `delivery.max_attempts` for this action.
     pub max_attempts: Option<u32>,
+    /// What its templates read of the render context: deliveries build no
+    /// more than that.
+    pub reads: Reads,
     pub kind: ActionKind,
 }
 
@@ -169,6 +172,9 @@ pub struct Compiler<'a> {
     pub templates: &'a mut Templates,
     pub settings: &'a Settings,
     pub diags: &'a mut Diagnostics,
+    /// Whether a template registered so far may read `payload` or
+    /// `callback` ([`Templates::reads_callback`]).
+    pub reads_callback: bool,
 }
 
 impl Compiler<'_> {
@@ -197,7 +203,10 @@ impl Compiler<'_> {
             TemplateSource::Inline(s) => {
                 let name = format!("{}#{field}", self.action);
                 match self.templates.register_inline(&name, escape, s) {
-                    Ok(r) => Some(r),
+                    Ok(r) => {
+                        self.reads_callback |= self.templates.reads_callback(&r);
+                        Some(r)
+                    }
                     Err(e) => {
                         self.error(field, e);
                         None
@@ -206,10 +215,12 @@ impl Compiler<'_> {
             }
             TemplateSource::File { template } => {
                 if self.templates.has_file(template) {
-                    Some(TemplateRef {
+                    let r = TemplateRef {
                         escape,
                         name: template.clone(),
-                    })
+                    };
+                    self.reads_callback |= self.templates.reads_callback(&r);
+                    Some(r)
                 } else {
                     let dir = self.settings.templates_dir.display().to_string();
                     self.error(
@@ -432,6 +443,11 @@ pub fn compile(value: serde_yaml::Value, c: &mut Compiler) -> Option<Action> {
         rate_limit,
         timeout: common.timeout.map(|t| t.0),
         max_attempts: common.max_attempts.map(|n| n.0),
+        reads: if c.reads_callback {
+            Reads::All
+        } else {
+            Reads::NotCallback
+        },
         kind: kind?,
     })
 }

@@ -315,6 +315,7 @@ impl RuleSet {
                     templates: &mut set.templates,
                     settings,
                     diags: &mut diags,
+                    reads_callback: false,
                 };
                 if let Some(action) = actions::compile(value.clone(), &mut c) {
                     set.action_by_name.insert(name, set.actions.len());
