@@ -98,7 +98,9 @@ impl Callback {
             return Ok(cb);
         }
         let raw: Value = serde_json::from_str(&text).map_err(|_| ParseError::Malformed)?;
-        Self::from_value(raw)
+        let mut cb = Self::from_value(raw)?;
+        cb.body = Some(text);
+        Ok(cb)
     }
 
     /// Build from already-parsed JSON (dry runs, tests).
@@ -118,6 +120,15 @@ impl Callback {
                 .and_then(|b| serde_json::from_str(b).ok())
                 .unwrap_or(Value::Null)
         })
+    }
+
+    /// The callback as JSON text: the body exactly as received when it
+    /// came as bytes (shared, not copied), else [`Callback::raw`] written out.
+    pub fn text(&self) -> Arc<str> {
+        match &self.body {
+            Some(b) => b.clone(),
+            None => self.raw().to_string().into(),
+        }
     }
 
     /// Everything but `raw` and `body`, from the callback's fields.
@@ -696,14 +707,18 @@ mod tests {
         let parse = |b: &str| Callback::parse(b.as_bytes());
         let ok = r#"{"callId":"c","security":"s","timestamp":1"#;
         // A key given twice: the last one counts, as in a `Value`.
-        let cb = parse(&format!(
+        let twice = format!(
             r#"{ok},"to":"x","to":"y","payload":{{"operation":"add","operation":"ban"}}}}"#
-        ))
-        .unwrap();
+        );
+        let cb = parse(&twice).unwrap();
         assert_eq!(
             (cb.to.as_deref(), cb.operation.as_deref()),
             (Some("y"), Some("ban"))
         );
+        // What is stored is the body as received, whichever way it parsed.
+        assert_eq!(&*cb.text(), twice);
+        let once = format!(r#"{ok} , "to" : "y"}}"#);
+        assert_eq!(&*parse(&once).unwrap().text(), once);
         // An array has no fields, even in the order a struct would read them.
         assert_eq!(parse(r#"["c","s",1]"#).unwrap_err(), ParseError::NotObject);
         // Neither has an array payload an operation.

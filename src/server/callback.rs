@@ -264,8 +264,7 @@ where
         dedup_key: cb.dedup_key.clone(),
         event: cb.event.clone(),
         received_at_ms: now,
-        // Valid UTF-8: it parsed as JSON. Taken over without a copy.
-        body: String::from_utf8(Vec::from(body)).unwrap_or_else(|_| cb.raw().to_string()),
+        body: cb.text(),
         rules: matched_rules.clone(),
         deliveries,
         lease_until: handoff.as_ref().map(|_| now + snapshot.lease_ms),

@@ -33,8 +33,9 @@ pub struct NewEvent {
     pub event: String,
     /// Milliseconds since the epoch when the daemon received it.
     pub received_at_ms: u64,
-    /// The callback's JSON text as received.
-    pub body: String,
+    /// The callback's JSON text as received (shared with the parsed
+    /// callback: the request path holds it once).
+    pub body: Arc<str>,
     /// Names of the matching rules, in order.
     pub rules: Vec<String>,
     /// The deliveries its rules asked for, in order.

@@ -1021,7 +1021,9 @@ mod tests {
             dedup_key: key.into(),
             event: "roster:ban".into(),
             received_at_ms: at,
-            body: serde_json::json!({"callId": id, "security": "s", "timestamp": at}).to_string(),
+            body: serde_json::json!({"callId": id, "security": "s", "timestamp": at})
+                .to_string()
+                .into(),
             rules: vec!["r".into()],
             deliveries: actions
                 .iter()
@@ -1329,7 +1331,9 @@ mod tests {
         let n = 300;
         for i in 0..n {
             let mut e = ev(&format!("{i:08}"), &format!("k{i}"), &[], 1000 + i);
-            e.body = serde_json::json!({"callId": e.id, "payload": {"text": filler}}).to_string();
+            e.body = serde_json::json!({"callId": e.id, "payload": {"text": filler}})
+                .to_string()
+                .into();
             s.accept(e, 60_000).await.unwrap();
         }
         let c = Connection::open(dir.path().join("easehook.db")).unwrap();
