@@ -334,7 +334,7 @@ impl Dispatcher {
         m.deliveries
             .get_or_create(&crate::metrics::DeliveryLabels {
                 action: c.action.clone(),
-                outcome: outcome.into(),
+                outcome,
             })
             .inc();
         m.delivery_duration

@@ -389,7 +389,7 @@ fn done_at_once(state: &AppState, id: i64, event_id: &str, event: &str, d: NewDe
         .deliveries
         .get_or_create(&crate::metrics::DeliveryLabels {
             action: d.action,
-            outcome: "sent".into(),
+            outcome: "sent",
         })
         .inc();
 }
