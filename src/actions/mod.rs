@@ -506,6 +506,10 @@ impl Senders {
             .user_agent(concat!("easehook/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(10))
             .pool_idle_timeout(Duration::from_secs(60))
+            // A followed 301, 302 or 303 turns the POST into a GET without
+            // its body, whose 2xx would count as delivered: the event would
+            // be lost. A redirect is an answer like any other non-2xx.
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(Self {
             http,
@@ -525,7 +529,8 @@ impl Senders {
 }
 
 /// Classify an HTTP answer (SPEC §7): 2xx sent; 408, 429 and 5xx retried,
-/// honouring `Retry-After`; any other status is permanent.
+/// honouring `Retry-After`; any other status is permanent, redirects
+/// included (the client does not follow them).
 pub(crate) async fn classify_http(result: Result<reqwest::Response, reqwest::Error>) -> Outcome {
     let resp = match result {
         Ok(r) => r,
@@ -556,7 +561,16 @@ pub(crate) async fn classify_http(result: Result<reqwest::Response, reqwest::Err
         .and_then(parse_retry_after);
     let body = resp.text().await.unwrap_or_default();
     let snippet: String = body.chars().take(200).collect();
-    let error = format!("HTTP {}: {}", status.as_u16(), snippet.trim());
+    let error = if status.is_redirection() {
+        // The `Location` is not shown: like the URL itself, it may carry a
+        // token.
+        format!(
+            "HTTP {}: a redirect, which deliveries do not follow (set the action's URL to where it points)",
+            status.as_u16()
+        )
+    } else {
+        format!("HTTP {}: {}", status.as_u16(), snippet.trim())
+    };
     if status.as_u16() == 408 || status.as_u16() == 429 || status.is_server_error() {
         Outcome::Retry { after, error }
     } else {

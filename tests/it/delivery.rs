@@ -517,3 +517,21 @@ async fn a_log_line_the_log_drops_is_done_as_soon_as_its_event_is_stored() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn a_redirect_is_not_followed_and_the_delivery_is_dead() {
+    // Followed, a 302 would turn the POST into a GET without its body, and
+    // the GET's 200 would count as delivered: the event would be lost.
+    let sink = HttpSink::start().await;
+    sink.script([Answer::status(302).header("location", &sink.url("/elsewhere"))]);
+    let app =
+        spawn_app_with(Options::rules(http_rules(&sink.url(""), "")).env("HOOK_TOKEN", "t")).await;
+    assert_eq!(app.post(&signed("roster:ban", "a", "b")).await.0, 200);
+    let dead = one_delivery(&app, "dead").await;
+    let error = dead["last_error"].as_str().unwrap();
+    assert!(error.starts_with("HTTP 302"), "{dead}");
+    assert!(error.contains("redirect"), "{dead}");
+    let received = sink.requests();
+    assert_eq!(received.len(), 1, "{received:?}");
+    assert_eq!(received[0].method, "POST");
+}
