@@ -600,6 +600,10 @@ mod tests {
         let may = [
             "{{payload.reason}}",
             "{{callback.msg_id}}",
+            "{{payload}}",
+            "{{{callback}}}",
+            "{{lookup payload \"reason\"}}",
+            "{{#each payload as |v k|}}{{k}}={{v}}{{/each}}",
             "{{this.payload.reason}}",
             "{{[payload].reason}}",
             "{{default payload.reason \"-\"}}",
