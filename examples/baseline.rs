@@ -3,8 +3,13 @@
 //! a machine. It also serves as the destination of easehook's deliveries
 //! (optionally slow), and counts what it received.
 //!
-//! `cargo run --release --example baseline -- PORT [DELAY_MS]`
+//! `cargo run --release --example baseline -- PORT [DELAY_MS [JOURNAL]]`
 //! `GET /stats` answers `{"count":N,"first_ms":…,"last_ms":…}` (POSTs only).
+//!
+//! With `JOURNAL` (a file path), each body is appended to that file and on
+//! disk (`fdatasync`) before the answer, group-committed by one thread as
+//! easehook's store does: the floor of a durable acknowledgement on the
+//! machine, with nothing else in the way.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +30,26 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+type Ack = tokio::sync::oneshot::Sender<()>;
+
+/// Append every waiting body to `file`, sync once, answer them all.
+fn journal(file: std::fs::File, rx: std::sync::mpsc::Receiver<(bytes::Bytes, Ack)>) {
+    use std::io::Write;
+    let mut file = std::io::BufWriter::new(file);
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        batch.extend(rx.try_iter());
+        for (body, _) in &batch {
+            file.write_all(body).expect("journal write");
+        }
+        file.flush().expect("journal write");
+        file.get_ref().sync_data().expect("journal sync");
+        for (_, ack) in batch {
+            let _ = ack.send(());
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let mut args = std::env::args().skip(1);
@@ -33,6 +58,16 @@ async fn main() {
         .and_then(|p| p.parse().ok())
         .expect("usage: baseline PORT [DELAY_MS]");
     let delay = Duration::from_millis(args.next().and_then(|d| d.parse().ok()).unwrap_or(0));
+    let journal_tx = args.next().map(|path| {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .expect("journal file");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || journal(file, rx));
+        tx
+    });
     let stats = Arc::new(Stats::default());
     let s = stats.clone();
     let post = warp::post()
@@ -40,8 +75,14 @@ async fn main() {
         .and(warp::body::bytes())
         .then(move |body: bytes::Bytes| {
             let s = s.clone();
+            let journal_tx = journal_tx.clone();
             async move {
                 let ok = serde_json::from_slice::<serde_json::Value>(&body).is_ok();
+                if let Some(tx) = journal_tx {
+                    let (ack, done) = tokio::sync::oneshot::channel();
+                    tx.send((body, ack)).expect("journal thread");
+                    done.await.expect("journal thread");
+                }
                 if !delay.is_zero() {
                     tokio::time::sleep(delay).await;
                 }
