@@ -591,22 +591,12 @@ impl<'c> Writer<'c> {
         Ok(done)
     }
 
-    /// Run one command in a transaction of its own.
+    /// Run one command in a transaction of its own: a failure is its
+    /// answer.
     fn run_alone(&mut self, c: &Command) -> Done {
-        if let Err(e) = self.begin() {
-            return Done::failed(c, &e.to_string());
-        }
-        let d = self.run_command(c);
-        if d.error().is_some() {
-            self.rollback();
-            return d;
-        }
-        match self.commit() {
-            Ok(()) => d,
-            Err(e) => {
-                self.rollback();
-                Done::failed(c, &format!("commit failed: {e}"))
-            }
+        match self.run_batch(std::slice::from_ref(c)) {
+            Ok(mut done) => done.pop().unwrap_or_else(|| Done::failed(c, "no result")),
+            Err(e) => Done::failed(c, &e.0),
         }
     }
 
