@@ -1,5 +1,6 @@
 //! Criterion benchmarks of the request path's pure parts: parse + verify,
-//! rule evaluation (100 and 10,000 rules) and rendering.
+//! rule evaluation (100 and 10,000 rules) and rendering; and of a delivery's
+//! (parse, context, render).
 //!
 //! `cargo bench --bench engine`; figures and their baseline in BENCHMARKS.md.
 
@@ -116,6 +117,30 @@ fn bench(c: &mut Criterion) {
             b.iter(|| {
                 let ctx = template::with_names(base.clone(), "ban-to-product", action);
                 a.render(&rules.templates, black_box(&ctx)).unwrap()
+            })
+        });
+    }
+
+    // A delivery as the dispatcher makes one: the stored callback parsed
+    // again, the context its action's templates can read, the render. The
+    // Slack action reads neither `payload` nor `callback`; the second bench
+    // builds the whole context anyway, as every delivery did before.
+    let slack = rules.action("slack").unwrap();
+    assert_eq!(slack.reads, template::Reads::NotCallback);
+    let received = chrono::Utc::now();
+    for (name, reads) in [
+        ("delivery/slack", slack.reads),
+        ("delivery/slack_whole_context", template::Reads::All),
+    ] {
+        c.bench_function(name, |b| {
+            b.iter(|| {
+                let cb = Callback::parse(black_box(&body)).unwrap();
+                let ctx = template::with_names(
+                    template::context(&cb, received, reads),
+                    "ban-to-product",
+                    "slack",
+                );
+                slack.render(&rules.templates, &ctx).unwrap()
             })
         });
     }
