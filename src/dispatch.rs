@@ -299,7 +299,7 @@ impl Dispatcher {
     async fn attempt(&self, c: Claimed) -> Record {
         // The span goes with the future (`instrument`), never held entered
         // across an await: the task may resume on another thread.
-        let span = tracing::info_span!("delivery", id = c.id, action = %c.action, rule = %c.rule, event_id = %c.event_id);
+        let span = delivery_span(c.id, &c.action, &c.rule, &c.event_id);
         self.attempt_in_span(c).instrument(span).await
     }
 
@@ -331,12 +331,7 @@ impl Dispatcher {
             Record::Retry { .. } => "retried",
             Record::Dead { .. } => "dead",
         };
-        m.deliveries
-            .get_or_create(&crate::metrics::DeliveryLabels {
-                action: c.action.clone(),
-                outcome,
-            })
-            .inc();
+        m.count_delivery(c.action.clone(), outcome);
         m.delivery_duration
             .get_or_create(&crate::metrics::ActionLabels {
                 action: c.action.clone(),
@@ -408,6 +403,12 @@ impl Dispatcher {
             };
         Ok((outcome, max_attempts, cb.event.clone()))
     }
+}
+
+/// The span of every line logged about one delivery, whether the
+/// dispatcher sends it or the request path finds it done at once.
+pub fn delivery_span(id: i64, action: &str, rule: &str, event_id: &str) -> tracing::Span {
+    tracing::info_span!("delivery", id, action = %action, rule = %rule, event_id = %event_id)
 }
 
 fn redact(r: Record, redactor: &crate::diag::Redactor) -> Record {

@@ -110,6 +110,13 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Count one delivery attempt's outcome (`sent`, `retried`, `dead`).
+    pub fn count_delivery(&self, action: String, outcome: &'static str) {
+        self.deliveries
+            .get_or_create(&DeliveryLabels { action, outcome })
+            .inc();
+    }
+
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("easehook");
         let m = Metrics {

@@ -347,7 +347,14 @@ async fn commit(
     handoff: Option<Vec<OwnedPermit<Claimed>>>,
     callback: Arc<Callback>,
 ) -> Result<Accepted, StoreError> {
-    let planned = new.deliveries.clone();
+    // The store takes `new`; the names are kept only for what happens here:
+    // deliveries done at once, and those handed over.
+    let waiting = new.deliveries.iter().any(|d| !d.done);
+    let planned = if handoff.is_some() || new.deliveries.iter().any(|d| d.done) {
+        new.deliveries.clone()
+    } else {
+        Vec::new()
+    };
     let received_at_ms = new.received_at_ms;
     let accepted = state.store.accept(new, window).await?;
     let Accepted::New { id, deliveries } = &accepted else {
@@ -373,7 +380,7 @@ async fn commit(
                 });
             }
         }
-        None if !to_send.is_empty() => state.wake.notify_one(),
+        None if waiting => state.wake.notify_one(),
         None => {}
     }
     Ok(accepted)
@@ -382,16 +389,9 @@ async fn commit(
 /// Count and log a delivery the store took as already done, as the
 /// dispatcher does for each one it sends.
 fn done_at_once(state: &AppState, id: i64, event_id: &str, event: &str, d: NewDelivery) {
-    let span = tracing::info_span!("delivery", id, action = %d.action, rule = %d.rule, event_id = %event_id);
-    span.in_scope(|| tracing::info!(event = %event, attempt = 1, ms = 0, "delivered"));
-    state
-        .metrics
-        .deliveries
-        .get_or_create(&crate::metrics::DeliveryLabels {
-            action: d.action,
-            outcome: "sent",
-        })
-        .inc();
+    crate::dispatch::delivery_span(id, &d.action, &d.rule, event_id)
+        .in_scope(|| tracing::info!(event = %event, attempt = 1, ms = 0, "delivered"));
+    state.metrics.count_delivery(d.action, "sent");
 }
 
 enum ReadError {
