@@ -199,14 +199,11 @@ impl Compiler<'_> {
         src: &TemplateSource,
         escape: Escape,
     ) -> Option<TemplateRef> {
-        match src {
+        let r = match src {
             TemplateSource::Inline(s) => {
                 let name = format!("{}#{field}", self.action);
                 match self.templates.register_inline(&name, escape, s) {
-                    Ok(r) => {
-                        self.reads_callback |= self.templates.reads_callback(&r);
-                        Some(r)
-                    }
+                    Ok(r) => Some(r),
                     Err(e) => {
                         self.error(field, e);
                         None
@@ -215,12 +212,10 @@ impl Compiler<'_> {
             }
             TemplateSource::File { template } => {
                 if self.templates.has_file(template) {
-                    let r = TemplateRef {
+                    Some(TemplateRef {
                         escape,
                         name: template.clone(),
-                    };
-                    self.reads_callback |= self.templates.reads_callback(&r);
-                    Some(r)
+                    })
                 } else {
                     let dir = self.settings.templates_dir.display().to_string();
                     self.error(
@@ -230,7 +225,9 @@ impl Compiler<'_> {
                     None
                 }
             }
-        }
+        }?;
+        self.reads_callback |= self.templates.reads_callback(&r);
+        Some(r)
     }
 
     /// Register a list of plain-text templates (recipients, for example).
