@@ -19,6 +19,7 @@
 //! quotes or Chinese) is data, never evaluated as a template.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use chrono::{DateTime, TimeZone, Utc};
 use handlebars::template::{HelperTemplate, Parameter, TemplateElement};
@@ -46,6 +47,17 @@ impl Escape {
 
     fn index(self) -> usize {
         self as usize
+    }
+
+    /// The function that escapes an inserted value; the registry of this
+    /// mode and the plain renderer ([`Plan`]) use the same one.
+    fn function(self) -> fn(&str) -> String {
+        match self {
+            Escape::Plain => handlebars::no_escape,
+            Escape::Html => handlebars::html_escape,
+            Escape::Url => escape_url,
+            Escape::Slack => escape_slack,
+        }
     }
 }
 
@@ -79,6 +91,111 @@ fn escape_slack(s: &str) -> String {
 pub struct TemplateRef {
     pub escape: Escape,
     pub name: String,
+    /// How to render it without Handlebars, when it is that simple.
+    plan: Option<Arc<Plan>>,
+}
+
+/// The names of the context (SPEC §5) that always hold a string or a
+/// number and that no helper is named like.
+const PLAIN_NAMES: [&str; 17] = [
+    "event",
+    "operation",
+    "chat_type",
+    "eventType",
+    "appkey",
+    "host",
+    "callId",
+    "msg_id",
+    "from",
+    "to",
+    "from_user",
+    "to_user",
+    "timestamp",
+    "time",
+    "received_at",
+    "rule",
+    "action",
+];
+
+/// A template made only of text and plain names (`{{from_user}} blocked
+/// {{to_user}}`, `{{{event}}}`), as most message fields are, rendered by
+/// appending its pieces. Handlebars would set up a render context, resolve
+/// each name as a path and copy each value twice for the same text: most
+/// of a delivery's rendering.
+#[derive(Debug, PartialEq, Eq)]
+struct Plan(Vec<Piece>);
+
+#[derive(Debug, PartialEq, Eq)]
+enum Piece {
+    Text(String),
+    /// A value of the context, escaped (`{{…}}`) or not (`{{{…}}}`).
+    Value {
+        name: &'static str,
+        escaped: bool,
+    },
+}
+
+impl Plan {
+    /// The plan of a compiled template, if every element is text, a
+    /// comment, or a plain name with nothing else in its braces.
+    fn of(elements: &[TemplateElement]) -> Option<Plan> {
+        let mut pieces = Vec::with_capacity(elements.len());
+        for e in elements {
+            match e {
+                TemplateElement::RawString(s) => pieces.push(Piece::Text(s.clone())),
+                TemplateElement::Comment(_) => {}
+                TemplateElement::Expression(h) | TemplateElement::HtmlExpression(h) => {
+                    if h.block || !h.params.is_empty() || !h.hash.is_empty() {
+                        return None;
+                    }
+                    let named = match &h.name {
+                        Parameter::Name(n) => n.as_str(),
+                        Parameter::Path(JsonPath::Relative((segs, _))) => match segs.as_slice() {
+                            [PathSeg::Named(n)] => n.as_str(),
+                            _ => return None,
+                        },
+                        _ => return None,
+                    };
+                    let name = PLAIN_NAMES.into_iter().find(|p| *p == named)?;
+                    let escaped = matches!(e, TemplateElement::Expression(_));
+                    pieces.push(Piece::Value { name, escaped });
+                }
+                _ => return None,
+            }
+        }
+        Some(Plan(pieces))
+    }
+
+    /// The text, as Handlebars renders it; `None` for anything it would
+    /// render differently or refuse (a name missing from the context, a
+    /// value that is not a string, number or boolean), which is left to it.
+    fn render(&self, ctx: &Value, escape: Escape) -> Option<String> {
+        let fields = ctx.as_object()?;
+        let mut out = String::new();
+        for piece in &self.0 {
+            match piece {
+                Piece::Text(s) => out.push_str(s),
+                Piece::Value { name, escaped } => {
+                    let number;
+                    let text = match fields.get(*name)? {
+                        Value::String(s) => s.as_str(),
+                        Value::Number(n) => {
+                            number = n.to_string();
+                            &number
+                        }
+                        Value::Bool(true) => "true",
+                        Value::Bool(false) => "false",
+                        _ => return None,
+                    };
+                    match (escaped, escape) {
+                        (false, _) | (true, Escape::Plain) => out.push_str(text),
+                        (true, _) => out.push_str(&escape.function()(text)),
+                    }
+                }
+            }
+        }
+        Some(out)
+    }
 }
 
 /// All templates of one rule set: the files of `templates_dir` and every
@@ -103,12 +220,7 @@ impl Templates {
         let make = |escape: Escape| {
             let mut h = Handlebars::new();
             h.set_strict_mode(true);
-            match escape {
-                Escape::Plain => h.register_escape_fn(handlebars::no_escape),
-                Escape::Html => h.register_escape_fn(handlebars::html_escape),
-                Escape::Url => h.register_escape_fn(escape_url),
-                Escape::Slack => h.register_escape_fn(escape_slack),
-            }
+            h.register_escape_fn(escape.function());
             h.register_helper("datetime", Box::new(DateTimeHelper { tz }));
             h.register_helper("json", Box::new(JsonHelper));
             h.register_helper("default", Box::new(DefaultHelper));
@@ -202,10 +314,20 @@ impl Templates {
                     format!("{loc}: {}", template_error_message(&e))
                 }
             })?;
-        Ok(TemplateRef {
+        Ok(self.reference(escape, name))
+    }
+
+    /// The reference to a registered template (inline, or a file).
+    pub fn reference(&self, escape: Escape, name: &str) -> TemplateRef {
+        let plan = self.registries[escape.index()]
+            .get_template(name)
+            .and_then(|t| Plan::of(&t.elements))
+            .map(Arc::new);
+        TemplateRef {
             escape,
             name: name.to_string(),
-        })
+            plan,
+        }
     }
 
     /// Whether a registered template may read `payload` or `callback`, the
@@ -221,6 +343,14 @@ impl Templates {
 
     /// Render a registered template.
     pub fn render(&self, t: &TemplateRef, ctx: &TemplateData) -> Result<String, String> {
+        if let Some(text) = t.plan.as_ref().and_then(|p| p.render(ctx.data(), t.escape)) {
+            return Ok(text);
+        }
+        self.by_handlebars(t, ctx)
+    }
+
+    /// Render a registered template with Handlebars, whatever its plan.
+    fn by_handlebars(&self, t: &TemplateRef, ctx: &TemplateData) -> Result<String, String> {
         self.registries[t.escape.index()]
             .render_with_context(&t.name, ctx)
             .map_err(|e| render_error_message(&e))
@@ -573,6 +703,15 @@ mod tests {
         with_names(base_context(&cb, received), "r1", "a1")
     }
 
+    /// Templates with one file template, `footer.hbs`, to use as a partial.
+    fn with_footer() -> Templates {
+        let mut t = Templates::new(chrono_tz::Tz::Asia__Shanghai);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("footer.hbs"), "-- {{rule}}").unwrap();
+        t.load_dir(dir.path(), &mut Diagnostics::new());
+        t
+    }
+
     fn render(escape: Escape, src: &str) -> Result<String, String> {
         let mut t = Templates::new(chrono_tz::Tz::Asia__Shanghai);
         let r = t.register_inline("t#x", escape, src)?;
@@ -628,10 +767,7 @@ mod tests {
             "{{! payload is only named in a comment }}{{msg_id}}",
             "{{json \"payload\"}}",
         ];
-        let mut t = Templates::new(chrono_tz::Tz::Asia__Shanghai);
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("footer.hbs"), "-- {{rule}}").unwrap();
-        t.load_dir(dir.path(), &mut Diagnostics::new());
+        let mut t = with_footer();
         let cb = Callback::from_value(json!({
             "chat_type": "roster", "callId": "org#app_1", "security": "x",
             "payload": {"operation": "add", "reason": "hi", "tz": "UTC"},
@@ -657,6 +793,83 @@ mod tests {
         let mut gone = names(base_context(&cb, received));
         gone.retain(|k| !names(context(&cb, received, Reads::NotCallback)).contains(k));
         assert_eq!(gone, ["payload", "callback"]);
+    }
+
+    /// A template of text and plain names renders without Handlebars, to
+    /// the text Handlebars gives, in every escaping mode; anything else, and
+    /// any value the plan does not render, is left to Handlebars.
+    #[test]
+    fn plain_templates_render_as_handlebars_does() {
+        let plain = [
+            "{{event}}",
+            "a {{from_user}} & {{{to_user}}} <b>",
+            "{{timestamp}}{{time}} {{received_at}}",
+            "x {{! a comment }} y",
+            "line\n  {{! standalone }}\n{{~ rule ~}}  \n end",
+            "{{ action }}|{{callId}}|{{host}}|{{msg_id}}|{{from}}/{{to}}",
+            "{{operation}} {{chat_type}} {{eventType}} {{appkey}}",
+            "{{[from]}}",
+            "no braces at all",
+            "",
+        ];
+        let other = [
+            "{{upper event}}",
+            "{{payload.reason}}",
+            "{{event.x}}",
+            "{{#if event}}x{{/if}}",
+            "{{> footer.hbs}}",
+            "{{this}}",
+            "{{@root.event}}",
+            "{{log}}",
+            "{{nothing}}",
+        ];
+        let mut t = with_footer();
+        // Values with every character some escaping changes, a number and
+        // a boolean; then values the plan leaves to Handlebars.
+        let mut values = Map::new();
+        for (i, name) in PLAIN_NAMES.iter().enumerate() {
+            let v = format!("{name} <a href=\"x\">&'#@:/?%20 {{{{x}}}}\n你好 {i}");
+            values.insert((*name).into(), Value::String(v));
+        }
+        values.insert("timestamp".into(), json!(1642648046912u64));
+        values.insert("time".into(), json!(-1.5));
+        values.insert("host".into(), json!(true));
+        values.insert("payload".into(), json!({"reason": "r"}));
+        let mut odd = values.clone();
+        odd.insert("event".into(), Value::Null);
+        odd.insert("from_user".into(), json!(["a", 1]));
+        odd.insert("to_user".into(), json!({"a": 1}));
+        odd.remove("rule");
+        let contexts = [Value::Object(values), Value::Object(odd)].map(TemplateData::from);
+        for escape in Escape::ALL {
+            for (i, src) in plain.iter().chain(&other).enumerate() {
+                let r = t
+                    .register_inline(&format!("t#{i}"), escape, src)
+                    .unwrap_or_else(|e| panic!("{src}: {e}"));
+                assert_eq!(r.plan.is_some(), i < plain.len(), "{src}");
+                for ctx in &contexts {
+                    assert_eq!(
+                        t.render(&r, ctx),
+                        t.by_handlebars(&r, ctx),
+                        "{escape:?} {src}"
+                    );
+                }
+            }
+        }
+        // The plan is what renders: with the registry's template replaced,
+        // a reference made before still renders the text it planned.
+        let r = t
+            .register_inline("t#p", Escape::Plain, "{{event}}!")
+            .unwrap();
+        t.register_inline("t#p", Escape::Plain, "changed").unwrap();
+        assert_eq!(t.by_handlebars(&r, &contexts[0]).unwrap(), "changed");
+        assert!(t.render(&r, &contexts[0]).unwrap().ends_with("!"));
+        // A name missing from the context fails as Handlebars fails.
+        let r = t.register_inline("t#m", Escape::Plain, "{{rule}}").unwrap();
+        assert_eq!(
+            t.render(&r, &contexts[1]).unwrap_err(),
+            "line 1 column 1: no value for `rule`"
+        );
     }
 
     #[test]

@@ -212,10 +212,7 @@ impl Compiler<'_> {
             }
             TemplateSource::File { template } => {
                 if self.templates.has_file(template) {
-                    Some(TemplateRef {
-                        escape,
-                        name: template.clone(),
-                    })
+                    Some(self.templates.reference(escape, template))
                 } else {
                     let dir = self.settings.templates_dir.display().to_string();
                     self.error(
