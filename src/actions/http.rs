@@ -173,7 +173,7 @@ impl HttpAction {
             Body::None => (None, None),
             Body::Json(j) => (
                 Some("application/json".to_string()),
-                Some(j.render(t, ctx)?.to_string()),
+                Some(j.render(t, ctx)?),
             ),
             Body::Text {
                 template,

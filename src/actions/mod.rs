@@ -298,23 +298,48 @@ pub enum JsonTemplate {
 }
 
 impl JsonTemplate {
-    pub fn render(&self, t: &Templates, ctx: &TemplateData) -> Result<Value, String> {
-        Ok(match self {
-            JsonTemplate::Literal(v) => v.clone(),
-            JsonTemplate::Template(r) => Value::String(t.render(r, ctx)?),
-            JsonTemplate::Array(items) => Value::Array(
-                items
-                    .iter()
-                    .map(|i| i.render(t, ctx))
-                    .collect::<Result<_, _>>()?,
-            ),
-            JsonTemplate::Object(fields) => Value::Object(
-                fields
-                    .iter()
-                    .map(|(k, v)| Ok((k.clone(), v.render(t, ctx)?)))
-                    .collect::<Result<_, String>>()?,
-            ),
-        })
+    /// The JSON text, compact, as `serde_json` writes the same value: each
+    /// rendered string goes through its string serializer, so no rendered
+    /// text can change the structure. Written straight out, without
+    /// building a `Value` (a hashed map per object) only to print it.
+    pub fn render(&self, t: &Templates, ctx: &TemplateData) -> Result<String, String> {
+        let mut out = Vec::new();
+        self.write(t, ctx, &mut out)?;
+        // Only the serializer and ASCII punctuation wrote to it.
+        String::from_utf8(out).map_err(|e| e.to_string())
+    }
+
+    fn write(&self, t: &Templates, ctx: &TemplateData, out: &mut Vec<u8>) -> Result<(), String> {
+        fn json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) -> Result<(), String> {
+            serde_json::to_writer(out, v).map_err(|e| e.to_string())
+        }
+        match self {
+            JsonTemplate::Literal(v) => json(out, v)?,
+            JsonTemplate::Template(r) => json(out, &t.render(r, ctx)?)?,
+            JsonTemplate::Array(items) => {
+                out.push(b'[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    item.write(t, ctx, out)?;
+                }
+                out.push(b']');
+            }
+            JsonTemplate::Object(fields) => {
+                out.push(b'{');
+                for (i, (k, v)) in fields.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    json(out, k)?;
+                    out.push(b':');
+                    v.write(t, ctx, out)?;
+                }
+                out.push(b'}');
+            }
+        }
+        Ok(())
     }
 }
 

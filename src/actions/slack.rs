@@ -79,7 +79,11 @@ impl SlackAction {
         let mut body = Map::new();
         body.insert("text".into(), Value::String(t.render(&self.text, ctx)?));
         if let Some(b) = &self.blocks {
-            body.insert("blocks".into(), b.render(t, ctx)?);
+            // Read back as a value, for `describe` to show it laid out; a
+            // Slack webhook takes about one message a second, so the parse
+            // costs nothing that matters.
+            let blocks = serde_json::from_str(&b.render(t, ctx)?).map_err(|e| e.to_string())?;
+            body.insert("blocks".into(), blocks);
         }
         body.extend(self.extra.clone());
         Ok(SlackMessage {

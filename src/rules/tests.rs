@@ -275,6 +275,49 @@ fn rendering_escapes_by_destination_and_builds_json_safely() {
     assert!(!described.contains("tok-123456"));
 }
 
+/// A JSON body is written as `serde_json` writes the same value: compact,
+/// keys in the order written, every kind of literal, nested, and rendered
+/// text always a string however it looks.
+#[test]
+fn json_bodies_are_written_as_their_values_would_be() {
+    let set = load(&[(
+        "a.yaml",
+        "actions:\n\
+         \x20 hook:\n\
+         \x20   type: http\n\
+         \x20   url: https://x.example/\n\
+         \x20   json:\n\
+         \x20     z: '{{payload.reason}}'\n\
+         \x20     a: [1, -2.5, true, null, '{{from_user}}', [], {}, [{k: '{{event}} \"q\" \\'}]]\n\
+         \x20     键: {n: 10000000000000, s: plain, t: '{{timestamp}}', e: ''}\n\
+         rules:\n  - {name: adds, when: {event: roster:add}, actions: [hook]}\n",
+    )])
+    .unwrap();
+    let hostile = "\"},{\"x\":1,\u{7}\t</script>第二行";
+    let mut body = samples::body("roster:add", "org#app", "a b", "bob", "1", 1);
+    body["payload"]["reason"] = json!(hostile);
+    let cb = Callback::from_value(body).unwrap();
+    let ctx = crate::template::with_names(
+        crate::template::base_context(&cb, chrono::Utc::now()),
+        "adds",
+        "hook",
+    );
+    let crate::actions::Message::Http(h) = set
+        .action("hook")
+        .unwrap()
+        .render(&set.templates, &ctx)
+        .unwrap()
+    else {
+        panic!()
+    };
+    let want = json!({
+        "z": hostile,
+        "a": [1, -2.5, true, null, "a b", [], {}, [{"k": "roster:add \"q\" \\"}]],
+        "键": {"n": 10000000000000u64, "s": "plain", "t": "1", "e": ""}
+    });
+    assert_eq!(h.body.as_deref(), Some(want.to_string().as_str()));
+}
+
 fn many_rules(n: usize) -> String {
     let ops = crate::callback::ROSTER_OPERATIONS;
     let mut s = String::from("actions:\n  a: {type: log, message: x}\nrules:\n");
