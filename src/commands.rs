@@ -154,7 +154,7 @@ pub fn test(config_path: &Path, args: &TestArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let base = template::base_context(&cb, chrono::Utc::now());
+    let received = chrono::Utc::now();
     let mut failures = 0;
     for &ri in &evaluation.rules {
         let rule = &rules.rules[ri];
@@ -173,8 +173,9 @@ pub fn test(config_path: &Path, args: &TestArgs) -> anyhow::Result<ExitCode> {
                 ),
                 Some(p) if p.rule == ri => {
                     println!("  action {} ({}):", action.name, action.kind.type_name());
-                    let ctx = template::with_names(base.clone(), &rule.name, &action.name);
-                    match action.render(&rules.templates, &ctx) {
+                    let data =
+                        template::Data::new(&cb, received, action.reads, &rule.name, &action.name);
+                    match action.render(&rules.templates, &data) {
                         Ok(msg) => {
                             for line in msg.describe(redactor).lines() {
                                 println!("    {line}");

@@ -384,14 +384,11 @@ impl Dispatcher {
         }
         let received = chrono::DateTime::from_timestamp_millis(c.received_at_ms as i64)
             .unwrap_or_else(chrono::Utc::now);
-        let ctx = template::with_names(
-            template::context(cb, received, action.reads),
-            &c.rule,
-            &action.name,
-        );
+        let data = template::Data::new(cb, received, action.reads, &c.rule, &action.name);
         let msg = action
-            .render(&snapshot.rules.templates, &ctx)
+            .render(&snapshot.rules.templates, &data)
             .map_err(|e| dead(format!("template: {e}"), &cb.event))?;
+        drop(data);
         let timeout = action.timeout.unwrap_or(settings.delivery.timeout);
         let outcome =
             match tokio::time::timeout(timeout, self.senders.send(&msg, settings, timeout)).await {

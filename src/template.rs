@@ -18,6 +18,7 @@
 //! put in their data (a friend request's `payload.reason` containing `{{`,
 //! quotes or Chinese) is data, never evaluated as a template.
 
+use std::borrow::Cow;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -166,30 +167,25 @@ impl Plan {
         Some(Plan(pieces))
     }
 
-    /// The text, as Handlebars renders it; `None` for anything it would
-    /// render differently or refuse (a name missing from the context, a
-    /// value that is not a string, number or boolean), which is left to it.
-    fn render(&self, ctx: &Value, escape: Escape) -> Option<String> {
-        let fields = ctx.as_object()?;
+    /// The text, as Handlebars renders it from the context `data` would
+    /// build; `None` if a name is not one `data` knows (left to Handlebars).
+    fn render(&self, data: &Data, escape: Escape) -> Option<String> {
         let mut out = String::new();
         for piece in &self.0 {
             match piece {
                 Piece::Text(s) => out.push_str(s),
                 Piece::Value { name, escaped } => {
                     let number;
-                    let text = match fields.get(*name)? {
-                        Value::String(s) => s.as_str(),
-                        Value::Number(n) => {
+                    let text = match data.field(name)? {
+                        Field::Text(s) => s,
+                        Field::Number(n) => {
                             number = n.to_string();
-                            &number
+                            Cow::Borrowed(number.as_str())
                         }
-                        Value::Bool(true) => "true",
-                        Value::Bool(false) => "false",
-                        _ => return None,
                     };
                     match (escaped, escape) {
-                        (false, _) | (true, Escape::Plain) => out.push_str(text),
-                        (true, _) => out.push_str(&escape.function()(text)),
+                        (false, _) | (true, Escape::Plain) => out.push_str(&text),
+                        (true, _) => out.push_str(&escape.function()(&text)),
                     }
                 }
             }
@@ -341,12 +337,13 @@ impl Templates {
             .is_none_or(|tpl| may_read_callback(&tpl.elements))
     }
 
-    /// Render a registered template.
-    pub fn render(&self, t: &TemplateRef, ctx: &TemplateData) -> Result<String, String> {
-        if let Some(text) = t.plan.as_ref().and_then(|p| p.render(ctx.data(), t.escape)) {
+    /// Render a registered template: by its plan if it has one, otherwise
+    /// with Handlebars, from the context `data` builds on first use.
+    pub fn render(&self, t: &TemplateRef, data: &Data) -> Result<String, String> {
+        if let Some(text) = t.plan.as_ref().and_then(|p| p.render(data, t.escape)) {
             return Ok(text);
         }
-        self.by_handlebars(t, ctx)
+        self.by_handlebars(t, data.context())
     }
 
     /// Render a registered template with Handlebars, whatever its plan.
@@ -451,40 +448,16 @@ pub fn base_context(cb: &Callback, received_at: DateTime<Utc>) -> Value {
 
 /// The context a render reads: [`base_context`], or less of it.
 pub fn context(cb: &Callback, received_at: DateTime<Utc>, reads: Reads) -> Value {
-    let opt = |v: &Option<String>| Value::String(v.clone().unwrap_or_default());
-    let text = |v: &str| Value::String(v.to_owned());
-    let time = Utc
-        .timestamp_millis_opt(cb.timestamp as i64)
-        .single()
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_default();
-    // Built field by field: `json!` would turn the callback into a `Value`
-    // by serializing it, which costs twice what cloning it does.
-    let fields = [
-        ("event", text(&cb.event)),
-        ("operation", opt(&cb.operation)),
-        ("chat_type", opt(&cb.chat_type)),
-        ("eventType", opt(&cb.event_type)),
-        ("appkey", opt(&cb.appkey)),
-        ("host", opt(&cb.host)),
-        ("callId", text(&cb.call_id)),
-        ("msg_id", opt(&cb.msg_id)),
-        ("from", opt(&cb.from)),
-        ("to", opt(&cb.to)),
-        ("from_user", text(&cb.from_user)),
-        ("to_user", text(&cb.to_user)),
-        ("timestamp", Value::from(cb.timestamp)),
-        ("time", Value::String(time)),
-        (
-            "received_at",
-            Value::String(received_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
-        ),
-    ];
     // Room for `payload`, `callback`, and the `rule` and `action` that
     // `with_names` adds.
-    let mut m = Map::with_capacity(fields.len() + 4);
-    for (k, v) in fields {
-        m.insert(k.to_owned(), v);
+    let mut m = Map::with_capacity(PLAIN_NAMES.len() + 2);
+    for name in CALLBACK_NAMES {
+        let value = match field(cb, received_at, name) {
+            Some(Field::Text(s)) => Value::String(s.into_owned()),
+            Some(Field::Number(n)) => Value::from(n),
+            None => continue,
+        };
+        m.insert((*name).to_owned(), value);
     }
     if reads == Reads::All {
         let raw = cb.raw();
@@ -498,8 +471,120 @@ pub fn context(cb: &Callback, received_at: DateTime<Utc>, reads: Reads) -> Value
     Value::Object(m)
 }
 
+/// The plain names that come from the callback: all but `rule` and
+/// `action`, in the order of SPEC §5.
+const CALLBACK_NAMES: &[&str] = PLAIN_NAMES.split_at(PLAIN_NAMES.len() - 2).0;
+
+/// The value of a plain name.
+enum Field<'a> {
+    Text(Cow<'a, str>),
+    Number(u64),
+}
+
+/// The value of one of [`CALLBACK_NAMES`]: the one definition of what
+/// each holds, for the context and for plans alike.
+fn field<'a>(cb: &'a Callback, received_at: DateTime<Utc>, name: &str) -> Option<Field<'a>> {
+    let text = |s: &'a str| Field::Text(Cow::Borrowed(s));
+    let opt = |v: &'a Option<String>| text(v.as_deref().unwrap_or_default());
+    let instant = |t: DateTime<Utc>| {
+        Field::Text(Cow::Owned(
+            t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        ))
+    };
+    Some(match name {
+        "event" => text(&cb.event),
+        "operation" => opt(&cb.operation),
+        "chat_type" => opt(&cb.chat_type),
+        "eventType" => opt(&cb.event_type),
+        "appkey" => opt(&cb.appkey),
+        "host" => opt(&cb.host),
+        "callId" => text(&cb.call_id),
+        "msg_id" => opt(&cb.msg_id),
+        "from" => opt(&cb.from),
+        "to" => opt(&cb.to),
+        "from_user" => text(&cb.from_user),
+        "to_user" => text(&cb.to_user),
+        "timestamp" => Field::Number(cb.timestamp),
+        "time" => match Utc.timestamp_millis_opt(cb.timestamp as i64).single() {
+            Some(t) => instant(t),
+            None => text(""),
+        },
+        "received_at" => instant(received_at),
+        _ => return None,
+    })
+}
+
+/// What the templates of one delivery read: its callback, when it was
+/// received, and the names of its rule and action.
+///
+/// A template with a plan reads the values it names straight from the
+/// callback. The Handlebars context (a map of copies of them all, and
+/// `payload` and `callback` if `reads` says a template can reach them) is
+/// built only when a template needs Handlebars, once for all of them.
+pub struct Data<'a> {
+    /// `None` for data made [`from_context`](Data::from_context).
+    names: Option<Names<'a>>,
+    context: std::cell::OnceCell<TemplateData>,
+}
+
+struct Names<'a> {
+    cb: &'a Callback,
+    received_at: DateTime<Utc>,
+    reads: Reads,
+    rule: &'a str,
+    action: &'a str,
+}
+
+impl<'a> Data<'a> {
+    pub fn new(
+        cb: &'a Callback,
+        received_at: DateTime<Utc>,
+        reads: Reads,
+        rule: &'a str,
+        action: &'a str,
+    ) -> Self {
+        Data {
+            names: Some(Names {
+                cb,
+                received_at,
+                reads,
+                rule,
+                action,
+            }),
+            context: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// Data that is a context and nothing else: every template renders
+    /// with Handlebars from it (for tests of arbitrary contexts).
+    pub fn from_context(context: TemplateData) -> Data<'static> {
+        Data {
+            names: None,
+            context: std::cell::OnceCell::from(context),
+        }
+    }
+
+    fn field(&self, name: &str) -> Option<Field<'_>> {
+        let n = self.names.as_ref()?;
+        match name {
+            "rule" => Some(Field::Text(Cow::Borrowed(n.rule))),
+            "action" => Some(Field::Text(Cow::Borrowed(n.action))),
+            _ => field(n.cb, n.received_at, name),
+        }
+    }
+
+    /// The Handlebars context, built on first use.
+    pub fn context(&self) -> &TemplateData {
+        self.context.get_or_init(|| match &self.names {
+            Some(n) => with_names(context(n.cb, n.received_at, n.reads), n.rule, n.action),
+            // Set when made; never reached.
+            None => TemplateData::from(Value::Object(Map::new())),
+        })
+    }
+}
+
 /// `base` with `rule` and `action` set.
-pub fn with_names(mut base: Value, rule: &str, action: &str) -> TemplateData {
+fn with_names(mut base: Value, rule: &str, action: &str) -> TemplateData {
     if let Value::Object(m) = &mut base {
         m.insert("rule".into(), Value::String(rule.into()));
         m.insert("action".into(), Value::String(action.into()));
@@ -691,16 +776,20 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn sample() -> TemplateData {
-        let cb = Callback::from_value(json!({
+    fn sample() -> Callback {
+        Callback::from_value(json!({
             "chat_type": "roster", "callId": "org#app_1", "security": "x",
             "payload": {"operation": "add", "reason": "hi {{from}} \"<b>&</b>\"\n你好"},
             "appkey": "org#app", "from": "org#app_alice@easemob.com", "to": "bob",
             "eventType": "chat", "msg_id": "1", "timestamp": 1642648046912u64
         }))
-        .unwrap();
+        .unwrap()
+    }
+
+    /// The render data of a delivery of `cb` by rule `r1` and action `a1`.
+    fn data(cb: &Callback, reads: Reads) -> Data<'_> {
         let received = Utc.timestamp_millis_opt(1642648047000).unwrap();
-        with_names(base_context(&cb, received), "r1", "a1")
+        Data::new(cb, received, reads, "r1", "a1")
     }
 
     /// Templates with one file template, `footer.hbs`, to use as a partial.
@@ -715,7 +804,7 @@ mod tests {
     fn render(escape: Escape, src: &str) -> Result<String, String> {
         let mut t = Templates::new(chrono_tz::Tz::Asia__Shanghai);
         let r = t.register_inline("t#x", escape, src)?;
-        t.render(&r, &sample())
+        t.render(&r, &data(&sample(), Reads::All))
     }
 
     #[test]
@@ -776,16 +865,16 @@ mod tests {
         }))
         .unwrap();
         let received = Utc.timestamp_millis_opt(1642648047000).unwrap();
-        let full = with_names(base_context(&cb, received), "r1", "a1");
-        let without = with_names(context(&cb, received, Reads::NotCallback), "r1", "a1");
+        let (full, without) = (data(&cb, Reads::All), data(&cb, Reads::NotCallback));
         for (i, src) in may.iter().chain(&lean).enumerate() {
             let r = t
                 .register_inline(&format!("t#{i}"), Escape::Plain, src)
                 .unwrap_or_else(|e| panic!("{src}: {e}"));
             assert_eq!(t.reads_callback(&r), i < may.len(), "{src}");
             if i >= may.len() {
-                assert_eq!(t.render(&r, &without), t.render(&r, &full), "{src}");
-                assert!(t.render(&r, &full).is_ok(), "{src}");
+                let [lean, whole] = [&without, &full].map(|d| t.by_handlebars(&r, d.context()));
+                assert_eq!(lean, whole, "{src}");
+                assert!(whole.is_ok(), "{src}");
             }
         }
         // The lean context lacks exactly the two.
@@ -824,52 +913,45 @@ mod tests {
             "{{nothing}}",
         ];
         let mut t = with_footer();
-        // Values with every character some escaping changes, a number and
-        // a boolean; then values the plan leaves to Handlebars.
-        let mut values = Map::new();
-        for (i, name) in PLAIN_NAMES.iter().enumerate() {
-            let v = format!("{name} <a href=\"x\">&'#@:/?%20 {{{{x}}}}\n你好 {i}");
-            values.insert((*name).into(), Value::String(v));
-        }
-        values.insert("timestamp".into(), json!(1642648046912u64));
-        values.insert("time".into(), json!(-1.5));
-        values.insert("host".into(), json!(true));
-        values.insert("payload".into(), json!({"reason": "r"}));
-        let mut odd = values.clone();
-        odd.insert("event".into(), Value::Null);
-        odd.insert("from_user".into(), json!(["a", 1]));
-        odd.insert("to_user".into(), json!({"a": 1}));
-        odd.remove("rule");
-        let contexts = [Value::Object(values), Value::Object(odd)].map(TemplateData::from);
+        // Values with every character some escaping changes.
+        let odd = "<a href=\"x\">&'#@:/?%20 {{x}}\n你好";
+        let cb = Callback::from_value(json!({
+            "chat_type": "roster", "callId": format!("org#app_{odd}"), "security": "x",
+            "payload": {"operation": format!("add{odd}")},
+            "appkey": format!("org#app{odd}"), "host": odd, "from": format!("org#app_{odd}@x"),
+            "to": odd, "eventType": odd, "msg_id": odd, "timestamp": 1642648046912u64
+        }))
+        .unwrap();
+        let mut received = Utc.timestamp_millis_opt(1642648047000).unwrap();
         for escape in Escape::ALL {
             for (i, src) in plain.iter().chain(&other).enumerate() {
                 let r = t
                     .register_inline(&format!("t#{i}"), escape, src)
                     .unwrap_or_else(|e| panic!("{src}: {e}"));
                 assert_eq!(r.plan.is_some(), i < plain.len(), "{src}");
-                for ctx in &contexts {
-                    assert_eq!(
-                        t.render(&r, ctx),
-                        t.by_handlebars(&r, ctx),
-                        "{escape:?} {src}"
-                    );
-                }
+                let d = Data::new(&cb, received, Reads::All, odd, "a&<b>");
+                assert_eq!(
+                    t.render(&r, &d),
+                    t.by_handlebars(&r, d.context()),
+                    "{escape:?} {src}"
+                );
+                received += chrono::Duration::milliseconds(1);
             }
         }
         // The plan is what renders: with the registry's template replaced,
-        // a reference made before still renders the text it planned.
+        // a reference made before still renders the text it planned; and
+        // the context was never built.
         let r = t
             .register_inline("t#p", Escape::Plain, "{{event}}!")
             .unwrap();
         t.register_inline("t#p", Escape::Plain, "changed").unwrap();
-        assert_eq!(t.by_handlebars(&r, &contexts[0]).unwrap(), "changed");
-        assert!(t.render(&r, &contexts[0]).unwrap().ends_with("!"));
-        // A name missing from the context fails as Handlebars fails.
-        let r = t.register_inline("t#m", Escape::Plain, "{{rule}}").unwrap();
+        let d = data(&cb, Reads::All);
         assert_eq!(
-            t.render(&r, &contexts[1]).unwrap_err(),
-            "line 1 column 1: no value for `rule`"
+            t.render(&r, &d).unwrap(),
+            "roster:add<a href=\"x\">&'#@:/?%20 {{x}}\n你好!"
         );
+        assert!(d.context.get().is_none());
+        assert_eq!(t.by_handlebars(&r, d.context()).unwrap(), "changed");
     }
 
     #[test]
@@ -987,6 +1069,9 @@ mod tests {
         let r = t
             .register_inline("a#text", Escape::Plain, "hello {{> footer.hbs}}")
             .unwrap();
-        assert_eq!(t.render(&r, &sample()).unwrap(), "hello -- r1");
+        assert_eq!(
+            t.render(&r, &data(&sample(), Reads::All)).unwrap(),
+            "hello -- r1"
+        );
     }
 }

@@ -3,7 +3,7 @@
 use serde::Deserialize;
 
 use super::{Compiler, StringList, TemplateSource};
-use crate::template::{Escape, TemplateData, TemplateRef, Templates};
+use crate::template::{Data, Escape, TemplateRef, Templates};
 
 /// An email action as written in a rule file.
 #[derive(Debug, Deserialize)]
@@ -130,7 +130,7 @@ pub(super) fn compile(raw: RawEmail, c: &mut Compiler) -> Option<EmailAction> {
 }
 
 impl EmailAction {
-    pub(super) fn render(&self, t: &Templates, ctx: &TemplateData) -> Result<EmailMessage, String> {
+    pub(super) fn render(&self, t: &Templates, ctx: &Data) -> Result<EmailMessage, String> {
         let list = |refs: &[TemplateRef]| -> Result<Vec<String>, String> {
             refs.iter()
                 .map(|r| {

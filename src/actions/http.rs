@@ -6,7 +6,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{Compiler, JsonTemplate, TemplateSource};
-use crate::template::{Escape, TemplateData, TemplateRef, Templates};
+use crate::template::{Data, Escape, TemplateRef, Templates};
 
 /// An HTTP action as written in a rule file.
 #[derive(Debug, Deserialize)]
@@ -149,7 +149,7 @@ pub(super) fn compile(raw: RawHttp, c: &mut Compiler) -> Option<HttpAction> {
 }
 
 impl HttpAction {
-    pub(super) fn render(&self, t: &Templates, ctx: &TemplateData) -> Result<HttpRequest, String> {
+    pub(super) fn render(&self, t: &Templates, ctx: &Data) -> Result<HttpRequest, String> {
         let (url, target) = match &self.url {
             Url::Fixed { text, parsed } => (text.clone(), parsed.clone()),
             Url::Template(template) => {

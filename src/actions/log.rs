@@ -3,7 +3,7 @@
 use serde::Deserialize;
 
 use super::{Compiler, TemplateSource};
-use crate::template::{Escape, TemplateData, TemplateRef, Templates};
+use crate::template::{Data, Escape, TemplateRef, Templates};
 
 /// A log action as written in a rule file.
 #[derive(Debug, Deserialize)]
@@ -84,7 +84,7 @@ impl LogAction {
         }
     }
 
-    pub(super) fn render(&self, t: &Templates, ctx: &TemplateData) -> Result<LogLine, String> {
+    pub(super) fn render(&self, t: &Templates, ctx: &Data) -> Result<LogLine, String> {
         Ok(LogLine {
             level: self.level,
             message: t.render(&self.message, ctx)?,

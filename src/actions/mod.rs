@@ -18,7 +18,7 @@ use serde_json::Value;
 use crate::config::units::{HumanDuration, Num};
 use crate::config::{Settings, strip_location};
 use crate::diag::{Diagnostics, Redactor};
-use crate::template::{Escape, Reads, TemplateData, TemplateRef, Templates};
+use crate::template::{Data, Escape, Reads, TemplateRef, Templates};
 
 /// A compiled action.
 #[derive(Debug)]
@@ -79,7 +79,7 @@ impl Action {
     }
 
     /// Render every template of this action against a render context.
-    pub fn render(&self, t: &Templates, ctx: &TemplateData) -> Result<Message, String> {
+    pub fn render(&self, t: &Templates, ctx: &Data) -> Result<Message, String> {
         match &self.kind {
             ActionKind::Email(a) => a.render(t, ctx).map(Message::Email),
             ActionKind::Slack(a) => a.render(t, ctx).map(Message::Slack),
@@ -302,14 +302,14 @@ impl JsonTemplate {
     /// rendered string goes through its string serializer, so no rendered
     /// text can change the structure. Written straight out, without
     /// building a `Value` (a hashed map per object) only to print it.
-    pub fn render(&self, t: &Templates, ctx: &TemplateData) -> Result<String, String> {
+    pub fn render(&self, t: &Templates, ctx: &Data) -> Result<String, String> {
         let mut out = Vec::new();
         self.write(t, ctx, &mut out)?;
         // Only the serializer and ASCII punctuation wrote to it.
         String::from_utf8(out).map_err(|e| e.to_string())
     }
 
-    fn write(&self, t: &Templates, ctx: &TemplateData, out: &mut Vec<u8>) -> Result<(), String> {
+    fn write(&self, t: &Templates, ctx: &Data, out: &mut Vec<u8>) -> Result<(), String> {
         fn json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) -> Result<(), String> {
             serde_json::to_writer(out, v).map_err(|e| e.to_string())
         }

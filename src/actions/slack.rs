@@ -4,7 +4,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::{Compiler, JsonTemplate, TemplateSource};
-use crate::template::{Escape, TemplateData, TemplateRef, Templates};
+use crate::template::{Data, Escape, TemplateRef, Templates};
 
 /// A Slack action as written in a rule file.
 #[derive(Debug, Deserialize)]
@@ -75,7 +75,7 @@ pub(super) fn compile(raw: RawSlack, c: &mut Compiler) -> Option<SlackAction> {
 }
 
 impl SlackAction {
-    pub(super) fn render(&self, t: &Templates, ctx: &TemplateData) -> Result<SlackMessage, String> {
+    pub(super) fn render(&self, t: &Templates, ctx: &Data) -> Result<SlackMessage, String> {
         let mut body = Map::new();
         body.insert("text".into(), Value::String(t.render(&self.text, ctx)?));
         if let Some(b) = &self.blocks {

@@ -407,12 +407,14 @@ impl RuleSet {
                 else {
                     continue;
                 };
-                let ctx = crate::template::with_names(
-                    crate::template::base_context(cb, received),
+                let data = crate::template::Data::new(
+                    cb,
+                    received,
+                    action.reads,
                     &rule.name,
                     &action.name,
                 );
-                if let Err(e) = action.render(&self.templates, &ctx) {
+                if let Err(e) = action.render(&self.templates, &data) {
                     diags.push(
                         &action.file,
                         format!("action {}", action.name),

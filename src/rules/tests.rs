@@ -231,14 +231,11 @@ fn rendering_escapes_by_destination_and_builds_json_safely() {
     body["payload"]["reason"] = json!(hostile);
     let cb = Callback::from_value(body).unwrap();
     let e = set.evaluate(&cb);
-    let base = crate::template::base_context(&cb, chrono::Utc::now());
+    let received = chrono::Utc::now();
     let render = |name: &str| {
         let a = set.action(name).unwrap();
-        a.render(
-            &set.templates,
-            &crate::template::with_names(base.clone(), "adds", name),
-        )
-        .unwrap()
+        let data = crate::template::Data::new(&cb, received, a.reads, "adds", name);
+        a.render(&set.templates, &data).unwrap()
     };
     assert_eq!(e.deliveries.len(), 3);
     let crate::actions::Message::Email(m) = render("mail") else {
@@ -297,17 +294,9 @@ fn json_bodies_are_written_as_their_values_would_be() {
     let mut body = samples::body("roster:add", "org#app", "a b", "bob", "1", 1);
     body["payload"]["reason"] = json!(hostile);
     let cb = Callback::from_value(body).unwrap();
-    let ctx = crate::template::with_names(
-        crate::template::base_context(&cb, chrono::Utc::now()),
-        "adds",
-        "hook",
-    );
-    let crate::actions::Message::Http(h) = set
-        .action("hook")
-        .unwrap()
-        .render(&set.templates, &ctx)
-        .unwrap()
-    else {
+    let hook = set.action("hook").unwrap();
+    let data = crate::template::Data::new(&cb, chrono::Utc::now(), hook.reads, "adds", "hook");
+    let crate::actions::Message::Http(h) = hook.render(&set.templates, &data).unwrap() else {
         panic!()
     };
     let want = json!({

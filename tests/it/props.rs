@@ -10,7 +10,7 @@ use serde_json::Value;
 use easehook::callback::Callback;
 use easehook::config::Secrets;
 use easehook::rules::matcher::Matcher;
-use easehook::template::{Escape, Templates};
+use easehook::template::{Data, Escape, Reads, Templates};
 
 fn json_value() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
@@ -148,10 +148,15 @@ proptest! {
     #[test]
     fn rendering_arbitrary_templates_and_data_never_panics(src in ".{0,80}", data in json_value()) {
         let mut t = Templates::new(chrono_tz::Tz::UTC);
-        let data = easehook::template::TemplateData::from(data);
+        let cb = Callback::from_value(data.clone()).ok();
+        let data = Data::from_context(easehook::template::TemplateData::from(data));
+        let delivery = cb.as_ref().map(|cb| Data::new(cb, chrono::Utc::now(), Reads::All, "r", "a"));
         for escape in [Escape::Plain, Escape::Html, Escape::Url, Escape::Slack] {
             if let Ok(r) = t.register_inline("p#x", escape, &src) {
                 let _ = t.render(&r, &data);
+                if let Some(d) = &delivery {
+                    let _ = t.render(&r, d);
+                }
             }
         }
     }
@@ -159,7 +164,7 @@ proptest! {
     #[test]
     fn rendering_helpers_with_arbitrary_arguments_never_panics(a in json_value(), fmt in ".{0,12}", tz in ".{0,12}", n in any::<i64>()) {
         let mut t = Templates::new(chrono_tz::Tz::UTC);
-        let ctx = easehook::template::TemplateData::from(serde_json::json!({"a": a, "fmt": fmt, "tz": tz, "n": n}));
+        let ctx = Data::from_context(easehook::template::TemplateData::from(serde_json::json!({"a": a, "fmt": fmt, "tz": tz, "n": n})));
         for src in [
             "{{datetime a}}", "{{datetime n format=fmt tz=tz}}", "{{json a}}", "{{default a n}}",
             "{{upper a}}", "{{lower a}}", "{{truncate a n}}", "{{truncate fmt 3}}",
