@@ -21,7 +21,8 @@ Scenarios:
   (d) start-up time to READY with 1,000 rules
   (e) idle RSS
 
-usage: python3 benches/load.py [--duration SECONDS] [--rounds N] [--skip-build] [--only abcde] [--callgrind]
+usage: python3 benches/load.py [--duration SECONDS] [--rounds N] [--skip-build] [--only abcde]
+                              [--binary PATH] [--callgrind [--binary PATH,PATH…]]
 Run from the repository root. Installs wrk and webhook with apt-get when
 missing. Every request goes to 127.0.0.1.
 """
@@ -328,26 +329,35 @@ def callgrind_run(cmd, url, calls, ready_url, seconds, status=None):
     return r["requests"], by_name
 
 
-def callgrind_report(easehook_bin, baseline_bin, calls, seconds):
+def callgrind_report(easehook_bins, baseline_bin, calls, seconds):
     """Instructions per acknowledged callback, counted by callgrind: the same
-    for the same binaries and load whatever else the machine is doing."""
-    sink, sink_port = start_baseline(baseline_bin)
-    eh = Easehook(easehook_bin, tempfile.mkdtemp(prefix="easehook-cg-eh-"), rules_yaml(100, f"http://127.0.0.1:{sink_port}"))
-    n, threads = callgrind_run([easehook_bin, "--config", eh.config, "run"], eh.url, calls,
-                               f"http://127.0.0.1:{eh.admin}/readyz", seconds, status=eh.status)
-    sink.terminate()
+    for the same binaries and load whatever else the machine is doing. The
+    counts move with how commits batch, which moves with how fast valgrind
+    lets the daemon run; builds to compare are counted in one sitting, one
+    after the other."""
+    counted = []
+    for b in easehook_bins:
+        sink, sink_port = start_baseline(baseline_bin)
+        eh = Easehook(b, tempfile.mkdtemp(prefix="easehook-cg-eh-"), rules_yaml(100, f"http://127.0.0.1:{sink_port}"))
+        n, threads = callgrind_run([b, "--config", eh.config, "run"], eh.url, calls,
+                                   f"http://127.0.0.1:{eh.admin}/readyz", seconds, status=eh.status)
+        sink.terminate()
+        threads["easehook (all but start-up)"] = sum(v for k, v in threads.items() if k != "main (start-up)")
+        counted.append((n, threads))
     port = free_port()
     bn, bthreads = callgrind_run([baseline_bin, str(port), "0"], f"http://127.0.0.1:{port}/", calls, None, seconds)
     base = sum(v for k, v in bthreads.items() if k != "main (start-up)") / bn
     print(f"instructions per callback (callgrind, wrk -c8 for {seconds}s, deliveries drained):")
-    total = 0
-    for name, v in sorted(threads.items(), key=lambda kv: -kv[1]):
-        if name != "main (start-up)":
-            total += v
-        print(f"  {name:20s} {v / n:10,.0f}")
-    print(f"  {'easehook (all but start-up)':20s} {total / n:10,.0f}   over {n} callbacks")
-    print(f"  {'baseline':20s} {base:10,.0f}   over {bn} requests")
-    print(f"  easehook/baseline instructions: {total / n / base:.2f}")
+    names = sorted({k for _, t in counted for k in t}, key=lambda k: -counted[0][1].get(k, 0))
+    names.remove("easehook (all but start-up)")
+    names.append("easehook (all but start-up)")
+    print(f"  {'':28s}" + "".join(f" {os.path.basename(b)[-16:]:>16s}" for b in easehook_bins))
+    for name in names:
+        print(f"  {name:28s}" + "".join(f" {t.get(name, 0) / n:16,.0f}" for n, t in counted))
+    print(f"  {'callbacks counted':28s}" + "".join(f" {n:16,}" for n, _ in counted))
+    print(f"  baseline: {base:,.0f} per request over {bn} requests")
+    print(f"  {'easehook/baseline':28s}" + "".join(
+        f" {t['easehook (all but start-up)'] / n / base:16.2f}" for n, t in counted))
 
 
 def main():
@@ -356,19 +366,22 @@ def main():
     ap.add_argument("--rounds", type=int, default=3, help="rounds of (a) and (b); in (a) each server runs once per round")
     ap.add_argument("--skip-build", action="store_true")
     ap.add_argument("--only", default="abcde", help="the scenarios to run, e.g. 'a' or 'bc'")
-    ap.add_argument("--binary", help="the easehook binary to measure (default: the release build)")
+    ap.add_argument("--binary", help="the easehook binary to measure (default: the release build); "
+                    "with --callgrind, several separated by commas, counted one after the other")
     ap.add_argument("--callgrind", action="store_true",
                     help="instead of the scenarios: count instructions per callback with callgrind")
     args = ap.parse_args()
     ensure_tools()
     easehook_bin, baseline_bin = build(args.skip_build)
-    if args.binary:
-        easehook_bin = os.path.abspath(args.binary)
+    binaries = [os.path.abspath(b) for b in args.binary.split(",")] if args.binary else [easehook_bin]
+    if len(binaries) > 1 and not args.callgrind:
+        sys.exit("several binaries are compared with --callgrind only")
+    easehook_bin = binaries[0]
     work = tempfile.mkdtemp(prefix="easehook-load-")
     calls = os.path.join(work, "calls.txt")
     signed_triples(calls, 400_000)
     if args.callgrind:
-        callgrind_report(easehook_bin, baseline_bin, calls, 15)
+        callgrind_report(binaries, baseline_bin, calls, 15)
         return
     print(f"machine: {os.cpu_count()} cores; duration {args.duration}s per run; wrk -t2 -c64", flush=True)
 

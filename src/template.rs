@@ -13,6 +13,12 @@
 //! | [`Escape::Url`] | HTTP `url`: inserted values are percent-encoded |
 //! | [`Escape::Slack`] | Slack `text` and `blocks`: `&`, `<`, `>` as Slack requires, so user text cannot mention `@channel` or forge links |
 //!
+//! A template made only of text and plain names (`{{from_user}} blocked
+//! {{to_user}}`) has a [`Plan`] and is rendered by appending its pieces,
+//! reading the values from the callback; the rest are rendered by
+//! Handlebars from a context built once per delivery, when the first of
+//! them needs it ([`Data`]). Both give the same text.
+//!
 //! JSON bodies (`json`, Slack messages) are built by a serializer from the
 //! rendered strings, so user text can never break the JSON. Text that users
 //! put in their data (a friend request's `payload.reason` containing `{{`,
@@ -536,6 +542,8 @@ struct Names<'a> {
 }
 
 impl<'a> Data<'a> {
+    /// The data of a delivery of `cb` by rule `rule` and action `action`;
+    /// `reads` is how much of the context its templates can reach.
     pub fn new(
         cb: &'a Callback,
         received_at: DateTime<Utc>,
