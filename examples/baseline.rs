@@ -56,7 +56,7 @@ async fn main() {
     let port: u16 = args
         .next()
         .and_then(|p| p.parse().ok())
-        .expect("usage: baseline PORT [DELAY_MS]");
+        .expect("usage: baseline PORT [DELAY_MS [JOURNAL]]");
     let delay = Duration::from_millis(args.next().and_then(|d| d.parse().ok()).unwrap_or(0));
     let journal_tx = args.next().map(|path| {
         let file = std::fs::OpenOptions::new()

@@ -388,6 +388,8 @@ impl Dispatcher {
         let msg = action
             .render(&snapshot.rules.templates, &data)
             .map_err(|e| dead(format!("template: {e}"), &cb.event))?;
+        // The context it may have built is not kept through the send, which
+        // can wait on the destination for as long as the timeout.
         drop(data);
         let timeout = action.timeout.unwrap_or(settings.delivery.timeout);
         let outcome =

@@ -446,13 +446,8 @@ pub enum Reads {
     NotCallback,
 }
 
-/// The context of every render (SPEC §5), without `rule` and `action`,
-/// which [`with_names`] adds.
-pub fn base_context(cb: &Callback, received_at: DateTime<Utc>) -> Value {
-    context(cb, received_at, Reads::All)
-}
-
-/// The context a render reads: [`base_context`], or less of it.
+/// The Handlebars context of a render (SPEC §5), as much of it as `reads`
+/// says, without `rule` and `action`, which [`with_names`] adds.
 pub fn context(cb: &Callback, received_at: DateTime<Utc>, reads: Reads) -> Value {
     // Room for `payload`, `callback`, and the `rule` and `action` that
     // `with_names` adds.
@@ -887,7 +882,7 @@ mod tests {
         }
         // The lean context lacks exactly the two.
         let names = |v: Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
-        let mut gone = names(base_context(&cb, received));
+        let mut gone = names(context(&cb, received, Reads::All));
         gone.retain(|k| !names(context(&cb, received, Reads::NotCallback)).contains(k));
         assert_eq!(gone, ["payload", "callback"]);
     }

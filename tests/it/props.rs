@@ -128,7 +128,7 @@ proptest! {
         if let Ok(cb) = Callback::from_value(v) {
             let _ = easehook::verify::check(&cb, &Secrets::from_pairs([("*", "s")]), Some(std::time::Duration::from_secs(1)), 0);
             let _ = easehook::metrics::event_label(Some(&cb));
-            let ctx = easehook::template::base_context(&cb, chrono::Utc::now());
+            let ctx = easehook::template::context(&cb, chrono::Utc::now(), Reads::All);
             prop_assert!(ctx.is_object());
         }
     }
