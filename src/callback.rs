@@ -12,7 +12,6 @@ use std::sync::{Arc, OnceLock};
 use md5::{Digest, Md5};
 use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
-use serde_json::value::RawValue;
 use serde_json::{Map, Number, Value};
 
 /// Why a body is not a usable callback. Every variant answers 400.
@@ -352,15 +351,76 @@ struct RawFields<'a> {
     msg_id: Option<Decoded<'a>>,
     #[serde(default, borrow, deserialize_with = "present")]
     event: Option<Decoded<'a>>,
-    #[serde(default, borrow, deserialize_with = "present")]
-    payload: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    payload: Payload<'a>,
 }
 
-/// `payload.operation`, the one field read inside `payload`.
-#[derive(Deserialize)]
-struct RawPayload<'a> {
-    #[serde(default, borrow, deserialize_with = "present")]
+/// `payload.operation`, the one field read inside `payload`, decoded in the
+/// same pass as the rest of the body. Only an object has an `operation`
+/// (a struct would also read an array, field by field, so this is a visitor
+/// of its own); whatever else `payload` is, it has none.
+#[derive(Default)]
+struct Payload<'a> {
     operation: Option<Decoded<'a>>,
+}
+
+/// The keys of `payload`, told apart without copying them.
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "lowercase")]
+enum PayloadKey {
+    Operation,
+    #[serde(other)]
+    Other,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Payload<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Payload<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+                let mut operation = None;
+                while let Some(key) = a.next_key::<PayloadKey>()? {
+                    match key {
+                        // Given twice, the last one counts, as in a `Value`.
+                        PayloadKey::Operation => operation = Some(a.next_value::<Decoded>()?),
+                        PayloadKey::Other => drop(a.next_value::<IgnoredAny>()?),
+                    }
+                }
+                Ok(Payload { operation })
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+                while a.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Payload::default())
+            }
+            fn visit_borrowed_str<E>(self, _: &'de str) -> Result<Self::Value, E> {
+                Ok(Payload::default())
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(Payload::default())
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(Payload::default())
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(Payload::default())
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(Payload::default())
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(Payload::default())
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Payload::default())
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
@@ -370,7 +430,6 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Optio
 /// A body's fields, read by the narrow parse.
 struct Narrow<'a> {
     fields: RawFields<'a>,
-    operation: Option<Decoded<'a>>,
 }
 
 impl<'a> Narrow<'a> {
@@ -379,15 +438,7 @@ impl<'a> Narrow<'a> {
     /// is given twice).
     fn read(text: &'a str) -> Option<Self> {
         let fields: RawFields = serde_json::from_str(text).ok()?;
-        // Only an object has an `operation`: a struct would also read an
-        // array, field by field.
-        let operation = match fields.payload {
-            Some(p) if p.get().starts_with('{') => {
-                serde_json::from_str::<RawPayload>(p.get()).ok()?.operation
-            }
-            _ => None,
-        };
-        Some(Narrow { fields, operation })
+        Some(Narrow { fields })
     }
 }
 
@@ -412,7 +463,7 @@ impl Fields for Narrow<'_> {
     }
 
     fn operation(&self) -> Option<Scalar<'_>> {
-        self.operation.as_ref().map(Decoded::scalar)
+        self.fields.payload.operation.as_ref().map(Decoded::scalar)
     }
 }
 
@@ -494,7 +545,7 @@ pub fn event_name(
         chat_type.filter(|s| !s.is_empty()),
         operation.filter(|s| !s.is_empty()),
     ) {
-        (Some(c), Some(o)) => format!("{c}:{o}"),
+        (Some(c), Some(o)) => [c, ":", o].concat(),
         (Some(c), None) => c.to_string(),
         _ => event
             .or(event_type)
@@ -516,19 +567,22 @@ fn dedup_key(
     to: Option<&str>,
     operation: Option<&str>,
 ) -> String {
-    let mut h = Md5::new();
-    for part in [Some(call_id), chat_type, event_type, from, to, operation] {
+    let parts = [Some(call_id), chat_type, event_type, from, to, operation];
+    // Hashed in one piece: MD5 takes small pieces one by one at a cost.
+    let mut input = Vec::with_capacity(parts.iter().map(|p| p.map_or(0, str::len) + 2).sum());
+    for part in parts {
         // A separator that cannot occur in JSON strings' decoded text of ids
         // keeps ("a","bc") and ("ab","c") apart; absence differs from empty.
         match part {
             Some(p) => {
-                h.update([1u8]);
-                h.update(p.as_bytes());
+                input.push(1u8);
+                input.extend_from_slice(p.as_bytes());
             }
-            None => h.update([0u8]),
+            None => input.push(0u8),
         }
-        h.update([0x1f]);
+        input.push(0x1f);
     }
+    let h = Md5::new_with_prefix(&input);
     // The key starts with the callId, so that keys are stored in time
     // order: Easemob's callIds are `{appkey}_{msg_id}` and its message ids
     // grow with time, so a new key lands at the right edge of the store's
@@ -721,9 +775,22 @@ mod tests {
         assert_eq!(&*parse(&once).unwrap().text(), once);
         // An array has no fields, even in the order a struct would read them.
         assert_eq!(parse(r#"["c","s",1]"#).unwrap_err(), ParseError::NotObject);
-        // Neither has an array payload an operation.
+        // Neither has an array payload an operation, nor a string one.
         let cb = parse(&format!(r#"{ok},"payload":["ban"]}}"#)).unwrap();
         assert_eq!(cb.operation, None);
+        let cb = parse(&format!(r#"{ok},"payload":"ban"}}"#)).unwrap();
+        assert_eq!(cb.operation, None);
+        // Inside the payload too, the last `operation` counts, and only
+        // the payload's own.
+        let cb = parse(&format!(
+            r#"{ok},"payload":{{"operation":"add","x":{{"operation":"no"}},"operation":"ban","y":[{{"operation":"no"}}]}}}}"#
+        ))
+        .unwrap();
+        assert_eq!(cb.operation.as_deref(), Some("ban"));
+        assert_eq!(
+            cb.operation.as_deref(),
+            cb.raw()["payload"]["operation"].as_str()
+        );
         // null is a value: a null callId is missing, a null `to` is absent.
         assert_eq!(
             parse(r#"{"callId":null}"#).unwrap_err(),
