@@ -5,8 +5,11 @@
 //! is a JSON body under 200 bytes that never echoes a secret.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, BytesMut};
@@ -111,20 +114,66 @@ where
         Ok(accepted) => accepted,
         Err(refused) => return record(&state, refused, started),
     };
-    // The commit, the hand-off and the bookkeeping run as a task of their
-    // own: a caller that hangs up mid-commit drops this future, and with it
-    // would go the hand-off of deliveries the store has already recorded as
-    // claimed, and the log line and counters of an event that was stored.
-    let task_state = state.clone();
-    let finishing = tokio::spawn(async move {
-        let out = accepted.finish(&task_state).await;
-        record(&task_state, out, started)
-    });
-    match finishing.await {
-        Ok(response) => response,
-        Err(e) => {
-            tracing::error!(error = %e, "the commit task failed");
-            record(&state, Outcome::unavailable(), started)
+    // The commit, the hand-off and the bookkeeping run to their end even
+    // when the caller hangs up mid-commit: with this future would go the
+    // hand-off of deliveries the store has already recorded as claimed,
+    // and the log line and counters of an event that was stored.
+    RunToEnd::new(async move {
+        let out = accepted.finish(&state).await;
+        record(&state, out, started)
+    })
+    .await
+}
+
+/// A future that runs to its end even when its caller stops waiting for
+/// it: dropped before it is done, it is spawned to finish on its own.
+///
+/// A task per callback would do the same, at the cost of spawning,
+/// scheduling and joining one for every callback; this spawns only for
+/// the rare caller that hangs up.
+struct RunToEnd<F: Future + Send + 'static>(Option<Pin<Box<F>>>)
+where
+    F::Output: Send + 'static;
+
+impl<F: Future + Send + 'static> RunToEnd<F>
+where
+    F::Output: Send + 'static,
+{
+    fn new(f: F) -> Self {
+        Self(Some(Box::pin(f)))
+    }
+}
+
+impl<F: Future + Send + 'static> Future for RunToEnd<F>
+where
+    F::Output: Send + 'static,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.get_mut();
+        let Some(f) = this.0.as_mut() else {
+            // As an `async` block would, and only ever by a mistake here.
+            panic!("RunToEnd polled after it finished");
+        };
+        let out = std::task::ready!(f.as_mut().poll(cx));
+        this.0 = None;
+        Poll::Ready(out)
+    }
+}
+
+impl<F: Future + Send + 'static> Drop for RunToEnd<F>
+where
+    F::Output: Send + 'static,
+{
+    fn drop(&mut self) {
+        // Outside a runtime (it is being shut down) nothing can run it; the
+        // store voids the claims of deliveries not handed over at the next
+        // start, so they are still sent.
+        if let Some(f) = self.0.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            drop(runtime.spawn(f));
         }
     }
 }
