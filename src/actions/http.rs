@@ -44,7 +44,60 @@ enum Url {
     /// when the rules load, as parsing is most of what rendering it costs.
     Fixed { text: String, parsed: reqwest::Url },
     /// A URL with `{{…}}`, parsed each time it is rendered.
-    Template(TemplateRef),
+    Template {
+        template: TemplateRef,
+        /// Where the template fills in only the path, query or fragment.
+        origin: Option<Origin>,
+    },
+}
+
+/// The scheme and authority of a URL template (`https://host:port`), when
+/// they are plain text: parsed once, when the rules load. A rendered URL
+/// that begins with them is parsed from its path on, against them, which
+/// is the same URL without parsing (and IDNA-processing) the host again.
+#[derive(Debug)]
+struct Origin {
+    text: String,
+    parsed: reqwest::Url,
+}
+
+impl Origin {
+    /// The origin of a URL template, if its text up to the first `{{`
+    /// holds the whole authority.
+    fn of(template: &str) -> Option<Self> {
+        let literal = &template[..template.find("{{")?];
+        let authority = literal.find("://")? + 3;
+        // Where the authority of an http(s) URL ends.
+        let end = authority + literal[authority..].find(['/', '?', '#', '\\'])?;
+        let text = &literal[..end];
+        Some(Origin {
+            text: text.to_string(),
+            parsed: reqwest::Url::parse(text).ok()?,
+        })
+    }
+}
+
+/// Parse a rendered URL; from its path on only when it begins with
+/// `origin`. A path that begins with two slashes would be read as another
+/// authority when parsed alone, so such a URL is parsed whole.
+fn parse_rendered(url: &str, origin: Option<&Origin>) -> Result<reqwest::Url, String> {
+    if let Some(o) = origin
+        && let Some(rest) = url.strip_prefix(o.text.as_str())
+    {
+        let slash = |b: Option<u8>| matches!(b, Some(b'/' | b'\\'));
+        // Parsing drops tabs and newlines wherever they are.
+        let mut b = rest.bytes().filter(|b| !matches!(b, b'\t' | b'\n' | b'\r'));
+        let (first, second) = (b.next(), b.next());
+        let another_authority = slash(first) && slash(second);
+        if matches!(rest.as_bytes().first(), Some(b'/' | b'?' | b'#' | b'\\')) && !another_authority
+        {
+            return reqwest::Url::options()
+                .base_url(Some(&o.parsed))
+                .parse(rest)
+                .map_err(|e| e.to_string());
+        }
+    }
+    reqwest::Url::parse(url).map_err(|e| e.to_string())
 }
 
 #[derive(Debug)]
@@ -93,8 +146,9 @@ pub(super) fn compile(raw: RawHttp, c: &mut Compiler) -> Option<HttpAction> {
         if !(raw.url.starts_with("http://") || raw.url.starts_with("https://")) {
             c.error("url", "must start with http:// or https://");
         }
+        let origin = Origin::of(&raw.url);
         c.template("url", &TemplateSource::Inline(raw.url), Escape::Url)
-            .map(Url::Template)
+            .map(|template| Url::Template { template, origin })
     };
     let mut headers = Vec::new();
     for (name, value) in raw.headers {
@@ -152,9 +206,9 @@ impl HttpAction {
     pub(super) fn render(&self, t: &Templates, ctx: &Data) -> Result<HttpRequest, String> {
         let (url, target) = match &self.url {
             Url::Fixed { text, parsed } => (text.clone(), parsed.clone()),
-            Url::Template(template) => {
+            Url::Template { template, origin } => {
                 let url = t.render(template, ctx)?;
-                let target = reqwest::Url::parse(&url)
+                let target = parse_rendered(&url, origin.as_ref())
                     .map_err(|e| format!("rendered url is invalid: {e}"))?;
                 (url, target)
             }
@@ -252,4 +306,71 @@ pub(super) async fn send(
         req = req.body(b.clone());
     }
     super::classify_http(req.send().await).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn the_origin_is_the_plain_text_before_the_path() {
+        let origin = |t: &str| Origin::of(t).map(|o| (o.text, o.parsed.to_string()));
+        assert_eq!(
+            origin("http://127.0.0.1:8080/audit/{{event}}"),
+            Some((
+                "http://127.0.0.1:8080".into(),
+                "http://127.0.0.1:8080/".into()
+            ))
+        );
+        assert_eq!(
+            origin("HTTPS://Hooks.Example.COM:443?u={{from_user}}"),
+            Some((
+                "HTTPS://Hooks.Example.COM:443".into(),
+                "https://hooks.example.com/".into()
+            ))
+        );
+        // The host or the port is filled in, or nothing is plain text.
+        assert_eq!(origin("http://{{host}}/x"), None);
+        assert_eq!(origin("http://h:{{port}}/x"), None);
+        assert_eq!(origin("{{url}}"), None);
+    }
+
+    #[test]
+    fn a_path_that_names_another_host_is_parsed_whole() {
+        let o = Origin::of("http://host/{{p}}");
+        for url in [
+            "http://host//evil.example/x",
+            "http://host/\\evil.example/x",
+            "http://host/\t/evil.example/x",
+        ] {
+            let parsed = parse_rendered(url, o.as_ref()).unwrap();
+            assert_eq!(parsed.host_str(), Some("host"), "{url}");
+            assert_eq!(parsed, reqwest::Url::parse(url).unwrap());
+        }
+    }
+
+    proptest! {
+        /// Parsed from its path on, a rendered URL is the URL that parsing it
+        /// whole gives, or fails as that does.
+        #[test]
+        fn a_url_parsed_from_its_path_on_is_the_url_parsed_whole(
+            origin in prop::sample::select(vec![
+                "http://127.0.0.1:8080",
+                "https://hooks.example.com",
+                "HTTP://User:pw@Example.COM:80",
+                "https://[::1]:8443",
+                "http://例子.测试",
+                "http://host",
+            ]),
+            rest in r#"[/?#\\ a]{0,1}[/\\?#%.:@ \t\n\r\x00\x1f\[\]|^`{}"<>a-zA-Z0-9é用~_-]{0,24}"#,
+        ) {
+            let url = format!("{origin}{rest}");
+            let o = Origin::of(&format!("{origin}/{{{{x}}}}"));
+            prop_assert!(o.is_some());
+            let fast = parse_rendered(&url, o.as_ref());
+            let whole = reqwest::Url::parse(&url).map_err(|e| e.to_string());
+            prop_assert_eq!(fast, whole);
+        }
+    }
 }
