@@ -40,6 +40,9 @@ pub struct Rule {
     pub actions: Vec<usize>,
     /// Rules after a matching rule with `stop` are not evaluated.
     pub stop: bool,
+    /// This rule's counter of accepted events that matched it, looked up
+    /// in its metric family at the first match rather than at every one.
+    pub matches: std::sync::OnceLock<prometheus_client::metrics::counter::Counter>,
 }
 
 impl Rule {
@@ -110,12 +113,16 @@ const INDEXED_FIELDS: [Field; 10] = [
 /// filed once, under the values that one of its conditions requires (or as
 /// "always" when none pins a value), so evaluation visits only the rules
 /// filed under the event's own values plus the unindexed ones.
+///
+/// Its maps hash with foldhash rather than SipHash: a callback's values are
+/// only looked up, never inserted, so no input can fill a map with keys
+/// that collide, and a lookup hashes several values per callback.
 #[derive(Debug, Default)]
 struct RuleIndex {
     /// Per field of [`INDEXED_FIELDS`]: value → rules, ascending.
-    by_value: Vec<(Field, HashMap<String, Vec<usize>>)>,
+    by_value: Vec<(Field, foldhash::HashMap<String, Vec<usize>>)>,
     /// Event family → rules whose `event` names the family.
-    by_family: HashMap<String, Vec<usize>>,
+    by_family: foldhash::HashMap<String, Vec<usize>>,
     always: Vec<usize>,
 }
 
@@ -140,7 +147,7 @@ impl RuleIndex {
                         let pos = match self.by_value.iter().position(|(f, _)| f == field) {
                             Some(p) => p,
                             None => {
-                                self.by_value.push((field.clone(), HashMap::new()));
+                                self.by_value.push((field.clone(), Default::default()));
                                 self.by_value.len() - 1
                             }
                         };
@@ -390,6 +397,7 @@ impl RuleSet {
             unless,
             actions,
             stop: raw.stop,
+            matches: Default::default(),
         })
     }
 

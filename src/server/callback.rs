@@ -21,6 +21,8 @@ use warp::reply::Response;
 
 use super::{AppState, error_reply, json_reply, raw_json_reply};
 use crate::callback::Callback;
+use crate::rules::Rule;
+use crate::snapshot::Snapshot;
 use crate::store::{Accepted, Claimed, NewDelivery, NewEvent, StoreError};
 use crate::verify;
 
@@ -55,8 +57,8 @@ struct Outcome {
     status: StatusCode,
     result: &'static str,
     event: String,
-    /// Names of the matching rules, comma-separated.
-    rules: String,
+    /// The matching rules.
+    rules: Matched,
     /// The bounded `event` label for metrics.
     event_label: &'static str,
     response: Response,
@@ -68,7 +70,7 @@ impl Outcome {
             status,
             result,
             event: String::new(),
-            rules: String::new(),
+            rules: Matched::default(),
             event_label: "other",
             response: error_reply(status, message),
         }
@@ -110,7 +112,7 @@ where
         return r;
     }
     let started = Instant::now();
-    let accepted = match accept(&state, &snapshot, length, body).await {
+    let accepted = match accept(&state, snapshot, length, body).await {
         Ok(accepted) => accepted,
         Err(refused) => return record(&state, refused, started),
     };
@@ -205,16 +207,44 @@ struct Ready {
     window: u64,
     handoff: Option<Vec<OwnedPermit<Claimed>>>,
     callback: Arc<Callback>,
-    /// Names of the matching rules, for their counters.
-    matched_rules: Vec<String>,
+    /// The matching rules, for their counters and the log line.
+    matched: Matched,
     event_label: &'static str,
+}
+
+/// The rules a callback matched: their indexes in the snapshot that matched
+/// it. Their names are written out only if the log line is.
+#[derive(Default)]
+struct Matched {
+    snapshot: Option<Arc<Snapshot>>,
+    rules: Vec<usize>,
+}
+
+impl Matched {
+    fn rules(&self) -> impl Iterator<Item = &Rule> {
+        let all = self.snapshot.as_ref().map_or(&[][..], |s| &s.rules.rules);
+        self.rules.iter().filter_map(|&i| all.get(i))
+    }
+}
+
+/// The names, comma-separated.
+impl std::fmt::Display for Matched {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, rule) in self.rules().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            f.write_str(&rule.name)?;
+        }
+        Ok(())
+    }
 }
 
 /// Read, parse, verify and match a callback: what is left is to commit it,
 /// or how it was refused.
 async fn accept<S, B>(
     state: &AppState,
-    snapshot: &crate::snapshot::Snapshot,
+    snapshot: Arc<Snapshot>,
     length: Option<u64>,
     body: S,
 ) -> Result<Ready, Outcome>
@@ -295,7 +325,7 @@ where
             }
         })
         .collect();
-    let matched_rules: Vec<String> = evaluation
+    let rule_names: Vec<String> = evaluation
         .rules
         .iter()
         .map(|&i| rules.rules[i].name.clone())
@@ -314,16 +344,20 @@ where
         event: cb.event.clone(),
         received_at_ms: now,
         body: cb.text(),
-        rules: matched_rules.clone(),
+        rules: rule_names,
         deliveries,
         lease_until: handoff.as_ref().map(|_| now + snapshot.lease_ms),
     };
+    let window = settings.dedup_window.as_millis() as u64;
     Ok(Ready {
         new,
-        window: settings.dedup_window.as_millis() as u64,
+        window,
         handoff,
         callback: cb,
-        matched_rules,
+        matched: Matched {
+            rules: evaluation.rules,
+            snapshot: Some(snapshot),
+        },
         event_label,
     })
 }
@@ -332,23 +366,25 @@ impl Ready {
     /// Commit, hand off, count: how the callback ended.
     async fn finish(self, state: &AppState) -> Outcome {
         let event = self.callback.event.clone();
-        let matched = self.matched_rules.join(",");
         let committed = commit(state, self.new, self.window, self.handoff, self.callback).await;
         match committed {
             Ok(Accepted::New { id, .. }) => {
                 state.accepted.fetch_add(1, Ordering::Relaxed);
-                for rule in self.matched_rules {
-                    state
-                        .metrics
-                        .rule_matches
-                        .get_or_create(&crate::metrics::RuleLabels { rule })
+                for rule in self.matched.rules() {
+                    rule.matches
+                        .get_or_init(|| {
+                            let labels = crate::metrics::RuleLabels {
+                                rule: rule.name.clone(),
+                            };
+                            state.metrics.rule_matches.get_or_create(&labels).clone()
+                        })
                         .inc();
                 }
                 Outcome {
                     status: StatusCode::OK,
                     result: "accepted",
                     event,
-                    rules: matched,
+                    rules: self.matched,
                     event_label: self.event_label,
                     // The id is a UUID: nothing in it needs escaping.
                     response: raw_json_reply(
@@ -361,7 +397,7 @@ impl Ready {
                 status: StatusCode::OK,
                 result: "duplicate",
                 event,
-                rules: matched,
+                rules: self.matched,
                 event_label: self.event_label,
                 response: raw_json_reply(StatusCode::OK, r#"{"ok":true,"duplicate":true}"#),
             },
