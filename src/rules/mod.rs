@@ -221,7 +221,8 @@ pub struct RuleSet {
     pub rules: Vec<Rule>,
     pub actions: Vec<Action>,
     pub templates: Templates,
-    action_by_name: HashMap<String, usize>,
+    /// foldhash, as in [`RuleIndex`]: looked up for every delivery.
+    action_by_name: foldhash::HashMap<String, usize>,
     index: RuleIndex,
     /// The rule files that were read, in order.
     pub files: Vec<PathBuf>,
@@ -290,7 +291,7 @@ impl RuleSet {
             rules: Vec::new(),
             actions: Vec::new(),
             templates,
-            action_by_name: HashMap::new(),
+            action_by_name: Default::default(),
             index: RuleIndex::default(),
             files,
             warnings: Vec::new(),

@@ -267,31 +267,36 @@ where
     // Sized from the announced length (already known to be within the
     // limit), so the buffer is allocated once.
     let capacity = length.unwrap_or(0) as usize;
-    let body =
-        match tokio::time::timeout(BODY_READ_TIMEOUT, read_limited(body, limit, capacity)).await {
-            Err(_) => {
-                return Err(Outcome::error(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "bad_request",
-                    "body not received in time",
-                ));
-            }
-            Ok(Err(ReadError::TooLarge)) => {
-                return Err(Outcome::error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "too_large",
-                    "body too large",
-                ));
-            }
-            Ok(Err(ReadError::Io)) => {
-                return Err(Outcome::error(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    "could not read body",
-                ));
-            }
-            Ok(Ok(b)) => b,
-        };
+    // A body that came with its headers is read without arming a timer.
+    let mut read = std::pin::pin!(read_limited(body, limit, capacity));
+    let read = match futures_util::poll!(read.as_mut()) {
+        Poll::Ready(read) => Ok(read),
+        Poll::Pending => tokio::time::timeout(BODY_READ_TIMEOUT, read).await,
+    };
+    let body = match read {
+        Err(_) => {
+            return Err(Outcome::error(
+                StatusCode::REQUEST_TIMEOUT,
+                "bad_request",
+                "body not received in time",
+            ));
+        }
+        Ok(Err(ReadError::TooLarge)) => {
+            return Err(Outcome::error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                "body too large",
+            ));
+        }
+        Ok(Err(ReadError::Io)) => {
+            return Err(Outcome::error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "could not read body",
+            ));
+        }
+        Ok(Ok(b)) => b,
+    };
     let cb = match Callback::parse(&body) {
         Ok(cb) => cb,
         Err(e) => {
