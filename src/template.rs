@@ -177,6 +177,13 @@ impl Plan {
     /// build; `None` if a name is not one `data` knows (left to Handlebars).
     fn render(&self, data: &Data, escape: Escape) -> Option<String> {
         let mut out = String::new();
+        self.render_into(data, escape, &mut out)?;
+        Some(out)
+    }
+
+    /// [`Plan::render`], appending to `out`; on `None`, `out` holds part of
+    /// the text.
+    fn render_into(&self, data: &Data, escape: Escape, out: &mut String) -> Option<()> {
         for piece in &self.0 {
             match piece {
                 Piece::Text(s) => out.push_str(s),
@@ -196,7 +203,7 @@ impl Plan {
                 }
             }
         }
-        Some(out)
+        Some(())
     }
 }
 
@@ -350,6 +357,25 @@ impl Templates {
             return Ok(text);
         }
         self.by_handlebars(t, data.context())
+    }
+
+    /// [`Templates::render`], appending to `out`: a caller rendering
+    /// several templates in turn reuses one buffer.
+    pub fn render_into(
+        &self,
+        t: &TemplateRef,
+        data: &Data,
+        out: &mut String,
+    ) -> Result<(), String> {
+        let start = out.len();
+        if let Some(plan) = &t.plan {
+            if plan.render_into(data, t.escape, out).is_some() {
+                return Ok(());
+            }
+            out.truncate(start);
+        }
+        out.push_str(&self.by_handlebars(t, data.context())?);
+        Ok(())
     }
 
     /// Render a registered template with Handlebars, whatever its plan.
@@ -941,6 +967,19 @@ mod tests {
                 received += chrono::Duration::milliseconds(1);
             }
         }
+        // Rendered into a buffer, the text comes after what it holds. With
+        // data whose values a plan cannot read, what the plan wrote before
+        // finding that out gives way to Handlebars' text.
+        let r = t
+            .register_inline("t#a", Escape::Plain, "a{{event}}b")
+            .unwrap();
+        let mut out = String::from("before|");
+        t.render_into(&r, &data(&cb, Reads::All), &mut out).unwrap();
+        assert_eq!(out, format!("before|a{}b", cb.event));
+        let ctx = Data::from_context(TemplateData::from(json!({"event": "E"})));
+        let mut out = String::from("before|");
+        t.render_into(&r, &ctx, &mut out).unwrap();
+        assert_eq!(out, "before|aEb");
         // The plan is what renders: with the registry's template replaced,
         // a reference made before still renders the text it planned; and
         // the context was never built.

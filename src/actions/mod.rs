@@ -278,7 +278,7 @@ impl Compiler<'_> {
                 map.into_iter()
                     .map(|(k, v)| {
                         let node = self.json_node(&format!("{path}.{k}"), v, escape);
-                        (k, node)
+                        (Value::String(k).to_string(), node)
                     })
                     .collect(),
             ),
@@ -294,6 +294,8 @@ pub enum JsonTemplate {
     Literal(Value),
     Template(TemplateRef),
     Array(Vec<JsonTemplate>),
+    /// Each key as JSON text (quoted and escaped), written when the rules
+    /// load rather than for every delivery.
     Object(Vec<(String, JsonTemplate)>),
 }
 
@@ -304,25 +306,37 @@ impl JsonTemplate {
     /// building a `Value` (a hashed map per object) only to print it.
     pub fn render(&self, t: &Templates, ctx: &Data) -> Result<String, String> {
         let mut out = Vec::new();
-        self.write(t, ctx, &mut out)?;
+        // Each template renders into this one buffer, in turn.
+        let mut scratch = String::new();
+        self.write(t, ctx, &mut out, &mut scratch)?;
         // Only the serializer and ASCII punctuation wrote to it.
         String::from_utf8(out).map_err(|e| e.to_string())
     }
 
-    fn write(&self, t: &Templates, ctx: &Data, out: &mut Vec<u8>) -> Result<(), String> {
+    fn write(
+        &self,
+        t: &Templates,
+        ctx: &Data,
+        out: &mut Vec<u8>,
+        scratch: &mut String,
+    ) -> Result<(), String> {
         fn json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) -> Result<(), String> {
             serde_json::to_writer(out, v).map_err(|e| e.to_string())
         }
         match self {
             JsonTemplate::Literal(v) => json(out, v)?,
-            JsonTemplate::Template(r) => json(out, &t.render(r, ctx)?)?,
+            JsonTemplate::Template(r) => {
+                scratch.clear();
+                t.render_into(r, ctx, scratch)?;
+                json(out, scratch.as_str())?
+            }
             JsonTemplate::Array(items) => {
                 out.push(b'[');
                 for (i, item) in items.iter().enumerate() {
                     if i > 0 {
                         out.push(b',');
                     }
-                    item.write(t, ctx, out)?;
+                    item.write(t, ctx, out, scratch)?;
                 }
                 out.push(b']');
             }
@@ -332,9 +346,9 @@ impl JsonTemplate {
                     if i > 0 {
                         out.push(b',');
                     }
-                    json(out, k)?;
+                    out.extend_from_slice(k.as_bytes());
                     out.push(b':');
-                    v.write(t, ctx, out)?;
+                    v.write(t, ctx, out, scratch)?;
                 }
                 out.push(b'}');
             }
