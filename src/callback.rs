@@ -9,6 +9,7 @@
 use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 
+use compact_str::ToCompactString;
 use md5::{Digest, Md5};
 use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
@@ -29,6 +30,11 @@ pub enum ParseError {
     BadTimestamp,
 }
 
+/// The text of a callback's field: kept inline when it is short (up to 24
+/// bytes, as most fields of a callback are), so that parsing one does not
+/// allocate for each of its fields.
+pub type Text = compact_str::CompactString;
+
 /// A parsed callback.
 #[derive(Debug, Clone)]
 pub struct Callback {
@@ -37,26 +43,26 @@ pub struct Callback {
     raw: OnceLock<Value>,
     /// The body it was parsed from, when it came as bytes.
     body: Option<Arc<str>>,
-    pub call_id: String,
-    pub security: String,
+    pub call_id: Text,
+    pub security: Text,
     /// Milliseconds since the epoch.
     pub timestamp: u64,
     /// The timestamp as its decimal digits, exactly as signed.
-    pub timestamp_text: String,
-    pub chat_type: Option<String>,
-    pub operation: Option<String>,
-    pub event_type: Option<String>,
-    pub appkey: Option<String>,
-    pub host: Option<String>,
-    pub from: Option<String>,
-    pub to: Option<String>,
-    pub msg_id: Option<String>,
+    pub timestamp_text: Text,
+    pub chat_type: Option<Text>,
+    pub operation: Option<Text>,
+    pub event_type: Option<Text>,
+    pub appkey: Option<Text>,
+    pub host: Option<Text>,
+    pub from: Option<Text>,
+    pub to: Option<Text>,
+    pub msg_id: Option<Text>,
     /// `from` without the `{appkey}_` prefix and `@easemob.com` suffix.
-    pub from_user: String,
+    pub from_user: Text,
     /// `to`, normalized like `from_user`.
-    pub to_user: String,
+    pub to_user: Text,
     /// `roster:ban`, `chat`, … (see [`event_name`]).
-    pub event: String,
+    pub event: Text,
     /// Identifies a repeat of the same event (see [`Callback::dedup_key`]).
     pub dedup_key: String,
 }
@@ -138,7 +144,7 @@ impl Callback {
             None | Some(Scalar::Null) => return Err(ParseError::Missing("timestamp")),
             Some(Scalar::Num(n)) => {
                 let t = n.as_u64().ok_or(ParseError::BadTimestamp)?;
-                (t, t.to_string())
+                (t, t.to_compact_string())
             }
             Some(Scalar::Str(s)) => {
                 if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
@@ -146,7 +152,7 @@ impl Callback {
                 }
                 (
                     s.parse().map_err(|_| ParseError::BadTimestamp)?,
-                    s.to_owned(),
+                    Text::new(s),
                 )
             }
             Some(Scalar::Other) => return Err(ParseError::BadTimestamp),
@@ -159,10 +165,10 @@ impl Callback {
         let to = optional_str(obj, "to");
         let from_user = from
             .as_deref()
-            .map_or_else(String::new, |f| normalize_user(f, appkey.as_deref()));
+            .map_or_else(Text::default, |f| normalize_user(f, appkey.as_deref()));
         let to_user = to
             .as_deref()
-            .map_or_else(String::new, |t| normalize_user(t, appkey.as_deref()));
+            .map_or_else(Text::default, |t| normalize_user(t, appkey.as_deref()));
         let event = event_name(
             chat_type.as_deref(),
             operation.as_deref(),
@@ -492,45 +498,45 @@ pub fn value_text(v: &Value) -> std::borrow::Cow<'_, str> {
     }
 }
 
-fn required_str(obj: &impl Fields, key: &'static str) -> Result<String, ParseError> {
+fn required_str(obj: &impl Fields, key: &'static str) -> Result<Text, ParseError> {
     match obj.get(key) {
         None | Some(Scalar::Null) => Err(ParseError::Missing(key)),
         Some(Scalar::Str("")) => Err(ParseError::Missing(key)),
-        Some(Scalar::Str(s)) => Ok(s.to_owned()),
+        Some(Scalar::Str(s)) => Ok(Text::new(s)),
         Some(_) => Err(ParseError::NotString(key)),
     }
 }
 
 /// Strings as they are; numbers as their digits (some ids arrive as numbers);
 /// anything else is treated as absent.
-fn optional_str(obj: &impl Fields, key: &str) -> Option<String> {
+fn optional_str(obj: &impl Fields, key: &str) -> Option<Text> {
     obj.get(key).and_then(scalar_text)
 }
 
-fn scalar_text(v: Scalar<'_>) -> Option<String> {
+fn scalar_text(v: Scalar<'_>) -> Option<Text> {
     match v {
-        Scalar::Str(s) => Some(s.to_owned()),
-        Scalar::Num(n) => Some(n.to_string()),
+        Scalar::Str(s) => Some(Text::new(s)),
+        Scalar::Num(n) => Some(n.to_compact_string()),
         Scalar::Null | Scalar::Other => None,
     }
 }
 
 /// `{appkey}_{userid}@easemob.com` → `userid`; a plain id stays as it is.
-pub fn normalize_user(raw: &str, appkey: Option<&str>) -> String {
+pub fn normalize_user(raw: &str, appkey: Option<&str>) -> Text {
     let s = raw.strip_suffix("@easemob.com").unwrap_or(raw);
     if let Some(appkey) = appkey.filter(|a| !a.is_empty())
         && let Some(rest) = s.strip_prefix(appkey).and_then(|r| r.strip_prefix('_'))
     {
-        return rest.to_string();
+        return Text::new(rest);
     }
     // An appkey is `org#app` and neither part contains `_`, so the first `_`
     // after the `#` ends the prefix even when the body's appkey is missing.
     if let Some(hash) = s.find('#')
         && let Some(us) = s[hash..].find('_')
     {
-        return s[hash + us + 1..].to_string();
+        return Text::new(&s[hash + us + 1..]);
     }
-    s.to_string()
+    Text::new(s)
 }
 
 /// The event name rules match on: `chat_type:operation` when both exist,
@@ -540,18 +546,24 @@ pub fn event_name(
     operation: Option<&str>,
     event: Option<&str>,
     event_type: Option<&str>,
-) -> String {
+) -> Text {
     match (
         chat_type.filter(|s| !s.is_empty()),
         operation.filter(|s| !s.is_empty()),
     ) {
-        (Some(c), Some(o)) => [c, ":", o].concat(),
-        (Some(c), None) => c.to_string(),
+        (Some(c), Some(o)) => {
+            let mut name = Text::with_capacity(c.len() + 1 + o.len());
+            name.push_str(c);
+            name.push(':');
+            name.push_str(o);
+            name
+        }
+        (Some(c), None) => Text::new(c),
         _ => event
             .or(event_type)
             .filter(|s| !s.is_empty())
             .unwrap_or("unknown")
-            .to_string(),
+            .into(),
     }
 }
 

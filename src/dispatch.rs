@@ -18,6 +18,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::actions::{Outcome, RateLimit, Senders};
+use crate::callback::Text;
 use crate::server::AppState;
 use crate::shutdown::Shutdown;
 use crate::store::{Claimed, Record};
@@ -357,9 +358,9 @@ impl Dispatcher {
         &self,
         snapshot: &crate::snapshot::Snapshot,
         c: &Claimed,
-    ) -> Result<(Outcome, u32, String), (Record, String)> {
+    ) -> Result<(Outcome, u32, Text), (Record, Text)> {
         let settings = &snapshot.settings;
-        let dead = |error: String, event: &str| (Record::Dead { error }, event.to_string());
+        let dead = |error: String, event: &str| (Record::Dead { error }, Text::new(event));
         let cb = c
             .callback
             .as_deref()

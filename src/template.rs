@@ -512,7 +512,7 @@ enum Field<'a> {
 /// each holds, for the context and for plans alike.
 fn field<'a>(cb: &'a Callback, received_at: DateTime<Utc>, name: &str) -> Option<Field<'a>> {
     let text = |s: &'a str| Field::Text(Cow::Borrowed(s));
-    let opt = |v: &'a Option<String>| text(v.as_deref().unwrap_or_default());
+    let opt = |v: &'a Option<crate::callback::Text>| text(v.as_deref().unwrap_or_default());
     let instant = |t: DateTime<Utc>| {
         Field::Text(Cow::Owned(
             t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),

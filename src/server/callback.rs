@@ -20,7 +20,7 @@ use warp::http::{Method, StatusCode};
 use warp::reply::Response;
 
 use super::{AppState, error_reply, json_reply, raw_json_reply};
-use crate::callback::Callback;
+use crate::callback::{Callback, Text};
 use crate::rules::Rule;
 use crate::snapshot::Snapshot;
 use crate::store::{Accepted, Claimed, NewDelivery, NewEvent, StoreError};
@@ -56,7 +56,7 @@ pub fn routes(
 struct Outcome {
     status: StatusCode,
     result: &'static str,
-    event: String,
+    event: Text,
     /// The matching rules.
     rules: Matched,
     /// The bounded `event` label for metrics.
@@ -69,7 +69,7 @@ impl Outcome {
         Self {
             status,
             result,
-            event: String::new(),
+            event: Text::default(),
             rules: Matched::default(),
             event_label: "other",
             response: error_reply(status, message),
@@ -346,7 +346,7 @@ where
     let new = NewEvent {
         id: uuid::Uuid::now_v7().to_string(),
         dedup_key: cb.dedup_key.clone(),
-        event: cb.event.clone(),
+        event: cb.event.to_string(),
         received_at_ms: now,
         body: cb.text(),
         rules: rule_names,
