@@ -19,6 +19,7 @@ use tracing::Instrument;
 
 use crate::actions::{Outcome, RateLimit, Senders};
 use crate::callback::Text;
+use crate::metrics::{ActionMetrics, DeliveryOutcome};
 use crate::server::AppState;
 use crate::shutdown::Shutdown;
 use crate::store::{Claimed, Record};
@@ -328,16 +329,18 @@ impl Dispatcher {
         let ms = elapsed.as_millis() as u64;
         let m = &self.state.metrics;
         let outcome = match &record {
-            Record::Sent => "sent",
-            Record::Retry { .. } => "retried",
-            Record::Dead { .. } => "dead",
+            Record::Sent => DeliveryOutcome::Sent,
+            Record::Retry { .. } => DeliveryOutcome::Retried,
+            Record::Dead { .. } => DeliveryOutcome::Dead,
         };
-        m.count_delivery(c.action.clone(), outcome);
-        m.delivery_duration
-            .get_or_create(&crate::metrics::ActionLabels {
-                action: c.action.clone(),
-            })
-            .observe(elapsed.as_secs_f64());
+        // An action gone from the rule set is counted all the same.
+        let gone = ActionMetrics::default();
+        let am = snapshot
+            .rules
+            .action(&c.action)
+            .map_or(&gone, |a| &a.metrics);
+        am.count(m, &c.action, outcome);
+        am.observe(m, &c.action, elapsed.as_secs_f64());
         match &record {
             Record::Sent => {
                 tracing::info!(event = %event, attempt = c.attempts + 1, ms, "delivered")

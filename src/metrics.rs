@@ -11,6 +11,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::sync::OnceLock;
 use std::sync::atomic::AtomicU64;
 
 use crate::callback::{Callback, ROSTER_OPERATIONS};
@@ -109,14 +110,67 @@ impl Default for Metrics {
     }
 }
 
-impl Metrics {
-    /// Count one delivery attempt's outcome (`sent`, `retried`, `dead`).
-    pub fn count_delivery(&self, action: String, outcome: &'static str) {
-        self.deliveries
-            .get_or_create(&DeliveryLabels { action, outcome })
+/// How one delivery attempt ended, as `easehook_deliveries_total` counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    // Also where each is in `ActionMetrics::outcomes`.
+    Sent = 0,
+    Retried = 1,
+    Dead = 2,
+}
+
+impl DeliveryOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryOutcome::Sent => "sent",
+            DeliveryOutcome::Retried => "retried",
+            DeliveryOutcome::Dead => "dead",
+        }
+    }
+}
+
+/// One action's delivery counters and duration histogram, each looked up
+/// in its family at its first use rather than at every delivery (which
+/// would copy the action's name into a label set and hash it). An action
+/// keeps its own for as long as its rule set is in force; the series
+/// themselves live in the families, so a reload continues them.
+///
+/// They belong to the first [`Metrics`] they are used with: a rule set is
+/// loaded by, and used with, one daemon.
+#[derive(Debug, Default)]
+pub struct ActionMetrics {
+    outcomes: [OnceLock<Counter>; 3],
+    duration: OnceLock<Histogram>,
+}
+
+impl ActionMetrics {
+    /// Count one attempt of action `name`.
+    pub fn count(&self, m: &Metrics, name: &str, outcome: DeliveryOutcome) {
+        self.outcomes[outcome as usize]
+            .get_or_init(|| {
+                let labels = DeliveryLabels {
+                    action: name.to_string(),
+                    outcome: outcome.as_str(),
+                };
+                m.deliveries.get_or_create(&labels).clone()
+            })
             .inc();
     }
 
+    /// Record how long an attempt of action `name` took.
+    pub fn observe(&self, m: &Metrics, name: &str, seconds: f64) {
+        self.duration
+            .get_or_init(|| {
+                let labels = ActionLabels {
+                    action: name.to_string(),
+                };
+                m.delivery_duration.get_or_create(&labels).clone()
+            })
+            .observe(seconds);
+    }
+}
+
+impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("easehook");
         let m = Metrics {

@@ -39,6 +39,8 @@ pub struct Action {
     /// more than that.
     pub reads: Reads,
     pub kind: ActionKind,
+    /// Its delivery counters and duration histogram.
+    pub metrics: crate::metrics::ActionMetrics,
 }
 
 /// The type-specific part of an action.
@@ -482,6 +484,7 @@ pub fn compile(value: serde_yaml::Value, c: &mut Compiler) -> Option<Action> {
             Reads::NotCallback
         },
         kind: kind?,
+        metrics: Default::default(),
     })
 }
 

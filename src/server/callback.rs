@@ -20,8 +20,10 @@ use warp::http::{Method, StatusCode};
 use warp::reply::Response;
 
 use super::{AppState, error_reply, json_reply, raw_json_reply};
+use crate::actions::Action;
 use crate::callback::{Callback, Text};
-use crate::rules::Rule;
+use crate::metrics::{ActionMetrics, DeliveryOutcome};
+use crate::rules::{Rule, RuleSet};
 use crate::snapshot::Snapshot;
 use crate::store::{Accepted, Claimed, NewDelivery, NewEvent, StoreError};
 use crate::verify;
@@ -371,7 +373,16 @@ impl Ready {
     /// Commit, hand off, count: how the callback ended.
     async fn finish(self, state: &AppState) -> Outcome {
         let event = self.callback.event.clone();
-        let committed = commit(state, self.new, self.window, self.handoff, self.callback).await;
+        let rules = self.matched.snapshot.as_ref().map(|s| &s.rules);
+        let committed = commit(
+            state,
+            rules,
+            self.new,
+            self.window,
+            self.handoff,
+            self.callback,
+        )
+        .await;
         match committed {
             Ok(Accepted::New { id, .. }) => {
                 state.accepted.fetch_add(1, Ordering::Relaxed);
@@ -432,6 +443,7 @@ fn reserve(handoff: &mpsc::Sender<Claimed>, n: usize) -> Option<Vec<OwnedPermit<
 /// `handoff` holds a slot for each) or wake it to claim them from the store.
 async fn commit(
     state: &AppState,
+    rules: Option<&RuleSet>,
     new: NewEvent,
     window: u64,
     handoff: Option<Vec<OwnedPermit<Claimed>>>,
@@ -453,7 +465,8 @@ async fn commit(
     let (done, to_send): (Vec<_>, Vec<_>) =
         deliveries.iter().zip(planned).partition(|(_, d)| d.done);
     for (&delivery, d) in done {
-        done_at_once(state, delivery, id, &callback.event, d);
+        let action = rules.and_then(|r| r.action(&d.action));
+        done_at_once(state, action, delivery, id, &callback.event, d);
     }
     match handoff {
         Some(permits) => {
@@ -478,10 +491,20 @@ async fn commit(
 
 /// Count and log a delivery the store took as already done, as the
 /// dispatcher does for each one it sends.
-fn done_at_once(state: &AppState, id: i64, event_id: &str, event: &str, d: NewDelivery) {
+fn done_at_once(
+    state: &AppState,
+    action: Option<&Action>,
+    id: i64,
+    event_id: &str,
+    event: &str,
+    d: NewDelivery,
+) {
     crate::dispatch::delivery_span(id, &d.action, &d.rule, event_id)
         .in_scope(|| tracing::info!(event = %event, attempt = 1, ms = 0, "delivered"));
-    state.metrics.count_delivery(d.action, "sent");
+    let gone = ActionMetrics::default();
+    action
+        .map_or(&gone, |a| &a.metrics)
+        .count(&state.metrics, &d.action, DeliveryOutcome::Sent);
 }
 
 enum ReadError {
