@@ -529,3 +529,26 @@ where
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_future_its_caller_stops_waiting_for_still_runs_to_its_end() {
+        let (open, gate) = tokio::sync::oneshot::channel::<()>();
+        let (finished, ended) = tokio::sync::oneshot::channel();
+        let mut f = Box::pin(RunToEnd::new(async move {
+            let _ = gate.await;
+            let _ = finished.send("ended");
+        }));
+        // Started, then dropped by its caller halfway.
+        assert!(futures_util::poll!(f.as_mut()).is_pending());
+        drop(f);
+        open.send(()).unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(5), ended).await;
+        assert_eq!(ended.expect("it ran on").expect("it ended"), "ended");
+        // Awaited to its end, it gives its output.
+        assert_eq!(RunToEnd::new(async { 7 }).await, 7);
+    }
+}

@@ -165,8 +165,16 @@ where
         };
         let _ = stream.set_nodelay(true);
         let svc = hyper_util::service::TowerToHyperService::new(service.clone());
+        // `half_close`: while a request is being answered, hyper does not
+        // read ahead to find out whether the client has gone. Such a read
+        // needs room in the connection's buffer, which the request still
+        // shares, so it cost a new 8 KiB buffer per request; and a
+        // callback's commit is carried through even when its caller has
+        // gone (see `callback::RunToEnd`), so nothing is gained by noticing
+        // before the answer is written.
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
+            .half_close(true)
             .header_read_timeout(limits.header_read_timeout)
             .serve_connection(TokioIo::new(stream), svc);
         let conn = graceful.watch(conn);
