@@ -251,6 +251,30 @@ async fn an_announced_huge_body_is_refused_without_being_read() {
 }
 
 #[tokio::test]
+async fn a_caller_that_shuts_its_sending_side_down_still_gets_its_answer() {
+    let app = spawn_app_with(Options::rules(LOG_RULES)).await;
+    let body = signed("roster:ban", "alice", "bob").to_string();
+    let mut conn = tokio::net::TcpStream::connect(app.callback_addr())
+        .await
+        .unwrap();
+    let request = format!(
+        "POST /easemob/callback HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(request.as_bytes()).await.unwrap();
+    conn.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut answer))
+        .await
+        .expect("answered")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(r#""ok":true,"id":""#), "{answer}");
+    assert_eq!(app.events().await.len(), 1);
+}
+
+#[tokio::test]
 async fn other_paths_and_methods_get_404_and_405() {
     let app = spawn_app().await;
     let base = app.callback_url.replace("/easemob/callback", "");
