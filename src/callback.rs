@@ -30,10 +30,7 @@ pub enum ParseError {
     BadTimestamp,
 }
 
-/// The text of a callback's field: kept inline when it is short (up to 24
-/// bytes, as most fields of a callback are), so that parsing one does not
-/// allocate for each of its fields.
-pub type Text = compact_str::CompactString;
+pub use crate::Text;
 
 /// A parsed callback.
 #[derive(Debug, Clone)]

@@ -253,7 +253,7 @@ impl Dispatcher {
         in_flight: &mut JoinSet<()>,
         outcomes: &Outcomes,
     ) {
-        let mut per_action: HashMap<String, u32> = HashMap::new();
+        let mut per_action: HashMap<Text, u32> = HashMap::new();
         for c in claimed {
             if let Some(wait) = self.throttle(snapshot, &c, &mut per_action) {
                 let deferred = Record::Retry {
@@ -286,7 +286,7 @@ impl Dispatcher {
         &self,
         snapshot: &crate::snapshot::Snapshot,
         c: &Claimed,
-        per_action: &mut HashMap<String, u32>,
+        per_action: &mut HashMap<Text, u32>,
     ) -> Option<Duration> {
         let limit = snapshot.rules.action(&c.action)?.rate_limit?;
         let wait = self.limiters.check(&c.action, limit)?;

@@ -52,3 +52,8 @@ pub mod store;
 pub mod telemetry;
 pub mod template;
 pub mod verify;
+
+/// Short text kept inline, without an allocation, when it fits in 24 bytes:
+/// a callback's fields, and the names of rules and actions that go with
+/// each event and delivery. Most of them fit.
+pub type Text = compact_str::CompactString;

@@ -326,16 +326,16 @@ where
         .map(|p| {
             let action = &rules.actions[p.action];
             NewDelivery {
-                action: action.name.clone(),
-                rule: rules.rules[p.rule].name.clone(),
+                action: Text::new(&action.name),
+                rule: Text::new(&rules.rules[p.rule].name),
                 done: action.is_done_at_once(),
             }
         })
         .collect();
-    let rule_names: Vec<String> = evaluation
+    let rule_names: Vec<Text> = evaluation
         .rules
         .iter()
-        .map(|&i| rules.rules[i].name.clone())
+        .map(|&i| Text::new(&rules.rules[i].name))
         .collect();
     let event_label = crate::metrics::event_label(Some(&cb));
     // Room in the dispatcher's hand-off for every delivery of this event:
@@ -348,7 +348,7 @@ where
     let new = NewEvent {
         id: uuid::Uuid::now_v7().to_string(),
         dedup_key: cb.dedup_key.clone(),
-        event: cb.event.to_string(),
+        event: cb.event.clone(),
         received_at_ms: now,
         body: cb.text(),
         rules: rule_names,

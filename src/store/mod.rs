@@ -22,6 +22,7 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 use serde::Serialize;
 
+use crate::Text;
 use crate::callback::Callback;
 
 /// An event ready to be stored, with the deliveries its rules asked for.
@@ -30,14 +31,14 @@ pub struct NewEvent {
     /// A fresh id (UUID v7: sortable by time).
     pub id: String,
     pub dedup_key: String,
-    pub event: String,
+    pub event: Text,
     /// Milliseconds since the epoch when the daemon received it.
     pub received_at_ms: u64,
     /// The callback's JSON text as received (shared with the parsed
     /// callback: the request path holds it once).
     pub body: Arc<str>,
     /// Names of the matching rules, in order.
-    pub rules: Vec<String>,
+    pub rules: Vec<Text>,
     /// The deliveries its rules asked for, in order.
     pub deliveries: Vec<NewDelivery>,
     /// Store the deliveries already claimed until this time (ms since the
@@ -49,9 +50,9 @@ pub struct NewEvent {
 /// A delivery of a new event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewDelivery {
-    pub action: String,
+    pub action: Text,
     /// The first matching rule that named the action.
-    pub rule: String,
+    pub rule: Text,
     /// Nothing is left to do: a `log` action whose level the log drops.
     /// It is stored as sent (one attempt) and never handed to the
     /// dispatcher, which would only find the same.
@@ -85,8 +86,8 @@ impl From<rusqlite::Error> for StoreError {
 pub struct Claimed {
     pub id: i64,
     pub event_id: String,
-    pub action: String,
-    pub rule: String,
+    pub action: Text,
+    pub rule: Text,
     /// Attempts made before this one.
     pub attempts: u32,
     pub received_at_ms: u64,

@@ -623,7 +623,7 @@ impl<'c> Writer<'c> {
         self.insert_event.execute(params![
             ev.id,
             ev.dedup_key,
-            ev.event,
+            ev.event.as_str(),
             now,
             p.rules_json,
             ev.body
@@ -632,11 +632,20 @@ impl<'c> Writer<'c> {
         let mut ids = Vec::with_capacity(ev.deliveries.len());
         for d in &ev.deliveries {
             if d.done {
-                self.insert_done
-                    .execute(params![ev.id, d.action, d.rule, now])?;
+                self.insert_done.execute(params![
+                    ev.id,
+                    d.action.as_str(),
+                    d.rule.as_str(),
+                    now
+                ])?;
             } else {
-                self.insert_delivery
-                    .execute(params![ev.id, d.action, d.rule, now, lease])?;
+                self.insert_delivery.execute(params![
+                    ev.id,
+                    d.action.as_str(),
+                    d.rule.as_str(),
+                    now,
+                    lease
+                ])?;
             }
             ids.push(self.conn.last_insert_rowid());
         }
@@ -752,8 +761,8 @@ fn decode(rows: Vec<ClaimedRow>) -> Vec<Claimed> {
             Claimed {
                 id: r.id,
                 event_id: r.event_id,
-                action: r.action,
-                rule: r.rule,
+                action: r.action.into(),
+                rule: r.rule.into(),
                 attempts: r.attempts,
                 received_at_ms: r.received_at as u64,
                 callback,
@@ -1018,7 +1027,7 @@ mod tests {
             deliveries: actions
                 .iter()
                 .map(|a| NewDelivery {
-                    action: a.to_string(),
+                    action: (*a).into(),
                     rule: "r".into(),
                     done: false,
                 })
