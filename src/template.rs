@@ -173,16 +173,9 @@ impl Plan {
         Some(Plan(pieces))
     }
 
-    /// The text, as Handlebars renders it from the context `data` would
-    /// build; `None` if a name is not one `data` knows (left to Handlebars).
-    fn render(&self, data: &Data, escape: Escape) -> Option<String> {
-        let mut out = String::new();
-        self.render_into(data, escape, &mut out)?;
-        Some(out)
-    }
-
-    /// [`Plan::render`], appending to `out`; on `None`, `out` holds part of
-    /// the text.
+    /// Append the text, as Handlebars renders it from the context `data`
+    /// would build; `None` if a name is not one `data` knows (left to
+    /// Handlebars), and then `out` holds part of the text.
     fn render_into(&self, data: &Data, escape: Escape, out: &mut String) -> Option<()> {
         for piece in &self.0 {
             match piece {
@@ -353,10 +346,9 @@ impl Templates {
     /// Render a registered template: by its plan if it has one, otherwise
     /// with Handlebars, from the context `data` builds on first use.
     pub fn render(&self, t: &TemplateRef, data: &Data) -> Result<String, String> {
-        if let Some(text) = t.plan.as_ref().and_then(|p| p.render(data, t.escape)) {
-            return Ok(text);
-        }
-        self.by_handlebars(t, data.context())
+        let mut out = String::new();
+        self.render_into(t, data, &mut out)?;
+        Ok(out)
     }
 
     /// [`Templates::render`], appending to `out`: a caller rendering
@@ -374,7 +366,13 @@ impl Templates {
             }
             out.truncate(start);
         }
-        out.push_str(&self.by_handlebars(t, data.context())?);
+        let text = self.by_handlebars(t, data.context())?;
+        // Into an empty buffer, Handlebars' own text is taken as it is.
+        if out.is_empty() {
+            *out = text;
+        } else {
+            out.push_str(&text);
+        }
         Ok(())
     }
 
