@@ -17,9 +17,9 @@ use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::actions::{Outcome, RateLimit, Senders};
+use crate::actions::{Action, Outcome, RateLimit, Senders};
 use crate::callback::Text;
-use crate::metrics::{ActionMetrics, DeliveryOutcome};
+use crate::metrics::DeliveryOutcome;
 use crate::server::AppState;
 use crate::shutdown::Shutdown;
 use crate::store::{Claimed, Record};
@@ -310,7 +310,10 @@ impl Dispatcher {
         let settings = &snapshot.settings;
         let d = &settings.delivery;
         let started = std::time::Instant::now();
-        let (record, event) = match self.render_and_send(&snapshot, &c).await {
+        // `None` when the action is gone from the rule set: the delivery is
+        // dead, and counted all the same.
+        let action = snapshot.rules.action(&c.action);
+        let (record, event) = match self.render_and_send(&snapshot, action, &c).await {
             Err((record, event)) => (record, event),
             Ok((outcome, max_attempts, event)) => (
                 decide(
@@ -333,14 +336,9 @@ impl Dispatcher {
             Record::Retry { .. } => DeliveryOutcome::Retried,
             Record::Dead { .. } => DeliveryOutcome::Dead,
         };
-        // An action gone from the rule set is counted all the same.
-        let gone = ActionMetrics::default();
-        let am = snapshot
-            .rules
-            .action(&c.action)
-            .map_or(&gone, |a| &a.metrics);
-        am.count(m, &c.action, outcome);
-        am.observe(m, &c.action, elapsed.as_secs_f64());
+        let kept_by = action.map(|a| &a.metrics);
+        m.count_delivery(kept_by, &c.action, outcome);
+        m.observe_delivery(kept_by, &c.action, elapsed.as_secs_f64());
         match &record {
             Record::Sent => {
                 tracing::info!(event = %event, attempt = c.attempts + 1, ms, "delivered")
@@ -360,6 +358,7 @@ impl Dispatcher {
     async fn render_and_send(
         &self,
         snapshot: &crate::snapshot::Snapshot,
+        action: Option<&Action>,
         c: &Claimed,
     ) -> Result<(Outcome, u32, Text), (Record, Text)> {
         let settings = &snapshot.settings;
@@ -368,7 +367,7 @@ impl Dispatcher {
             .callback
             .as_deref()
             .map_err(|e| dead(format!("stored event is unreadable: {e}"), ""))?;
-        let Some(action) = snapshot.rules.action(&c.action) else {
+        let Some(action) = action else {
             return Err(dead(
                 format!("action {:?} no longer exists", c.action),
                 &cb.event,

@@ -7,7 +7,7 @@
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
@@ -129,11 +129,34 @@ impl DeliveryOutcome {
     }
 }
 
-/// One action's delivery counters and duration histogram, each looked up
-/// in its family at its first use rather than at every delivery (which
-/// would copy the action's name into a label set and hash it). An action
-/// keeps its own for as long as its rule set is in force; the series
-/// themselves live in the families, so a reload continues them.
+/// The metric of `family` under the labels `labels` makes, looked up in the
+/// family once and kept in `cell`: later uses neither build a label set
+/// (copying a name into it) nor hash one.
+fn kept<'c, S, M, C>(
+    cell: &'c OnceLock<M>,
+    family: &Family<S, M, C>,
+    labels: impl FnOnce() -> S,
+) -> &'c M
+where
+    S: Clone + std::hash::Hash + Eq,
+    M: Clone,
+    C: MetricConstructor<M>,
+{
+    cell.get_or_init(|| family.get_or_create(&labels()).clone())
+}
+
+/// One rule's counter of the accepted events that matched it, kept by the
+/// rule for as long as its rule set is in force; the series lives in the
+/// family, so a reload continues it. Like [`ActionMetrics`], it belongs to
+/// the first [`Metrics`] it is used with.
+#[derive(Debug, Default)]
+pub struct RuleMetrics {
+    matches: OnceLock<Counter>,
+}
+
+/// One action's delivery counters and duration histogram, kept by the
+/// action for as long as its rule set is in force; the series live in the
+/// families, so a reload continues them.
 ///
 /// They belong to the first [`Metrics`] they are used with: a rule set is
 /// loaded by, and used with, one daemon.
@@ -143,34 +166,46 @@ pub struct ActionMetrics {
     duration: OnceLock<Histogram>,
 }
 
-impl ActionMetrics {
-    /// Count one attempt of action `name`.
-    pub fn count(&self, m: &Metrics, name: &str, outcome: DeliveryOutcome) {
-        self.outcomes[outcome as usize]
-            .get_or_init(|| {
-                let labels = DeliveryLabels {
-                    action: name.to_string(),
-                    outcome: outcome.as_str(),
-                };
-                m.deliveries.get_or_create(&labels).clone()
-            })
-            .inc();
-    }
-
-    /// Record how long an attempt of action `name` took.
-    pub fn observe(&self, m: &Metrics, name: &str, seconds: f64) {
-        self.duration
-            .get_or_init(|| {
-                let labels = ActionLabels {
-                    action: name.to_string(),
-                };
-                m.delivery_duration.get_or_create(&labels).clone()
-            })
-            .observe(seconds);
-    }
-}
-
 impl Metrics {
+    /// Count an accepted event that matched rule `name`.
+    pub fn count_match(&self, kept_by: &RuleMetrics, name: &str) {
+        kept(&kept_by.matches, &self.rule_matches, || RuleLabels {
+            rule: name.to_string(),
+        })
+        .inc();
+    }
+
+    /// Count one attempt of action `name`, with the metrics its action
+    /// keeps, or none when it is gone from the rule set.
+    pub fn count_delivery(
+        &self,
+        kept_by: Option<&ActionMetrics>,
+        name: &str,
+        outcome: DeliveryOutcome,
+    ) {
+        let gone = ActionMetrics::default();
+        let cell = &kept_by.unwrap_or(&gone).outcomes[outcome as usize];
+        kept(cell, &self.deliveries, || DeliveryLabels {
+            action: name.to_string(),
+            outcome: outcome.as_str(),
+        })
+        .inc();
+    }
+
+    /// Record how long an attempt of action `name` took (see
+    /// [`Metrics::count_delivery`]).
+    pub fn observe_delivery(&self, kept_by: Option<&ActionMetrics>, name: &str, seconds: f64) {
+        let gone = ActionMetrics::default();
+        kept(
+            &kept_by.unwrap_or(&gone).duration,
+            &self.delivery_duration,
+            || ActionLabels {
+                action: name.to_string(),
+            },
+        )
+        .observe(seconds);
+    }
+
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("easehook");
         let m = Metrics {

@@ -40,9 +40,8 @@ pub struct Rule {
     pub actions: Vec<usize>,
     /// Rules after a matching rule with `stop` are not evaluated.
     pub stop: bool,
-    /// This rule's counter of accepted events that matched it, looked up
-    /// in its metric family at the first match rather than at every one.
-    pub matches: std::sync::OnceLock<prometheus_client::metrics::counter::Counter>,
+    /// Its counter of matches.
+    pub metrics: crate::metrics::RuleMetrics,
 }
 
 impl Rule {
@@ -398,7 +397,7 @@ impl RuleSet {
             unless,
             actions,
             stop: raw.stop,
-            matches: Default::default(),
+            metrics: Default::default(),
         })
     }
 

@@ -22,7 +22,7 @@ use warp::reply::Response;
 use super::{AppState, error_reply, json_reply, raw_json_reply};
 use crate::actions::Action;
 use crate::callback::{Callback, Text};
-use crate::metrics::{ActionMetrics, DeliveryOutcome};
+use crate::metrics::DeliveryOutcome;
 use crate::rules::{Rule, RuleSet};
 use crate::snapshot::Snapshot;
 use crate::store::{Accepted, Claimed, NewDelivery, NewEvent, StoreError};
@@ -387,14 +387,7 @@ impl Ready {
             Ok(Accepted::New { id, .. }) => {
                 state.accepted.fetch_add(1, Ordering::Relaxed);
                 for rule in self.matched.rules() {
-                    rule.matches
-                        .get_or_init(|| {
-                            let labels = crate::metrics::RuleLabels {
-                                rule: rule.name.clone(),
-                            };
-                            state.metrics.rule_matches.get_or_create(&labels).clone()
-                        })
-                        .inc();
+                    state.metrics.count_match(&rule.metrics, &rule.name);
                 }
                 Outcome {
                     status: StatusCode::OK,
@@ -501,10 +494,9 @@ fn done_at_once(
 ) {
     crate::dispatch::delivery_span(id, &d.action, &d.rule, event_id)
         .in_scope(|| tracing::info!(event = %event, attempt = 1, ms = 0, "delivered"));
-    let gone = ActionMetrics::default();
-    action
-        .map_or(&gone, |a| &a.metrics)
-        .count(&state.metrics, &d.action, DeliveryOutcome::Sent);
+    state
+        .metrics
+        .count_delivery(action.map(|a| &a.metrics), &d.action, DeliveryOutcome::Sent);
 }
 
 enum ReadError {
