@@ -253,15 +253,7 @@ async fn an_announced_huge_body_is_refused_without_being_read() {
 #[tokio::test]
 async fn a_caller_that_shuts_its_sending_side_down_still_gets_its_answer() {
     let app = spawn_app_with(Options::rules(LOG_RULES)).await;
-    let body = signed("roster:ban", "alice", "bob").to_string();
-    let mut conn = tokio::net::TcpStream::connect(app.callback_addr())
-        .await
-        .unwrap();
-    let request = format!(
-        "POST /easemob/callback HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    conn.write_all(request.as_bytes()).await.unwrap();
+    let mut conn = app.post_raw(&signed("roster:ban", "alice", "bob")).await;
     conn.shutdown().await.unwrap();
     let mut answer = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut answer))

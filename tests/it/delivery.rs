@@ -437,7 +437,6 @@ async fn a_burst_of_5000_for_a_10_per_second_action_is_delivered_in_full_at_the_
 
 #[tokio::test]
 async fn a_caller_that_hangs_up_mid_commit_still_has_its_delivery_sent_at_once_and_is_counted() {
-    use tokio::io::AsyncWriteExt;
     let sink = HttpSink::start().await;
     let app =
         spawn_app_with(Options::rules(http_rules(&sink.url(""), "")).env("HOOK_TOKEN", "t")).await;
@@ -445,15 +444,7 @@ async fn a_caller_that_hangs_up_mid_commit_still_has_its_delivery_sent_at_once_a
     // writer's 1 s busy timeout) while the caller hangs up.
     let db = rusqlite::Connection::open(app.state_dir.join("easehook.db")).unwrap();
     db.execute_batch("BEGIN EXCLUSIVE;").unwrap();
-    let body = signed("roster:ban", "alice", "bob").to_string();
-    let mut conn = tokio::net::TcpStream::connect(app.callback_addr())
-        .await
-        .unwrap();
-    let request = format!(
-        "POST /easemob/callback HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    conn.write_all(request.as_bytes()).await.unwrap();
+    let conn = app.post_raw(&signed("roster:ban", "alice", "bob")).await;
     // Nothing to poll for "the request is waiting on the store"; this is
     // far longer than reading and parsing it takes.
     tokio::time::sleep(Duration::from_millis(300)).await;

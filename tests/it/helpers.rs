@@ -173,7 +173,27 @@ pub fn unique_id() -> String {
     )
 }
 
+/// The head of a raw `POST` of a JSON callback of `body_len` bytes.
+pub fn callback_request_head(body_len: usize) -> String {
+    format!(
+        "POST /easemob/callback HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {body_len}\r\n\r\n"
+    )
+}
+
 impl TestApp {
+    /// A new connection to the callback listener that has sent the whole
+    /// of a `POST` of `body`, for tests of what the caller does next.
+    pub async fn post_raw(&self, body: &Value) -> tokio::net::TcpStream {
+        use tokio::io::AsyncWriteExt;
+        let body = body.to_string();
+        let mut conn = tokio::net::TcpStream::connect(self.callback_addr())
+            .await
+            .unwrap();
+        let request = callback_request_head(body.len()) + &body;
+        conn.write_all(request.as_bytes()).await.unwrap();
+        conn
+    }
+
     /// `host:port` of the callback listener, for raw TCP tests.
     pub fn callback_addr(&self) -> String {
         self.callback_url

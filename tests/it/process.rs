@@ -147,11 +147,9 @@ async fn sigterm_finishes_requests_in_flight_then_exits_0() {
         .unwrap()
         .to_string();
     let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let head = format!(
-        "POST /easemob/callback HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-        body.len()
-    );
-    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(callback_request_head(body.len()).as_bytes())
+        .await
+        .unwrap();
     conn.write_all(&body.as_bytes()[..10]).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     d.signal(Signal::SIGTERM);
