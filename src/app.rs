@@ -6,11 +6,11 @@
 //! `listen: 127.0.0.1:0` and read the bound addresses back.
 //!
 //! Deliveries run on a runtime of their own whose threads have a lower
-//! scheduling priority (nice 10) than the listeners and the store writer.
-//! Idle, they take all the CPU they want; in a burst, the CPU goes to
-//! acknowledging callbacks first, and the queue (durable) absorbs the rest
-//! until the burst is over. Easemob suspends callbacks that fail; a
-//! delivery that waits a little harms no one.
+//! scheduling priority than the listeners and the store writer
+//! ([`crate::priority`]). Idle, they take all the CPU they want; in a burst,
+//! the CPU goes to acknowledging callbacks first, and the queue (durable)
+//! absorbs the rest until the burst is over. Easemob suspends callbacks that
+//! fail; a delivery that waits a little harms no one.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -27,6 +27,7 @@ use tokio::task::JoinSet;
 use crate::actions::Senders;
 use crate::config::expand::Env;
 use crate::dispatch::Dispatcher;
+use crate::priority::DeliveryThreads;
 use crate::server::{self, AppState, Limits, ReloadStatus};
 use crate::shutdown::Shutdown;
 use crate::snapshot;
@@ -45,27 +46,16 @@ pub struct App {
     deliveries: Option<tokio::runtime::Runtime>,
 }
 
-/// Niceness of the delivery threads: below the request path, above nothing
-/// else the host runs at the default.
-const DELIVERY_NICE: i32 = 10;
-
-/// The runtime deliveries run on: as many threads as cores, each lowered to
-/// [`DELIVERY_NICE`].
-fn delivery_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+/// The runtime deliveries run on: as many threads as cores, each joined to
+/// `threads` (lowered, and yielding while they do) as it starts.
+fn delivery_runtime(threads: &Arc<DeliveryThreads>) -> std::io::Result<tokio::runtime::Runtime> {
+    let (entering, leaving) = (threads.clone(), threads.clone());
     tokio::runtime::Builder::new_multi_thread()
         .thread_name("easehook-deliver")
         .enable_all()
         .max_blocking_threads(4)
-        .on_thread_start(|| {
-            // SAFETY: setpriority has no memory effects; on Linux, `who = 0`
-            // with PRIO_PROCESS names the calling thread only. Failure
-            // (refused by a sandbox) leaves the thread at normal priority,
-            // which is merely slower under load.
-            let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, DELIVERY_NICE) };
-            if rc != 0 {
-                tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower the delivery threads' priority");
-            }
-        })
+        .on_thread_start(move || entering.enter())
+        .on_thread_stop(move || leaving.leave())
         .build()
 }
 
@@ -150,6 +140,7 @@ impl App {
         // As many hand-offs as attempts can run at once, which bounds how
         // long a hand-off waits for a slot (see `dispatch::lease_ms`).
         let (handoff_tx, handoff_rx) = mpsc::channel(settings.delivery.concurrency);
+        let delivery_threads = DeliveryThreads::new();
         let state = Arc::new(AppState {
             snapshot: ArcSwap::new(snap.clone()),
             store: Arc::new(store),
@@ -165,10 +156,12 @@ impl App {
             wake: Arc::new(tokio::sync::Notify::new()),
             handoff: handoff_tx,
             heartbeat: AtomicU64::new(crate::verify::now_ms()),
+            delivery_threads: delivery_threads.clone(),
             metrics: crate::metrics::Metrics::new(),
         });
         state.metrics.reloaded(true);
-        let deliveries = delivery_runtime().context("cannot start the delivery threads")?;
+        let deliveries =
+            delivery_runtime(&delivery_threads).context("cannot start the delivery threads")?;
         let dispatcher = Arc::new(Dispatcher::new(state.clone(), Senders::new()?));
         let mut tasks = JoinSet::new();
         let limits = Limits {
@@ -202,6 +195,11 @@ impl App {
             }
         });
         tasks.spawn(crate::dispatch::maintain(state.clone(), shutdown.clone()));
+        tasks.spawn(crate::priority::steer(
+            state.clone(),
+            delivery_threads,
+            shutdown.clone(),
+        ));
         if let Some(interval) = sd_notify::watchdog_enabled() {
             tasks.spawn(watchdog(state.clone(), interval, shutdown.clone()));
         }

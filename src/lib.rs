@@ -43,6 +43,7 @@ pub mod config;
 pub mod diag;
 pub mod dispatch;
 pub mod metrics;
+pub mod priority;
 pub mod reload;
 pub mod rules;
 pub mod server;

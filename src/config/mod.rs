@@ -117,6 +117,7 @@ struct RawDelivery {
     timeout: Option<HumanDuration>,
     concurrency: Option<Num<usize>>,
     shutdown_grace: Option<HumanDuration>,
+    yield_for: Option<HumanDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -159,6 +160,12 @@ pub struct DeliverySettings {
     pub concurrency: usize,
     /// On SIGTERM, time given to attempts in flight. Default `10s`.
     pub shutdown_grace: Duration,
+    /// How long due deliveries may wait while their threads yield the CPU
+    /// to acknowledging callbacks (`SCHED_IDLE`); once the oldest has waited
+    /// this long, the threads take a guaranteed share (nice 10) until it is
+    /// within half of it. `0s`: never yield. Default `30s`. See
+    /// [`crate::priority`].
+    pub yield_for: Duration,
 }
 
 impl Default for DeliverySettings {
@@ -170,6 +177,7 @@ impl Default for DeliverySettings {
             timeout: Duration::from_secs(15),
             concurrency: 32,
             shutdown_grace: Duration::from_secs(10),
+            yield_for: Duration::from_secs(30),
         }
     }
 }
@@ -567,6 +575,7 @@ fn compile(
         timeout: d.timeout.map_or(def.timeout, |d| d.0),
         concurrency: d.concurrency.map_or(def.concurrency, |n| n.0),
         shutdown_grace: d.shutdown_grace.map_or(def.shutdown_grace, |d| d.0),
+        yield_for: d.yield_for.map_or(def.yield_for, |d| d.0),
     };
     if delivery.max_attempts == 0 {
         diags.push(file, "delivery.max_attempts", "must be at least 1");

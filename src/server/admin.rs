@@ -243,6 +243,8 @@ async fn handle(
                     "queue_depth": counts.map(|c| c.pending),
                     "dead_deliveries": counts.map(|c| c.dead),
                     "store_writable": state.store.is_writable(),
+                    "delivery_priority": state.delivery_threads.priority().as_str(),
+                    "delivery_can_yield": state.delivery_threads.can_yield(),
                     "last_reload": reload.map(|r| serde_json::json!({
                         "successful": r.ok, "at": r.at, "errors": r.errors,
                     })),

@@ -78,6 +78,8 @@ pub struct AppState {
     pub handoff: mpsc::Sender<crate::store::Claimed>,
     /// When the dispatcher loop last ran (ms since the epoch), for the watchdog.
     pub heartbeat: AtomicU64,
+    /// The delivery threads and their scheduling priority.
+    pub delivery_threads: Arc<crate::priority::DeliveryThreads>,
     pub metrics: crate::metrics::Metrics,
 }
 

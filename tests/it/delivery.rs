@@ -526,3 +526,104 @@ async fn a_redirect_is_not_followed_and_the_delivery_is_dead() {
     assert_eq!(received.len(), 1, "{received:?}");
     assert_eq!(received[0].method, "POST");
 }
+
+/// A thread's scheduling policy (0 `SCHED_OTHER`, 5 `SCHED_IDLE`) and
+/// niceness, as `ps` and `top` read them from `/proc`.
+fn policy_and_nice(tid: i32) -> (u32, i32) {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap();
+    // Fields after the command name, which is in parentheses, start at 3.
+    let f: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    (f[41 - 3].parse().unwrap(), f[19 - 3].parse().unwrap())
+}
+
+/// Whether this process may raise a thread back to nice 10: `CAP_SYS_NICE`,
+/// or an `RLIMIT_NICE` of at least 10.
+fn may_raise_to_nice_10() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .unwrap();
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid rlimit to write into.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NICE, &mut limit) }, 0);
+    const CAP_SYS_NICE: u32 = 23;
+    cap_eff & (1 << CAP_SYS_NICE) != 0 || limit.rlim_cur >= 10
+}
+
+#[tokio::test]
+async fn delivery_threads_yield_the_cpu_until_a_due_delivery_has_waited_yield_for() {
+    let sink = HttpSink::start().await;
+    sink.script((0..3).map(|_| Answer::status(200).delay(Duration::from_secs(3))));
+    // One attempt at a time: the first ban's delivery holds the slot for
+    // 3 s, the second waits in the hand-off, the third in the store, due.
+    let opts = Options::rules(http_rules(&sink.url(""), ""))
+        .env("HOOK_TOKEN", "t")
+        .config("delivery:\n  concurrency: 1\n  timeout: 10s\n  yield_for: 500ms");
+    let app = spawn_app_with(opts).await;
+    let threads = || app.app.as_ref().unwrap().state.delivery_threads.threads();
+    assert!(!threads().is_empty());
+    let all_threads = |policy: u32| {
+        threads()
+            .into_iter()
+            .all(|t| policy_and_nice(t) == (policy, 10))
+    };
+    let status = app.get("/api/v1/status").await;
+    if !may_raise_to_nice_10() {
+        // A thread that could not come back must not go.
+        assert_eq!(status["delivery_can_yield"], false, "{status}");
+        assert_eq!(status["delivery_priority"], "lowered", "{status}");
+        assert!(all_threads(0));
+        eprintln!(
+            "note: no CAP_SYS_NICE or RLIMIT_NICE here: checked only that the delivery threads stay at nice 10"
+        );
+        return;
+    }
+    assert_eq!(status["delivery_can_yield"], true, "{status}");
+    eventually(
+        Duration::from_secs(5),
+        "idle delivery threads yielding",
+        || async {
+            app.get("/api/v1/status").await["delivery_priority"] == "yielding" && all_threads(5)
+        },
+    )
+    .await;
+
+    for _ in 0..3 {
+        assert_eq!(app.post(&signed("roster:ban", "a", "b")).await.0, 200);
+    }
+    eventually(
+        Duration::from_secs(3),
+        "delivery threads back at nice 10 once the third delivery has waited 500ms",
+        || async {
+            app.get("/api/v1/status").await["delivery_priority"] == "lowered" && all_threads(0)
+        },
+    )
+    .await;
+    assert!(
+        sink.count() <= 1,
+        "lowered while the backlog still waits, not after it"
+    );
+
+    eventually(Duration::from_secs(15), "3 deliveries", || async {
+        app.deliveries("sent").await.len() == 3
+    })
+    .await;
+    eventually(
+        Duration::from_secs(5),
+        "delivery threads yielding again",
+        || async {
+            app.get("/api/v1/status").await["delivery_priority"] == "yielding" && all_threads(5)
+        },
+    )
+    .await;
+}
