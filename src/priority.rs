@@ -17,7 +17,7 @@
 //!
 //! Leaving `SCHED_IDLE` is a raise in priority, which Linux allows only up to
 //! what `RLIMIT_NICE` permits (nice 10 needs a limit of at least 10; systemd:
-//! `LimitNICE=10`) or with `CAP_SYS_NICE`. Where neither is given the threads
+//! `LimitNICE=+10`) or with `CAP_SYS_NICE`. Where neither is given the threads
 //! never yield, and stay at nice 10 throughout, as with `yield_for: 0s`: a
 //! thread that could not come back must not go.
 
@@ -88,7 +88,7 @@ impl DeliveryThreads {
         if !can_yield {
             tracing::info!(
                 "delivery threads stay at nice {DELIVERY_NICE}: leaving SCHED_IDLE again needs \
-                 RLIMIT_NICE of at least {DELIVERY_NICE} (systemd: LimitNICE={DELIVERY_NICE}) or CAP_SYS_NICE"
+                 RLIMIT_NICE of at least {DELIVERY_NICE} (systemd: LimitNICE=+{DELIVERY_NICE}) or CAP_SYS_NICE"
             );
         }
         Arc::new(Self {
