@@ -223,6 +223,11 @@ pub async fn steer(state: Arc<AppState>, threads: Arc<DeliveryThreads>, shutdown
         if threads.set(want) {
             match want {
                 Priority::Yielding => tracing::info!("delivery threads yield to acknowledgements"),
+                // Only a reload to `yield_for: 0s` lowers them for
+                // another reason: `can_yield` never changes.
+                Priority::Lowered if yield_for.is_zero() => tracing::info!(
+                    "delivery.yield_for is 0s: delivery threads back to nice {DELIVERY_NICE}"
+                ),
                 Priority::Lowered => tracing::info!(
                     lag_ms = lag.as_millis() as u64,
                     "a due delivery has waited delivery.yield_for: delivery threads back to nice {DELIVERY_NICE}"
