@@ -12,7 +12,10 @@
 //! nothing that another thread can do: JSON is encoded before a command is
 //! queued and decoded after its answer, its statements are prepared once
 //! and cached, and checkpoints (copying the WAL into the database file) run
-//! on a thread of their own ([`checkpointer`]).
+//! on a thread of their own ([`checkpointer`]). The one exception keeps the
+//! WAL from growing under constant load: once it is past its limit, the
+//! writer copies the last few milliseconds' worth itself between two
+//! batches, so that its next transaction starts the WAL over.
 
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
@@ -34,24 +37,34 @@ use super::{
 /// Commands handled in one transaction at most.
 const MAX_BATCH: usize = 512;
 
-/// The checkpointer copies committed pages into the database file once this
-/// many new pages are in the WAL (SQLite's own default)…
-const CHECKPOINT_PAGES: i64 = 1000;
+/// When the checkpointer copies the WAL into the database file, and when
+/// the WAL starts over from its beginning.
+#[derive(Clone, Copy, Debug)]
+struct WalLimits {
+    /// Copy once this many new pages are in the WAL…
+    checkpoint_pages: i64,
+    /// …or this long after a commit, whichever comes first. Letting
+    /// commits gather means a page written by many of them (the right edge
+    /// of an index) is copied once, and under a light load the database
+    /// file is flushed about once a second instead of beside every commit.
+    checkpoint_after: Duration,
+    /// Once the WAL holds this many pages, the next commit is followed by a
+    /// last copy on the writer's own connection, so that the WAL starts
+    /// over (see [`finish_checkpoint`]).
+    restart_pages: i64,
+}
 
-/// …or this long after a commit, whichever comes first. Letting commits
-/// gather means a page written by many of them (the right edge of an
-/// index) is copied once, and under a light load the database file is
-/// flushed about once a second instead of beside every commit.
-const CHECKPOINT_AFTER: Duration = Duration::from_secs(1);
+/// The limits of the daemon's store: SQLite's own default of 1,000 pages
+/// for a checkpoint, and a WAL that starts over past 8192 pages (16 MiB of
+/// 2 KiB pages).
+const WAL_LIMITS: WalLimits = WalLimits {
+    checkpoint_pages: 1000,
+    checkpoint_after: Duration::from_secs(1),
+    restart_pages: 8192,
+};
 
 /// How often the checkpointer looks at the WAL's growth while it waits.
 const CHECKPOINT_POLL: Duration = Duration::from_millis(10);
-
-/// WAL size (in pages; 8192 × 4 KiB = 32 MiB) past which the checkpointer
-/// makes the next commit start the WAL over. Passive checkpoints never wait
-/// for the writer, so under constant load they may never catch up with it
-/// exactly, and the WAL would only grow.
-const WAL_RESTART_PAGES: i64 = 8192;
 
 /// Page size of a new store, in bytes (see [`open`] for why).
 const PAGE_SIZE: u32 = 2048;
@@ -272,6 +285,10 @@ fn set_meta(conn: &Connection, key: &str, value: &str) -> rusqlite::Result<()> {
 impl SqliteStore {
     /// Open (creating when needed) the store in `state_dir`.
     pub fn open(state_dir: &Path) -> anyhow::Result<Self> {
+        Self::open_with(state_dir, WAL_LIMITS)
+    }
+
+    fn open_with(state_dir: &Path, limits: WalLimits) -> anyhow::Result<Self> {
         use anyhow::Context;
         std::fs::create_dir_all(state_dir)
             .with_context(|| format!("cannot create state_dir {}", state_dir.display()))?;
@@ -308,13 +325,16 @@ impl SqliteStore {
         let writable = Arc::new(AtomicBool::new(true));
         let flag = writable.clone();
         let pages = wal_pages.clone();
+        let restart = Arc::new(AtomicBool::new(false));
+        let restart_due = restart.clone();
         std::thread::Builder::new()
             .name("easehook-ckpt".into())
-            .spawn(move || checkpointer(checkpoints, committed_rx, pages))
+            .spawn(move || checkpointer(checkpoints, committed_rx, pages, restart_due, limits))
             .context("cannot start the store checkpointer")?;
         let committed = Committed {
             notify: committed_tx,
             wal_pages,
+            restart,
         };
         std::thread::Builder::new()
             .name("easehook-store".into())
@@ -381,24 +401,39 @@ fn note_wal_pages(_: &rusqlite::hooks::Wal, pages: std::ffi::c_int) -> rusqlite:
     Ok(())
 }
 
-/// How the writer tells the checkpointer about its commits.
+/// How the writer and the checkpointer tell each other what is due.
 struct Committed {
     /// "There was a commit": capacity 1, so it never blocks the writer and
     /// many commits make one wake-up.
     notify: mpsc::SyncSender<()>,
     /// Pages in the WAL after the last commit.
     wal_pages: Arc<AtomicI64>,
+    /// Set by the checkpointer: the WAL is long enough to start over, and
+    /// the writer should finish the copy after its next commit.
+    restart: Arc<AtomicBool>,
 }
 
 /// Copy committed pages from the WAL into the database file (see
-/// [`CHECKPOINT_PAGES`] and [`CHECKPOINT_AFTER`] for when), until the writer
-/// stops.
+/// [`WalLimits`] for when), until the writer stops.
 ///
-/// Passive checkpoints run beside the writer without holding it up. Once
-/// the WAL is past [`WAL_RESTART_PAGES`], a restarting checkpoint waits for
-/// the writer's current batch, copies the rest (little, after the passive
-/// ones) and lets the next commit start the WAL from its beginning.
-fn checkpointer(conn: Connection, committed: mpsc::Receiver<()>, wal_pages: Arc<AtomicI64>) {
+/// Passive checkpoints run beside the writer without holding it up. But
+/// SQLite starts the WAL over only when a transaction begins with every
+/// page of it copied, and under constant load the writer has always
+/// committed more by the time a pass ends: the WAL would grow for as long
+/// as the load lasts (hundreds of megabytes a minute, each write extending
+/// the file, which costs the file system far more than overwriting it).
+/// A checkpoint that waits for the writer (`RESTART`) does not help: it
+/// polls for the write lock, and a writer that commits back to back never
+/// lets go of it long enough. So once the WAL is past
+/// [`WalLimits::restart_pages`], the checkpointer asks the writer to copy
+/// the rest itself between two batches ([`finish_checkpoint`]).
+fn checkpointer(
+    conn: Connection,
+    committed: mpsc::Receiver<()>,
+    wal_pages: Arc<AtomicI64>,
+    restart: Arc<AtomicBool>,
+    limits: WalLimits,
+) {
     let run = |mode: &str| -> rusqlite::Result<(i64, i64)> {
         conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
             Ok((r.get(1)?, r.get(2)?))
@@ -416,19 +451,18 @@ fn checkpointer(conn: Connection, committed: mpsc::Receiver<()>, wal_pages: Arc<
             } else {
                 pages - copied
             };
-            if new >= CHECKPOINT_PAGES || since.elapsed() >= CHECKPOINT_AFTER {
+            if new >= limits.checkpoint_pages || since.elapsed() >= limits.checkpoint_after {
                 break;
             }
             std::thread::sleep(CHECKPOINT_POLL);
         }
         match run("PASSIVE") {
-            Ok((log, _)) if log >= WAL_RESTART_PAGES => {
-                copied = 0;
-                if let Err(e) = run("RESTART") {
-                    tracing::debug!(error = %e, "restarting checkpoint failed");
+            Ok((log, done)) => {
+                copied = done;
+                if log >= limits.restart_pages {
+                    restart.store(true, Ordering::Relaxed);
                 }
             }
-            Ok((_, done)) => copied = done,
             // A full disk and the like: the next commit brings the next try.
             Err(e) => tracing::debug!(error = %e, "checkpoint failed"),
         }
@@ -436,6 +470,30 @@ fn checkpointer(conn: Connection, committed: mpsc::Receiver<()>, wal_pages: Arc<
     // The writer has stopped: copy what is left, so the WAL is small when
     // the daemon starts next.
     let _ = run("TRUNCATE");
+}
+
+/// Between two batches, copy into the database file the pages the
+/// checkpointer has not (the commits since its last pass: a few
+/// milliseconds' worth), so that the whole WAL is copied and the writer's
+/// next transaction starts it over from its beginning, overwriting what is
+/// already on disk. False when that could not be done now: a reader still
+/// uses an older snapshot, or the checkpointer is in a pass; the
+/// checkpointer asks again after its next one.
+fn finish_checkpoint(conn: &Connection) -> bool {
+    let r = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    });
+    match r {
+        Ok((busy, log, done)) => busy == 0 && log == done,
+        Err(e) => {
+            tracing::debug!(error = %e, "checkpoint failed");
+            false
+        }
+    }
 }
 
 fn writer_loop(
@@ -499,6 +557,9 @@ fn writer_loop(
             .wal_pages
             .store(WAL_PAGES.with(Cell::get), Ordering::Relaxed);
         let _ = committed.notify.try_send(());
+        if committed.restart.swap(false, Ordering::Relaxed) && !finish_checkpoint(&conn) {
+            tracing::debug!("the WAL could not start over yet");
+        }
     }
 }
 
@@ -1296,6 +1357,53 @@ mod tests {
         }
         let s = SqliteStore::open(dir.path()).unwrap();
         assert_eq!(s.list_events(0, None, 500).await.unwrap().len(), 200);
+    }
+
+    /// Under a load that never lets the writer idle, the WAL must still
+    /// start over once it is past its limit, instead of growing for as long
+    /// as the load lasts.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_wal_starts_over_under_constant_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = dir.path().join("easehook.db-wal");
+        let limits = WalLimits {
+            checkpoint_pages: 32,
+            checkpoint_after: Duration::from_millis(50),
+            restart_pages: 128,
+        };
+        let s = Arc::new(SqliteStore::open_with(dir.path(), limits).unwrap());
+        // Enough callers that a batch is always waiting when a commit ends.
+        let callers = 32;
+        let per_caller = 500;
+        let largest = Arc::new(AtomicI64::new(0));
+        let tasks: Vec<_> = (0..callers)
+            .map(|c| {
+                let (s, wal, largest) = (s.clone(), wal.clone(), largest.clone());
+                tokio::spawn(async move {
+                    for i in 0..per_caller {
+                        let id = format!("{i:06}-{c:03}");
+                        s.accept(ev(&id, &id, &["a", "b"], 1000), 60_000)
+                            .await
+                            .unwrap();
+                        let len = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+                        largest.fetch_max(len as i64, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let c = Connection::open(dir.path().join("easehook.db")).unwrap();
+        let stored: usize = c
+            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(stored, callers * per_caller);
+        // The limit and what commits add before the checkpointer's next
+        // pass sees it, a few times over at this rate: a few megabytes.
+        // Without starting over, these events take tens of them.
+        let largest = largest.load(Ordering::Relaxed);
+        assert!(largest < 4 << 20, "the WAL grew to {largest} bytes");
     }
 
     #[test]
