@@ -223,7 +223,11 @@ fn reply(c: Command, d: Done) {
 
 /// The SQLite store.
 pub struct SqliteStore {
-    tx: Mutex<mpsc::Sender<Command>>,
+    /// The writer's queue. `Sender` is `Sync`, so every thread sends
+    /// without a lock: a lock here would be shared by the listeners and the
+    /// delivery threads, and a delivery thread at `SCHED_IDLE` preempted
+    /// while holding it would hold up every callback behind it.
+    tx: mpsc::Sender<Command>,
     reader: Arc<Mutex<Connection>>,
     writable: Arc<AtomicBool>,
     path: PathBuf,
@@ -341,7 +345,7 @@ impl SqliteStore {
             .spawn(move || writer_loop(writer, rx, flag, committed, legacy_keys_until))
             .context("cannot start the store writer")?;
         Ok(Self {
-            tx: Mutex::new(tx),
+            tx,
             reader: Arc::new(Mutex::new(reader)),
             writable,
             path,
@@ -358,11 +362,7 @@ impl SqliteStore {
         make: impl FnOnce(Reply<T>) -> Command,
     ) -> BoxFuture<'static, Result<T, StoreError>> {
         let (tx, rx) = oneshot::channel();
-        let sent = self
-            .tx
-            .lock()
-            .map_err(|_| ())
-            .and_then(|s| s.send(make(tx)).map_err(|_| ()));
+        let sent = self.tx.send(make(tx));
         Box::pin(async move {
             if sent.is_err() {
                 return Err(StoreError("the store writer has stopped".into()));
