@@ -420,7 +420,7 @@ struct Committed {
 /// SQLite starts the WAL over only when a transaction begins with every
 /// page of it copied, and under constant load the writer has always
 /// committed more by the time a pass ends: the WAL would grow for as long
-/// as the load lasts (hundreds of megabytes a minute, each write extending
+/// as the load lasts (tens of megabytes a second, each write extending
 /// the file, which costs the file system far more than overwriting it).
 /// A checkpoint that waits for the writer (`RESTART`) does not help: it
 /// polls for the write lock, and a writer that commits back to back never
