@@ -37,6 +37,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 
@@ -93,6 +94,31 @@ def written(pid):
     """Bytes the process has written with write(2) and friends so far."""
     with open(f"/proc/{pid}/io") as f:
         return next(int(l.split()[1]) for l in f if l.startswith("wchar:"))
+
+
+class LargestSize:
+    """The largest size a file reaches while the `with` block runs, sampled
+    every 20 ms from a thread of its own (0 while it does not exist)."""
+
+    def __init__(self, path):
+        self.path, self.largest = path, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self):
+        while not self._stop.wait(0.02):
+            try:
+                self.largest = max(self.largest, os.path.getsize(self.path))
+            except OSError:
+                pass
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
 
 
 def ensure_tools():
@@ -404,7 +430,11 @@ def main():
             eh.start()
             if idle_rss is None:
                 idle_rss = rss_kib(eh.proc.pid) / 1024
-            res["easehook"] = run_wrk(eh.url, calls, args.duration, pid=eh.proc.pid)
+            # The WAL must start over under a load that never lets the
+            # writer idle, instead of growing for as long as it lasts.
+            with LargestSize(os.path.join(eh.dir, "data", "easehook.db-wal")) as wal:
+                res["easehook"] = run_wrk(eh.url, calls, args.duration, pid=eh.proc.pid)
+            res["wal_mb"] = wal.largest / 1e6
             # Deliveries run below the request path's priority: what they
             # had not done when the load stopped is still queued.
             res["queued"] = eh.status()["queue_depth"]
@@ -425,7 +455,8 @@ def main():
         each = lambda xs: " ".join(f"{x:.2f}" for x in xs)
         print(f"easehook/baseline = {statistics.median(ra):.2f} (median; rounds: {each(ra)})")
         print(f"easehook/webhook  = {statistics.median(rw):.2f} (median; rounds: {each(rw)})")
-        print(f"easehook wrote {statistics.median(kb):.1f} KB per callback during a round (median)")
+        print(f"easehook wrote {statistics.median(kb):.1f} KB per callback during a round (median); "
+              "its WAL reached " + ", ".join(f"{res['wal_mb']:.1f}" for res in rounds) + " MB at most")
         print("easehook's queue when the load stopped: " + ", ".join(
             f"{res['queued']:,} deliveries for {res['easehook']['requests']:,} callbacks" for res in rounds), flush=True)
 
