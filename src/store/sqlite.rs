@@ -84,18 +84,27 @@ const PAGE_SIZE: u32 = 2048;
 /// - The due index holds only the deliveries a query looks for (pending and
 ///   dead), so a delivery that is sent leaves it instead of moving within
 ///   it, and it stays the size of the queue.
+/// - An event's deliveries are found by their ids, which the event row
+///   holds as a range (`first_delivery` to `last_delivery`): the writer
+///   inserts them back to back in the event's commit, so no other event's
+///   delivery falls between. An index of deliveries by event would cost an
+///   insert per delivery (a tenth of the writer's work), and a foreign key
+///   to the event would need that index for every event pruned.
 ///
 /// `CREATE … IF NOT EXISTS`: a store created by an earlier version keeps
 /// its layout (a `WITHOUT ROWID` events table, `AUTOINCREMENT` delivery ids,
-/// a full due index, 4 KiB pages), and every query works on both.
+/// a full due index, 4 KiB pages, deliveries found through an index and a
+/// foreign key), and every query works on all of them ([`Layout`]).
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS events (
-    id           TEXT PRIMARY KEY NOT NULL,
-    dedup_key    TEXT NOT NULL,
-    event        TEXT NOT NULL,
-    received_at  INTEGER NOT NULL,
-    rules        TEXT NOT NULL,
-    body         TEXT NOT NULL
+    id             TEXT PRIMARY KEY NOT NULL,
+    dedup_key      TEXT NOT NULL,
+    event          TEXT NOT NULL,
+    received_at    INTEGER NOT NULL,
+    rules          TEXT NOT NULL,
+    body           TEXT NOT NULL,
+    first_delivery INTEGER,
+    last_delivery  INTEGER
 );
 CREATE INDEX IF NOT EXISTS events_received ON events(received_at);
 CREATE TABLE IF NOT EXISTS dedup (
@@ -105,7 +114,7 @@ CREATE TABLE IF NOT EXISTS dedup (
 CREATE INDEX IF NOT EXISTS dedup_expiry ON dedup(expires_at);
 CREATE TABLE IF NOT EXISTS deliveries (
     id              INTEGER PRIMARY KEY,
-    event_id        TEXT NOT NULL REFERENCES events(id),
+    event_id        TEXT NOT NULL,
     action          TEXT NOT NULL,
     rule            TEXT NOT NULL,
     status          TEXT NOT NULL,
@@ -118,10 +127,72 @@ CREATE TABLE IF NOT EXISTS deliveries (
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(status, next_attempt_at)
     WHERE status = 'pending' OR status = 'dead';
-CREATE INDEX IF NOT EXISTS deliveries_event ON deliveries(event_id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 PRAGMA user_version = 1;
 "#;
+
+/// How a store finds an event's deliveries: by the range of ids its row
+/// holds (stores created by this version), or through the index
+/// `deliveries_event` (earlier versions, whose deliveries also carry a
+/// foreign key to their event, so an event must be stored first).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Layout {
+    Ranges,
+    Indexed,
+}
+
+impl Layout {
+    fn of(conn: &Connection) -> rusqlite::Result<Self> {
+        let ranges: bool = conn.query_row(
+            "SELECT EXISTS(SELECT 1 FROM pragma_table_info('events') WHERE name = 'first_delivery')",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(if ranges {
+            Layout::Ranges
+        } else {
+            Layout::Indexed
+        })
+    }
+
+    /// An event's deliveries: `?1` its id, `?2` and `?3` the range its row
+    /// holds (unused by [`Layout::Indexed`]).
+    fn deliveries_of_event(self) -> &'static str {
+        match self {
+            Layout::Ranges => {
+                "SELECT id, action, status, attempts FROM deliveries
+                 WHERE id BETWEEN ?2 AND ?3 AND event_id = ?1 ORDER BY id"
+            }
+            Layout::Indexed => {
+                "SELECT id, action, status, attempts FROM deliveries
+                 WHERE event_id = ?1 AND ?2 IS ?2 AND ?3 IS ?3 ORDER BY id"
+            }
+        }
+    }
+
+    /// The range of an event's deliveries, as columns of `events`.
+    fn range_columns(self) -> &'static str {
+        match self {
+            Layout::Ranges => "first_delivery, last_delivery",
+            Layout::Indexed => "NULL, NULL",
+        }
+    }
+
+    /// Delete the events before `?1` that have no delivery left.
+    fn prune_events(self) -> &'static str {
+        match self {
+            Layout::Ranges => {
+                "DELETE FROM events WHERE received_at < ?1
+                 AND NOT EXISTS (SELECT 1 FROM deliveries d
+                                 WHERE d.id BETWEEN events.first_delivery AND events.last_delivery)"
+            }
+            Layout::Indexed => {
+                "DELETE FROM events WHERE received_at < ?1
+                 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id)"
+            }
+        }
+    }
+}
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
@@ -231,6 +302,7 @@ pub struct SqliteStore {
     reader: Arc<Mutex<Connection>>,
     writable: Arc<AtomicBool>,
     path: PathBuf,
+    layout: Layout,
 }
 
 fn open(path: &Path) -> rusqlite::Result<Connection> {
@@ -317,6 +389,7 @@ impl SqliteStore {
             .context("cannot configure the store")?;
         writer.wal_hook(Some(note_wal_pages));
         let legacy_keys_until = legacy_keys_until(&writer).context("cannot read the store")?;
+        let layout = Layout::of(&writer).context("cannot read the store")?;
         let reader =
             open(&path).with_context(|| format!("cannot open the store {}", path.display()))?;
         let checkpoints =
@@ -342,13 +415,14 @@ impl SqliteStore {
         };
         std::thread::Builder::new()
             .name("easehook-store".into())
-            .spawn(move || writer_loop(writer, rx, flag, committed, legacy_keys_until))
+            .spawn(move || writer_loop(writer, rx, flag, committed, legacy_keys_until, layout))
             .context("cannot start the store writer")?;
         Ok(Self {
             tx,
             reader: Arc::new(Mutex::new(reader)),
             writable,
             path,
+            layout,
         })
     }
 
@@ -502,8 +576,9 @@ fn writer_loop(
     writable: Arc<AtomicBool>,
     committed: Committed,
     legacy_keys_until: i64,
+    layout: Layout,
 ) {
-    let mut w = match Writer::new(&conn, legacy_keys_until) {
+    let mut w = match Writer::new(&conn, legacy_keys_until, layout) {
         Ok(w) => w,
         Err(e) => {
             // Cannot happen with a schema this code created; if it does,
@@ -578,13 +653,15 @@ struct Writer<'c> {
     /// key without the callId.
     legacy_keys_until: i64,
     legacy_key_seen: Statement<'c>,
+    layout: Layout,
 }
 
 impl<'c> Writer<'c> {
-    fn new(conn: &'c Connection, legacy_keys_until: i64) -> rusqlite::Result<Self> {
+    fn new(conn: &'c Connection, legacy_keys_until: i64, layout: Layout) -> rusqlite::Result<Self> {
         Ok(Self {
             conn,
             legacy_keys_until,
+            layout,
             legacy_key_seen: conn.prepare(
                 "SELECT EXISTS(SELECT 1 FROM dedup WHERE key = ?1 AND expires_at > ?2)",
             )?,
@@ -598,9 +675,12 @@ impl<'c> Writer<'c> {
                  ON CONFLICT(key) DO UPDATE SET expires_at = excluded.expires_at
                  WHERE dedup.expires_at <= ?3",
             )?,
-            insert_event: conn.prepare(
-                "INSERT INTO events(id, dedup_key, event, received_at, rules, body) VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
-            )?,
+            insert_event: conn.prepare(match layout {
+                Layout::Ranges => "INSERT INTO events(id, dedup_key, event, received_at, rules, body, first_delivery, last_delivery)
+                 VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                Layout::Indexed => "INSERT INTO events(id, dedup_key, event, received_at, rules, body)
+                 VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
+            })?,
             insert_delivery: conn.prepare(
                 "INSERT INTO deliveries(event_id, action, rule, status, attempts, next_attempt_at, leased_until, created_at, updated_at)
                  VALUES(?1, ?2, ?3, 'pending', 0, ?4, ?5, ?4, ?4)",
@@ -681,14 +761,19 @@ impl<'c> Writer<'c> {
         if claimed_key == 0 {
             return Ok(Accepted::Duplicate);
         }
-        self.insert_event.execute(params![
-            ev.id,
-            ev.dedup_key,
-            ev.event.as_str(),
-            now,
-            p.rules_json,
-            ev.body
-        ])?;
+        // Earlier layouts hold a foreign key from each delivery to its
+        // event: the event goes first. This one stores the event last, with
+        // the range of ids its deliveries got.
+        if self.layout == Layout::Indexed {
+            self.insert_event.execute(params![
+                ev.id,
+                ev.dedup_key,
+                ev.event.as_str(),
+                now,
+                p.rules_json,
+                ev.body
+            ])?;
+        }
         let lease = ev.lease_until.map(|t| t as i64);
         let mut ids = Vec::with_capacity(ev.deliveries.len());
         for d in &ev.deliveries {
@@ -710,6 +795,18 @@ impl<'c> Writer<'c> {
             }
             ids.push(self.conn.last_insert_rowid());
         }
+        if self.layout == Layout::Ranges {
+            self.insert_event.execute(params![
+                ev.id,
+                ev.dedup_key,
+                ev.event.as_str(),
+                now,
+                p.rules_json,
+                ev.body,
+                ids.first(),
+                ids.last()
+            ])?;
+        }
         Ok(Accepted::New {
             id: ev.id.clone(),
             deliveries: ids,
@@ -728,7 +825,7 @@ impl<'c> Writer<'c> {
                 Done::Count(retry(conn, ids.as_deref(), *now).map_err(Into::into))
             }
             Command::Prune(now, retention, _) => {
-                Done::Count(prune(conn, *now, *retention).map_err(Into::into))
+                Done::Count(prune(conn, self.layout, *now, *retention).map_err(Into::into))
             }
             Command::Ping(_) => Done::Unit(Ok(())),
             Command::Probe(_) => Done::Unit(
@@ -889,18 +986,14 @@ fn retry(conn: &Connection, ids: Option<&[i64]>, now: u64) -> rusqlite::Result<u
 /// in an operator's notes could name another delivery. (`AUTOINCREMENT`
 /// would keep them unique too, at the price of a write to
 /// `sqlite_sequence` on every insert.)
-fn prune(conn: &Connection, now: u64, retention: u64) -> rusqlite::Result<u64> {
+fn prune(conn: &Connection, layout: Layout, now: u64, retention: u64) -> rusqlite::Result<u64> {
     let cutoff = now.saturating_sub(retention) as i64;
     let mut n = conn.execute(
         "DELETE FROM deliveries WHERE status IN ('sent', 'dead') AND updated_at < ?1
          AND id < (SELECT max(id) FROM deliveries)",
         [cutoff],
     )? as u64;
-    n += conn.execute(
-        "DELETE FROM events WHERE received_at < ?1
-         AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id)",
-        [cutoff],
-    )? as u64;
+    n += conn.execute(layout.prune_events(), [cutoff])? as u64;
     conn.execute("DELETE FROM dedup WHERE expires_at <= ?1", [now as i64])?;
     Ok(n)
 }
@@ -997,23 +1090,42 @@ impl Store for SqliteStore {
         event: Option<String>,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<EventInfo>, StoreError>> {
+        let layout = self.layout;
         self.read(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT id, event, received_at, rules, body FROM events
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT id, event, received_at, rules, body, {} FROM events
                  WHERE received_at >= ?1
                    AND (?2 IS NULL OR event = ?2 OR substr(event, 1, length(?2) + 1) = ?2 || ':')
                  ORDER BY received_at DESC, id DESC LIMIT ?3",
-            )?;
+                layout.range_columns()
+            ))?;
+            type Row = (
+                String,
+                String,
+                i64,
+                String,
+                String,
+                Option<i64>,
+                Option<i64>,
+            );
             let rows = stmt
                 .query_map(params![since as i64, event, limit as i64], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, String>(3)?, r.get::<_, String>(4)?))
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                    ))
                 })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            let mut ds = c.prepare_cached("SELECT id, action, status, attempts FROM deliveries WHERE event_id = ?1 ORDER BY id")?;
+                .collect::<rusqlite::Result<Vec<Row>>>()?;
+            let mut ds = c.prepare_cached(layout.deliveries_of_event())?;
             let mut out = Vec::with_capacity(rows.len());
-            for (id, event, received_at, rules, body) in rows {
+            for (id, event, received_at, rules, body, first, last) in rows {
                 let deliveries = ds
-                    .query_map([&id], |r| {
+                    .query_map(params![id, first, last], |r| {
                         let status: String = r.get(2)?;
                         Ok(DeliveryBrief {
                             id: r.get(0)?,
@@ -1171,7 +1283,17 @@ mod tests {
             Accepted::Duplicate
         );
         // Reopening voids the dead process's lease: the delivery is due again.
-        assert_eq!(s.claim_due(6000, 10, 30_000).await.unwrap().len(), 1);
+        let again = s.claim_due(6000, 10, 30_000).await.unwrap();
+        assert_eq!(again.len(), 1);
+        // Long after: the sent delivery goes, and so does the event left
+        // without any (e3); e1 keeps its pending one.
+        let later = crate::verify::now_ms() + 86_400_000;
+        assert_eq!(s.prune(later, 1000).await.unwrap(), 2);
+        let events = s.list_events(0, None, 10).await.unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].id, "e1");
+        let left: Vec<i64> = events[0].deliveries.iter().map(|d| d.id).collect();
+        assert_eq!(left, [again[0].id]);
     }
 
     fn page_size(dir: &Path) -> u32 {
@@ -1207,14 +1329,54 @@ mod tests {
         assert_eq!(actions(&claimed), ["mail"]);
     }
 
+    /// The schema of the versions before deliveries were found by the range
+    /// of ids their event holds: an index of deliveries by event, and a
+    /// foreign key from each delivery to its event.
+    const SCHEMA_INDEXED: &str = r#"
+CREATE TABLE IF NOT EXISTS events (
+    id           TEXT PRIMARY KEY NOT NULL,
+    dedup_key    TEXT NOT NULL,
+    event        TEXT NOT NULL,
+    received_at  INTEGER NOT NULL,
+    rules        TEXT NOT NULL,
+    body         TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_received ON events(received_at);
+CREATE TABLE IF NOT EXISTS dedup (
+    key          TEXT PRIMARY KEY,
+    expires_at   INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS dedup_expiry ON dedup(expires_at);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id              INTEGER PRIMARY KEY,
+    event_id        TEXT NOT NULL REFERENCES events(id),
+    action          TEXT NOT NULL,
+    rule            TEXT NOT NULL,
+    status          TEXT NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL,
+    leased_until    INTEGER,
+    last_error      TEXT,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(status, next_attempt_at)
+    WHERE status = 'pending' OR status = 'dead';
+CREATE INDEX IF NOT EXISTS deliveries_event ON deliveries(event_id);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+PRAGMA user_version = 1;
+"#;
+
     /// Stores made by earlier versions keep their layout and work as they
     /// are: rowid tables and a full due index (the first), then `WITHOUT
-    /// ROWID` events and a partial due index (the second); both with
-    /// `AUTOINCREMENT` delivery ids and 4 KiB pages.
+    /// ROWID` events and a partial due index (the second), both with
+    /// `AUTOINCREMENT` delivery ids and 4 KiB pages; then the layout of
+    /// this version's but for finding deliveries through an index (the
+    /// third, 2 KiB pages).
     #[tokio::test]
     async fn stores_of_earlier_layouts_keep_working() {
         let partial = "\n    WHERE status = 'pending' OR status = 'dead';";
-        let autoincrement = SCHEMA.replace(
+        let autoincrement = SCHEMA_INDEXED.replace(
             "id              INTEGER PRIMARY KEY,",
             "id              INTEGER PRIMARY KEY AUTOINCREMENT,",
         );
@@ -1229,15 +1391,17 @@ mod tests {
         assert!(!first.contains("WITHOUT ROWID") && !first.contains("WHERE"));
         assert_eq!(second.matches("WITHOUT ROWID").count(), 2);
         assert!(first.contains("AUTOINCREMENT") && second.contains("AUTOINCREMENT"));
-        for schema in [first, second] {
+        let third = SCHEMA_INDEXED.to_string();
+        for (schema, page) in [(first, 4096), (second, 4096), (third, 2048)] {
             let dir = tempfile::tempdir().unwrap();
             let c = Connection::open(dir.path().join("easehook.db")).unwrap();
-            c.execute_batch("PRAGMA page_size=4096; PRAGMA journal_mode=WAL")
+            c.execute_batch(&format!("PRAGMA page_size={page}; PRAGMA journal_mode=WAL"))
                 .unwrap();
             c.execute_batch(&schema).unwrap();
+            assert_eq!(Layout::of(&c).unwrap(), Layout::Indexed);
             drop(c);
             lifecycle(dir.path()).await;
-            assert_eq!(page_size(dir.path()), 4096);
+            assert_eq!(page_size(dir.path()), page);
         }
     }
 
@@ -1422,6 +1586,46 @@ mod tests {
             let plan = plan.join("; ");
             assert!(plan.contains("INDEX deliveries_due"), "{sql}: {plan}");
             assert!(!plan.contains("SCAN deliveries"), "{sql}: {plan}");
+        }
+        drop(s);
+    }
+
+    /// A new store finds an event's deliveries by the range of ids its row
+    /// holds, through the deliveries' own key: no index of deliveries by
+    /// event, which would cost the writer an insert per delivery.
+    #[test]
+    fn deliveries_of_an_event_are_found_by_their_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(s.layout, Layout::Ranges);
+        let c = Connection::open(dir.path().join("easehook.db")).unwrap();
+        let indexes: Vec<String> = c
+            .prepare(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'deliveries'",
+            )
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(indexes, ["deliveries_due"]);
+        for sql in [
+            Layout::Ranges.deliveries_of_event(),
+            Layout::Ranges.prune_events(),
+        ] {
+            let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let zeros = rusqlite::params_from_iter(std::iter::repeat_n(0, stmt.parameter_count()));
+            let plan: Vec<String> = stmt
+                .query_map(zeros, |r| r.get(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            let plan = plan.join("; ");
+            assert!(
+                plan.contains("INTEGER PRIMARY KEY (rowid>? AND rowid<?)"),
+                "{sql}: {plan}"
+            );
+            assert!(!plan.contains("SCAN d"), "{sql}: {plan}");
         }
         drop(s);
     }
