@@ -508,11 +508,6 @@ fn checkpointer(
     restart: Arc<AtomicBool>,
     limits: WalLimits,
 ) {
-    let run = |mode: &str| -> rusqlite::Result<(i64, i64)> {
-        conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
-            Ok((r.get(1)?, r.get(2)?))
-        })
-    };
     // WAL pages already copied (SQLite counts them from the WAL's start).
     let mut copied = 0;
     while committed.recv().is_ok() {
@@ -530,8 +525,8 @@ fn checkpointer(
             }
             std::thread::sleep(CHECKPOINT_POLL);
         }
-        match run("PASSIVE") {
-            Ok((log, done)) => {
+        match wal_checkpoint(&conn, "PASSIVE") {
+            Ok(Checkpoint { log, done, .. }) => {
                 copied = done;
                 if log >= limits.restart_pages {
                     restart.store(true, Ordering::Relaxed);
@@ -543,7 +538,29 @@ fn checkpointer(
     }
     // The writer has stopped: copy what is left, so the WAL is small when
     // the daemon starts next.
-    let _ = run("TRUNCATE");
+    let _ = wal_checkpoint(&conn, "TRUNCATE");
+}
+
+/// What `PRAGMA wal_checkpoint` reports.
+struct Checkpoint {
+    /// It could not finish: another checkpoint ran, or (modes that wait)
+    /// the busy timeout passed.
+    busy: bool,
+    /// Frames in the WAL.
+    log: i64,
+    /// Frames copied into the database file.
+    done: i64,
+}
+
+/// Run a checkpoint of `mode` (`PASSIVE`, `TRUNCATE`, …) on `conn`.
+fn wal_checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<Checkpoint> {
+    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+        Ok(Checkpoint {
+            busy: r.get(0)?,
+            log: r.get(1)?,
+            done: r.get(2)?,
+        })
+    })
 }
 
 /// Between two batches, copy into the database file the pages the
@@ -554,15 +571,8 @@ fn checkpointer(
 /// uses an older snapshot, or the checkpointer is in a pass; the
 /// checkpointer asks again after its next one.
 fn finish_checkpoint(conn: &Connection) -> bool {
-    let r = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-        Ok((
-            r.get::<_, i64>(0)?,
-            r.get::<_, i64>(1)?,
-            r.get::<_, i64>(2)?,
-        ))
-    });
-    match r {
-        Ok((busy, log, done)) => busy == 0 && log == done,
+    match wal_checkpoint(conn, "PASSIVE") {
+        Ok(Checkpoint { busy, log, done }) => !busy && log == done,
         Err(e) => {
             tracing::debug!(error = %e, "checkpoint failed");
             false
