@@ -775,14 +775,7 @@ impl<'c> Writer<'c> {
         // event: the event goes first. This one stores the event last, with
         // the range of ids its deliveries got.
         if self.layout == Layout::Indexed {
-            self.insert_event.execute(params![
-                ev.id,
-                ev.dedup_key,
-                ev.event.as_str(),
-                now,
-                p.rules_json,
-                ev.body
-            ])?;
+            self.store_event(p, &[])?;
         }
         let lease = ev.lease_until.map(|t| t as i64);
         let mut ids = Vec::with_capacity(ev.deliveries.len());
@@ -806,21 +799,35 @@ impl<'c> Writer<'c> {
             ids.push(self.conn.last_insert_rowid());
         }
         if self.layout == Layout::Ranges {
-            self.insert_event.execute(params![
-                ev.id,
-                ev.dedup_key,
-                ev.event.as_str(),
-                now,
-                p.rules_json,
-                ev.body,
-                ids.first(),
-                ids.last()
-            ])?;
+            self.store_event(p, &ids)?;
         }
         Ok(Accepted::New {
             id: ev.id.clone(),
             deliveries: ids,
         })
+    }
+
+    /// Insert the event's row; in [`Layout::Ranges`] with the range of
+    /// `deliveries`, the ids its deliveries got.
+    fn store_event(&mut self, p: &Prepared, deliveries: &[i64]) -> rusqlite::Result<()> {
+        let ev = &p.event;
+        let (first, last) = (deliveries.first(), deliveries.last());
+        let values: [&dyn rusqlite::ToSql; 8] = [
+            &ev.id,
+            &ev.dedup_key,
+            &ev.event.as_str(),
+            &(ev.received_at_ms as i64),
+            &p.rules_json,
+            &ev.body,
+            &first,
+            &last,
+        ];
+        // The statement of an earlier layout takes the first six.
+        let n = match self.layout {
+            Layout::Ranges => 8,
+            Layout::Indexed => 6,
+        };
+        self.insert_event.execute(&values[..n]).map(drop)
     }
 
     fn run_command(&mut self, c: &Command) -> Done {
