@@ -13,7 +13,9 @@ through pre-signed callbacks with unique callIds, so no request is a
 duplicate.
 
 Scenarios:
-  (a) maximum acknowledged throughput at 64 connections
+  (a) maximum acknowledged throughput at 64 connections, beside the durable
+      floor at the same load (the baseline syncing each body to a journal
+      file before answering: what a durable answer alone leaves here)
   (b) a fixed ~1,000 requests/s while the destination takes 2 s per request,
       beside the floor of a durable answer here: the baseline syncing each
       body to a journal file before answering
@@ -288,9 +290,12 @@ class Easehook:
         return get_json(f"http://127.0.0.1:{self.admin}/api/v1/status")
 
 
-def start_baseline(binary, delay_ms=0):
+def start_baseline(binary, delay_ms=0, journal=None):
+    """The baseline (or, with `journal`, the durable floor: each body
+    appended to that file and synced before the answer)."""
     port = free_port()
-    proc = subprocess.Popen([binary, str(port), str(delay_ms)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd = [binary, str(port), str(delay_ms)] + ([journal] if journal else [])
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(port)
     return proc, port
 
@@ -414,9 +419,10 @@ def main():
     sink, sink_port = start_baseline(baseline_bin)
     idle_rss = None
 
-    # (a) throughput: baseline, easehook, webhook — same load, same run.
+    # (a) throughput: baseline, durable floor, easehook, webhook — same load,
+    # same run.
     if "a" in args.only:
-        # The three servers take turns, round after round: the host's load
+        # The servers take turns, round after round: the host's load
         # drifts over minutes, and a ratio is only as good as the baseline
         # measured next to it. Each round's easehook starts on a new store,
         # so no callback of an earlier round is a duplicate.
@@ -426,6 +432,15 @@ def main():
             base, base_port = start_baseline(baseline_bin)
             res["baseline"] = run_wrk(f"http://127.0.0.1:{base_port}/", calls, args.duration, pid=base.pid)
             base.terminate()
+            # The floor of a durable acknowledgement at this load: the
+            # baseline doing nothing more than appending each body to a
+            # file and syncing it, one sync per group, before answering.
+            journal = os.path.join(work, f"a-journal{r}")
+            floor, floor_port = start_baseline(baseline_bin, journal=journal)
+            res["floor"] = run_wrk(f"http://127.0.0.1:{floor_port}/", calls, args.duration, pid=floor.pid)
+            floor.terminate()
+            floor.wait()
+            os.remove(journal)
             eh = Easehook(easehook_bin, os.path.join(work, f"a{r}"), rules_yaml(100, f"http://127.0.0.1:{sink_port}"))
             eh.start()
             if idle_rss is None:
@@ -447,14 +462,18 @@ def main():
         print("| round | server     |     req/s | p50 ms  | p99 ms  | max ms   | errors | peak RSS MB |")
         print("|-------|------------|-----------|---------|---------|----------|--------|---------|")
         for i, res in enumerate(rounds):
-            for k in ("baseline", "easehook", "webhook"):
+            for k in ("baseline", "floor", "easehook", "webhook"):
                 print(f"| {i + 1:>5} " + fmt_row(k, res[k]))
         ra = [res["easehook"]["rps"] / res["baseline"]["rps"] for res in rounds]
         rw = [res["easehook"]["rps"] / res["webhook"]["rps"] for res in rounds]
+        rf = [res["floor"]["rps"] / res["baseline"]["rps"] for res in rounds]
+        ef = [res["easehook"]["rps"] / res["floor"]["rps"] for res in rounds]
         kb = [res["easehook"]["written_kb"] for res in rounds]
         each = lambda xs: " ".join(f"{x:.2f}" for x in xs)
         print(f"easehook/baseline = {statistics.median(ra):.2f} (median; rounds: {each(ra)})")
         print(f"easehook/webhook  = {statistics.median(rw):.2f} (median; rounds: {each(rw)})")
+        print(f"durable floor/baseline = {statistics.median(rf):.2f}, easehook/floor = {statistics.median(ef):.2f} "
+              f"(medians; rounds: {each(rf)}; {each(ef)})")
         print(f"easehook wrote {statistics.median(kb):.1f} KB per callback during a round (median); "
               "its WAL reached " + ", ".join(f"{res['wal_mb']:.1f}" for res in rounds) + " MB at most")
         print("easehook's queue when the load stopped: " + ", ".join(
@@ -473,10 +492,7 @@ def main():
             # What earlier runs left in the page cache is written back now,
             # not during the measurement, where it would slow every sync.
             os.sync()
-            fport = free_port()
-            floor = subprocess.Popen([baseline_bin, str(fport), "0", os.path.join(work, f"journal{r}")],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            wait_port(fport)
+            floor, fport = start_baseline(baseline_bin, journal=os.path.join(work, f"journal{r}"))
             rf = run_wrk(f"http://127.0.0.1:{fport}/", calls, args.duration, delay_ms=64, pid=floor.pid)
             floor.terminate()
             floor.wait()
