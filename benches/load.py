@@ -292,7 +292,8 @@ class Easehook:
 
 def start_baseline(binary, delay_ms=0, journal=None):
     """The baseline (or, with `journal`, the durable floor: each body
-    appended to that file and synced before the answer)."""
+    written to that file, a ring written in full first, and synced before
+    the answer)."""
     port = free_port()
     cmd = [binary, str(port), str(delay_ms)] + ([journal] if journal else [])
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -433,8 +434,8 @@ def main():
             res["baseline"] = run_wrk(f"http://127.0.0.1:{base_port}/", calls, args.duration, pid=base.pid)
             base.terminate()
             # The floor of a durable acknowledgement at this load: the
-            # baseline doing nothing more than appending each body to a
-            # file and syncing it, one sync per group, before answering.
+            # baseline doing nothing more than writing each body to a file
+            # and syncing it, one sync per group, before answering.
             journal = os.path.join(work, f"a-journal{r}")
             floor, floor_port = start_baseline(baseline_bin, journal=journal)
             res["floor"] = run_wrk(f"http://127.0.0.1:{floor_port}/", calls, args.duration, pid=floor.pid)
@@ -482,7 +483,7 @@ def main():
     # (b) fixed ~1,000 req/s (64 connections, 64 ms between requests each)
     # while every delivery takes 2 s at the destination. Each round first
     # measures the floor of a durable acknowledgement on this machine: the
-    # baseline appending each body to a journal on the same file system and
+    # baseline writing each body to a journal on the same file system and
     # syncing it (group commit) before answering.
     if "b" in args.only:
         slow, slow_port = start_baseline(baseline_bin, delay_ms=2000)
