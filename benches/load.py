@@ -290,6 +290,17 @@ class Easehook:
         return get_json(f"http://127.0.0.1:{self.admin}/api/v1/status")
 
 
+def run_floor(binary, journal, calls, duration, delay_ms=0):
+    """Runs wrk against the durable floor (the baseline with `journal`),
+    stops it and removes its journal; returns run_wrk's figures."""
+    floor, port = start_baseline(binary, journal=journal)
+    res = run_wrk(f"http://127.0.0.1:{port}/", calls, duration, delay_ms=delay_ms, pid=floor.pid)
+    floor.terminate()
+    floor.wait()
+    os.remove(journal)
+    return res
+
+
 def start_baseline(binary, delay_ms=0, journal=None):
     """The baseline (or, with `journal`, the durable floor: each body
     written to that file, a ring written in full first, and synced before
@@ -414,6 +425,7 @@ def main():
     signed_triples(calls, 400_000)
     if args.callgrind:
         callgrind_report(binaries, baseline_bin, calls, 15)
+        shutil.rmtree(work, ignore_errors=True)
         return
     print(f"machine: {os.cpu_count()} cores; duration {args.duration}s per run; wrk -t2 -c64", flush=True)
 
@@ -436,12 +448,7 @@ def main():
             # The floor of a durable acknowledgement at this load: the
             # baseline doing nothing more than writing each body to a file
             # and syncing it, one sync per group, before answering.
-            journal = os.path.join(work, f"a-journal{r}")
-            floor, floor_port = start_baseline(baseline_bin, journal=journal)
-            res["floor"] = run_wrk(f"http://127.0.0.1:{floor_port}/", calls, args.duration, pid=floor.pid)
-            floor.terminate()
-            floor.wait()
-            os.remove(journal)
+            res["floor"] = run_floor(baseline_bin, os.path.join(work, "journal"), calls, args.duration)
             eh = Easehook(easehook_bin, os.path.join(work, f"a{r}"), rules_yaml(100, f"http://127.0.0.1:{sink_port}"))
             eh.start()
             if idle_rss is None:
@@ -493,10 +500,7 @@ def main():
             # What earlier runs left in the page cache is written back now,
             # not during the measurement, where it would slow every sync.
             os.sync()
-            floor, fport = start_baseline(baseline_bin, journal=os.path.join(work, f"journal{r}"))
-            rf = run_wrk(f"http://127.0.0.1:{fport}/", calls, args.duration, delay_ms=64, pid=floor.pid)
-            floor.terminate()
-            floor.wait()
+            rf = run_floor(baseline_bin, os.path.join(work, "journal"), calls, args.duration, delay_ms=64)
             floors.append(rf["p99_ms"])
             print(f"round {r + 1}: durable floor: p50 {rf['p50_ms']:.2f} ms  p99 {rf['p99_ms']:.2f} ms  max {rf['max_ms']:.2f} ms  errors {rf['errors']}", flush=True)
             os.sync()
