@@ -31,6 +31,7 @@ use crate::priority::DeliveryThreads;
 use crate::server::{self, AppState, Limits, ReloadStatus};
 use crate::shutdown::Shutdown;
 use crate::snapshot;
+use crate::sockets::Passed;
 use crate::store::sqlite::SqliteStore;
 
 /// A running daemon.
@@ -108,6 +109,33 @@ async fn watchdog(state: Arc<AppState>, interval: std::time::Duration, shutdown:
     }
 }
 
+/// The listener for `key`: the socket systemd passed, else `addr` bound.
+async fn listener(
+    passed: Option<std::net::TcpListener>,
+    addr: SocketAddr,
+    key: &str,
+) -> anyhow::Result<TcpListener> {
+    let Some(socket) = passed else {
+        return TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} ({key})"));
+    };
+    let listener = TcpListener::from_std(socket)
+        .with_context(|| format!("cannot serve the socket passed by systemd for {key}"))?;
+    let bound = listener.local_addr()?;
+    if bound == addr {
+        tracing::info!(%bound, "serving the socket passed by systemd for {key}");
+    } else {
+        tracing::warn!(
+            %bound,
+            configured = %addr,
+            "serving the socket passed by systemd for {key}, not the configured address \
+             (the socket unit's ListenStream= decides)"
+        );
+    }
+    Ok(listener)
+}
+
 impl App {
     /// Load the configuration at `config`, bind, and start serving.
     pub async fn start(
@@ -115,16 +143,24 @@ impl App {
         env: Arc<dyn Env + Send + Sync>,
         shutdown: Shutdown,
     ) -> anyhow::Result<App> {
+        Self::start_with(config, env, shutdown, Passed::none()).await
+    }
+
+    /// As [`App::start`], serving the sockets in `passed` (from systemd)
+    /// instead of binding the listeners they stand for.
+    pub async fn start_with(
+        config: &Path,
+        env: Arc<dyn Env + Send + Sync>,
+        shutdown: Shutdown,
+        passed: Passed,
+    ) -> anyhow::Result<App> {
         let snap = snapshot::load(config, env.as_ref()).map_err(|d| anyhow::anyhow!("{d}"))?;
         let settings = &snap.settings;
-        let callback_listener = TcpListener::bind(settings.listen)
-            .await
-            .with_context(|| format!("cannot listen on {} (listen)", settings.listen))?;
-        let admin_listener = TcpListener::bind(settings.admin_listen)
-            .await
-            .with_context(|| {
-                format!("cannot listen on {} (admin_listen)", settings.admin_listen)
-            })?;
+        // The store first: it takes the lock that keeps a second daemon off
+        // `state_dir`, and says so before anything else can go wrong.
+        let store = SqliteStore::open(&settings.state_dir)?;
+        let callback_listener = listener(passed.callback, settings.listen, "listen").await?;
+        let admin_listener = listener(passed.admin, settings.admin_listen, "admin_listen").await?;
         let callback_addr = callback_listener.local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
         for w in &settings.warnings {
@@ -133,7 +169,6 @@ impl App {
         for w in &snap.rules.warnings {
             tracing::warn!("{w}");
         }
-        let store = SqliteStore::open(&settings.state_dir)?;
         tracing::info!(path = %store.path().display(), "store opened");
         let drain = settings.delivery.shutdown_grace;
         let (reload_tx, reload_rx) = mpsc::channel(8);

@@ -19,6 +19,8 @@ use crate::template;
 
 /// `easehook run`: start the daemon and serve until SIGTERM/SIGINT.
 pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
+    // SAFETY: no other thread runs yet (the runtime starts below).
+    let passed = unsafe { crate::sockets::Passed::from_systemd() }?;
     // The config decides the log format, so it is read before logging starts;
     // its problems go to stderr as they are.
     let settings = match config::load(config_path, &ProcessEnv) {
@@ -48,7 +50,8 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
         .build()?;
     runtime.block_on(async {
         let shutdown = Shutdown::new();
-        let app = App::start(config_path, Arc::new(ProcessEnv), shutdown.clone()).await?;
+        let app =
+            App::start_with(config_path, Arc::new(ProcessEnv), shutdown.clone(), passed).await?;
         let trigger = shutdown.clone();
         tokio::spawn(async move {
             shutdown::signal().await;
@@ -70,7 +73,18 @@ pub fn check(config_path: &Path) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(1))
         }
         Ok(snap) => {
-            for w in snap.settings.warnings.iter().chain(&snap.rules.warnings) {
+            let units = crate::sockets::check_units(
+                snap.settings.listen,
+                snap.settings.admin_listen,
+                config_path,
+            );
+            for w in snap
+                .settings
+                .warnings
+                .iter()
+                .chain(&snap.rules.warnings)
+                .chain(&units)
+            {
                 println!("warning: {w}");
             }
             let rules = &snap.rules;

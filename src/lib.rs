@@ -27,6 +27,7 @@
 //! | [`dispatch`] | claim, render, send, retry, dead-letter; rate limits |
 //! | [`snapshot`] | settings + rule set, swapped whole on reload |
 //! | [`server`] | the callback and admin listeners |
+//! | [`sockets`] | listening sockets passed by systemd; the socket units `check` reads |
 //! | [`reload`] | SIGHUP, file watching and the reload endpoint |
 //! | [`shutdown`] | one signal that reaches every long-lived task |
 //! | [`telemetry`] | logs (stderr or journald) |
@@ -49,6 +50,7 @@ pub mod rules;
 pub mod server;
 pub mod shutdown;
 pub mod snapshot;
+pub mod sockets;
 pub mod store;
 pub mod telemetry;
 pub mod template;

@@ -135,6 +135,15 @@ pub fn error_reply(status: StatusCode, message: &str) -> warp::reply::Response {
 
 /// Serve `filter` on `listener` until `shutdown`, then stop accepting, let
 /// requests in flight finish (up to `limits.drain_timeout`) and return.
+///
+/// The listener may be a socket that systemd keeps open across restarts:
+/// connections not yet accepted then wait in its backlog for the next
+/// process, and every connection this process did accept gets its request
+/// answered. That includes one accepted whose request has not arrived yet
+/// (its client connected to send one): hyper's own graceful shutdown would
+/// close it unread, so each connection is told to finish only once its
+/// current request has begun. An idle keep-alive connection, between two
+/// requests, is closed at once, as HTTP/1.1 allows.
 pub async fn serve<F>(listener: TcpListener, filter: F, shutdown: Shutdown, limits: Limits)
 where
     F: Filter<Extract = (warp::reply::Response,), Error = std::convert::Infallible>
@@ -143,8 +152,9 @@ where
         + Sync
         + 'static,
 {
+    use hyper::service::Service as _;
     let service = warp::service(filter);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let connections = tokio_util::task::TaskTracker::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {
         let (stream, peer) = tokio::select! {
@@ -166,7 +176,13 @@ where
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let svc = hyper_util::service::TowerToHyperService::new(service.clone());
+        // Whether a request has begun on this connection (its head is read).
+        let (began_tx, mut began) = tokio::sync::watch::channel(false);
+        let inner = hyper_util::service::TowerToHyperService::new(service.clone());
+        let svc = hyper::service::service_fn(move |req| {
+            began_tx.send_replace(true);
+            inner.call(req)
+        });
         // `half_close`: while a request is being answered, hyper does not
         // read ahead to find out whether the client has gone. Such a read
         // needs room in the connection's buffer, which the request still
@@ -179,16 +195,33 @@ where
             .half_close(true)
             .header_read_timeout(limits.header_read_timeout)
             .serve_connection(TokioIo::new(stream), svc);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
+        let stop = shutdown.clone();
+        connections.spawn(async move {
+            let mut conn = std::pin::pin!(conn);
+            // Shutdown reaches a connection once a request has begun on it;
+            // one that never sends a request is closed by the header timeout.
+            let stopping = async {
+                stop.wait().await;
+                let _ = began.wait_for(|b| *b).await;
+            };
+            let ended = tokio::select! {
+                ended = conn.as_mut() => ended,
+                _ = stopping => {
+                    // The request in flight is answered (`Connection:
+                    // close`), then the connection ends.
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = ended {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
             drop(permit);
         });
     }
     drop(listener);
-    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
+    connections.close();
+    if tokio::time::timeout(limits.drain_timeout, connections.wait())
         .await
         .is_err()
     {

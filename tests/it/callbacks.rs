@@ -32,7 +32,7 @@ async fn a_signed_roster_callback_is_accepted_and_stored_with_its_rules() {
 #[tokio::test]
 async fn every_documented_fixture_is_accepted_once_re_signed() {
     let app = spawn_app().await;
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/easemob");
+    let dir = fixture("");
     let mut n = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();

@@ -99,8 +99,7 @@ fn test_prints_matching_rules_and_fully_rendered_messages_with_secrets_masked() 
          \x20 - {name: after-stop, actions: [quiet]}\n",
     );
     let (_dir, config) = write_config(&opts);
-    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures/easemob/roster-ban.json");
+    let fixture = fixture("roster-ban.json");
     let out = Command::new(env!("CARGO_BIN_EXE_easehook"))
         .arg("--config")
         .arg(&config)
@@ -292,4 +291,49 @@ async fn simulate_and_the_admin_commands_work_against_a_running_daemon() {
     let (code, out) = run(&["deliveries", "retry", "1"]).await;
     assert_eq!(code, 1, "not dead any more: {out}");
     app.shutdown();
+}
+
+/// `check` against the socket units the package ships, found where systemd
+/// would look (`SYSTEMD_UNIT_PATH`).
+fn check_with_shipped_units(config: &std::path::Path) -> (i32, String) {
+    let units = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd");
+    let out = Command::new(env!("CARGO_BIN_EXE_easehook"))
+        .arg("--config")
+        .arg(config)
+        .arg("check")
+        .env("IT_SECRET", SECRET)
+        .env("SYSTEMD_UNIT_PATH", &units)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+    )
+}
+
+#[test]
+fn check_warns_when_a_socket_unit_listens_elsewhere_than_the_config() {
+    let units = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd");
+    let (_dir, config) = write_config(&Options::rules(""));
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0",
+        "listen: 127.0.0.1:8081\nadmin_listen: 127.0.0.1:9464",
+    );
+    std::fs::write(&config, &text).unwrap();
+    let (code, out) = check_with_shipped_units(&config);
+    assert_eq!(code, 0, "{out}");
+    let expected = format!(
+        "warning: {}: ListenStream=0.0.0.0:8080 differs from listen: 127.0.0.1:8081 in {}",
+        units.join("easehook.socket").display(),
+        config.display()
+    );
+    assert!(out.contains(&expected), "{out}");
+    // The admin socket agrees with admin_listen: nothing said of it.
+    assert!(!out.contains("easehook-admin.socket"), "{out}");
+
+    // Agreeing with both units, check says nothing of them.
+    std::fs::write(&config, text.replace("127.0.0.1:8081", "0.0.0.0:8080")).unwrap();
+    let (code, out) = check_with_shipped_units(&config);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("ListenStream"), "{out}");
 }

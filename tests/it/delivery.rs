@@ -265,8 +265,7 @@ async fn secrets_never_reach_errors_or_the_api() {
 async fn test_send_really_sends() {
     let sink = HttpSink::start().await;
     let (_dir, config) = write_config(&Options::rules(http_rules(&sink.url(""), "")));
-    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures/easemob/roster-ban.json");
+    let fixture = fixture("roster-ban.json");
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_easehook"))
         .arg("--config")
         .arg(&config)

@@ -162,6 +162,14 @@ pub fn sign(body: &mut Value, secret: &str) {
     body["security"] = json!(easehook::verify::sign(&call_id, secret, &ts));
 }
 
+/// A documented Easemob callback example kept in the repository
+/// (`tests/fixtures/easemob/NAME`), signed with an unknown secret.
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/easemob")
+        .join(name)
+}
+
 pub fn unique_id() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);

@@ -16,5 +16,6 @@ mod ops;
 mod process;
 mod props;
 mod reload;
+mod restart;
 mod secrets;
 mod shipped;

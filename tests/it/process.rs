@@ -20,7 +20,7 @@ pub struct Daemon {
 }
 
 /// Pick free ports by binding port 0 and releasing them.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -40,31 +40,46 @@ pub fn fixed_ports(config: &std::path::Path) -> (u16, u16) {
     (cb, admin)
 }
 
+/// The callback and admin ports a test config (after [`fixed_ports`]) names.
+pub fn config_ports(config: &std::path::Path) -> (u16, u16) {
+    let text = std::fs::read_to_string(config).unwrap();
+    let port = |key: &str| -> u16 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    (port("listen: "), port("admin_listen: "))
+}
+
 impl Daemon {
     pub async fn start(config: &std::path::Path, extra_env: &[(&str, &str)]) -> Daemon {
-        let text = std::fs::read_to_string(config).unwrap();
-        let port = |key: &str| -> u16 {
-            text.lines()
-                .find_map(|l| l.strip_prefix(key))
-                .unwrap()
-                .rsplit(':')
-                .next()
-                .unwrap()
-                .trim()
-                .parse()
-                .unwrap()
-        };
-        let (cb, admin) = (port("listen: "), port("admin_listen: "));
+        let (cb, admin) = config_ports(config);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_easehook"));
-        cmd.arg("--config")
-            .arg(config)
-            .env("IT_SECRET", SECRET)
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null());
+        cmd.arg("--config").arg(config);
         for (k, v) in extra_env {
             cmd.env(k, v);
         }
+        Daemon::spawn(
+            cmd,
+            format!("http://127.0.0.1:{cb}/easemob/callback"),
+            format!("http://127.0.0.1:{admin}"),
+        )
+        .await
+    }
+
+    /// Start `cmd` (the daemon, with the test's secret and logs), collect
+    /// its stderr, and wait until `admin_url` says it is ready.
+    pub async fn spawn(mut cmd: Command, callback_url: String, admin_url: String) -> Daemon {
+        cmd.env("IT_SECRET", SECRET)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null());
         let mut child = cmd.spawn().unwrap();
         let lines = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().unwrap();
@@ -77,8 +92,8 @@ impl Daemon {
         let d = Daemon {
             child,
             lines,
-            callback_url: format!("http://127.0.0.1:{cb}/easemob/callback"),
-            admin_url: format!("http://127.0.0.1:{admin}"),
+            callback_url,
+            admin_url,
         };
         let client = reqwest::Client::new();
         let url = format!("{}/readyz", d.admin_url);

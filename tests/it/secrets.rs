@@ -120,8 +120,7 @@ async fn no_output_of_a_full_run_contains_a_secret() {
         )
     };
     seen += &cli(&["check"]);
-    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures/easemob/roster-ban.json");
+    let fixture = fixture("roster-ban.json");
     seen += &cli(&["test", "--event", fixture.to_str().unwrap()]);
     seen += &cli(&["deliveries", "list"]);
     seen += &cli(&["events", "list"]);
