@@ -22,8 +22,12 @@ Scenarios:
   (c) drain: 20,000 queued deliveries sent to a fast local sink
   (d) start-up time to READY with 1,000 rules
   (e) idle RSS
+  (f) a restart under ~1,000 callbacks/s (a new connection each), once on
+      a socket held for the daemon as systemd's easehook.socket holds it,
+      once with the daemon binding its own port: errors and the longest
+      wait a client sees
 
-usage: python3 benches/load.py [--duration SECONDS] [--rounds N] [--skip-build] [--only abcde]
+usage: python3 benches/load.py [--duration SECONDS] [--rounds N] [--skip-build] [--only abcdef]
                               [--binary PATH] [--callgrind [--binary PATH,PATH…]]
 Run from the repository root. Installs wrk and webhook with apt-get when
 missing. Every request goes to 127.0.0.1.
@@ -265,14 +269,21 @@ class Easehook:
         self.binary = binary
         self.proc = None
 
-    def start(self):
+    def start(self, socket_fd=None):
+        """Starts the daemon; with `socket_fd`, passes that socket as fd 3
+        the way systemd does (LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES)
+        instead of letting it bind `listen`. Returns the time to READY."""
         t0 = time.monotonic()
-        self.proc = subprocess.Popen(
-            [self.binary, "--config", self.config, "run"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=dict(os.environ, RUST_LOG="warn"),
-        )
+        cmd = [self.binary, "--config", self.config, "run"]
+        env = dict(os.environ, RUST_LOG="warn")
+        extra = {}
+        if socket_fd is not None:
+            # LISTEN_PID must be the daemon's own pid: the shell sets it to
+            # its own, then becomes the daemon.
+            cmd = ["/bin/sh", "-c", 'LISTEN_PID=$$ exec "$0" "$@"'] + cmd
+            env.update(LISTEN_FDS="1", LISTEN_FDNAMES="callback")
+            extra = dict(pass_fds=(socket_fd,), preexec_fn=lambda: os.dup2(socket_fd, 3))
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, **extra)
         wait_http(f"http://127.0.0.1:{self.admin}/readyz")
         return time.monotonic() - t0
 
@@ -327,6 +338,74 @@ def start_webhook(workdir):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(port)
     return proc, f"http://127.0.0.1:{port}/hooks/easemob"
+
+
+def restart_under_load(eh, rate, seconds, restart_at, socket_fd=None):
+    """Sends `rate` signed callbacks a second for `seconds`, each on a new
+    connection, and restarts the daemon (SIGTERM, wait for its exit, start
+    it again) `restart_at` seconds in. Returns the outcomes and the time the
+    restart took from SIGTERM to READY."""
+    import asyncio
+
+    ts = str(int(time.time() * 1000))
+    outcomes = {"ok": 0, "refused": 0, "reset": 0, "other": 0}
+    waits = []
+    restart = {}
+
+    def body(i):
+        msg_id = f"8{i:017d}"
+        call_id = f"{APPKEY}_{msg_id}"
+        sec = hashlib.md5((call_id + SECRET + ts).encode()).hexdigest()
+        b = json.dumps({"chat_type": "roster", "callId": call_id, "security": sec,
+                        "payload": {"operation": "ban", "status": {"error_code": "ok"}},
+                        "appkey": APPKEY, "from": f"{APPKEY}_u{i % 997}@easemob.com", "to": f"p{i % 991}",
+                        "eventType": "chat", "msg_id": msg_id, "timestamp": int(ts)}).encode()
+        return (f"POST /easemob/callback HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(b)}\r\nConnection: close\r\n\r\n").encode() + b
+
+    async def one(i):
+        t0 = time.monotonic()
+        try:
+            r, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", eh.port), 30)
+            w.write(body(i))
+            await w.drain()
+            head = await asyncio.wait_for(r.readline(), 30)
+            w.close()
+            if head.startswith(b"HTTP/1.1 200"):
+                outcomes["ok"] += 1
+            elif not head:
+                outcomes["reset"] += 1
+            else:
+                outcomes["other"] += 1
+        except ConnectionRefusedError:
+            outcomes["refused"] += 1
+        except (ConnectionResetError, BrokenPipeError, asyncio.IncompleteReadError):
+            outcomes["reset"] += 1
+        except Exception:
+            outcomes["other"] += 1
+        waits.append(time.monotonic() - t0)
+
+    def restarter():
+        time.sleep(restart_at)
+        t0 = time.monotonic()
+        eh.stop()
+        eh.start(socket_fd)
+        restart["seconds"] = time.monotonic() - t0
+
+    async def drive():
+        t = threading.Thread(target=restarter)
+        t.start()
+        tasks, start = [], time.monotonic()
+        for i in range(rate * seconds):
+            delay = start + i / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i)))
+        await asyncio.gather(*tasks)
+        await asyncio.to_thread(t.join)
+
+    asyncio.run(drive())
+    return outcomes, max(waits), restart["seconds"]
 
 
 def fmt_row(name, r):
@@ -408,7 +487,7 @@ def main():
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=3, help="rounds of (a) and (b); in (a) each server runs once per round")
     ap.add_argument("--skip-build", action="store_true")
-    ap.add_argument("--only", default="abcde", help="the scenarios to run, e.g. 'a' or 'bc'")
+    ap.add_argument("--only", default="abcdef", help="the scenarios to run, e.g. 'a' or 'bc'")
     ap.add_argument("--binary", help="the easehook binary to measure (default: the release build); "
                     "with --callgrind, several separated by commas, counted one after the other")
     ap.add_argument("--callgrind", action="store_true",
@@ -559,6 +638,29 @@ def main():
             idle_rss = rss_kib(eh.proc.pid) / 1024
             eh.stop()
         print(f"(e) idle RSS (100 rules, after start): {idle_rss:.1f} MB")
+
+    # (f) a restart under ~1,000 callbacks/s: on a socket held for the
+    # daemon (as easehook.socket is by systemd), then with the daemon
+    # binding its own port, in the same run.
+    if "f" in args.only:
+        print("\n(f) a restart (SIGTERM, exit, start) under 1,000 callbacks/s, a new connection each")
+        print("| listener | callbacks | 200 | refused | reset | other | longest wait ms | SIGTERM to READY ms |")
+        print("|----------|-----------|-----|---------|-------|-------|-----------------|---------------------|")
+        for mode in ("socket", "bound"):
+            eh = Easehook(easehook_bin, os.path.join(work, f"f-{mode}"), rules_yaml(100, f"http://127.0.0.1:{sink_port}"))
+            held = None
+            if mode == "socket":
+                held = socket.socket()
+                held.bind(("127.0.0.1", eh.port))
+                held.listen(4096)
+            eh.start(held.fileno() if held else None)
+            out, longest, took = restart_under_load(eh, 1000, 8, 3, held.fileno() if held else None)
+            eh.stop()
+            if held:
+                held.close()
+            total = sum(out.values())
+            print(f"| {mode:<8} | {total:>9} | {out['ok']:>3} | {out['refused']:>7} | {out['reset']:>5} | {out['other']:>5} "
+                  f"| {longest * 1000:>15.0f} | {took * 1000:>19.0f} |", flush=True)
     sink.terminate()
     shutil.rmtree(work, ignore_errors=True)
 
