@@ -155,23 +155,35 @@ impl Callback {
             Some(Scalar::Other) => return Err(ParseError::BadTimestamp),
         };
         let chat_type = optional_str(obj, "chat_type");
-        let operation = obj.operation().and_then(scalar_text);
+        let mut operation = obj.operation().and_then(scalar_text);
         let event_type = optional_str(obj, "eventType");
         let appkey = optional_str(obj, "appkey");
         let from = optional_str(obj, "from");
         let to = optional_str(obj, "to");
-        let from_user = from
+        let mut from_user = from
             .as_deref()
             .map_or_else(Text::default, |f| normalize_user(f, appkey.as_deref()));
         let to_user = to
             .as_deref()
             .map_or_else(Text::default, |t| normalize_user(t, appkey.as_deref()));
-        let event = event_name(
-            chat_type.as_deref(),
-            operation.as_deref(),
-            optional_str(obj, "event").as_deref(),
-            event_type.as_deref(),
-        );
+        let body_event = optional_str(obj, "event");
+        let event = match other_family(obj, chat_type.is_some(), body_event.as_deref()) {
+            Some(f) => {
+                if let Some(user) = f.user {
+                    from_user = normalize_user(&user, appkey.as_deref());
+                }
+                if f.operation.is_some() {
+                    operation = f.operation;
+                }
+                f.event
+            }
+            None => event_name(
+                chat_type.as_deref(),
+                operation.as_deref(),
+                body_event.as_deref(),
+                event_type.as_deref(),
+            ),
+        };
         let dedup_key = dedup_key(
             &call_id,
             chat_type.as_deref(),
@@ -354,6 +366,19 @@ struct RawFields<'a> {
     msg_id: Option<Decoded<'a>>,
     #[serde(default, borrow, deserialize_with = "present")]
     event: Option<Decoded<'a>>,
+    // The fields of status and group callbacks (see `other_family`).
+    #[serde(rename = "type", default, borrow, deserialize_with = "present")]
+    kind: Option<Decoded<'a>>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    operation: Option<Decoded<'a>>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    operator: Option<Decoded<'a>>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    reason: Option<Decoded<'a>>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    status: Option<Decoded<'a>>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    user: Option<Decoded<'a>>,
     #[serde(default, borrow)]
     payload: Payload<'a>,
 }
@@ -460,6 +485,12 @@ impl Fields for Narrow<'_> {
             "to" => f.to.as_ref(),
             "msg_id" => f.msg_id.as_ref(),
             "event" => f.event.as_ref(),
+            "type" => f.kind.as_ref(),
+            "operation" => f.operation.as_ref(),
+            "operator" => f.operator.as_ref(),
+            "reason" => f.reason.as_ref(),
+            "status" => f.status.as_ref(),
+            "user" => f.user.as_ref(),
             _ => None,
         }
         .map(Decoded::scalar)
@@ -562,6 +593,44 @@ pub fn event_name(
             .unwrap_or("unknown")
             .into(),
     }
+}
+
+/// The event of a family whose name is not `chat_type:operation` (SPEC §12).
+struct OtherFamily {
+    event: Text,
+    /// The user it is about, as the callback writes it.
+    user: Option<Text>,
+    operation: Option<Text>,
+}
+
+/// A status callback (no `chat_type`, a `status` and a `reason`) is
+/// `user:{reason}` about its `user`, without the resource after `/`; a group
+/// event of the newer form (`"event": "group_op_event"`) is
+/// `{type}:{operation}` in lower case, by its `operator`.
+fn other_family(
+    obj: &impl Fields,
+    has_chat_type: bool,
+    event: Option<&str>,
+) -> Option<OtherFamily> {
+    if has_chat_type {
+        return None;
+    }
+    let field = |k| optional_str(obj, k).filter(|s| !s.is_empty());
+    if event == Some("group_op_event") {
+        let (kind, op) = (field("type")?, field("operation")?);
+        let op = Text::from(op.to_lowercase());
+        return Some(OtherFamily {
+            event: format!("{}:{op}", kind.to_lowercase()).into(),
+            user: field("operator"),
+            operation: Some(op),
+        });
+    }
+    let (reason, _status) = (field("reason")?, field("status")?);
+    Some(OtherFamily {
+        event: format!("user:{reason}").into(),
+        user: field("user").map(|u| u.split('/').next().unwrap_or_default().into()),
+        operation: None,
+    })
 }
 
 /// `callId` alone is not unique (`accept` and `remote_accept` share it, and
@@ -859,11 +928,6 @@ mod tests {
 
     #[test]
     fn other_families_parse_as_generic_events() {
-        let login = json!({"callId": "org#app_x", "security": "s", "timestamp": 5, "reason": "login",
-                           "status": "online", "user": "org#app_alice/ios", "appkey": "org#app"});
-        let cb = Callback::from_value(login).unwrap();
-        assert_eq!(cb.event, "unknown");
-        assert_eq!(field(&cb, "status").as_deref(), Some("online"));
         let msg = json!({"callId": "org#app_y", "security": "s", "timestamp": 5, "chat_type": "groupchat",
                          "payload": {"bodies": [{"type": "txt", "msg": "hi"}]}, "eventType": "chat"});
         let cb = Callback::from_value(msg).unwrap();
@@ -873,6 +937,74 @@ mod tests {
             field(&cb, "payload.bodies.0").as_deref(),
             Some(r#"{"type":"txt","msg":"hi"}"#)
         );
+    }
+
+    /// Both parses, the narrow one of the request path and the one from a
+    /// `Value`, of one body.
+    fn both(body: Value) -> [Callback; 2] {
+        [
+            Callback::parse(body.to_string().as_bytes()).unwrap(),
+            Callback::from_value(body).unwrap(),
+        ]
+    }
+
+    #[test]
+    fn status_callbacks_are_user_events_about_their_user() {
+        // Easemob's documented login callback (a status callback: no
+        // chat_type, a status and a reason).
+        for (reason, status) in [
+            ("login", "online"),
+            ("logout", "offline"),
+            ("replaced", "offline"),
+        ] {
+            let body = json!({"callId": "org#app_1542880087223", "reason": reason, "security": "s",
+                              "os": "ios", "ip": "123.120.154.188:1234", "host": "msync@ebs-ali-beijing-msync40",
+                              "appkey": "org#app", "user": "org#app_alice/ios_a2b6e4a1-85ef", "version": "3.4.3",
+                              "timestamp": 1542880087223u64, "status": status});
+            for cb in both(body) {
+                assert_eq!(cb.event, format!("user:{reason}"));
+                assert_eq!(cb.from_user, "alice");
+                assert_eq!(field(&cb, "from").as_deref(), Some("alice"));
+                assert_eq!(field(&cb, "status").as_deref(), Some(status));
+            }
+        }
+        // A user written with the domain, and without a resource.
+        let body = json!({"callId": "org#app_1", "security": "s", "timestamp": 1, "reason": "logout",
+                          "status": "offline", "user": "org#app_bob@easemob.com", "appkey": "org#app"});
+        for cb in both(body) {
+            assert_eq!(
+                (cb.event.as_str(), cb.from_user.as_str()),
+                ("user:logout", "bob")
+            );
+        }
+    }
+
+    #[test]
+    fn group_op_events_are_named_by_type_and_operation() {
+        // Easemob's documented group event of the newer form.
+        let body = json!({"callId": "org#app_0679c3e3-8900-0cca0f24198e", "security": "4249dff0f1",
+                          "payload": {"type": "INFO", "info": {"title": "测试01"}}, "appkey": "org#app",
+                          "id": "262246968131585", "type": "GROUP", "event": "group_op_event",
+                          "operation": "UPDATE", "operator": "org#app_tst", "timestamp": 1729497138792u64});
+        for cb in both(body) {
+            assert_eq!(cb.event, "group:update");
+            assert_eq!(cb.operation.as_deref(), Some("update"));
+            assert_eq!(cb.from_user, "tst");
+            assert_eq!(field(&cb, "payload.info.title").as_deref(), Some("测试01"));
+        }
+        let leave = json!({"callId": "org#app_2", "security": "s", "timestamp": 1, "type": "CHATROOM",
+                           "event": "group_op_event", "operation": "LEAVE", "operator": "carol"});
+        for cb in both(leave) {
+            assert_eq!(
+                (cb.event.as_str(), cb.from_user.as_str()),
+                ("chatroom:leave", "carol")
+            );
+        }
+        // Without its type or operation it is what its `event` says.
+        let bare = json!({"callId": "org#app_3", "security": "s", "timestamp": 1, "event": "group_op_event"});
+        for cb in both(bare) {
+            assert_eq!(cb.event, "group_op_event");
+        }
     }
 
     #[test]

@@ -46,8 +46,9 @@ fn latency_histogram() -> Histogram {
 }
 
 /// Callback families Easemob sends; anything else is counted as `other`.
-const FAMILIES: [&str; 9] = [
+const FAMILIES: [&str; 10] = [
     "chat",
+    "group",
     "groupchat",
     "roster",
     "muc",
@@ -66,14 +67,20 @@ pub fn event_label(cb: Option<&Callback>) -> &'static str {
     {
         return ROSTER_EVENTS[i];
     }
-    match cb.chat_type.as_deref() {
-        Some(f) => FAMILIES
-            .iter()
-            .find(|&&k| k == f)
-            .copied()
-            .unwrap_or("other"),
-        None => "other",
-    }
+    // The family: `chat_type`, else the part of the event name before its
+    // colon (`user:login`, `group:join`, `chatroom:leave`).
+    let family = match cb.chat_type.as_deref() {
+        Some(f) => f,
+        None => match cb.event.split_once(':') {
+            Some((f, _)) => f,
+            None => return "other",
+        },
+    };
+    FAMILIES
+        .iter()
+        .find(|&&k| k == family)
+        .copied()
+        .unwrap_or("other")
 }
 
 /// `roster:{operation}` for each of [`ROSTER_OPERATIONS`], in its order: the
@@ -328,6 +335,22 @@ mod tests {
             "other"
         );
         assert_eq!(event_label(Some(&cb(json!({"status": "online"})))), "other");
+        assert_eq!(
+            event_label(Some(&cb(json!({"status": "online", "reason": "login"})))),
+            "user"
+        );
+        assert_eq!(
+            event_label(Some(&cb(
+                json!({"event": "group_op_event", "type": "GROUP", "operation": "JOIN"})
+            ))),
+            "group"
+        );
+        assert_eq!(
+            event_label(Some(&cb(
+                json!({"event": "group_op_event", "type": "X9", "operation": "JOIN"})
+            ))),
+            "other"
+        );
         assert_eq!(event_label(None), "other");
         // The label of every roster operation is the callback's event name.
         for op in ROSTER_OPERATIONS {

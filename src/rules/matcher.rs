@@ -66,7 +66,10 @@ impl Field {
             Field::Host => cb.host.as_deref().map(Borrowed),
             Field::CallId => Some(Borrowed(cb.call_id.as_str())),
             Field::MsgId => cb.msg_id.as_deref().map(Borrowed),
-            Field::From => cb.from.as_ref().map(|_| Borrowed(cb.from_user.as_str())),
+            // A status or group callback has no `from`; its user is the
+            // `from_user` all the same (see `callback::other_family`).
+            Field::From => (cb.from.is_some() || !cb.from_user.is_empty())
+                .then(|| Borrowed(cb.from_user.as_str())),
             Field::To => cb.to.as_ref().map(|_| Borrowed(cb.to_user.as_str())),
             Field::Path(p) => lookup_path(cb.raw(), p.iter().map(String::as_str)).map(value_text),
         }

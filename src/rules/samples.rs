@@ -19,6 +19,30 @@ pub fn body(
         Some((f, o)) => (f, Some(o)),
         None => (event, None),
     };
+    let call_id = format!("{appkey}_{msg_id}");
+    match (family, op) {
+        // A status callback, as Easemob documents it (SPEC §12).
+        ("user", Some(reason)) => {
+            let status = if reason == "login" {
+                "online"
+            } else {
+                "offline"
+            };
+            return json!({"callId": call_id, "security": "unsigned", "reason": reason,
+                "os": "android", "ip": "203.0.113.7", "host": "msync@ebs-ali-beijing-msync43",
+                "appkey": appkey, "user": format!("{appkey}_{from}/android_device"),
+                "version": "4.0.0", "timestamp": timestamp, "status": status});
+        }
+        // A group or chat room event of the newer form.
+        ("group" | "chatroom", Some(op)) => {
+            return json!({"callId": call_id, "security": "unsigned",
+                "payload": {"type": op.to_uppercase(), "info": {}}, "appkey": appkey,
+                "id": "262246968131585", "type": family.to_uppercase(), "event": "group_op_event",
+                "operation": op.to_uppercase(), "operator": format!("{appkey}_{from}"),
+                "timestamp": timestamp});
+        }
+        _ => {}
+    }
     let mut payload = json!({});
     if let Some(op) = op {
         payload["operation"] = json!(op);
@@ -35,7 +59,7 @@ pub fn body(
     }
     json!({
         "chat_type": family,
-        "callId": format!("{appkey}_{msg_id}"),
+        "callId": call_id,
         "security": "unsigned",
         "payload": payload,
         "host": "msync@ebs-ali-beijing-msync43",
@@ -66,11 +90,8 @@ pub fn all() -> Vec<Callback> {
     );
     offline["eventType"] = json!("chat_offline");
     out.push(Callback::from_value(offline).expect("sample is valid"));
-    let login = json!({"callId": "easemob-demo#sample_966725184268539962", "security": "unsigned", "reason": "login",
-        "os": "android", "ip": "203.0.113.7", "host": "msync@ebs-ali-beijing-msync43", "appkey": "easemob-demo#sample",
-        "user": "easemob-demo#sample_alice/android_device", "version": "4.0.0", "timestamp": 1_642_648_046_912u64,
-        "status": "online"});
-    out.push(Callback::from_value(login).expect("sample is valid"));
+    out.push(sample("user:login"));
+    out.push(sample("group:join"));
     out
 }
 

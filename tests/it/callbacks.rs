@@ -367,3 +367,71 @@ async fn the_admin_api_needs_the_token_when_one_is_set() {
         .unwrap();
     assert_eq!(wrong.status().as_u16(), 401);
 }
+
+#[tokio::test]
+async fn login_and_group_callbacks_get_event_names_rules_can_match() {
+    let app = spawn_app_with(Options::rules(
+        "actions:\n  note: {type: log, message: '{{event}} {{from_user}}'}\n\
+         rules:\n\
+         \x20 - {name: alice-logins, when: {event: user:login, from: alice}, actions: [note]}\n\
+         \x20 - {name: group-joins, when: {event: 'group:*'}, actions: [note]}\n\
+         \x20 - {name: users, when: {event: user}, actions: []}\n",
+    ))
+    .await;
+    for (event, from) in [
+        ("user:login", "alice"),
+        ("user:logout", "alice"),
+        ("group:join", "carol"),
+    ] {
+        let mut body = easehook::rules::samples::body(
+            event,
+            APPKEY,
+            from,
+            "",
+            &unique_id(),
+            easehook::verify::now_ms(),
+        );
+        sign(&mut body, SECRET);
+        let (status, answer) = app.post(&body).await;
+        assert_eq!(status, 200, "{event}: {answer}");
+    }
+    let events = app.events().await;
+    let seen: Vec<(String, Vec<String>)> = events
+        .iter()
+        .map(|e| {
+            let rules = e["rules"].as_array().unwrap();
+            (
+                e["event"].as_str().unwrap().to_string(),
+                rules
+                    .iter()
+                    .map(|r| r.as_str().unwrap().to_string())
+                    .collect(),
+            )
+        })
+        .collect();
+    for (event, rules) in [
+        ("user:login", vec!["alice-logins", "users"]),
+        ("user:logout", vec!["users"]),
+        ("group:join", vec!["group-joins"]),
+    ] {
+        assert!(
+            seen.contains(&(
+                event.to_string(),
+                rules.iter().map(|r| r.to_string()).collect()
+            )),
+            "{event} with {rules:?} not in {seen:?}"
+        );
+    }
+    // The family filters of the events API.
+    let users = app.get("/api/v1/events?event=user").await;
+    assert_eq!(users["events"].as_array().unwrap().len(), 2, "{users}");
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains("easehook_callbacks_total{result=\"accepted\",event=\"user\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("easehook_callbacks_total{result=\"accepted\",event=\"group\"} 1"),
+        "{metrics}"
+    );
+}
