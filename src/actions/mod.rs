@@ -2,12 +2,17 @@
 //!
 //! This module owns what every action type shares — the common fields, the
 //! compile step from YAML, rendering into a [`Message`] — and dispatches to
-//! one file per type for the rest (`email`, `slack`, `http`, `log`).
+//! one file per type for the rest (`email`, `slack`, `http`, `log`, and the
+//! team chats `wecom`, `dingtalk`, `feishu`, whose common part is `chat`).
 
+pub mod chat;
+pub mod dingtalk;
 pub mod email;
+pub mod feishu;
 pub mod http;
 pub mod log;
 pub mod slack;
+pub mod wecom;
 
 use std::time::Duration;
 
@@ -50,6 +55,9 @@ pub enum ActionKind {
     Slack(slack::SlackAction),
     Http(http::HttpAction),
     Log(log::LogAction),
+    WeCom(wecom::WeComAction),
+    DingTalk(dingtalk::DingTalkAction),
+    Feishu(feishu::FeishuAction),
 }
 
 impl ActionKind {
@@ -59,6 +67,20 @@ impl ActionKind {
             ActionKind::Slack(_) => "slack",
             ActionKind::Http(_) => "http",
             ActionKind::Log(_) => "log",
+            ActionKind::WeCom(_) => "wecom",
+            ActionKind::DingTalk(_) => "dingtalk",
+            ActionKind::Feishu(_) => "feishu",
+        }
+    }
+
+    /// The limit an action of this type keeps when its rule file sets none:
+    /// the team chats' documented limits.
+    fn default_rate_limit(&self) -> Option<RateLimit> {
+        match self {
+            ActionKind::WeCom(_) => Some(chat::Service::WeCom.default_rate_limit()),
+            ActionKind::DingTalk(_) => Some(chat::Service::DingTalk.default_rate_limit()),
+            ActionKind::Feishu(_) => Some(chat::Service::Feishu.default_rate_limit()),
+            _ => None,
         }
     }
 }
@@ -70,6 +92,7 @@ pub enum Message {
     Slack(slack::SlackMessage),
     Http(http::HttpRequest),
     Log(log::LogLine),
+    Chat(chat::ChatMessage),
 }
 
 impl Action {
@@ -87,6 +110,9 @@ impl Action {
             ActionKind::Slack(a) => a.render(t, ctx).map(Message::Slack),
             ActionKind::Http(a) => a.render(t, ctx).map(Message::Http),
             ActionKind::Log(a) => a.render(t, ctx).map(Message::Log),
+            ActionKind::WeCom(a) => a.render(t, ctx).map(Message::Chat),
+            ActionKind::DingTalk(a) => a.render(t, ctx).map(Message::Chat),
+            ActionKind::Feishu(a) => a.render(t, ctx).map(Message::Chat),
         }
     }
 }
@@ -99,6 +125,7 @@ impl Message {
             Message::Slack(m) => m.describe(),
             Message::Http(m) => m.describe(),
             Message::Log(m) => m.describe(),
+            Message::Chat(m) => m.describe(),
         };
         redactor.redact(&text)
     }
@@ -382,6 +409,9 @@ enum EnabledFlag {
     Text(String),
 }
 
+/// The action types, as `check` lists them.
+const TYPES: &str = "email, slack, http, log, wecom, dingtalk or feishu";
+
 const COMMON_FIELDS: [&str; 4] = ["enabled", "rate_limit", "timeout", "max_attempts"];
 
 fn deserialize_part<T: DeserializeOwned>(map: serde_yaml::Mapping, c: &mut Compiler) -> Option<T> {
@@ -405,11 +435,11 @@ pub fn compile(value: serde_yaml::Value, c: &mut Compiler) -> Option<Action> {
     let type_name = match map.remove("type") {
         Some(serde_yaml::Value::String(t)) => t,
         Some(_) => {
-            c.error("type", "must be one of email, slack, http, log");
+            c.error("type", format!("must be one of {TYPES}"));
             return None;
         }
         None => {
-            c.error("", "missing field `type` (email, slack, http or log)");
+            c.error("", format!("missing field `type` ({TYPES})"));
             return None;
         }
     };
@@ -433,10 +463,19 @@ pub fn compile(value: serde_yaml::Value, c: &mut Compiler) -> Option<Action> {
         "log" => deserialize_part(map, c)
             .and_then(|raw| log::compile(raw, c))
             .map(ActionKind::Log),
+        "wecom" => deserialize_part(map, c)
+            .and_then(|raw| wecom::compile(raw, c))
+            .map(ActionKind::WeCom),
+        "dingtalk" => deserialize_part(map, c)
+            .and_then(|raw| dingtalk::compile(raw, c))
+            .map(ActionKind::DingTalk),
+        "feishu" => deserialize_part(map, c)
+            .and_then(|raw| feishu::compile(raw, c))
+            .map(ActionKind::Feishu),
         other => {
             c.error(
                 "type",
-                format!("unknown action type {other:?}: use email, slack, http or log"),
+                format!("unknown action type {other:?}: use {TYPES}"),
             );
             None
         }
@@ -463,7 +502,7 @@ pub fn compile(value: serde_yaml::Value, c: &mut Compiler) -> Option<Action> {
             c.error("rate_limit", e);
             None
         }
-        None => None,
+        None => kind.as_ref().and_then(ActionKind::default_rate_limit),
     };
     if common.max_attempts.is_some_and(|n| n.0 == 0) {
         c.error("max_attempts", "must be at least 1");
@@ -560,6 +599,7 @@ impl Senders {
             Message::Slack(m) => slack::send(&self.http, m, timeout).await,
             Message::Http(m) => http::send(&self.http, m, timeout).await,
             Message::Log(m) => log::send(m),
+            Message::Chat(m) => chat::send(&self.http, m, timeout).await,
         }
     }
 }
@@ -570,21 +610,7 @@ impl Senders {
 pub(crate) async fn classify_http(result: Result<reqwest::Response, reqwest::Error>) -> Outcome {
     let resp = match result {
         Ok(r) => r,
-        // Error texts can carry the URL, and a webhook URL is a secret.
-        Err(e) => {
-            let e = e.without_url();
-            let kind = if e.is_timeout() {
-                "timed out"
-            } else if e.is_connect() {
-                "cannot connect"
-            } else {
-                "request failed"
-            };
-            return Outcome::Retry {
-                after: None,
-                error: format!("{kind}: {}", error_chain(&e)),
-            };
-        }
+        Err(e) => return transport_error(e),
     };
     let status = resp.status();
     if status.is_success() {
@@ -611,6 +637,23 @@ pub(crate) async fn classify_http(result: Result<reqwest::Response, reqwest::Err
         Outcome::Retry { after, error }
     } else {
         Outcome::Permanent(error)
+    }
+}
+
+/// A request that got no answer (connection, TLS, timeout): retried.
+pub(crate) fn transport_error(e: reqwest::Error) -> Outcome {
+    // Error texts can carry the URL, and a webhook URL is a secret.
+    let e = e.without_url();
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else {
+        "request failed"
+    };
+    Outcome::Retry {
+        after: None,
+        error: format!("{kind}: {}", error_chain(&e)),
     }
 }
 

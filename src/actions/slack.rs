@@ -105,7 +105,7 @@ impl SlackMessage {
 }
 
 /// A webhook URL's path is its secret: show the host only.
-fn mask_url(url: &str) -> String {
+pub(super) fn mask_url(url: &str) -> String {
     match reqwest::Url::parse(url) {
         Ok(u) => format!("{}://{}/***", u.scheme(), u.host_str().unwrap_or("")),
         Err(_) => "***".into(),

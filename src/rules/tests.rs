@@ -351,3 +351,48 @@ fn the_index_visits_only_candidate_rules_but_keeps_order() {
         vec!["two"]
     );
 }
+
+#[test]
+fn team_chat_actions_are_checked_and_keep_their_services_limits() {
+    let set = load(&[(
+        "a.yaml",
+        "actions:\n\
+         \x20 ding: {type: dingtalk, webhook_url: 'https://oapi.example/robot/send?access_token=t', text: hi}\n\
+         \x20 wecom: {type: wecom, webhook_url: 'https://qyapi.example/cgi-bin/webhook/send?key=k', markdown: hi}\n\
+         \x20 feishu: {type: feishu, webhook_url: 'https://open.example/open-apis/bot/v2/hook/x', text: hi}\n\
+         \x20 slow: {type: feishu, webhook_url: 'https://open.example/open-apis/bot/v2/hook/x', text: hi, rate_limit: 5/min}\n",
+    )])
+    .unwrap();
+    let limit = |name: &str| {
+        let a = set.actions.iter().find(|a| a.name == name).unwrap();
+        a.rate_limit.map(|r| (r.count, r.per.as_secs()))
+    };
+    assert_eq!(limit("ding"), Some((20, 60)));
+    assert_eq!(limit("wecom"), Some((20, 60)));
+    assert_eq!(limit("feishu"), Some((100, 60)));
+    assert_eq!(limit("slow"), Some((5, 60)));
+
+    let err = load(&[(
+        "a.yaml",
+        "actions:\n\
+         \x20 a: {type: dingtalk, webhook_url: 'https://x.example/', markdown: hi}\n\
+         \x20 b: {type: dingtalk, webhook_url: 'https://x.example/', text: hi, markdown: hi, title: t}\n\
+         \x20 c: {type: wecom, webhook_url: 'nowhere', text: hi}\n\
+         \x20 d: {type: feishu, webhook_url: 'https://x.example/', at_mobiles: ['1']}\n\
+         \x20 e: {type: wecom, webhook_url: 'https://x.example/', markdown: hi, at_all: true}\n\
+         \x20 f: {type: dingtalk, webhook_url: 'https://x.example/', text: hi, tilte: x}\n",
+    )])
+    .unwrap_err()
+    .to_string();
+    for needle in [
+        "a.yaml: action a: title: a markdown message needs a title",
+        "a.yaml: action b: has both `text` and `markdown`; give one",
+        "a.yaml: action c: webhook_url: is not an http(s) URL",
+        "a.yaml: action d: needs `text` or `card`",
+        "a.yaml: action d: at_mobiles: Feishu mentions by open id: use at_users",
+        "a.yaml: action e: at_mobiles: a WeCom markdown message can mention at_users only",
+        "a.yaml: action f: unknown field `tilte`",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+}

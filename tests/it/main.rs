@@ -5,6 +5,7 @@
 mod helpers;
 
 mod callbacks;
+mod chats;
 mod cli;
 mod crash;
 mod delivery;
