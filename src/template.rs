@@ -600,6 +600,21 @@ impl<'a> Data<'a> {
         }
     }
 
+    /// The event's appkey (empty when it has none).
+    pub fn appkey(&self) -> Cow<'_, str> {
+        match &self.names {
+            Some(n) => Cow::Borrowed(n.cb.appkey.as_deref().unwrap_or("")),
+            None => Cow::Owned(
+                self.context()
+                    .data()
+                    .get("appkey")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+            ),
+        }
+    }
+
     /// The Handlebars context, built on first use.
     pub fn context(&self) -> &TemplateData {
         self.context.get_or_init(|| match &self.names {

@@ -3,10 +3,12 @@
 //! This module owns what every action type shares — the common fields, the
 //! compile step from YAML, rendering into a [`Message`] — and dispatches to
 //! one file per type for the rest (`email`, `slack`, `http`, `log`, and the
-//! team chats `wecom`, `dingtalk`, `feishu`, whose common part is `chat`).
+//! team chats `wecom`, `dingtalk`, `feishu`, whose common part is `chat`,
+//! and `easemob`, Easemob's own REST API).
 
 pub mod chat;
 pub mod dingtalk;
+pub mod easemob;
 pub mod email;
 pub mod feishu;
 pub mod http;
@@ -58,6 +60,7 @@ pub enum ActionKind {
     WeCom(wecom::WeComAction),
     DingTalk(dingtalk::DingTalkAction),
     Feishu(feishu::FeishuAction),
+    Easemob(easemob::EasemobAction),
 }
 
 impl ActionKind {
@@ -70,6 +73,7 @@ impl ActionKind {
             ActionKind::WeCom(_) => "wecom",
             ActionKind::DingTalk(_) => "dingtalk",
             ActionKind::Feishu(_) => "feishu",
+            ActionKind::Easemob(_) => "easemob",
         }
     }
 
@@ -93,6 +97,7 @@ pub enum Message {
     Http(http::HttpRequest),
     Log(log::LogLine),
     Chat(chat::ChatMessage),
+    Easemob(easemob::EasemobRequest),
 }
 
 impl Action {
@@ -113,6 +118,7 @@ impl Action {
             ActionKind::WeCom(a) => a.render(t, ctx).map(Message::Chat),
             ActionKind::DingTalk(a) => a.render(t, ctx).map(Message::Chat),
             ActionKind::Feishu(a) => a.render(t, ctx).map(Message::Chat),
+            ActionKind::Easemob(a) => a.render(t, ctx).map(Message::Easemob),
         }
     }
 }
@@ -126,6 +132,7 @@ impl Message {
             Message::Http(m) => m.describe(),
             Message::Log(m) => m.describe(),
             Message::Chat(m) => m.describe(),
+            Message::Easemob(m) => m.describe(),
         };
         redactor.redact(&text)
     }
@@ -410,7 +417,7 @@ enum EnabledFlag {
 }
 
 /// The action types, as `check` lists them.
-const TYPES: &str = "email, slack, http, log, wecom, dingtalk or feishu";
+const TYPES: &str = "email, slack, http, log, wecom, dingtalk, feishu or easemob";
 
 const COMMON_FIELDS: [&str; 4] = ["enabled", "rate_limit", "timeout", "max_attempts"];
 
@@ -472,6 +479,9 @@ pub fn compile(value: serde_yaml::Value, c: &mut Compiler) -> Option<Action> {
         "feishu" => deserialize_part(map, c)
             .and_then(|raw| feishu::compile(raw, c))
             .map(ActionKind::Feishu),
+        "easemob" => deserialize_part(map, c)
+            .and_then(|raw| easemob::compile(raw, c))
+            .map(ActionKind::Easemob),
         other => {
             c.error(
                 "type",
@@ -573,6 +583,8 @@ pub enum Outcome {
 pub struct Senders {
     pub http: reqwest::Client,
     pub mail: email::Mailers,
+    /// The Easemob apps' tokens and pace.
+    pub easemob: easemob::Clients,
 }
 
 impl Senders {
@@ -589,6 +601,7 @@ impl Senders {
         Ok(Self {
             http,
             mail: email::Mailers::default(),
+            easemob: easemob::Clients::default(),
         })
     }
 
@@ -600,6 +613,17 @@ impl Senders {
             Message::Http(m) => http::send(&self.http, m, timeout).await,
             Message::Log(m) => log::send(m),
             Message::Chat(m) => chat::send(&self.http, m, timeout).await,
+            Message::Easemob(m) => {
+                match tokio::time::timeout(timeout, self.easemob.send(&self.http, m, settings))
+                    .await
+                {
+                    Ok(outcome) => outcome,
+                    Err(_) => Outcome::Retry {
+                        after: None,
+                        error: format!("timed out after {}", humantime::format_duration(timeout)),
+                    },
+                }
+            }
         }
     }
 }

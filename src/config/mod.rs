@@ -95,6 +95,8 @@ struct RawConfig {
     delivery: Option<Value>,
     /// Named SMTP servers, each read key by key.
     smtp: Option<serde_yaml::Mapping>,
+    /// Easemob REST credentials per appkey, each read key by key.
+    easemob: Option<serde_yaml::Mapping>,
 }
 
 /// How log lines are written.
@@ -130,6 +132,15 @@ struct RawSmtp {
     password: Option<String>,
     from: Option<String>,
     ca_file: Option<String>,
+}
+
+/// `easemob.APPKEY` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawEasemob {
+    api: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
 }
 
 /// How the SMTP connection is secured.
@@ -199,6 +210,21 @@ pub struct SmtpSettings {
     pub ca_file: Option<PathBuf>,
 }
 
+/// The REST credentials of one Easemob app (`easemob."org#app"`), for the
+/// `easemob` action (SPEC §12).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EasemobApp {
+    /// The app's REST host (its data centre), such as `https://a1.easemob.com`.
+    pub api: String,
+    /// The appkey's two parts: requests go to `{api}/{org}/{app}/…`.
+    pub org: String,
+    pub app: String,
+    /// The app's Client ID.
+    pub client_id: String,
+    /// The app's Client Secret.
+    pub client_secret: Secret,
+}
+
 /// Callback secrets per appkey.
 #[derive(Debug, Clone, Default)]
 pub struct Secrets {
@@ -215,6 +241,11 @@ impl Secrets {
             None if !self.fallback.is_empty() => Some(&self.fallback),
             None => None,
         }
+    }
+
+    /// Whether `"*"` gives secrets to appkeys not listed.
+    pub fn has_fallback(&self) -> bool {
+        !self.fallback.is_empty()
     }
 
     /// The listed appkeys (without `"*"`), in order.
@@ -268,6 +299,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub delivery: DeliverySettings,
     pub smtp: BTreeMap<String, SmtpSettings>,
+    /// Easemob REST credentials by appkey.
+    pub easemob: BTreeMap<String, EasemobApp>,
     /// Masks every secret of this configuration in any text.
     pub redactor: Redactor,
     /// Things worth telling the operator that do not stop the daemon.
@@ -661,6 +694,53 @@ fn compile(
         );
     }
 
+    let mut easemob = BTreeMap::new();
+    for (k, v) in raw.easemob.unwrap_or_default() {
+        let Some(appkey) = k.as_str().map(str::to_string) else {
+            diags.push(file, "easemob", "appkeys are strings (\"org#app\")");
+            continue;
+        };
+        let prefix = format!("easemob.{appkey}");
+        let e: RawEasemob = section(Some(v), file, &prefix, diags);
+        let Some((org, app)) = appkey
+            .split_once('#')
+            .filter(|(o, a)| !o.is_empty() && !a.is_empty() && !a.contains('#'))
+            .map(|(o, a)| (o.to_string(), a.to_string()))
+        else {
+            diags.push(file, &prefix, "an appkey is written org#app");
+            continue;
+        };
+        let api = e.api.unwrap_or_default();
+        match reqwest::Url::parse(&api) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {}
+            _ => diags.push(
+                file,
+                format!("{prefix}.api"),
+                format!("{api:?} is not the app's REST host (such as https://a1.easemob.com)"),
+            ),
+        }
+        let client_id = e.client_id.unwrap_or_default();
+        if client_id.is_empty() {
+            diags.push(file, format!("{prefix}.client_id"), "is required");
+        }
+        let client_secret = e.client_secret.unwrap_or_default();
+        if client_secret.is_empty() {
+            diags.push(file, format!("{prefix}.client_secret"), "is required");
+        } else {
+            secret_values.push(client_secret.clone());
+        }
+        easemob.insert(
+            appkey,
+            EasemobApp {
+                api: api.trim_end_matches('/').to_string(),
+                org,
+                app,
+                client_id,
+                client_secret: Secret::new(client_secret),
+            },
+        );
+    }
+
     Settings {
         path: path.to_path_buf(),
         listen,
@@ -681,6 +761,7 @@ fn compile(
         log_format: raw.log_format.unwrap_or_default(),
         delivery,
         smtp,
+        easemob,
         redactor: Redactor::new(secret_values),
         warnings,
     }
@@ -696,6 +777,11 @@ impl Settings {
                 .values()
                 .filter_map(|s| s.password.as_ref())
                 .map(|s| s.expose().to_string()),
+        );
+        v.extend(
+            self.easemob
+                .values()
+                .map(|e| e.client_secret.expose().to_string()),
         );
         v
     }

@@ -363,6 +363,7 @@ impl RuleSet {
         }
         if diags.is_empty() {
             set.check_renders(&mut diags);
+            set.check_easemob(settings, &mut diags);
             set.collect_warnings();
         }
         diags.redact(&set.redactor);
@@ -433,6 +434,81 @@ impl RuleSet {
                     );
                     break;
                 }
+            }
+        }
+    }
+
+    /// `easemob` actions (SPEC §12): every appkey such an action can reach
+    /// needs credentials under `easemob:`, and a rule that sends messages
+    /// should not match the messages it sends, which come back as callbacks.
+    fn check_easemob(&mut self, settings: &Settings, diags: &mut Diagnostics) {
+        use crate::actions::ActionKind;
+        use crate::actions::easemob::Call;
+        for (ai, action) in self.actions.iter().enumerate() {
+            let ActionKind::Easemob(e) = &action.kind else {
+                continue;
+            };
+            let used_by: Vec<&Rule> = self
+                .rules
+                .iter()
+                .filter(|r| r.actions.contains(&ai))
+                .collect();
+            if !action.enabled || used_by.is_empty() {
+                continue;
+            }
+            let location = format!("action {}", action.name);
+            let missing = |k: &str| !settings.easemob.contains_key(k);
+            match &e.fixed_appkey {
+                Some(k) if missing(k) => diags.push(
+                    &action.file,
+                    format!("{location}: appkey"),
+                    format!(
+                        "{k:?} has no credentials under easemob: in {}",
+                        settings.path.display()
+                    ),
+                ),
+                Some(_) => {}
+                // A template: which app it names is known only per event.
+                None if e.appkey_is_templated() => {}
+                // The event's appkey: every appkey whose callbacks are verified.
+                None => {
+                    for k in settings.secrets.appkeys().filter(|k| missing(k)) {
+                        diags.push(
+                            &action.file,
+                            &location,
+                            format!(
+                                "calls the event's app, and appkey {k:?} has no credentials under easemob: in {}",
+                                settings.path.display()
+                            ),
+                        );
+                    }
+                    if settings.secrets.has_fallback() {
+                        self.warnings.push(format!(
+                            "{}: {location}: calls the event's app, and callbacks of appkeys not listed in secrets (\"*\") reach it; those without credentials under easemob: will be dead",
+                            action.file
+                        ));
+                    }
+                }
+            }
+            if e.call != Call::SendMessage {
+                continue;
+            }
+            let Some(sender) = &e.sender else { continue };
+            // The message it sends, as the callback Easemob makes of it.
+            let appkey = e
+                .fixed_appkey
+                .clone()
+                .or_else(|| settings.secrets.appkeys().next().map(str::to_string))
+                .unwrap_or_else(|| "easemob-demo#sample".into());
+            let echo = samples::body("chat", &appkey, sender, "someone", "1", 0);
+            let Ok(echo) = Callback::from_value(echo) else {
+                continue;
+            };
+            for rule in used_by.iter().filter(|r| r.matches(&echo)) {
+                self.warnings.push(format!(
+                    "{}: rule {}: sends messages from {sender:?} (action {}) and matches the chat callbacks they come back as; add unless: {{from: {sender}}}",
+                    rule.file, rule.name, action.name
+                ));
             }
         }
     }

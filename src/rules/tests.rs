@@ -396,3 +396,82 @@ fn team_chat_actions_are_checked_and_keep_their_services_limits() {
         assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
     }
 }
+
+/// A rule set with this config (instead of the default one) and rule file.
+fn load_with_config(config: &str, rules: &str) -> Result<RuleSet, Diagnostics> {
+    let f = fixture(&[("a.yaml", rules)], &[]);
+    let cfg = f.settings.path.clone();
+    std::fs::write(&cfg, config).unwrap();
+    let settings = crate::config::load(&cfg, &env()).unwrap();
+    RuleSet::load(&settings, &env())
+}
+
+#[test]
+fn easemob_actions_need_credentials_for_every_app_they_reach() {
+    const CREDS: &str = "easemob:\n  \"org#app\": {api: 'https://a1.easemob.com', client_id: id, client_secret: '${S}'}\n";
+    let rules = "actions:\n\
+                 \x20 ban: {type: easemob, call: deactivate, user: '{{to_user}}'}\n\
+                 \x20 other: {type: easemob, appkey: 'org#other', call: deactivate, user: '{{to_user}}'}\n\
+                 rules:\n  - {name: bans, when: {event: roster:ban}, actions: [ban, other]}\n";
+    let err = load_with_config(
+        &format!("secrets: {{\"org#app\": x, \"org#two\": y}}\n{CREDS}"),
+        rules,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("a.yaml: action ban: calls the event's app, and appkey \"org#two\" has no credentials under easemob:"),
+        "{err}"
+    );
+    assert!(!err.contains("appkey \"org#app\" has no"), "{err}");
+    assert!(
+        err.contains(
+            "a.yaml: action other: appkey: \"org#other\" has no credentials under easemob:"
+        ),
+        "{err}"
+    );
+    // Every app covered: valid, with a warning for the apps "*" lets in.
+    let set = load_with_config(
+        &format!("secrets: {{\"org#app\": x, \"*\": z}}\n{CREDS}"),
+        "actions:\n  ban: {type: easemob, call: deactivate, user: '{{to_user}}'}\n\
+         rules:\n  - {name: bans, when: {event: roster:ban}, actions: [ban]}\n",
+    )
+    .unwrap();
+    assert!(
+        set.warnings
+            .iter()
+            .any(|w| w.contains("appkeys not listed in secrets")),
+        "{:?}",
+        set.warnings
+    );
+}
+
+#[test]
+fn a_rule_that_would_answer_its_own_messages_is_warned_about() {
+    const CONFIG: &str = "secrets: {\"org#app\": x}\neasemob:\n  \"org#app\": {api: 'https://a1.easemob.com', client_id: id, client_secret: '${S}'}\n";
+    let action = "actions:\n  reply: {type: easemob, call: send_message, from: bot, to: ['{{from_user}}'], text: 'got it'}\n";
+    let loops = load_with_config(
+        CONFIG,
+        &format!("{action}rules:\n  - {{name: echo, when: {{event: chat}}, actions: [reply]}}\n"),
+    )
+    .unwrap();
+    assert!(
+        loops.warnings.iter().any(|w| w.contains(
+            "rule echo: sends messages from \"bot\" (action reply) and matches the chat callbacks they come back as"
+        )),
+        "{:?}",
+        loops.warnings
+    );
+    let guarded = load_with_config(
+        CONFIG,
+        &format!(
+            "{action}rules:\n  - {{name: echo, when: {{event: chat}}, unless: {{from: bot}}, actions: [reply]}}\n  - {{name: bans, when: {{event: roster:ban}}, actions: [reply]}}\n"
+        ),
+    )
+    .unwrap();
+    assert!(
+        !guarded.warnings.iter().any(|w| w.contains("come back as")),
+        "{:?}",
+        guarded.warnings
+    );
+}

@@ -343,3 +343,40 @@ async fn wecom_text_with_mentions_markdown_rate_limit_and_a_wrong_key() {
         "**张三** 拉黑了 <font color=\"warning\">bob</font>"
     );
 }
+
+#[tokio::test]
+async fn the_shipped_dingtalk_and_wecom_ban_notifications_arrive_once_their_urls_are_set() {
+    let ding = FakeChat::start(Kind::DingTalk).await;
+    let wecom = FakeChat::start(Kind::WeCom).await;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let shipped = std::fs::read_to_string(root.join("rules/15-ban-chat.yaml")).unwrap();
+    let app = spawn_app_with(
+        Options::rules(shipped)
+            .env("DINGTALK_WEBHOOK_URL", &ding.url)
+            .env("DINGTALK_SECRET", SECRET)
+            .env("WECOM_WEBHOOK_URL", &wecom.url),
+    )
+    .await;
+    ban(&app).await;
+    eventually(Duration::from_secs(10), "both robots told", || async {
+        app.deliveries("sent").await.len() == 2
+    })
+    .await;
+    let d = &ding.bodies()[0];
+    assert_eq!(d["markdown"]["title"], "拉黑通知");
+    assert!(
+        d["markdown"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("**拉黑者**：张三"),
+        "{d}"
+    );
+    let w = &wecom.bodies()[0];
+    assert!(
+        w["markdown"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("被拉黑：bob"),
+        "{w}"
+    );
+}

@@ -26,7 +26,7 @@ fn check_accepts_the_repository_examples() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let (code, out, err) = easehook(&root.join("easehook.yaml"), &["check"]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("valid: 2 rule(s)"), "{out}");
+    assert!(out.contains("valid: 3 rule(s)"), "{out}");
     assert!(out.contains("action product-email: disabled"), "{out}");
 }
 

@@ -10,6 +10,7 @@ mod cli;
 mod crash;
 mod delivery;
 mod diskfull;
+mod easemob;
 mod email;
 mod hostile;
 mod interop;
