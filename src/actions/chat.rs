@@ -253,11 +253,7 @@ pub(super) async fn send(client: &reqwest::Client, m: &ChatMessage, timeout: Dur
         Err(e) => return super::transport_error(e),
     };
     let status = resp.status().as_u16();
-    let retry_after = resp
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(super::parse_retry_after);
+    let retry_after = super::retry_after(&resp);
     let text = resp.text().await.unwrap_or_default();
     classify(m.service, status, retry_after, &text)
 }

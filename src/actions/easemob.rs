@@ -509,11 +509,7 @@ async fn classify(resp: reqwest::Response) -> Outcome {
     if status.is_success() {
         return Outcome::Sent;
     }
-    let after = resp
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(super::parse_retry_after);
+    let after = super::retry_after(&resp);
     let text = resp.text().await.unwrap_or_default();
     let error = easemob_error(status.as_u16(), &text);
     if status.as_u16() == 429 || status.is_server_error() {

@@ -640,11 +640,7 @@ pub(crate) async fn classify_http(result: Result<reqwest::Response, reqwest::Err
     if status.is_success() {
         return Outcome::Sent;
     }
-    let after = resp
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_retry_after);
+    let after = retry_after(&resp);
     let body = resp.text().await.unwrap_or_default();
     let snippet: String = body.chars().take(200).collect();
     let error = if status.is_redirection() {
@@ -679,6 +675,14 @@ pub(crate) fn transport_error(e: reqwest::Error) -> Outcome {
         after: None,
         error: format!("{kind}: {}", error_chain(&e)),
     }
+}
+
+/// The answer's `Retry-After`, when it has one that parses.
+pub(crate) fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
+    resp.headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after)
 }
 
 /// `Retry-After` as seconds or as an HTTP date.
