@@ -145,6 +145,7 @@ impl FakeEasemob {
                 body["usernames"].as_array().is_some_and(|u| !u.is_empty())
             }
             ("DELETE", ["users", _, "blocks", "users", _]) => true,
+            ("PUT", ["users", _]) => body.is_object(),
             ("POST", ["users", user, "deactivate" | "activate"]) => {
                 if *user == "ghost" {
                     return easemob_error(
@@ -235,6 +236,43 @@ async fn a_ban_sends_a_message_blocks_and_deactivates_with_one_token() {
     let ban = find("/users/%E5%BC%A0%E4%B8%89/deactivate");
     assert_eq!(ban.method, "POST");
     assert_eq!(fake.token_requests.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn an_allow_unblocks_and_activates_and_request_makes_any_call() {
+    let fake = FakeEasemob::start().await;
+    let mut opts = options(
+        &fake,
+        "  unblock: {type: easemob, call: unblock, owner: '{{from_user}}', user: '{{to_user}}'}\n\
+         \x20 activate: {type: easemob, call: activate, user: '{{to_user}}'}\n\
+         \x20 nickname: {type: easemob, call: request, method: put, path: '/users/{{to_user}}', json: {nickname: '{{to_user}} (已恢复)'}}\n",
+        "unblock, activate, nickname",
+    );
+    opts.rules = opts.rules.replace("roster:ban", "roster:allow");
+    let app = spawn_app_with(opts).await;
+    let (status, _) = app.post(&signed("roster:allow", "alice", "b/ob")).await;
+    assert_eq!(status, 200);
+    eventually(Duration::from_secs(10), "three calls sent", || async {
+        app.deliveries("sent").await.len() == 3
+    })
+    .await;
+    let calls = fake.calls();
+    let methods_paths: Vec<(String, String)> = calls
+        .iter()
+        .map(|c| (c.method.clone(), c.path.clone()))
+        .collect();
+    for expected in [
+        ("DELETE", "/users/alice/blocks/users/b%2Fob"),
+        ("POST", "/users/b%2Fob/activate"),
+        ("PUT", "/users/b%2Fob"),
+    ] {
+        assert!(
+            methods_paths.contains(&(expected.0.to_string(), expected.1.to_string())),
+            "{expected:?} not in {methods_paths:?}"
+        );
+    }
+    let put = calls.iter().find(|c| c.method == "PUT").unwrap();
+    assert_eq!(put.body["nickname"], "b/ob (已恢复)");
 }
 
 #[tokio::test]
