@@ -89,12 +89,17 @@ async fn unknown_families_are_accepted_verified_and_stored() {
     msg["payload"] = json!({"bodies": [{"type": "txt", "msg": "你好"}]});
     sign(&mut msg, SECRET);
     assert_eq!(app.post(&msg).await.0, 200);
+    // A family nothing names.
+    let mut odd = json!({"callId": format!("{APPKEY}_{}", unique_id()), "appkey": APPKEY,
+        "novel": {"x": 1}, "timestamp": easehook::verify::now_ms(), "security": ""});
+    sign(&mut odd, SECRET);
+    assert_eq!(app.post(&odd).await.0, 200);
     let events = app.events().await;
     let names: Vec<&str> = events
         .iter()
         .map(|e| e["event"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["groupchat", "unknown"]);
+    assert_eq!(names, ["unknown", "groupchat", "user:login"]);
     // Unsigned, an unknown family is refused like any other.
     login["security"] = json!("0".repeat(32));
     assert_eq!(app.post(&login).await.0, 401);
