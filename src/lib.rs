@@ -22,7 +22,7 @@
 //! | [`verify`] | the signature check |
 //! | [`rules`] | rule files compiled into an indexed, immutable [`rules::RuleSet`] |
 //! | [`template`] | Handlebars registries, escaping per destination, helpers |
-//! | [`actions`] | email, Slack, HTTP and log actions: compile and render |
+//! | [`actions`] | email, Slack, HTTP, log, team-chat (WeCom, DingTalk, Feishu) and Easemob actions: compile, render, send |
 //! | [`store`] | where accepted events and deliveries live: SQLite, group commit |
 //! | [`dispatch`] | claim, render, send, retry, dead-letter; rate limits |
 //! | [`snapshot`] | settings + rule set, swapped whole on reload |
