@@ -537,6 +537,19 @@ pub fn deliveries(
 }
 
 /// `easehook events list`.
+/// The users of a stored callback as rules see them (`from_user`,
+/// `to_user`): the API shows no signature, so a placeholder stands in for it.
+fn users(callback: &Value) -> (String, String) {
+    let mut raw = callback.clone();
+    if let Some(obj) = raw.as_object_mut() {
+        obj.insert("security".into(), json!("-"));
+    }
+    match Callback::from_value(raw) {
+        Ok(cb) => (cb.from_user.to_string(), cb.to_user.to_string()),
+        Err(_) => Default::default(),
+    }
+}
+
 pub fn events(config_path: &Path, cmd: &crate::cli::EventsCommand) -> anyhow::Result<ExitCode> {
     let crate::cli::EventsCommand::List {
         since,
@@ -577,16 +590,13 @@ pub fn events(config_path: &Path, cmd: &crate::cli::EventsCommand) -> anyhow::Re
                     .collect()
             })
             .unwrap_or_default();
-        let cb = &e["callback"];
+        let (from_user, to_user) = users(&e["callback"]);
         println!(
             "{}  {:<22} {} -> {}  rules [{}]  deliveries [{}]  id {}",
             when(e["received_at"].as_u64().unwrap_or(0)),
             e["event"].as_str().unwrap_or(""),
-            crate::callback::normalize_user(
-                cb["from"].as_str().unwrap_or(""),
-                cb["appkey"].as_str()
-            ),
-            cb["to"].as_str().unwrap_or(""),
+            from_user,
+            to_user,
             rules.join(", "),
             deliveries.join(", "),
             e["id"].as_str().unwrap_or("")

@@ -269,6 +269,16 @@ async fn simulate_and_the_admin_commands_work_against_a_running_daemon() {
     );
     assert!(out.contains("1 event(s)"), "{out}");
 
+    // A login names its user like any other event.
+    let (code, out) = run(&["simulate", "--event", "user:login", "--from", "carol"]).await;
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = run(&["events", "list", "--event", "user"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("user:login") && out.contains("carol -> "),
+        "{out}"
+    );
+
     eventually(Duration::from_secs(10), "a dead delivery", || async {
         run(&["deliveries", "list", "--status", "dead"])
             .await
