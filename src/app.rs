@@ -28,10 +28,11 @@ use crate::actions::Senders;
 use crate::config::expand::Env;
 use crate::dispatch::Dispatcher;
 use crate::priority::DeliveryThreads;
-use crate::server::{self, AppState, Limits, ReloadStatus};
+use crate::server::{self, Limits};
 use crate::shutdown::Shutdown;
 use crate::snapshot;
 use crate::sockets::Passed;
+use crate::state::{AppState, ReloadStatus};
 use crate::store::sqlite::SqliteStore;
 
 /// A running daemon.

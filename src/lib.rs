@@ -32,6 +32,7 @@
 //! | [`shutdown`] | one signal that reaches every long-lived task |
 //! | [`telemetry`] | logs (stderr or journald) |
 //! | [`metrics`] | Prometheus metrics of one daemon |
+//! | [`state`] | what the listeners, the dispatcher and reload share |
 //! | [`app`] | wiring: start everything, run until shutdown |
 //! | [`commands`] | `check`, `test` and `simulate` |
 
@@ -51,6 +52,7 @@ pub mod server;
 pub mod shutdown;
 pub mod snapshot;
 pub mod sockets;
+pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod template;

@@ -24,8 +24,8 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::server::AppState;
 use crate::shutdown::Shutdown;
+use crate::state::AppState;
 use crate::verify::now_ms;
 
 /// Niceness of the delivery threads when they do not yield: below the

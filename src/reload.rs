@@ -13,8 +13,8 @@ use notify_debouncer_full::notify::RecursiveMode;
 use tokio::sync::mpsc;
 
 use crate::diag::Diagnostics;
-use crate::server::{AppState, ReloadRequest, ReloadStatus};
 use crate::shutdown::Shutdown;
+use crate::state::{AppState, ReloadRequest, ReloadStatus};
 
 /// How long file changes settle before a reload: editors and `git checkout`
 /// write several files in a burst.

@@ -26,7 +26,8 @@ use warp::Filter;
 use warp::http::{HeaderMap, Method, StatusCode};
 use warp::reply::Response;
 
-use super::{AppState, error_reply, json_reply};
+use super::{error_reply, json_reply};
+use crate::state::AppState;
 use crate::store::Status;
 
 /// Every route of the admin listener.

@@ -19,12 +19,13 @@ use warp::Filter;
 use warp::http::{Method, StatusCode};
 use warp::reply::Response;
 
-use super::{AppState, error_reply, json_reply, raw_json_reply};
+use super::{error_reply, json_reply, raw_json_reply};
 use crate::actions::Action;
 use crate::callback::{Callback, Text};
 use crate::metrics::DeliveryOutcome;
 use crate::rules::{Rule, RuleSet};
 use crate::snapshot::Snapshot;
+use crate::state::AppState;
 use crate::store::{Accepted, Claimed, NewDelivery, NewEvent, StoreError};
 use crate::verify;
 

@@ -10,21 +10,16 @@ pub mod admin;
 pub mod callback;
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::Semaphore;
 use warp::Filter;
 use warp::http::StatusCode;
 
-use crate::config::expand::Env;
-use crate::diag::Diagnostics;
 use crate::shutdown::Shutdown;
-use crate::snapshot::Snapshot;
-use crate::store::Store;
+use crate::state::AppState;
 
 /// Limits of one listener.
 #[derive(Debug, Clone, Copy)]
@@ -48,39 +43,6 @@ impl Default for Limits {
             drain_timeout: Duration::from_secs(10),
         }
     }
-}
-
-/// How the last reload went, for `/api/v1/status` and metrics.
-#[derive(Debug, Clone)]
-pub struct ReloadStatus {
-    pub ok: bool,
-    /// Seconds since the epoch.
-    pub at: u64,
-    pub errors: Vec<String>,
-}
-
-/// A request to reload, answered with the result.
-pub type ReloadRequest = oneshot::Sender<Result<(), Diagnostics>>;
-
-/// What the handlers share.
-pub struct AppState {
-    pub snapshot: ArcSwap<Snapshot>,
-    pub store: Arc<dyn Store>,
-    pub started: Instant,
-    pub reload_status: std::sync::Mutex<ReloadStatus>,
-    pub reload_tx: mpsc::Sender<ReloadRequest>,
-    pub env: Arc<dyn Env + Send + Sync>,
-    /// Callbacks accepted since start (for status).
-    pub accepted: AtomicU64,
-    /// Wakes the dispatcher when new deliveries are stored for it to claim.
-    pub wake: Arc<tokio::sync::Notify>,
-    /// Deliveries stored already claimed, handed to the dispatcher directly.
-    pub handoff: mpsc::Sender<crate::store::Claimed>,
-    /// When the dispatcher loop last ran (ms since the epoch), for the watchdog.
-    pub heartbeat: AtomicU64,
-    /// The delivery threads and their scheduling priority.
-    pub delivery_threads: Arc<crate::priority::DeliveryThreads>,
-    pub metrics: crate::metrics::Metrics,
 }
 
 /// A JSON reply with a status code.
