@@ -536,7 +536,6 @@ pub fn deliveries(
     Ok(ExitCode::SUCCESS)
 }
 
-/// `easehook events list`.
 /// The users of a stored callback as rules see them (`from_user`,
 /// `to_user`): the API shows no signature, so a placeholder stands in for it.
 fn users(callback: &Value) -> (String, String) {
@@ -550,6 +549,7 @@ fn users(callback: &Value) -> (String, String) {
     }
 }
 
+/// `easehook events list`.
 pub fn events(config_path: &Path, cmd: &crate::cli::EventsCommand) -> anyhow::Result<ExitCode> {
     let crate::cli::EventsCommand::List {
         since,

@@ -124,7 +124,6 @@ pub(super) fn compile(raw: RawEasemob, c: &mut Compiler) -> Option<EasemobAction
     let (mut from, mut text, mut owner, mut user, mut path, mut json) =
         (None, None, None, None, None, None);
     let mut method = reqwest::Method::POST;
-    let mut unused: Vec<&str> = Vec::new();
     match raw.call {
         Call::SendMessage => {
             from = c.template(
@@ -187,14 +186,11 @@ pub(super) fn compile(raw: RawEasemob, c: &mut Compiler) -> Option<EasemobAction
     };
     for (field, set) in given {
         if set && !reads.contains(&field) {
-            unused.push(field);
+            c.error(
+                field,
+                format!("is not read by call: {}", call_name(raw.call)),
+            );
         }
-    }
-    for field in unused {
-        c.error(
-            field,
-            format!("is not read by call: {}", call_name(raw.call)),
-        );
     }
     let to = c.template_list("to", to, Escape::Plain);
     let appkey = raw

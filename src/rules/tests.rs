@@ -475,3 +475,30 @@ fn a_rule_that_would_answer_its_own_messages_is_warned_about() {
         guarded.warnings
     );
 }
+
+#[test]
+fn easemob_actions_say_what_each_call_needs_and_reads() {
+    const CONFIG: &str = "secrets: {\"org#app\": x}\neasemob:\n  \"org#app\": {api: 'https://a1.easemob.com', client_id: id, client_secret: '${S}'}\n";
+    let err = load_with_config(
+        CONFIG,
+        "actions:\n\
+         \x20 a: {type: easemob, call: deactivate}\n\
+         \x20 b: {type: easemob, call: block, user: x, text: hi}\n\
+         \x20 c: {type: easemob, call: request, path: users}\n\
+         \x20 d: {type: easemob, call: send_message}\n\
+         \x20 e: {type: easemob, call: shout}\n",
+    )
+    .unwrap_err()
+    .to_string();
+    for needle in [
+        "a.yaml: action a: user: is required for call: deactivate",
+        "a.yaml: action b: owner: is required for call: block",
+        "a.yaml: action b: text: is not read by call: block",
+        "a.yaml: action c: path: starts with / (it is under /{org}/{app})",
+        "a.yaml: action d: to: send_message needs at least one recipient",
+        "a.yaml: action d: text: is required for call: send_message",
+        "a.yaml: action e: call: unknown variant `shout`",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+}

@@ -210,6 +210,10 @@ const THREE_CALLS: &str = "  tell:\n    type: easemob\n    call: send_message\n 
   \x20 block:\n    type: easemob\n    call: block\n    owner: '{{to_user}}'\n    user: '{{from_user}}'\n\
   \x20 ban:\n    type: easemob\n    call: deactivate\n    user: '{{to_user}}'\n";
 
+/// One action, `ban`, that deactivates the blocked user.
+const DEACTIVATE: &str =
+    "  ban:\n    type: easemob\n    call: deactivate\n    user: '{{to_user}}'\n";
+
 #[tokio::test]
 async fn a_ban_sends_a_message_blocks_and_deactivates_with_one_token() {
     let fake = FakeEasemob::start().await;
@@ -302,12 +306,7 @@ async fn a_hundred_deliveries_waiting_at_once_make_one_token_request() {
 #[tokio::test]
 async fn an_expired_token_is_renewed_once_and_the_call_repeated() {
     let fake = FakeEasemob::start().await;
-    let app = spawn_app_with(options(
-        &fake,
-        "  ban:\n    type: easemob\n    call: deactivate\n    user: '{{to_user}}'\n",
-        "ban",
-    ))
-    .await;
+    let app = spawn_app_with(options(&fake, DEACTIVATE, "ban")).await;
     app.post(&signed("roster:ban", "alice", "bob")).await;
     app.wait_for_delivery("sent", Duration::from_secs(10)).await;
     fake.expire_tokens();
@@ -328,12 +327,7 @@ async fn an_expired_token_is_renewed_once_and_the_call_repeated() {
 async fn the_rate_limit_is_waited_out_and_a_missing_user_is_dead_with_easemobs_words() {
     let fake = FakeEasemob::start().await;
     fake.throttle.lock().unwrap().push_back(());
-    let app = spawn_app_with(options(
-        &fake,
-        "  ban:\n    type: easemob\n    call: deactivate\n    user: '{{to_user}}'\n",
-        "ban",
-    ))
-    .await;
+    let app = spawn_app_with(options(&fake, DEACTIVATE, "ban")).await;
     app.post(&signed("roster:ban", "alice", "bob")).await;
     let sent = app.wait_for_delivery("sent", Duration::from_secs(10)).await;
     assert_eq!(sent["attempts"], 2, "the 429 was retried: {sent}");
@@ -349,12 +343,7 @@ async fn the_rate_limit_is_waited_out_and_a_missing_user_is_dead_with_easemobs_w
 #[tokio::test]
 async fn wrong_credentials_are_dead_with_the_token_error() {
     let fake = FakeEasemob::start().await;
-    let opts = options(
-        &fake,
-        "  ban:\n    type: easemob\n    call: deactivate\n    user: '{{to_user}}'\n",
-        "ban",
-    )
-    .env("EM_SECRET", "not-the-secret");
+    let opts = options(&fake, DEACTIVATE, "ban").env("EM_SECRET", "not-the-secret");
     let app = spawn_app_with(opts).await;
     app.post(&signed("roster:ban", "alice", "bob")).await;
     let dead = app.wait_for_delivery("dead", Duration::from_secs(10)).await;
@@ -377,13 +366,7 @@ async fn the_token_and_the_client_secret_appear_nowhere() {
         &[("EM_SECRET", CLIENT_SECRET), ("RUST_LOG", "debug")],
     )
     .await;
-    let r = reqwest::Client::new()
-        .post(&d.callback_url)
-        .json(&signed("roster:ban", "alice", "bob"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(d.post(&signed("roster:ban", "alice", "bob")).await, 200);
     let client = reqwest::Client::new();
     let get = |path: &'static str| {
         let (c, url) = (client.clone(), format!("{}{path}", d.admin_url));

@@ -111,6 +111,18 @@ impl Daemon {
         d
     }
 
+    /// POST a callback to the daemon; the status of its answer.
+    pub async fn post(&self, body: &serde_json::Value) -> u16 {
+        reqwest::Client::new()
+            .post(&self.callback_url)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
     pub fn signal(&self, sig: Signal) {
         kill(Pid::from_raw(self.child.id() as i32), sig).unwrap();
     }
@@ -194,15 +206,13 @@ async fn one_json_log_line_per_callback_with_event_result_and_latency() {
     ));
     fixed_ports(&config);
     let d = Daemon::start(&config, &[]).await;
-    let client = reqwest::Client::new();
-    let ok = client
+    assert_eq!(d.post(&signed("roster:ban", "a", "b")).await, 200);
+    let bad = reqwest::Client::new()
         .post(&d.callback_url)
-        .json(&signed("roster:ban", "a", "b"))
+        .body("{")
         .send()
         .await
         .unwrap();
-    assert_eq!(ok.status().as_u16(), 200);
-    let bad = client.post(&d.callback_url).body("{").send().await.unwrap();
     assert_eq!(bad.status().as_u16(), 400);
     eventually(Duration::from_secs(5), "two callback lines", || async {
         d.log()
@@ -297,13 +307,7 @@ async fn log_actions_write_at_their_level_and_lines_the_log_drops_are_done_at_on
     ));
     fixed_ports(&config);
     let d = Daemon::start(&config, &[]).await;
-    let r = reqwest::Client::new()
-        .post(&d.callback_url)
-        .json(&signed("roster:ban", "alice", "bob"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(d.post(&signed("roster:ban", "alice", "bob")).await, 200);
     eventually(Duration::from_secs(5), "both deliveries done", || async {
         d.log()
             .iter()

@@ -311,13 +311,7 @@ async fn a_second_daemon_on_the_same_state_dir_exits_1_and_names_the_first() {
     );
     assert!(stderr.contains(&expected), "{stderr}");
     // The first daemon goes on undisturbed.
-    let r = reqwest::Client::new()
-        .post(&first.callback_url)
-        .json(&signed("roster:ban", "a", "b"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(first.post(&signed("roster:ban", "a", "b")).await, 200);
 
     // Killed, it leaves nothing behind that stops the next one.
     first.signal(Signal::SIGKILL);
@@ -325,13 +319,7 @@ async fn a_second_daemon_on_the_same_state_dir_exits_1_and_names_the_first() {
     let began = Instant::now();
     let next = Daemon::start(&other, &[]).await;
     assert!(began.elapsed() < Duration::from_secs(10));
-    let r = reqwest::Client::new()
-        .post(&next.callback_url)
-        .json(&signed("roster:ban", "a", "b"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(next.post(&signed("roster:ban", "a", "b")).await, 200);
 }
 
 /// Move a config already on fixed ports to two other free ones.
