@@ -142,7 +142,8 @@ where
         let (began_tx, mut began) = tokio::sync::watch::channel(false);
         let inner = hyper_util::service::TowerToHyperService::new(service.clone());
         let svc = hyper::service::service_fn(move |req| {
-            began_tx.send_replace(true);
+            // Only the first request changes it (and wakes a shutdown waiting).
+            began_tx.send_if_modified(|began| !std::mem::replace(began, true));
             inner.call(req)
         });
         // `half_close`: while a request is being answered, hyper does not
