@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::actions::Senders;
+use crate::config::StoreSettings;
 use crate::config::expand::Env;
 use crate::dispatch::Dispatcher;
 use crate::priority::DeliveryThreads;
@@ -33,6 +34,8 @@ use crate::shutdown::Shutdown;
 use crate::snapshot;
 use crate::sockets::Passed;
 use crate::state::{AppState, ReloadStatus};
+use crate::store::Store;
+use crate::store::postgres::PgStore;
 use crate::store::sqlite::SqliteStore;
 
 /// A running daemon.
@@ -137,6 +140,30 @@ async fn listener(
     Ok(listener)
 }
 
+/// Open the store the settings name. A shared store that cannot be used
+/// is reported against `store.url`, its password masked.
+pub async fn open_store(settings: &crate::config::Settings) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match &settings.store {
+        StoreSettings::Sqlite => {
+            let store = SqliteStore::open(&settings.state_dir)?;
+            tracing::info!(path = %store.path().display(), "store opened");
+            Arc::new(store)
+        }
+        StoreSettings::Postgres(pg) => {
+            let store = PgStore::connect(pg).await.map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: store.url: {} ({})",
+                    settings.path.display(),
+                    settings.redactor.redact(&e.to_string()),
+                    pg.shown_url
+                )
+            })?;
+            tracing::info!(url = %pg.shown_url, replica = %store.replica().id, "store connected");
+            Arc::new(store)
+        }
+    })
+}
+
 impl App {
     /// Load the configuration at `config`, bind, and start serving.
     pub async fn start(
@@ -158,8 +185,9 @@ impl App {
         let snap = snapshot::load(config, env.as_ref()).map_err(|d| anyhow::anyhow!("{d}"))?;
         let settings = &snap.settings;
         // The store first: it takes the lock that keeps a second daemon off
-        // `state_dir`, and says so before anything else can go wrong.
-        let store = SqliteStore::open(&settings.state_dir)?;
+        // `state_dir` (or connects to the shared database and migrates it),
+        // and says so before anything else can go wrong.
+        let store = open_store(settings).await?;
         let callback_listener = listener(passed.callback, settings.listen, "listen").await?;
         let admin_listener = listener(passed.admin, settings.admin_listen, "admin_listen").await?;
         let callback_addr = callback_listener.local_addr()?;
@@ -170,7 +198,6 @@ impl App {
         for w in &snap.rules.warnings {
             tracing::warn!("{w}");
         }
-        tracing::info!(path = %store.path().display(), "store opened");
         let drain = settings.delivery.shutdown_grace;
         let (reload_tx, reload_rx) = mpsc::channel(8);
         // As many hand-offs as attempts can run at once, which bounds how
@@ -179,7 +206,7 @@ impl App {
         let delivery_threads = DeliveryThreads::new();
         let state = Arc::new(AppState {
             snapshot: ArcSwap::new(snap.clone()),
-            store: Arc::new(store),
+            store,
             started: Instant::now(),
             reload_status: std::sync::Mutex::new(ReloadStatus {
                 ok: true,

@@ -22,7 +22,7 @@ use crate::callback::Text;
 use crate::metrics::DeliveryOutcome;
 use crate::shutdown::Shutdown;
 use crate::state::AppState;
-use crate::store::{Claimed, Record};
+use crate::store::{Claimed, Lease, Record};
 use crate::template;
 use crate::verify::now_ms;
 
@@ -110,7 +110,7 @@ pub struct Dispatcher {
 }
 
 /// Outcomes on their way to the store.
-type Outcomes = mpsc::UnboundedSender<(i64, Record)>;
+type Outcomes = mpsc::UnboundedSender<(Lease, Record)>;
 
 impl Dispatcher {
     pub fn new(state: Arc<AppState>, senders: Senders) -> Self {
@@ -261,7 +261,7 @@ impl Dispatcher {
                     error: String::new(),
                     counted: false,
                 };
-                let _ = outcomes.send((c.id, deferred));
+                let _ = outcomes.send((c.lease(), deferred));
                 continue;
             }
             let permit = slots
@@ -271,10 +271,10 @@ impl Dispatcher {
             let me = self.clone();
             let outcomes = outcomes.clone();
             in_flight.spawn(async move {
-                let id = c.id;
+                let lease = c.lease();
                 let record = me.attempt(c).await;
                 drop(permit);
-                let _ = outcomes.send((id, record));
+                let _ = outcomes.send((lease, record));
             });
         }
     }
@@ -442,7 +442,7 @@ fn redact(r: Record, redactor: &crate::diag::Redactor) -> Record {
 /// due delivery they may change.
 async fn record_outcomes(
     state: Arc<AppState>,
-    mut rx: mpsc::UnboundedReceiver<(i64, Record)>,
+    mut rx: mpsc::UnboundedReceiver<(Lease, Record)>,
     wake: Arc<Notify>,
 ) {
     let mut batch = Vec::new();
@@ -455,7 +455,17 @@ async fn record_outcomes(
             std::time::Instant::now() + Duration::from_millis(state.snapshot.load().lease_ms / 2);
         loop {
             match state.store.record(outcomes.clone()).await {
-                Ok(()) => break,
+                Ok(stale) => {
+                    for id in stale {
+                        // Another claim owns the delivery now (this one ran
+                        // past its lease): its outcome is the one that counts.
+                        tracing::warn!(
+                            delivery = id,
+                            "outcome not recorded: the delivery's claim was taken over after its lease ran out"
+                        );
+                    }
+                    break;
+                }
                 Err(e) if std::time::Instant::now() < deadline => {
                     tracing::warn!(error = %e, "cannot record delivery outcomes yet; retrying");
                     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -109,6 +109,10 @@ pub struct Metrics {
     pub reload_successful: Gauge,
     pub reload_success_timestamp: Gauge<f64, AtomicU64>,
     pub store_writable: Gauge,
+    /// `easehook_store_up`: 1 while the store takes writes (SPEC §15).
+    pub store_up: Gauge,
+    /// `easehook_replicas`: daemons seen on a shared store in the last minute.
+    pub replicas: Gauge,
 }
 
 impl Default for Metrics {
@@ -226,6 +230,8 @@ impl Metrics {
             reload_successful: Gauge::default(),
             reload_success_timestamp: Gauge::default(),
             store_writable: Gauge::default(),
+            store_up: Gauge::default(),
+            replicas: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -277,6 +283,16 @@ impl Metrics {
             "store_writable",
             "Whether the store takes new events",
             m.store_writable.clone(),
+        );
+        registry.register(
+            "store_up",
+            "1 while the store takes writes",
+            m.store_up.clone(),
+        );
+        registry.register(
+            "replicas",
+            "Daemons seen using the shared store in the last minute (postgres)",
+            m.replicas.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -97,6 +97,108 @@ struct RawConfig {
     smtp: Option<serde_yaml::Mapping>,
     /// Easemob REST credentials per appkey, each read key by key.
     easemob: Option<serde_yaml::Mapping>,
+    /// Where events and deliveries are kept (SPEC §9), read key by key.
+    store: Option<Value>,
+}
+
+/// `store:` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawStore {
+    /// `sqlite` (default) or `postgres`.
+    #[serde(rename = "type")]
+    kind: Option<StoreKind>,
+    /// postgres: `postgres://user:password@host:5432/db?sslmode=…`.
+    url: Option<String>,
+    /// postgres: connections per daemon. Default 16.
+    pool: Option<Num<usize>>,
+    /// postgres: an extra trusted root certificate (PEM) for TLS to the database.
+    ca_file: Option<String>,
+}
+
+/// Which store backend keeps the events (`store.type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// Embedded SQLite in `state_dir/easehook.db`: no server, one daemon.
+    #[default]
+    Sqlite,
+    /// A PostgreSQL database shared by any number of daemons (replicas).
+    Postgres,
+}
+
+/// Where accepted events and their deliveries are kept (`store:`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreSettings {
+    /// The embedded store in `state_dir`.
+    Sqlite,
+    /// A shared PostgreSQL database.
+    Postgres(PostgresSettings),
+}
+
+/// `store:` with `type: postgres`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PostgresSettings {
+    /// The connection URL, password included: never shown.
+    pub url: Secret,
+    /// The URL with its password masked, for messages and status.
+    pub shown_url: String,
+    /// Connections per daemon. Default 16.
+    pub pool: usize,
+    /// An extra trusted root certificate (PEM) for TLS to the database.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// The default `store.pool`.
+const DEFAULT_POOL: usize = 16;
+
+impl PostgresSettings {
+    /// The URL parsed for the driver. `sslmode=verify-ca` and `verify-full`
+    /// are read as `require`: with TLS, easehook always verifies the
+    /// server's certificate and name (against the system's roots and
+    /// `ca_file`), which is what those modes ask of libpq.
+    pub fn driver_config(&self) -> Result<tokio_postgres::Config, String> {
+        parse_postgres_url(self.url.expose())
+    }
+}
+
+/// Parse a PostgreSQL connection string (URL or `key=value` form); the
+/// error never contains the string itself.
+fn parse_postgres_url(url: &str) -> Result<tokio_postgres::Config, String> {
+    let url = url
+        .replace("sslmode=verify-full", "sslmode=require")
+        .replace("sslmode=verify-ca", "sslmode=require");
+    let config: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| {
+        let e = e.to_string();
+        format!("not a PostgreSQL URL (postgres://user:password@host:5432/db): {e}")
+    })?;
+    if config.get_hosts().is_empty() {
+        return Err("names no host (postgres://user:password@host:5432/db)".into());
+    }
+    if config.get_user().is_none() {
+        return Err("names no user (postgres://user:password@host:5432/db)".into());
+    }
+    Ok(config)
+}
+
+/// A connection string with its password replaced by `***`.
+pub fn mask_postgres_url(url: &str) -> String {
+    if let Ok(mut u) = reqwest::Url::parse(url)
+        && u.password().is_some()
+    {
+        let _ = u.set_password(Some("***"));
+        return u.to_string();
+    }
+    // The key=value form, or a URL the parser does not take: mask any
+    // `password=…` and anything between `:` and `@` after the scheme.
+    let re = regex::Regex::new(r"(password\s*=\s*)('[^']*'|\S+)|(://[^:/@]*:)[^@]*@")
+        .expect("a valid pattern");
+    re.replace_all(url, |c: &regex::Captures| match (c.get(1), c.get(3)) {
+        (Some(k), _) => format!("{}***", k.as_str()),
+        (_, Some(u)) => format!("{}***@", u.as_str()),
+        _ => String::new(),
+    })
+    .into_owned()
 }
 
 /// How log lines are written.
@@ -301,6 +403,8 @@ pub struct Settings {
     pub smtp: BTreeMap<String, SmtpSettings>,
     /// Easemob REST credentials by appkey.
     pub easemob: BTreeMap<String, EasemobApp>,
+    /// Where events and deliveries are kept.
+    pub store: StoreSettings,
     /// Masks every secret of this configuration in any text.
     pub redactor: Redactor,
     /// Things worth telling the operator that do not stop the daemon.
@@ -741,6 +845,15 @@ fn compile(
         );
     }
 
+    let store = compile_store(
+        section(raw.store, file, "store", diags),
+        base,
+        file,
+        &mut secret_values,
+        &mut warnings,
+        diags,
+    );
+
     Settings {
         path: path.to_path_buf(),
         listen,
@@ -762,9 +875,81 @@ fn compile(
         delivery,
         smtp,
         easemob,
+        store,
         redactor: Redactor::new(secret_values),
         warnings,
     }
+}
+
+/// Validate `store:` without touching the network: the URL's form and
+/// the pool size. The URL's password (and the URL itself) become secrets.
+fn compile_store(
+    s: RawStore,
+    base: &Path,
+    file: &str,
+    secret_values: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+    diags: &mut Diagnostics,
+) -> StoreSettings {
+    let url = s.url.filter(|u| !u.is_empty());
+    let ca_file = s
+        .ca_file
+        .filter(|c| !c.is_empty())
+        .map(|c| resolve(base, Some(c.into()), ""));
+    if s.kind.unwrap_or_default() == StoreKind::Sqlite {
+        for (key, set) in [
+            ("url", url.is_some()),
+            ("pool", s.pool.is_some()),
+            ("ca_file", ca_file.is_some()),
+        ] {
+            if set {
+                warnings.push(format!(
+                    "{file}: store.{key}: is used only with `type: postgres`; the embedded SQLite store is in force"
+                ));
+            }
+        }
+        return StoreSettings::Sqlite;
+    }
+    let pool = s.pool.map_or(DEFAULT_POOL, |n| n.0);
+    if pool < 2 {
+        // One connection for group commits, at least one for the rest.
+        diags.push(file, "store.pool", "must be at least 2");
+    }
+    if let Some(ca) = &ca_file
+        && !ca.is_file()
+    {
+        diags.push(
+            file,
+            "store.ca_file",
+            format!("{} is not a readable file", ca.display()),
+        );
+    }
+    let Some(url) = url else {
+        diags.push(
+            file,
+            "store.url",
+            "required with `type: postgres` (postgres://user:password@host:5432/db)",
+        );
+        return StoreSettings::Sqlite;
+    };
+    let shown_url = mask_postgres_url(&url);
+    match parse_postgres_url(&url) {
+        Ok(c) => {
+            if let Some(pw) = c.get_password() {
+                secret_values.push(String::from_utf8_lossy(pw).into_owned());
+            }
+        }
+        Err(e) => diags.push(file, "store.url", e),
+    }
+    if shown_url != url {
+        secret_values.push(url.clone());
+    }
+    StoreSettings::Postgres(PostgresSettings {
+        url: Secret::new(url),
+        shown_url,
+        pool,
+        ca_file,
+    })
 }
 
 impl Settings {
@@ -783,6 +968,12 @@ impl Settings {
                 .values()
                 .map(|e| e.client_secret.expose().to_string()),
         );
+        if let StoreSettings::Postgres(p) = &self.store
+            && let Ok(c) = p.driver_config()
+            && let Some(pw) = c.get_password()
+        {
+            v.push(String::from_utf8_lossy(pw).into_owned());
+        }
         v
     }
 }

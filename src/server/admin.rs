@@ -133,6 +133,10 @@ async fn metrics(state: &AppState) -> Response {
         m.dead_deliveries.set(c.dead as i64);
     }
     m.store_writable.set(i64::from(state.store.is_writable()));
+    m.store_up.set(i64::from(state.store.is_writable()));
+    if let Ok(Some(replicas)) = state.store.replicas().await {
+        m.replicas.set(replicas.len() as i64);
+    }
     let mut r = warp::reply::Response::new(m.encode().into());
     r.headers_mut().insert(
         "content-type",
@@ -230,6 +234,7 @@ async fn handle(
         }
         ("/api/v1/status", &Method::GET) => {
             let counts = state.store.counts().await.ok();
+            let replicas = state.store.replicas().await.ok().flatten();
             let snapshot = state.snapshot.load();
             let reload = state.reload_status.lock().map(|r| r.clone()).ok();
             json_reply(
@@ -243,7 +248,9 @@ async fn handle(
                     "callbacks_accepted": state.accepted.load(Ordering::Relaxed),
                     "queue_depth": counts.map(|c| c.pending),
                     "dead_deliveries": counts.map(|c| c.dead),
+                    "store": state.store.kind(),
                     "store_writable": state.store.is_writable(),
+                    "replicas": replicas,
                     "delivery_priority": state.delivery_threads.priority().as_str(),
                     "delivery_can_yield": state.delivery_threads.can_yield(),
                     "last_reload": reload.map(|r| serde_json::json!({

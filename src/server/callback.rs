@@ -452,6 +452,7 @@ async fn commit(
         Vec::new()
     };
     let received_at_ms = new.received_at_ms;
+    let lease_until = new.lease_until.unwrap_or_default();
     let accepted = state.store.accept(new, window).await?;
     let Accepted::New { id, deliveries } = &accepted else {
         return Ok(accepted);
@@ -472,6 +473,7 @@ async fn commit(
                     action: d.action,
                     rule: d.rule,
                     attempts: 0,
+                    lease_until,
                     received_at_ms,
                     callback: callback.clone(),
                 });

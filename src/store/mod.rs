@@ -12,9 +12,23 @@
 //! memory, so a fresh delivery costs no claim. A restart voids every lease,
 //! so a hand-off lost with the process is sent by the next one.
 //!
-//! The interface is what a shared PostgreSQL queue would also implement; the
-//! embedded SQLite store ([`sqlite::SqliteStore`]) is the default.
+//! Every claim is **fenced**: the lease's end ([`Claimed::lease_until`]) is
+//! the claim's token, and an outcome is recorded only while the delivery
+//! still carries it. A claim taken over after its lease ran out gets a
+//! later end, so a late outcome of the first holder (a process paused past
+//! its lease) never overwrites the new owner's.
+//!
+//! Two backends implement the interface, and one conformance suite
+//! (`tests/it/store.rs`) runs every behaviour test against both:
+//! - [`sqlite::SqliteStore`], the default: embedded, one daemon per
+//!   `state_dir`;
+//! - [`postgres::PgStore`]: one PostgreSQL database shared by any number of
+//!   daemons (replicas).
+//!
+//! Nothing here names a backend's types: each maps its own errors into
+//! [`StoreError`].
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -71,15 +85,9 @@ pub enum Accepted {
 
 /// The store could not do what was asked. On the request path the caller
 /// answers 503 so that Easemob's retry has a chance.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("store: {0}")]
 pub struct StoreError(pub String);
-
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
-        StoreError(e.to_string())
-    }
-}
 
 /// A delivery handed to the dispatcher.
 #[derive(Debug, Clone)]
@@ -90,10 +98,31 @@ pub struct Claimed {
     pub rule: Text,
     /// Attempts made before this one.
     pub attempts: u32,
+    /// When the claim runs out (ms since the epoch); also the claim's
+    /// token, which [`Store::record`] must be given back.
+    pub lease_until: u64,
     pub received_at_ms: u64,
     /// The stored callback, parsed once per event; `Err` says why it could
     /// not be read back.
     pub callback: Result<Arc<Callback>, String>,
+}
+
+/// The claim an outcome is recorded under: the delivery and the end of
+/// the lease it was claimed with ([`Claimed::lease_until`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    pub id: i64,
+    pub until: u64,
+}
+
+impl Claimed {
+    /// The claim to record this delivery's outcome under.
+    pub fn lease(&self) -> Lease {
+        Lease {
+            id: self.id,
+            until: self.lease_until,
+        }
+    }
 }
 
 /// What happened to one attempt.
@@ -177,6 +206,19 @@ pub struct DeliveryBrief {
     pub attempts: u32,
 }
 
+/// A daemon seen using a shared store (PostgreSQL), for `/api/v1/status`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Replica {
+    /// Random at each start.
+    pub id: String,
+    pub host: String,
+    pub version: String,
+    /// Ms since the epoch.
+    pub started_at: u64,
+    /// The last heartbeat, ms since the epoch.
+    pub last_seen: u64,
+}
+
 /// Counts for status and metrics.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Counts {
@@ -202,8 +244,11 @@ pub trait Store: Send + Sync + 'static {
         lease_ms: u64,
     ) -> BoxFuture<'_, Result<Vec<Claimed>, StoreError>>;
 
-    /// Record the outcomes of attempts.
-    fn record(&self, outcomes: Vec<(i64, Record)>) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Record the outcomes of attempts, each under the claim it was made
+    /// with. Returns the ids whose claim is no longer theirs (taken over
+    /// after the lease ran out): their outcome is not recorded.
+    fn record(&self, outcomes: Vec<(Lease, Record)>)
+    -> BoxFuture<'_, Result<Vec<i64>, StoreError>>;
 
     /// When the earliest pending delivery that is not leased falls due.
     fn next_due(&self) -> BoxFuture<'_, Result<Option<u64>, StoreError>>;
@@ -240,4 +285,13 @@ pub trait Store: Send + Sync + 'static {
     /// Answered by the writer without touching the disk: is it alive and
     /// taking commands (for the systemd watchdog)?
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// `sqlite` or `postgres`, as `/api/v1/status` shows it.
+    fn kind(&self) -> &'static str;
+
+    /// The daemons seen using this store in the last minute (a shared
+    /// store only; `None` for an embedded one).
+    fn replicas(&self) -> BoxFuture<'_, Result<Option<Vec<Replica>>, StoreError>> {
+        Box::pin(async { Ok(None) })
+    }
 }

@@ -17,6 +17,20 @@ use warp::Filter;
 pub const SECRET: &str = "it-secret-0123456789";
 pub const APPKEY: &str = "org#app";
 
+/// Whether a real part a test needs (a server, a browser) is here. Where it
+/// is missing the test skips with a notice, except under `CI=true`, where
+/// a missing part is a failure.
+pub fn require(available: bool, what: &str) -> bool {
+    if available {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{what}: required under CI=true");
+    }
+    eprintln!("SKIPPED: {what}");
+    false
+}
+
 /// Poll `cond` until it holds or `timeout` passes.
 pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut cond: F)
 where

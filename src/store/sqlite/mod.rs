@@ -30,9 +30,15 @@ use crate::callback::Callback;
 use tokio::sync::oneshot;
 
 use super::{
-    Accepted, Claimed, Counts, DeliveryBrief, DeliveryInfo, EventInfo, NewEvent, Record, Status,
-    Store, StoreError,
+    Accepted, Claimed, Counts, DeliveryBrief, DeliveryInfo, EventInfo, Lease, NewEvent, Record,
+    Status, Store, StoreError,
 };
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError(e.to_string())
+    }
+}
 
 /// Commands handled in one transaction at most.
 const MAX_BATCH: usize = 512;
@@ -199,6 +205,7 @@ type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 /// A row of a claim, decoded into [`Claimed`] outside the writer.
 struct ClaimedRow {
     id: i64,
+    lease_until: u64,
     event_id: String,
     action: String,
     rule: String,
@@ -222,7 +229,7 @@ enum Command {
         lease: u64,
         reply: Reply<Vec<ClaimedRow>>,
     },
-    Record(Vec<(i64, Record)>, Reply<()>),
+    Record(Vec<(Lease, Record)>, Reply<Vec<i64>>),
     Retry(Option<Vec<i64>>, u64, Reply<u64>),
     Prune(u64, u64, Reply<u64>),
     Probe(Reply<()>),
@@ -236,6 +243,7 @@ enum Done {
     Claim(Result<Vec<ClaimedRow>, StoreError>),
     Unit(Result<(), StoreError>),
     Count(Result<u64, StoreError>),
+    Stale(Result<Vec<i64>, StoreError>),
 }
 
 impl Done {
@@ -245,7 +253,8 @@ impl Done {
         match c {
             Command::Accept(..) => Done::Accept(Err(e)),
             Command::Claim { .. } => Done::Claim(Err(e)),
-            Command::Record(..) | Command::Probe(_) | Command::Ping(_) => Done::Unit(Err(e)),
+            Command::Record(..) => Done::Stale(Err(e)),
+            Command::Probe(_) | Command::Ping(_) => Done::Unit(Err(e)),
             Command::Retry(..) | Command::Prune(..) => Done::Count(Err(e)),
         }
     }
@@ -255,14 +264,18 @@ impl Done {
             Done::Accept(Err(e))
             | Done::Claim(Err(e))
             | Done::Unit(Err(e))
-            | Done::Count(Err(e)) => Some(e),
+            | Done::Count(Err(e))
+            | Done::Stale(Err(e)) => Some(e),
             _ => None,
         }
     }
 
     /// A write that failed: the store is not writable.
     fn failed_write(&self) -> bool {
-        matches!(self, Done::Accept(Err(_)) | Done::Unit(Err(_)))
+        matches!(
+            self,
+            Done::Accept(Err(_)) | Done::Unit(Err(_)) | Done::Stale(Err(_))
+        )
     }
 
     /// A real write (an event stored, an outcome recorded, a probe): it
@@ -271,7 +284,7 @@ impl Done {
     fn wrote(&self) -> bool {
         matches!(
             self,
-            Done::Accept(Ok(Accepted::New { .. })) | Done::Unit(Ok(()))
+            Done::Accept(Ok(Accepted::New { .. })) | Done::Unit(Ok(())) | Done::Stale(Ok(_))
         )
     }
 }
@@ -281,9 +294,8 @@ fn reply(c: Command, d: Done) {
     match (c, d) {
         (Command::Accept(_, tx), Done::Accept(r)) => drop(tx.send(r)),
         (Command::Claim { reply, .. }, Done::Claim(r)) => drop(reply.send(r)),
-        (Command::Record(_, tx) | Command::Probe(tx) | Command::Ping(tx), Done::Unit(r)) => {
-            drop(tx.send(r))
-        }
+        (Command::Record(_, tx), Done::Stale(r)) => drop(tx.send(r)),
+        (Command::Probe(tx) | Command::Ping(tx), Done::Unit(r)) => drop(tx.send(r)),
         (Command::Retry(_, _, tx) | Command::Prune(_, _, tx), Done::Count(r)) => drop(tx.send(r)),
         (c, _) => {
             let d = Done::failed(&c, "internal error: a command got another's answer");
@@ -885,7 +897,7 @@ impl<'c> Writer<'c> {
             Command::Claim {
                 now, limit, lease, ..
             } => Done::Claim(claim(conn, *now, *limit, *lease).map_err(Into::into)),
-            Command::Record(outcomes, _) => Done::Unit(record(conn, outcomes).map_err(Into::into)),
+            Command::Record(outcomes, _) => Done::Stale(record(conn, outcomes).map_err(Into::into)),
             Command::Retry(ids, now, _) => {
                 Done::Count(retry(conn, ids.as_deref(), *now).map_err(Into::into))
             }
@@ -925,20 +937,18 @@ fn claim(
     lease: u64,
 ) -> rusqlite::Result<Vec<ClaimedRow>> {
     let now = now as i64;
+    let lease_until = now.saturating_add(lease.max(1) as i64);
     let mut stmt = conn.prepare_cached(CLAIM_SQL)?;
     let rows = stmt
-        .query_map(
-            params![now.saturating_add(lease as i64), now, limit as i64],
-            |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, u32>(4)?,
-                ))
-            },
-        )?
+        .query_map(params![lease_until, now, limit as i64], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, u32>(4)?,
+            ))
+        })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let mut ev = conn.prepare_cached("SELECT received_at, body FROM events WHERE id = ?1")?;
     let mut out: Vec<ClaimedRow> = Vec::with_capacity(rows.len());
@@ -954,6 +964,7 @@ fn claim(
         };
         out.push(ClaimedRow {
             id,
+            lease_until: lease_until as u64,
             event_id,
             action,
             rule,
@@ -983,6 +994,7 @@ fn decode(rows: Vec<ClaimedRow>) -> Vec<Claimed> {
                 .clone();
             Claimed {
                 id: r.id,
+                lease_until: r.lease_until,
                 event_id: r.event_id,
                 action: r.action.into(),
                 rule: r.rule.into(),
@@ -994,37 +1006,45 @@ fn decode(rows: Vec<ClaimedRow>) -> Vec<Claimed> {
         .collect()
 }
 
-fn record(conn: &Connection, outcomes: &[(i64, Record)]) -> rusqlite::Result<()> {
+/// Record each outcome under its claim: a row whose lease is no longer the
+/// one the attempt was made under is left alone, and its id returned.
+fn record(conn: &Connection, outcomes: &[(Lease, Record)]) -> rusqlite::Result<Vec<i64>> {
     let now = crate::verify::now_ms() as i64;
-    for (id, r) in outcomes {
-        match r {
+    let mut stale = Vec::new();
+    for (lease, r) in outcomes {
+        let (id, token) = (lease.id, lease.until as i64);
+        let changed = match r {
             Record::Sent => conn
                 .prepare_cached(
                     "UPDATE deliveries SET status = 'sent', attempts = attempts + 1, leased_until = NULL,
-                     last_error = NULL, updated_at = ?2 WHERE id = ?1",
+                     last_error = NULL, updated_at = ?2 WHERE id = ?1 AND leased_until = ?3",
                 )?
-                .execute(params![id, now])?,
+                .execute(params![id, now, token])?,
             Record::Retry { at_ms, error, counted } => conn
                 .prepare_cached(
                     "UPDATE deliveries SET attempts = attempts + ?2, next_attempt_at = ?3, leased_until = NULL,
-                     last_error = COALESCE(?4, last_error), updated_at = ?5 WHERE id = ?1",
+                     last_error = COALESCE(?4, last_error), updated_at = ?5 WHERE id = ?1 AND leased_until = ?6",
                 )?
                 .execute(params![
                     id,
                     i64::from(*counted),
                     *at_ms as i64,
                     if *counted { Some(error.as_str()) } else { None },
-                    now
+                    now,
+                    token
                 ])?,
             Record::Dead { error } => conn
                 .prepare_cached(
                     "UPDATE deliveries SET status = 'dead', attempts = attempts + 1, leased_until = NULL,
-                     last_error = ?2, updated_at = ?3 WHERE id = ?1",
+                     last_error = ?2, updated_at = ?3 WHERE id = ?1 AND leased_until = ?4",
                 )?
-                .execute(params![id, error, now])?,
+                .execute(params![id, error, now, token])?,
         };
+        if changed == 0 {
+            stale.push(id);
+        }
     }
-    Ok(())
+    Ok(stale)
 }
 
 fn retry(conn: &Connection, ids: Option<&[i64]>, now: u64) -> rusqlite::Result<u64> {
@@ -1113,7 +1133,10 @@ impl Store for SqliteStore {
         Box::pin(async move { rows.await.map(decode) })
     }
 
-    fn record(&self, outcomes: Vec<(i64, Record)>) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn record(
+        &self,
+        outcomes: Vec<(Lease, Record)>,
+    ) -> BoxFuture<'_, Result<Vec<i64>, StoreError>> {
         self.send(|r| Command::Record(outcomes, r))
     }
 
@@ -1245,6 +1268,10 @@ impl Store for SqliteStore {
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         self.send(Command::Ping)
     }
+
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
 }
 
 #[cfg(test)]
@@ -1321,9 +1348,9 @@ mod tests {
             // Leased: not claimed twice.
             assert!(s.claim_due(1001, 10, 30_000).await.unwrap().is_empty());
             s.record(vec![
-                (claimed[0].id, Record::Sent),
+                (claimed[0].lease(), Record::Sent),
                 (
-                    claimed[1].id,
+                    claimed[1].lease(),
                     Record::Dead {
                         error: "410 Gone".into(),
                     },
@@ -1743,8 +1770,10 @@ PRAGMA user_version = 1;
         else {
             panic!("not stored")
         };
-        let done = first.iter().map(|&id| (id, Record::Sent)).collect();
-        s.record(done).await.unwrap();
+        let claimed = s.claim_due(1000, 10, 30_000).await.unwrap();
+        assert_eq!(claimed.len(), first.len());
+        let done = claimed.iter().map(|c| (c.lease(), Record::Sent)).collect();
+        assert_eq!(s.record(done).await.unwrap(), Vec::<i64>::new());
         // Everything is past retention: the older delivery goes, the newest
         // stays, and so does its event.
         let now = crate::verify::now_ms() + 60_000;

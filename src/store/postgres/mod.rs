@@ -1,0 +1,1005 @@
+//! The shared store: one PostgreSQL database behind any number of daemons
+//! (replicas), so that no host is a single point of failure (SPEC §9).
+//!
+//! - **Accept** is group-committed as in the embedded store: writer tasks
+//!   take every callback waiting in their queue and store them in one
+//!   transaction, their statements pipelined on one connection, committed
+//!   with `synchronous_commit = on` before any of them is answered. Each
+//!   callback is one statement that claims its dedup key (`ON CONFLICT`),
+//!   stores the event and inserts its deliveries; a key another replica
+//!   holds makes it a duplicate. A batch's statements are sorted by key, so
+//!   two replicas' batches lock keys in the same order and never deadlock.
+//! - **Claims** take due deliveries with `FOR UPDATE SKIP LOCKED`, so
+//!   replicas never wait on each other's rows, and set a lease whose end is
+//!   the claim's fencing token ([`super::Lease`]): an outcome is recorded
+//!   only under the token it was claimed with. Expired leases are due
+//!   again; nothing voids another replica's leases.
+//! - **Pruning** runs on one replica at a time (an advisory lock), in
+//!   batches, so it never holds long locks on the queue.
+//! - Each daemon writes a heartbeat row every [`HEARTBEAT`]; status lists
+//!   those seen in the last minute.
+//! - The schema is versioned ([`migrate`]) and migrated under an advisory
+//!   lock, so that several replicas may start at once; a daemon refuses a
+//!   schema newer than the one it knows.
+//!
+//! The pool waits for a free connection rather than failing (pool
+//! exhaustion queues); a database that cannot be reached fails fast, so the
+//! caller answers 503 and `/readyz` turns unready until a write succeeds
+//! again — without a restart: broken connections are replaced.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use futures_util::future::BoxFuture;
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio_postgres::Row;
+
+use super::{
+    Accepted, Claimed, Counts, DeliveryBrief, DeliveryInfo, EventInfo, Lease, NewEvent, Record,
+    Replica, Status, Store, StoreError,
+};
+use crate::callback::Callback;
+use crate::config::PostgresSettings;
+
+/// The schema versions, in order: each is applied once, in a transaction.
+const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("migrations/0001_init.sql"))];
+
+/// The newest schema version this build knows.
+pub const SCHEMA_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
+
+/// Advisory lock keys (`pg_advisory_lock`): migrating, pruning.
+const LOCK_MIGRATE: i64 = 0x6561_7365_686f_6f01;
+const LOCK_PRUNE: i64 = 0x6561_7365_686f_6f02;
+
+/// Callbacks stored in one transaction at most.
+const MAX_BATCH: usize = 256;
+
+/// Transactions of callbacks in flight at once per daemon: while one
+/// commits (waits for the database's fsync), the next is gathered and sent.
+const WRITERS: usize = 2;
+
+/// Rows removed per statement while pruning.
+const PRUNE_BATCH: i64 = 5_000;
+
+/// How often a daemon writes its heartbeat row.
+pub const HEARTBEAT: Duration = Duration::from_secs(10);
+
+/// A daemon counts as a replica this long after its last heartbeat.
+const REPLICA_SEEN: u64 = 60_000;
+
+/// How long a new connection may take before the attempt fails (the
+/// database is down or unreachable: the caller answers 503).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the store could not be opened: the caller reports it against
+/// `store.url`.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error("{0}")]
+    Schema(String),
+    #[error("{0}")]
+    Tls(String),
+}
+
+/// One callback's accept, queued for a writer.
+struct Accept {
+    event: NewEvent,
+    rules_json: String,
+    window: u64,
+    reply: oneshot::Sender<Result<Accepted, StoreError>>,
+}
+
+struct Inner {
+    pool: Pool,
+    writable: AtomicBool,
+    replica: Replica,
+}
+
+/// The PostgreSQL store.
+pub struct PgStore {
+    inner: Arc<Inner>,
+    accepts: mpsc::UnboundedSender<Accept>,
+    /// The runtime the store was opened on (see [`PgStore::run`]).
+    runtime: tokio::runtime::Handle,
+}
+
+/// The message of a driver error: the server's own for database errors
+/// (`password authentication failed for user …`), else the driver's with
+/// its cause. Neither carries the connection string.
+fn pg_message(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return db.message().to_string();
+    }
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    }
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        StoreError(pg_message(&e))
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        use deadpool_postgres::PoolError as P;
+        StoreError(match e {
+            P::Backend(e) => pg_message(&e),
+            P::Timeout(_) => "the database did not answer in time".into(),
+            other => other.to_string(),
+        })
+    }
+}
+
+/// TLS to the database: rustls (the stack of every other connection of
+/// the daemon), the system's roots plus `ca_file`. Used when the URL's
+/// `sslmode` asks for it (`prefer`, the default, or `require`).
+fn tls(settings: &PostgresSettings) -> Result<tokio_postgres_rustls::MakeRustlsConnect, OpenError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    if let Some(ca) = &settings.ca_file {
+        let certs = CertificateDer::pem_file_iter(ca)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| OpenError::Tls(format!("store.ca_file {}: {e}", ca.display())))?;
+        if certs.is_empty() {
+            return Err(OpenError::Tls(format!(
+                "store.ca_file {}: holds no PEM certificate",
+                ca.display()
+            )));
+        }
+        for c in certs {
+            roots
+                .add(c)
+                .map_err(|e| OpenError::Tls(format!("store.ca_file {}: {e}", ca.display())))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| OpenError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
+/// A pool of connections to the database of `settings`, each with
+/// `synchronous_commit` on whatever the server's default.
+fn pool(settings: &PostgresSettings) -> Result<Pool, OpenError> {
+    let mut config = settings.driver_config().map_err(OpenError::Connect)?;
+    let options = match config.get_options() {
+        Some(o) if !o.is_empty() => format!("{o} -c synchronous_commit=on"),
+        _ => "-c synchronous_commit=on".to_string(),
+    };
+    config.options(options);
+    if config.get_application_name().is_none() {
+        config.application_name("easehook");
+    }
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    let manager = Manager::from_config(
+        config,
+        tls(settings)?,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(settings.pool.max(2))
+        .runtime(Runtime::Tokio1)
+        .create_timeout(Some(CONNECT_TIMEOUT + Duration::from_secs(1)))
+        // A busy pool queues callers; only a database that cannot be
+        // reached at all fails them, through the create timeout.
+        .wait_timeout(None)
+        .build()
+        .map_err(|e| OpenError::Connect(e.to_string()))
+}
+
+/// Bring the schema up to [`SCHEMA_VERSION`] under an advisory lock, so
+/// that replicas starting together migrate once. Returns the versions
+/// applied. A schema newer than this build knows is refused.
+pub async fn migrate(settings: &PostgresSettings) -> Result<Vec<i32>, OpenError> {
+    let pool = pool(settings)?;
+    let mut client = pool
+        .get()
+        .await
+        .map_err(|e| OpenError::Connect(StoreError::from(e).0))?;
+    migrate_on(&mut client).await
+}
+
+async fn migrate_on(client: &mut tokio_postgres::Client) -> Result<Vec<i32>, OpenError> {
+    let schema = |e: tokio_postgres::Error| OpenError::Schema(pg_message(&e));
+    // A database that is not PostgreSQL (or too old) fails here.
+    let version: i32 = client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .map_err(|e| OpenError::Connect(pg_message(&e)))?
+        .get(0);
+    if version < 110_000 {
+        return Err(OpenError::Schema(format!(
+            "PostgreSQL {version} is too old: easehook needs 11 or later"
+        )));
+    }
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&LOCK_MIGRATE])
+        .await
+        .map_err(schema)?;
+    let result = apply_migrations(client).await;
+    let unlock = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_MIGRATE])
+        .await;
+    let applied = result?;
+    unlock.map_err(schema)?;
+    Ok(applied)
+}
+
+async fn apply_migrations(client: &mut tokio_postgres::Client) -> Result<Vec<i32>, OpenError> {
+    let schema = |e: tokio_postgres::Error| OpenError::Schema(pg_message(&e));
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS easehook_schema (
+                 version    integer PRIMARY KEY,
+                 applied_at bigint NOT NULL
+             )",
+        )
+        .await
+        .map_err(schema)?;
+    let current: i32 = client
+        .query_one("SELECT coalesce(max(version), 0) FROM easehook_schema", &[])
+        .await
+        .map_err(schema)?
+        .get(0);
+    if current > SCHEMA_VERSION {
+        return Err(OpenError::Schema(format!(
+            "the database's schema is version {current}, newer than this easehook knows ({SCHEMA_VERSION}): upgrade easehook, or point store.url at another database"
+        )));
+    }
+    let mut applied = Vec::new();
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+        let tx = client.transaction().await.map_err(schema)?;
+        tx.batch_execute(sql)
+            .await
+            .map_err(|e| OpenError::Schema(format!("migration {version}: {}", pg_message(&e))))?;
+        tx.execute(
+            "INSERT INTO easehook_schema(version, applied_at) VALUES ($1, $2)",
+            &[version, &(crate::verify::now_ms() as i64)],
+        )
+        .await
+        .map_err(schema)?;
+        tx.commit().await.map_err(schema)?;
+        applied.push(*version);
+    }
+    Ok(applied)
+}
+
+/// Store one callback: claim its dedup key (a key held and not expired
+/// changes nothing, which makes it a duplicate), then the event and its
+/// deliveries, all or nothing. `$8` is the lease of deliveries handed to
+/// the dispatcher at once.
+const ACCEPT_SQL: &str = "
+WITH k AS (
+    INSERT INTO dedup(key, expires_at) VALUES ($1, $2)
+    ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at
+        WHERE dedup.expires_at <= $3
+    RETURNING 1
+), e AS (
+    INSERT INTO events(id, dedup_key, event, received_at, rules, body)
+    SELECT $4, $1, $5, $3, $6, $7 WHERE EXISTS (SELECT 1 FROM k)
+), d AS (
+    INSERT INTO deliveries(event_id, action, rule, status, attempts, next_attempt_at,
+                           leased_until, created_at, updated_at)
+    SELECT $4, t.action, t.rule,
+           CASE WHEN t.done THEN 'sent' ELSE 'pending' END,
+           CASE WHEN t.done THEN 1 ELSE 0 END,
+           $3, CASE WHEN t.done THEN NULL ELSE $8::bigint END, $3, $3
+    FROM unnest($9::text[], $10::text[], $11::bool[]) WITH ORDINALITY AS t(action, rule, done, n)
+    WHERE EXISTS (SELECT 1 FROM k)
+    ORDER BY t.n
+    RETURNING id
+)
+SELECT EXISTS (SELECT 1 FROM k), array(SELECT id FROM d ORDER BY id)";
+
+/// Lease the `$3` deliveries due first at `$2` until `$1`, skipping rows
+/// another replica is claiming, and read their events.
+const CLAIM_SQL: &str = "
+WITH c AS (
+    UPDATE deliveries d SET leased_until = $1
+    WHERE d.id IN (SELECT id FROM deliveries
+                   WHERE status = 'pending' AND next_attempt_at <= $2
+                     AND (leased_until IS NULL OR leased_until <= $2)
+                   ORDER BY next_attempt_at, id LIMIT $3
+                   FOR UPDATE SKIP LOCKED)
+    RETURNING d.id, d.event_id, d.action, d.rule, d.attempts
+)
+SELECT c.id, c.event_id, c.action, c.rule, c.attempts, e.received_at, e.body
+FROM c JOIN events e ON e.id = c.event_id ORDER BY c.id";
+
+/// Record outcomes, each only under the claim it was made with.
+const RECORD_SQL: &str = "
+UPDATE deliveries d SET
+    status = o.status,
+    attempts = d.attempts + o.inc,
+    next_attempt_at = coalesce(o.at, d.next_attempt_at),
+    leased_until = NULL,
+    last_error = CASE WHEN o.status = 'sent' THEN NULL ELSE coalesce(o.error, d.last_error) END,
+    updated_at = $1
+FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::int[], $6::bigint[], $7::text[])
+     AS o(id, lease, status, inc, at, error)
+WHERE d.id = o.id AND d.leased_until = o.lease
+RETURNING d.id";
+
+const DELIVERY_COLUMNS: &str = "d.id, d.event_id, e.event, d.action, d.rule, d.status, d.attempts,
+     d.next_attempt_at, d.last_error, d.created_at, d.updated_at";
+
+impl PgStore {
+    /// Connect, migrate the schema, and start the writers and the
+    /// heartbeat. Fails when the database cannot be reached, refuses the
+    /// credentials, is not PostgreSQL, or has a newer schema.
+    pub async fn connect(settings: &PostgresSettings) -> Result<Self, OpenError> {
+        let pool = pool(settings)?;
+        {
+            let mut client = pool
+                .get()
+                .await
+                .map_err(|e| OpenError::Connect(StoreError::from(e).0))?;
+            migrate_on(&mut client).await?;
+        }
+        let host = hostname();
+        let replica = Replica {
+            id: uuid::Uuid::now_v7().simple().to_string()[..16].to_string(),
+            host,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started_at: crate::verify::now_ms(),
+            last_seen: crate::verify::now_ms(),
+        };
+        let inner = Arc::new(Inner {
+            pool,
+            writable: AtomicBool::new(true),
+            replica,
+        });
+        inner
+            .heartbeat()
+            .await
+            .map_err(|e| OpenError::Connect(e.0))?;
+        let (accepts, rx) = mpsc::unbounded_channel();
+        let rx = Arc::new(Mutex::new(rx));
+        for _ in 0..WRITERS {
+            tokio::spawn(writer(inner.clone(), rx.clone()));
+        }
+        tokio::spawn(heartbeats(Arc::downgrade(&inner)));
+        Ok(Self {
+            inner,
+            accepts,
+            runtime: tokio::runtime::Handle::current(),
+        })
+    }
+
+    /// This daemon as its heartbeat row shows it.
+    pub fn replica(&self) -> &Replica {
+        &self.inner.replica
+    }
+
+    /// The connection pool, for tools that work on the database directly
+    /// (`store copy`).
+    pub fn pool(&self) -> &Pool {
+        &self.inner.pool
+    }
+
+    /// Run `f` on a pooled connection, on the runtime the store was opened
+    /// on: the connections' I/O is driven there, never by the delivery
+    /// threads, which yield their CPU to the request path. A write notes
+    /// whether the database took it (for `/readyz`).
+    fn run<T: Send + 'static>(
+        &self,
+        write: bool,
+        f: impl for<'c> FnOnce(&'c deadpool_postgres::Client) -> BoxFuture<'c, Result<T, StoreError>>
+        + Send
+        + 'static,
+    ) -> BoxFuture<'static, Result<T, StoreError>> {
+        let inner = self.inner.clone();
+        let task = self.runtime.spawn(async move {
+            let r = match inner.pool.get().await {
+                Ok(client) => f(&client).await,
+                Err(e) => Err(e.into()),
+            };
+            if write {
+                inner.writable.store(r.is_ok(), Ordering::Relaxed);
+            }
+            r
+        });
+        Box::pin(async move {
+            task.await
+                .map_err(|e| StoreError(format!("store task failed: {e}")))?
+        })
+    }
+
+    fn with_client<T: Send + 'static>(
+        &self,
+        f: impl for<'c> FnOnce(&'c deadpool_postgres::Client) -> BoxFuture<'c, Result<T, StoreError>>
+        + Send
+        + 'static,
+    ) -> BoxFuture<'static, Result<T, StoreError>> {
+        self.run(false, f)
+    }
+
+    fn write<T: Send + 'static>(
+        &self,
+        f: impl for<'c> FnOnce(&'c deadpool_postgres::Client) -> BoxFuture<'c, Result<T, StoreError>>
+        + Send
+        + 'static,
+    ) -> BoxFuture<'static, Result<T, StoreError>> {
+        self.run(true, f)
+    }
+}
+
+/// This host's name, for the replicas list.
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `len` bytes into the buffer.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "unknown".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+impl Inner {
+    async fn heartbeat(&self) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        let r = &self.replica;
+        let now = crate::verify::now_ms() as i64;
+        client
+            .execute(
+                "INSERT INTO replicas(id, host, version, started_at, last_seen) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen",
+                &[&r.id, &r.host, &r.version, &(r.started_at as i64), &now],
+            )
+            .await?;
+        // Rows of daemons long gone.
+        client
+            .execute(
+                "DELETE FROM replicas WHERE last_seen < $1",
+                &[&(now - 86_400_000)],
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+/// Write this daemon's heartbeat every [`HEARTBEAT`] for as long as the
+/// store is open.
+async fn heartbeats(inner: Weak<Inner>) {
+    loop {
+        tokio::time::sleep(HEARTBEAT).await;
+        let Some(inner) = inner.upgrade() else { return };
+        if let Err(e) = inner.heartbeat().await {
+            tracing::debug!(error = %e, "heartbeat not written");
+        }
+    }
+}
+
+/// A writer: take the callbacks waiting (up to [`MAX_BATCH`]), store them
+/// in one transaction, answer each. A failed batch is run again callback
+/// by callback, so that one bad callback fails alone.
+async fn writer(inner: Arc<Inner>, rx: Arc<Mutex<mpsc::UnboundedReceiver<Accept>>>) {
+    loop {
+        let mut batch = Vec::new();
+        {
+            let mut rx = rx.lock().await;
+            if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
+                return;
+            }
+        }
+        // The same lock order in every transaction of every replica.
+        batch.sort_by(|a, b| a.event.dedup_key.cmp(&b.event.dedup_key));
+        match accept_batch(&inner.pool, &batch).await {
+            Ok(results) => {
+                inner.writable.store(true, Ordering::Relaxed);
+                for (a, r) in batch.into_iter().zip(results) {
+                    let _ = a.reply.send(Ok(r));
+                }
+            }
+            Err(e) if batch.len() == 1 => {
+                inner.writable.store(false, Ordering::Relaxed);
+                tracing::error!(error = %e, "cannot store a callback");
+                for a in batch {
+                    let _ = a.reply.send(Err(e.clone()));
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, n = batch.len(), "a batch failed; storing its callbacks one by one");
+                for a in batch {
+                    let r = accept_batch(&inner.pool, std::slice::from_ref(&a))
+                        .await
+                        .map(|mut r| r.remove(0));
+                    inner.writable.store(r.is_ok(), Ordering::Relaxed);
+                    let _ = a.reply.send(r);
+                }
+            }
+        }
+    }
+}
+
+/// One transaction for the batch, its statements pipelined.
+async fn accept_batch(pool: &Pool, batch: &[Accept]) -> Result<Vec<Accepted>, StoreError> {
+    let mut client = pool.get().await?;
+    let stmt = client.prepare_cached(ACCEPT_SQL).await?;
+    let tx = client.transaction().await?;
+    struct Params<'a> {
+        key: &'a str,
+        expires: i64,
+        now: i64,
+        lease: Option<i64>,
+        id: &'a str,
+        event: &'a str,
+        rules_json: &'a str,
+        body: &'a str,
+        actions: Vec<&'a str>,
+        rules: Vec<&'a str>,
+        done: Vec<bool>,
+    }
+    let params: Vec<Params> = batch
+        .iter()
+        .map(|a| {
+            let ev = &a.event;
+            let now = ev.received_at_ms as i64;
+            Params {
+                key: &ev.dedup_key,
+                expires: now.saturating_add(a.window as i64),
+                now,
+                lease: ev.lease_until.map(|t| t as i64),
+                id: &ev.id,
+                event: ev.event.as_str(),
+                rules_json: &a.rules_json,
+                body: &ev.body,
+                actions: ev.deliveries.iter().map(|d| d.action.as_str()).collect(),
+                rules: ev.deliveries.iter().map(|d| d.rule.as_str()).collect(),
+                done: ev.deliveries.iter().map(|d| d.done).collect(),
+            }
+        })
+        .collect();
+    type Param<'a> = &'a (dyn tokio_postgres::types::ToSql + Sync);
+    let values: Vec<[Param; 11]> = params
+        .iter()
+        .map(|p| {
+            [
+                &p.key as Param,
+                &p.expires,
+                &p.now,
+                &p.id,
+                &p.event,
+                &p.rules_json,
+                &p.body,
+                &p.lease,
+                &p.actions,
+                &p.rules,
+                &p.done,
+            ]
+        })
+        .collect();
+    // All sent before any answer is read: one round trip for the lot.
+    let queries = values.iter().map(|v| tx.query_one(&stmt, v));
+    let rows = futures_util::future::try_join_all(queries).await?;
+    tx.commit().await?;
+    Ok(batch
+        .iter()
+        .zip(rows)
+        .map(|(a, row)| {
+            if row.get::<_, bool>(0) {
+                Accepted::New {
+                    id: a.event.id.clone(),
+                    deliveries: row.get(1),
+                }
+            } else {
+                Accepted::Duplicate
+            }
+        })
+        .collect())
+}
+
+/// Decode claimed rows: each event's callback is parsed once.
+fn decode(rows: Vec<Row>, lease_until: u64) -> Vec<Claimed> {
+    let mut parsed: std::collections::HashMap<String, Result<Arc<Callback>, String>> =
+        std::collections::HashMap::new();
+    rows.into_iter()
+        .map(|r| {
+            let event_id: String = r.get(1);
+            let body: &str = r.get(6);
+            let callback = parsed
+                .entry(event_id.clone())
+                .or_insert_with(|| {
+                    Callback::parse(body.as_bytes())
+                        .map(Arc::new)
+                        .map_err(|e| e.to_string())
+                })
+                .clone();
+            Claimed {
+                id: r.get(0),
+                event_id,
+                action: r.get::<_, &str>(2).into(),
+                rule: r.get::<_, &str>(3).into(),
+                attempts: r.get::<_, i32>(4) as u32,
+                lease_until,
+                received_at_ms: r.get::<_, i64>(5) as u64,
+                callback,
+            }
+        })
+        .collect()
+}
+
+fn delivery_row(r: &Row) -> DeliveryInfo {
+    let status = Status::parse(r.get(5)).unwrap_or(Status::Pending);
+    DeliveryInfo {
+        id: r.get(0),
+        event_id: r.get(1),
+        event: r.get(2),
+        action: r.get(3),
+        rule: r.get(4),
+        status,
+        attempts: r.get::<_, i32>(6) as u32,
+        next_attempt_at: (status == Status::Pending).then(|| r.get::<_, i64>(7) as u64),
+        last_error: r.get(8),
+        created_at: r.get::<_, i64>(9) as u64,
+        updated_at: r.get::<_, i64>(10) as u64,
+    }
+}
+
+impl Store for PgStore {
+    fn accept(&self, event: NewEvent, window: u64) -> BoxFuture<'_, Result<Accepted, StoreError>> {
+        let rules_json = serde_json::to_string(&event.rules).unwrap_or_else(|_| "[]".into());
+        let (reply, rx) = oneshot::channel();
+        let sent = self.accepts.send(Accept {
+            event,
+            rules_json,
+            window,
+            reply,
+        });
+        Box::pin(async move {
+            if sent.is_err() {
+                return Err(StoreError("the store writers have stopped".into()));
+            }
+            rx.await
+                .map_err(|_| StoreError("the store writers have stopped".into()))?
+        })
+    }
+
+    fn claim_due(
+        &self,
+        now: u64,
+        limit: usize,
+        lease: u64,
+    ) -> BoxFuture<'_, Result<Vec<Claimed>, StoreError>> {
+        let lease_until = now.saturating_add(lease.max(1));
+        self.write(move |c| {
+            Box::pin(async move {
+                let stmt = c.prepare_cached(CLAIM_SQL).await?;
+                let rows = c
+                    .query(
+                        &stmt,
+                        &[&(lease_until as i64), &(now as i64), &(limit as i64)],
+                    )
+                    .await?;
+                Ok(decode(rows, lease_until))
+            })
+        })
+    }
+
+    fn record(
+        &self,
+        outcomes: Vec<(Lease, Record)>,
+    ) -> BoxFuture<'_, Result<Vec<i64>, StoreError>> {
+        self.write(move |c| {
+            Box::pin(async move {
+                let n = outcomes.len();
+                let (mut ids, mut leases, mut statuses, mut incs, mut ats, mut errors) = (
+                    Vec::with_capacity(n),
+                    Vec::with_capacity(n),
+                    Vec::with_capacity(n),
+                    Vec::with_capacity(n),
+                    Vec::with_capacity(n),
+                    Vec::with_capacity(n),
+                );
+                for (lease, r) in &outcomes {
+                    ids.push(lease.id);
+                    leases.push(lease.until as i64);
+                    let (status, inc, at, error): (&str, i32, Option<i64>, Option<&str>) = match r {
+                        Record::Sent => ("sent", 1, None, None),
+                        Record::Retry {
+                            at_ms,
+                            error,
+                            counted,
+                        } => (
+                            "pending",
+                            i32::from(*counted),
+                            Some(*at_ms as i64),
+                            counted.then_some(error.as_str()),
+                        ),
+                        Record::Dead { error } => ("dead", 1, None, Some(error.as_str())),
+                    };
+                    statuses.push(status);
+                    incs.push(inc);
+                    ats.push(at);
+                    errors.push(error);
+                }
+                let stmt = c.prepare_cached(RECORD_SQL).await?;
+                let now = crate::verify::now_ms() as i64;
+                let rows = c
+                    .query(
+                        &stmt,
+                        &[&now, &ids, &leases, &statuses, &incs, &ats, &errors],
+                    )
+                    .await?;
+                let recorded: std::collections::HashSet<i64> =
+                    rows.iter().map(|r| r.get(0)).collect();
+                Ok(ids
+                    .into_iter()
+                    .filter(|id| !recorded.contains(id))
+                    .collect())
+            })
+        })
+    }
+
+    fn next_due(&self) -> BoxFuture<'_, Result<Option<u64>, StoreError>> {
+        // As in the embedded store: leased deliveries are someone's work in
+        // flight. Claims that run out are found by the dispatcher's polling
+        // (at least once a second), not announced.
+        self.with_client(|c| {
+            Box::pin(async move {
+                let row = c
+                    .query_opt(
+                        "SELECT next_attempt_at FROM deliveries
+                         WHERE status = 'pending' AND leased_until IS NULL
+                         ORDER BY next_attempt_at LIMIT 1",
+                        &[],
+                    )
+                    .await?;
+                Ok(row.map(|r| r.get::<_, i64>(0) as u64))
+            })
+        })
+    }
+
+    fn retry(&self, ids: Option<Vec<i64>>, now: u64) -> BoxFuture<'_, Result<u64, StoreError>> {
+        self.write(move |c| {
+            Box::pin(async move {
+                let n = c
+                    .execute(
+                        "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = $2,
+                                leased_until = NULL, updated_at = $2
+                         WHERE status = 'dead' AND ($1::bigint[] IS NULL OR id = ANY($1))",
+                        &[&ids, &(now as i64)],
+                    )
+                    .await?;
+                Ok(n)
+            })
+        })
+    }
+
+    fn list_deliveries(
+        &self,
+        status: Option<Status>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<DeliveryInfo>, StoreError>> {
+        self.with_client(move |c| {
+            Box::pin(async move {
+                let sql = format!(
+                    "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id
+                     WHERE ($1::text IS NULL OR d.status = $1) ORDER BY d.id DESC LIMIT $2"
+                );
+                let rows = c
+                    .query(&sql, &[&status.map(Status::as_str), &(limit as i64)])
+                    .await?;
+                Ok(rows.iter().map(delivery_row).collect())
+            })
+        })
+    }
+
+    fn list_events(
+        &self,
+        since: u64,
+        event: Option<String>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<EventInfo>, StoreError>> {
+        self.with_client(move |c| {
+            Box::pin(async move {
+                let rows = c
+                    .query(
+                        "SELECT id, event, received_at, rules, body FROM events
+                         WHERE received_at >= $1
+                           AND ($2::text IS NULL OR event = $2 OR left(event, length($2) + 1) = $2 || ':')
+                         ORDER BY received_at DESC, id DESC LIMIT $3",
+                        &[&(since as i64), &event, &(limit as i64)],
+                    )
+                    .await?;
+                let ids: Vec<&str> = rows.iter().map(|r| r.get(0)).collect();
+                let ds = c
+                    .query(
+                        "SELECT event_id, id, action, status, attempts FROM deliveries
+                         WHERE event_id = ANY($1) ORDER BY id",
+                        &[&ids],
+                    )
+                    .await?;
+                let mut by_event: std::collections::HashMap<&str, Vec<DeliveryBrief>> =
+                    std::collections::HashMap::new();
+                for d in &ds {
+                    by_event.entry(d.get(0)).or_default().push(DeliveryBrief {
+                        id: d.get(1),
+                        action: d.get(2),
+                        status: Status::parse(d.get(3)).unwrap_or(Status::Pending),
+                        attempts: d.get::<_, i32>(4) as u32,
+                    });
+                }
+                Ok(rows
+                    .iter()
+                    .map(|r| {
+                        let id: &str = r.get(0);
+                        EventInfo {
+                            id: id.to_string(),
+                            event: r.get(1),
+                            received_at: r.get::<_, i64>(2) as u64,
+                            rules: serde_json::from_str(r.get(3)).unwrap_or_default(),
+                            deliveries: by_event.remove(id).unwrap_or_default(),
+                            callback: serde_json::from_str(r.get(4))
+                                .unwrap_or(serde_json::Value::Null),
+                        }
+                    })
+                    .collect())
+            })
+        })
+    }
+
+    fn counts(&self) -> BoxFuture<'_, Result<Counts, StoreError>> {
+        self.with_client(|c| {
+            Box::pin(async move {
+                let row = c
+                    .query_one(
+                        "SELECT (SELECT count(*) FROM deliveries WHERE status = 'pending'),
+                                (SELECT count(*) FROM deliveries WHERE status = 'dead')",
+                        &[],
+                    )
+                    .await?;
+                Ok(Counts {
+                    pending: row.get::<_, i64>(0) as u64,
+                    dead: row.get::<_, i64>(1) as u64,
+                })
+            })
+        })
+    }
+
+    fn prune(&self, now: u64, retention: u64) -> BoxFuture<'_, Result<u64, StoreError>> {
+        self.write(move |c| {
+            Box::pin(async move {
+                // One replica prunes at a time; the others find the lock
+                // taken and leave it to that one.
+                let locked: bool = c
+                    .query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK_PRUNE])
+                    .await?
+                    .get(0);
+                if !locked {
+                    return Ok(0);
+                }
+                let result = prune_batches(c, now, retention).await;
+                let unlocked = c
+                    .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_PRUNE])
+                    .await;
+                let n = result?;
+                unlocked?;
+                Ok(n)
+            })
+        })
+    }
+
+    fn is_writable(&self) -> bool {
+        self.inner.writable.load(Ordering::Relaxed)
+    }
+
+    fn probe(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.write(|c| {
+            Box::pin(async move {
+                c.execute(
+                    "INSERT INTO meta(key, value) VALUES ('probe', $1)
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    &[&crate::verify::now_ms().to_string()],
+                )
+                .await?;
+                Ok(())
+            })
+        })
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        // The watchdog asks whether this process works, not whether the
+        // database is up: a daemon waiting for its database is healthy,
+        // and restarting it would not bring the database back.
+        let alive = !self.accepts.is_closed();
+        Box::pin(async move {
+            if alive {
+                Ok(())
+            } else {
+                Err(StoreError("the store writers have stopped".into()))
+            }
+        })
+    }
+
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn replicas(&self) -> BoxFuture<'_, Result<Option<Vec<Replica>>, StoreError>> {
+        self.with_client(|c| {
+            Box::pin(async move {
+                let since = crate::verify::now_ms().saturating_sub(REPLICA_SEEN) as i64;
+                let rows = c
+                    .query(
+                        "SELECT id, host, version, started_at, last_seen FROM replicas
+                         WHERE last_seen >= $1 ORDER BY started_at, id",
+                        &[&since],
+                    )
+                    .await?;
+                Ok(Some(
+                    rows.iter()
+                        .map(|r| Replica {
+                            id: r.get(0),
+                            host: r.get(1),
+                            version: r.get(2),
+                            started_at: r.get::<_, i64>(3) as u64,
+                            last_seen: r.get::<_, i64>(4) as u64,
+                        })
+                        .collect(),
+                ))
+            })
+        })
+    }
+}
+
+/// Delete what is past retention, [`PRUNE_BATCH`] rows per statement:
+/// finished deliveries, events left with none, expired dedup keys.
+async fn prune_batches(
+    c: &deadpool_postgres::Client,
+    now: u64,
+    retention: u64,
+) -> Result<u64, StoreError> {
+    let cutoff = now.saturating_sub(retention) as i64;
+    let mut total = 0;
+    let steps: [(&str, i64); 3] = [
+        (
+            "DELETE FROM deliveries WHERE id IN (
+                 SELECT id FROM deliveries WHERE status IN ('sent', 'dead') AND updated_at < $1 LIMIT $2)",
+            cutoff,
+        ),
+        (
+            "DELETE FROM events WHERE id IN (
+                 SELECT id FROM events ev WHERE received_at < $1
+                 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = ev.id) LIMIT $2)",
+            cutoff,
+        ),
+        (
+            "DELETE FROM dedup WHERE key IN (
+                 SELECT key FROM dedup WHERE expires_at <= $1 LIMIT $2)",
+            now as i64,
+        ),
+    ];
+    for (i, (sql, at)) in steps.into_iter().enumerate() {
+        loop {
+            let n = c.execute(sql, &[&at, &PRUNE_BATCH]).await?;
+            // Dedup keys are not counted, as in the embedded store.
+            if i < 2 {
+                total += n;
+            }
+            if (n as i64) < PRUNE_BATCH {
+                break;
+            }
+        }
+    }
+    Ok(total)
+}

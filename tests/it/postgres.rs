@@ -1,0 +1,193 @@
+//! The daemon on a shared PostgreSQL store (SPEC §9), in-process: callbacks
+//! delivered through it, status and metrics, two daemons on one database,
+//! the database restarted under load, and the errors a bad `store.url`
+//! gets at start-up.
+
+use std::time::Duration;
+
+use crate::helpers::*;
+
+fn store_config(url: &str) -> String {
+    format!("store:\n  type: postgres\n  url: '{url}'\n  pool: 8\n")
+}
+
+fn hook_rules(url: &str) -> String {
+    format!(
+        "actions:\n  hook:\n    type: http\n    url: '{url}/hook'\n    json: {{user: '{{{{from_user}}}}'}}\n\
+         rules:\n  - {{name: all, when: {{event: roster:ban}}, actions: [hook]}}\n"
+    )
+}
+
+#[tokio::test]
+async fn a_daemon_on_postgres_delivers_and_shows_its_store() {
+    let Some(url) = crate::pg::database().await else {
+        return;
+    };
+    let sink = HttpSink::start().await;
+    let app =
+        spawn_app_with(Options::rules(hook_rules(&sink.url(""))).config(store_config(&url))).await;
+    let body = signed("roster:ban", "alice", "bob");
+    let (status, answer) = app.post(&body).await;
+    assert_eq!(status, 200, "{answer}");
+    // The same callback again: a duplicate.
+    let (status, answer) = app.post(&body).await;
+    assert_eq!((status, answer["duplicate"].as_bool()), (200, Some(true)));
+    let d = app.wait_for_delivery("sent", Duration::from_secs(15)).await;
+    assert_eq!(d["action"], "hook");
+    assert_eq!(sink.count(), 1);
+    assert_eq!(app.events().await.len(), 1);
+    let status = app.get("/api/v1/status").await;
+    assert_eq!(status["store"], "postgres");
+    assert_eq!(status["store_writable"], true);
+    let replicas = status["replicas"].as_array().unwrap();
+    assert_eq!(replicas.len(), 1);
+    assert_eq!(replicas[0]["version"], env!("CARGO_PKG_VERSION"));
+    let text = serde_json::to_string(&status).unwrap();
+    assert!(!text.contains(crate::pg::PASSWORD), "{text}");
+    let metrics = app.metrics().await;
+    assert!(metrics.contains("easehook_store_up 1"), "{metrics}");
+    assert!(metrics.contains("easehook_replicas 1"), "{metrics}");
+    assert!(
+        app.client
+            .get(format!("{}/readyz", app.admin_url))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
+}
+
+#[tokio::test]
+async fn two_daemons_share_one_queue() {
+    let Some(url) = crate::pg::database().await else {
+        return;
+    };
+    let sink = HttpSink::start().await;
+    let opts = Options::rules(hook_rules(&sink.url(""))).config(store_config(&url));
+    let a = spawn_app_with(opts.clone()).await;
+    let b = spawn_app_with(opts).await;
+    // Each callback sent to both: stored once, delivered once.
+    for i in 0..20 {
+        let body = signed("roster:ban", &format!("u{i}"), "bob");
+        let ((sa, ra), (sb, rb)) = tokio::join!(a.post(&body), b.post(&body));
+        assert_eq!((sa, sb), (200, 200));
+        let dups = [ra, rb]
+            .iter()
+            .filter(|r| r["duplicate"].as_bool() == Some(true))
+            .count();
+        assert_eq!(dups, 1, "callback {i}");
+    }
+    eventually(Duration::from_secs(20), "20 deliveries sent", || async {
+        a.deliveries("sent").await.len() == 20
+    })
+    .await;
+    assert_eq!(sink.count(), 20);
+    // Both see the shared state and each other.
+    assert_eq!(b.deliveries("sent").await.len(), 20);
+    assert_eq!(
+        b.get("/api/v1/status").await["replicas"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn the_database_restarted_under_load_loses_no_acknowledged_callback() {
+    let Some(server) = crate::pg::own_server() else {
+        return;
+    };
+    let url = server.database().await;
+    let app = spawn_app_with(Options::rules("").config(store_config(&url))).await;
+    let ready = |app: &TestApp| {
+        let r = app.client.get(format!("{}/readyz", app.admin_url)).send();
+        async move { r.await.map(|r| r.status().as_u16()).unwrap_or(0) }
+    };
+    let mut acknowledged = Vec::new();
+    let mut refused = 0;
+    for _ in 0..20 {
+        let body = signed("roster:ban", "a", "b");
+        assert_eq!(app.post(&body).await.0, 200);
+        acknowledged.push(body["callId"].as_str().unwrap().to_string());
+    }
+    server.stop();
+    // While it is down: 503, never a 200, and not ready.
+    for _ in 0..10 {
+        let (status, answer) = app.post(&signed("roster:ban", "a", "b")).await;
+        assert_eq!(status, 503, "{answer}");
+        refused += 1;
+    }
+    assert_eq!(ready(&app).await, 503);
+    server.start();
+    // Back by itself: callbacks are taken again and readiness returns.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let body = signed("roster:ban", "a", "b");
+        let (status, answer) = app.post(&body).await;
+        if status == 200 {
+            acknowledged.push(body["callId"].as_str().unwrap().to_string());
+            break;
+        }
+        assert_eq!(status, 503, "{answer}");
+        assert!(tokio::time::Instant::now() < deadline, "no recovery");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eventually(Duration::from_secs(10), "ready again", || async {
+        ready(&app).await == 200
+    })
+    .await;
+    for _ in 0..20 {
+        let body = signed("roster:ban", "a", "b");
+        assert_eq!(app.post(&body).await.0, 200);
+        acknowledged.push(body["callId"].as_str().unwrap().to_string());
+    }
+    let (_, events) = app
+        .admin(reqwest::Method::GET, "/api/v1/events?limit=1000")
+        .await;
+    let mut stored: Vec<String> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["callback"]["callId"].as_str().unwrap().to_string())
+        .collect();
+    stored.sort();
+    acknowledged.sort();
+    assert_eq!(
+        stored, acknowledged,
+        "every acknowledged callback, and only those"
+    );
+    assert_eq!(refused, 10);
+}
+
+#[tokio::test]
+async fn a_wrong_password_stops_start_up_with_the_password_masked() {
+    let Some(server) = crate::pg::server() else {
+        return;
+    };
+    let url = format!(
+        "postgres://{}:wrong-password-4321@127.0.0.1:{}/postgres",
+        crate::pg::USER,
+        server.port
+    );
+    let opts = Options::rules("").config(store_config(&url));
+    let (_dir, config) = write_config(&opts);
+    let Err(e) = easehook::app::App::start(
+        &config,
+        std::sync::Arc::new(env_map(&opts)),
+        easehook::shutdown::Shutdown::new(),
+    )
+    .await
+    else {
+        panic!("started with a wrong password")
+    };
+    let msg = format!("{e:#}");
+    assert!(
+        msg.starts_with(&format!("{}: store.url: cannot connect:", config.display())),
+        "{msg}"
+    );
+    assert!(msg.contains("password authentication failed"), "{msg}");
+    assert!(msg.contains(":***@127.0.0.1"), "{msg}");
+    assert!(!msg.contains("wrong-password-4321"), "{msg}");
+}

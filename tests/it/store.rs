@@ -1,0 +1,680 @@
+//! The store conformance suite: every behaviour of the `Store` interface,
+//! run against both backends — the embedded SQLite store and a real
+//! PostgreSQL server ([`crate::pg`]) — so that the daemon behaves the same
+//! on either. Then what only a shared store does: two replicas on one
+//! database, migrations, and the errors a bad `store.url` gets.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use easehook::store::postgres::PgStore;
+use easehook::store::sqlite::SqliteStore;
+use easehook::store::{Accepted, Claimed, NewDelivery, NewEvent, Record, Status, Store};
+
+/// A store under test and what keeps it alive.
+pub struct Opened {
+    pub store: Arc<dyn Store>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+pub async fn open_sqlite() -> Opened {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    Opened {
+        store: Arc::new(store),
+        _dir: Some(dir),
+    }
+}
+
+/// The settings of a PostgreSQL store at `url`.
+pub fn pg_settings(url: &str) -> easehook::config::PostgresSettings {
+    easehook::config::PostgresSettings {
+        url: easehook::config::Secret::new(url),
+        shown_url: easehook::config::mask_postgres_url(url),
+        pool: 8,
+        ca_file: None,
+    }
+}
+
+pub async fn connect_pg(url: &str) -> PgStore {
+    PgStore::connect(&pg_settings(url)).await.unwrap()
+}
+
+/// A PostgreSQL store on a new database; `None` where no server is
+/// installed (a failure under `CI=true`).
+pub async fn open_postgres() -> Option<Opened> {
+    let url = crate::pg::database().await?;
+    Some(Opened {
+        store: Arc::new(connect_pg(&url).await),
+        _dir: None,
+    })
+}
+
+/// An event of `key` received at `at`, with a delivery per action.
+pub fn ev(id: &str, key: &str, actions: &[&str], at: u64) -> NewEvent {
+    NewEvent {
+        id: id.into(),
+        dedup_key: key.into(),
+        event: "roster:ban".into(),
+        received_at_ms: at,
+        body: serde_json::json!({"callId": id, "security": "s", "timestamp": at})
+            .to_string()
+            .into(),
+        rules: vec!["r".into()],
+        deliveries: actions
+            .iter()
+            .map(|a| NewDelivery {
+                action: (*a).into(),
+                rule: "r".into(),
+                done: false,
+            })
+            .collect(),
+        lease_until: None,
+    }
+}
+
+fn stored(a: Accepted) -> (String, Vec<i64>) {
+    match a {
+        Accepted::New { id, deliveries } => (id, deliveries),
+        Accepted::Duplicate => panic!("stored as a duplicate"),
+    }
+}
+
+fn ids(claimed: &[Claimed]) -> Vec<i64> {
+    claimed.iter().map(|c| c.id).collect()
+}
+
+/// Each behaviour, run against both backends.
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let s = super::open_sqlite().await;
+                    super::behaviour::$name(s.store.as_ref()).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let Some(s) = super::open_postgres().await else { return };
+                    super::behaviour::$name(s.store.as_ref()).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    accept_stores_once_within_the_dedup_window,
+    concurrent_repeats_are_stored_once,
+    claims_come_in_order_and_hold_until_the_lease_ends,
+    a_late_outcome_never_overwrites_the_new_claim,
+    outcomes_sent_retry_deferred_and_dead,
+    retry_requeues_dead_deliveries,
+    handed_off_deliveries_are_leased_at_accept,
+    deliveries_done_at_accept_are_sent_and_never_claimed,
+    events_are_listed_newest_first_by_family_or_name,
+    next_due_is_the_earliest_waiting_delivery,
+    prune_removes_what_is_past_retention_only,
+    writable_probe_and_ping,
+);
+
+pub mod behaviour {
+    use super::*;
+
+    pub async fn accept_stores_once_within_the_dedup_window(s: &dyn Store) {
+        let (id, d) = stored(
+            s.accept(ev("e1", "k1", &["a", "b"], 1000), 60_000)
+                .await
+                .unwrap(),
+        );
+        assert_eq!(id, "e1");
+        assert_eq!(d.len(), 2);
+        assert!(d[0] < d[1], "delivery ids follow the actions' order: {d:?}");
+        assert_eq!(
+            s.accept(ev("e2", "k1", &["a"], 2000), 60_000)
+                .await
+                .unwrap(),
+            Accepted::Duplicate
+        );
+        // After the window the same key is a new event.
+        let (id, _) = stored(s.accept(ev("e3", "k1", &[], 70_000), 60_000).await.unwrap());
+        assert_eq!(id, "e3");
+        let events = s.list_events(0, None, 10).await.unwrap();
+        let mut got: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+        got.sort();
+        assert_eq!(got, ["e1", "e3"]);
+        assert_eq!(s.counts().await.unwrap().pending, 2);
+    }
+
+    pub async fn concurrent_repeats_are_stored_once(s: &dyn Store) {
+        // 20 keys, each sent 5 times at once: 20 events, 80 duplicates.
+        let calls = (0..100).map(|i| {
+            let key = format!("k{}", i % 20);
+            s.accept(ev(&format!("e{i}"), &key, &["a"], 1000), 60_000)
+        });
+        let results = futures_util::future::join_all(calls).await;
+        let new = results
+            .iter()
+            .filter(|r| matches!(r, Ok(Accepted::New { .. })))
+            .count();
+        let dup = results
+            .iter()
+            .filter(|r| matches!(r, Ok(Accepted::Duplicate)))
+            .count();
+        assert_eq!((new, dup), (20, 80));
+        assert_eq!(s.list_events(0, None, 1000).await.unwrap().len(), 20);
+        assert_eq!(s.counts().await.unwrap().pending, 20);
+    }
+
+    pub async fn claims_come_in_order_and_hold_until_the_lease_ends(s: &dyn Store) {
+        let (_, d1) = stored(
+            s.accept(ev("e1", "k1", &["a", "b"], 1000), 60_000)
+                .await
+                .unwrap(),
+        );
+        let (_, d2) = stored(
+            s.accept(ev("e2", "k2", &["c"], 1001), 60_000)
+                .await
+                .unwrap(),
+        );
+        let first = s.claim_due(2000, 2, 30_000).await.unwrap();
+        assert_eq!(ids(&first), d1);
+        assert_eq!(first[0].action, "a");
+        assert_eq!(first[0].rule, "r");
+        assert_eq!(first[0].attempts, 0);
+        assert_eq!(first[0].received_at_ms, 1000);
+        assert_eq!(first[0].lease_until, 32_000);
+        assert_eq!(first[0].callback.as_ref().unwrap().call_id, "e1");
+        let rest = s.claim_due(2000, 10, 30_000).await.unwrap();
+        assert_eq!(ids(&rest), d2);
+        // Leased: nothing more to claim until the leases end…
+        assert!(s.claim_due(31_999, 10, 30_000).await.unwrap().is_empty());
+        // …then every delivery is due again, with a later lease.
+        let again = s.claim_due(32_001, 10, 30_000).await.unwrap();
+        assert_eq!(ids(&again), [d1.clone(), d2].concat());
+        assert!(again.iter().all(|c| c.lease_until == 62_001));
+    }
+
+    pub async fn a_late_outcome_never_overwrites_the_new_claim(s: &dyn Store) {
+        s.accept(ev("e1", "k1", &["a"], 1000), 60_000)
+            .await
+            .unwrap();
+        let old = s.claim_due(1000, 10, 10_000).await.unwrap();
+        // The first holder is paused past its lease; another takes over.
+        let new = s.claim_due(11_001, 10, 10_000).await.unwrap();
+        assert_eq!(ids(&old), ids(&new));
+        assert_ne!(old[0].lease(), new[0].lease());
+        let stale = s
+            .record(vec![(
+                old[0].lease(),
+                Record::Dead {
+                    error: "late".into(),
+                },
+            )])
+            .await
+            .unwrap();
+        assert_eq!(stale, ids(&old), "the late outcome is refused");
+        assert_eq!(s.counts().await.unwrap().dead, 0);
+        assert_eq!(
+            s.record(vec![(new[0].lease(), Record::Sent)])
+                .await
+                .unwrap(),
+            Vec::<i64>::new()
+        );
+        let sent = s.list_deliveries(Some(Status::Sent), 10).await.unwrap();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].attempts, 1);
+        // Recorded once: the old holder cannot record after the new one either.
+        let again = s
+            .record(vec![(old[0].lease(), Record::Sent)])
+            .await
+            .unwrap();
+        assert_eq!(again, ids(&old));
+        assert_eq!(
+            s.list_deliveries(Some(Status::Sent), 10).await.unwrap()[0].attempts,
+            1
+        );
+    }
+
+    pub async fn outcomes_sent_retry_deferred_and_dead(s: &dyn Store) {
+        let (_, d) = stored(
+            s.accept(ev("e1", "k1", &["a", "b", "c", "d"], 1000), 60_000)
+                .await
+                .unwrap(),
+        );
+        let c = s.claim_due(1000, 10, 30_000).await.unwrap();
+        assert_eq!(ids(&c), d);
+        let stale = s
+            .record(vec![
+                (c[0].lease(), Record::Sent),
+                (
+                    c[1].lease(),
+                    Record::Retry {
+                        at_ms: 5000,
+                        error: "503 busy".into(),
+                        counted: true,
+                    },
+                ),
+                (
+                    c[2].lease(),
+                    Record::Retry {
+                        at_ms: 4000,
+                        error: String::new(),
+                        counted: false,
+                    },
+                ),
+                (
+                    c[3].lease(),
+                    Record::Dead {
+                        error: "410 Gone".into(),
+                    },
+                ),
+            ])
+            .await
+            .unwrap();
+        assert!(stale.is_empty());
+        let counts = s.counts().await.unwrap();
+        assert_eq!((counts.pending, counts.dead), (2, 1));
+        let all = s.list_deliveries(None, 10).await.unwrap();
+        assert_eq!(
+            all.iter().map(|d| d.id).collect::<Vec<_>>(),
+            d.iter().rev().copied().collect::<Vec<_>>(),
+            "newest first"
+        );
+        let by_id = |id: i64| all.iter().find(|x| x.id == id).unwrap().clone();
+        let sent = by_id(d[0]);
+        assert_eq!(
+            (sent.status, sent.attempts, sent.next_attempt_at),
+            (Status::Sent, 1, None)
+        );
+        assert_eq!(sent.event, "roster:ban");
+        assert_eq!(sent.event_id, "e1");
+        let retried = by_id(d[1]);
+        assert_eq!(
+            (retried.status, retried.attempts, retried.next_attempt_at),
+            (Status::Pending, 1, Some(5000))
+        );
+        assert_eq!(retried.last_error.as_deref(), Some("503 busy"));
+        let deferred = by_id(d[2]);
+        assert_eq!(
+            (deferred.attempts, deferred.next_attempt_at),
+            (0, Some(4000))
+        );
+        assert_eq!(deferred.last_error, None);
+        let dead = by_id(d[3]);
+        assert_eq!((dead.status, dead.attempts), (Status::Dead, 1));
+        assert_eq!(dead.last_error.as_deref(), Some("410 Gone"));
+        // Due again at their times, deferred first.
+        assert!(s.claim_due(3999, 10, 30_000).await.unwrap().is_empty());
+        let next = s.claim_due(5000, 10, 30_000).await.unwrap();
+        assert_eq!(ids(&next), [d[1], d[2]]);
+        assert_eq!(next[0].attempts, 1);
+        let only_dead = s.list_deliveries(Some(Status::Dead), 10).await.unwrap();
+        assert_eq!(only_dead.len(), 1);
+        assert_eq!(only_dead[0].id, d[3]);
+    }
+
+    pub async fn retry_requeues_dead_deliveries(s: &dyn Store) {
+        let (_, d) = stored(
+            s.accept(ev("e1", "k1", &["a", "b", "c"], 1000), 60_000)
+                .await
+                .unwrap(),
+        );
+        let c = s.claim_due(1000, 10, 30_000).await.unwrap();
+        let dead = |l| (l, Record::Dead { error: "x".into() });
+        s.record(c.iter().map(|c| dead(c.lease())).collect())
+            .await
+            .unwrap();
+        assert_eq!(s.counts().await.unwrap().dead, 3);
+        assert_eq!(s.retry(Some(vec![d[0]]), 9000).await.unwrap(), 1);
+        // Not dead (any more), or unknown: nothing to requeue.
+        assert_eq!(s.retry(Some(vec![d[0]]), 9000).await.unwrap(), 0);
+        assert_eq!(s.retry(Some(vec![d[2] + 1000]), 9000).await.unwrap(), 0);
+        let one = s.claim_due(9000, 10, 30_000).await.unwrap();
+        assert_eq!(ids(&one), [d[0]]);
+        assert_eq!(
+            one[0].attempts, 0,
+            "a retried delivery starts its attempts over"
+        );
+        assert_eq!(s.retry(None, 9000).await.unwrap(), 2);
+        let counts = s.counts().await.unwrap();
+        assert_eq!((counts.pending, counts.dead), (3, 0));
+        assert_eq!(
+            ids(&s.claim_due(9000, 10, 30_000).await.unwrap()),
+            [d[1], d[2]]
+        );
+    }
+
+    pub async fn handed_off_deliveries_are_leased_at_accept(s: &dyn Store) {
+        let mut e = ev("e1", "k1", &["a"], 1000);
+        e.lease_until = Some(61_000);
+        let (_, d) = stored(s.accept(e, 60_000).await.unwrap());
+        assert!(s.claim_due(60_999, 10, 30_000).await.unwrap().is_empty());
+        // The request path records under the lease it stored.
+        let lease = easehook::store::Lease {
+            id: d[0],
+            until: 61_000,
+        };
+        assert!(
+            s.record(vec![(lease, Record::Sent)])
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(s.counts().await.unwrap().pending, 0);
+        // A hand-off that was lost with its process is due once its lease ends.
+        let mut e = ev("e2", "k2", &["a"], 1000);
+        e.lease_until = Some(61_000);
+        let (_, d) = stored(s.accept(e, 60_000).await.unwrap());
+        assert_eq!(ids(&s.claim_due(61_001, 10, 30_000).await.unwrap()), d);
+    }
+
+    pub async fn deliveries_done_at_accept_are_sent_and_never_claimed(s: &dyn Store) {
+        let mut e = ev("e1", "k1", &["log", "a"], 1000);
+        e.deliveries[0].done = true;
+        let (_, d) = stored(s.accept(e, 60_000).await.unwrap());
+        let claimed = s.claim_due(1000, 10, 30_000).await.unwrap();
+        assert_eq!(ids(&claimed), [d[1]]);
+        let sent = s.list_deliveries(Some(Status::Sent), 10).await.unwrap();
+        assert_eq!(sent.len(), 1);
+        assert_eq!((sent[0].id, sent[0].attempts), (d[0], 1));
+    }
+
+    pub async fn events_are_listed_newest_first_by_family_or_name(s: &dyn Store) {
+        let named = |id: &str, event: &str, at: u64| {
+            let mut e = ev(id, id, &["a"], at);
+            e.event = event.into();
+            e
+        };
+        for e in [
+            named("e1", "roster:ban", 1000),
+            named("e2", "roster:remote_decline", 2000),
+            named("e3", "user:login", 3000),
+            named("e4", "roster:ban", 4000),
+        ] {
+            s.accept(e, 60_000).await.unwrap();
+        }
+        let list = |since, event: Option<&str>| {
+            let event = event.map(str::to_string);
+            async move {
+                s.list_events(since, event, 10)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|e| e.id)
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(list(0, None).await, ["e4", "e3", "e2", "e1"]);
+        assert_eq!(list(0, Some("roster")).await, ["e4", "e2", "e1"]);
+        assert_eq!(list(0, Some("roster:ban")).await, ["e4", "e1"]);
+        assert_eq!(list(0, Some("roster:remote_decline")).await, ["e2"]);
+        // A prefix is a family, not part of a name; `_` is no wildcard.
+        assert!(list(0, Some("roster:b")).await.is_empty());
+        assert!(list(0, Some("roster:remote-decline")).await.is_empty());
+        assert_eq!(list(3000, None).await, ["e4", "e3"]);
+        let limited = s.list_events(0, None, 2).await.unwrap();
+        assert_eq!(limited.len(), 2);
+        let e4 = &limited[0];
+        assert_eq!((e4.event.as_str(), e4.received_at), ("roster:ban", 4000));
+        assert_eq!(e4.rules, ["r"]);
+        assert_eq!(e4.callback["callId"], "e4");
+        assert_eq!(e4.deliveries.len(), 1);
+        assert_eq!(e4.deliveries[0].action, "a");
+        assert_eq!(e4.deliveries[0].status, Status::Pending);
+    }
+
+    pub async fn next_due_is_the_earliest_waiting_delivery(s: &dyn Store) {
+        assert_eq!(s.next_due().await.unwrap(), None);
+        s.accept(ev("e1", "k1", &["a", "b"], 1000), 60_000)
+            .await
+            .unwrap();
+        assert_eq!(s.next_due().await.unwrap(), Some(1000));
+        let c = s.claim_due(1000, 10, 30_000).await.unwrap();
+        // In flight: not waiting.
+        assert_eq!(s.next_due().await.unwrap(), None);
+        let retry = |l, at| {
+            (
+                l,
+                Record::Retry {
+                    at_ms: at,
+                    error: "e".into(),
+                    counted: true,
+                },
+            )
+        };
+        s.record(vec![retry(c[0].lease(), 9000), retry(c[1].lease(), 7000)])
+            .await
+            .unwrap();
+        assert_eq!(s.next_due().await.unwrap(), Some(7000));
+    }
+
+    pub async fn prune_removes_what_is_past_retention_only(s: &dyn Store) {
+        let now = easehook::verify::now_ms();
+        // e2: sent only; e3: no deliveries; e1: one sent, one pending (the
+        // newest delivery, which the embedded store always keeps).
+        s.accept(ev("e2", "k2", &["a"], now), 1000).await.unwrap();
+        s.accept(ev("e3", "k3", &[], now), 1000).await.unwrap();
+        s.accept(ev("e1", "k1", &["a", "b"], now), 1000)
+            .await
+            .unwrap();
+        let c = s.claim_due(now, 10, 30_000).await.unwrap();
+        assert_eq!(c.len(), 3);
+        let sent = |c: &Claimed| (c.lease(), Record::Sent);
+        s.record(vec![sent(&c[0]), sent(&c[1])]).await.unwrap();
+        // Nothing is past a long retention.
+        assert_eq!(s.prune(now, 86_400_000).await.unwrap(), 0);
+        assert_eq!(s.list_events(0, None, 10).await.unwrap().len(), 3);
+        // Later: the sent deliveries and the events left with none go; the
+        // pending delivery and its event stay.
+        let later = now + 86_400_000;
+        let removed = s.prune(later, 1000).await.unwrap();
+        assert!(removed >= 3, "removed {removed}");
+        let events = s.list_events(0, None, 10).await.unwrap();
+        assert_eq!(
+            events.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+            ["e1"]
+        );
+        assert_eq!(events[0].deliveries.len(), 1);
+        assert_eq!(events[0].deliveries[0].id, c[2].id);
+        assert_eq!(s.counts().await.unwrap().pending, 1);
+        // Expired dedup keys went too: the key is free again.
+        assert!(matches!(
+            s.accept(ev("e4", "k2", &[], later), 1000).await.unwrap(),
+            Accepted::New { .. }
+        ));
+    }
+
+    pub async fn writable_probe_and_ping(s: &dyn Store) {
+        assert!(s.is_writable());
+        s.probe().await.unwrap();
+        s.ping().await.unwrap();
+        assert!(["sqlite", "postgres"].contains(&s.kind()));
+    }
+}
+
+/// Run `f` with two PostgreSQL stores ("replicas") on one new database.
+async fn two_replicas<F, Fut>(f: F)
+where
+    F: FnOnce(String, PgStore, PgStore) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let Some(url) = crate::pg::database().await else {
+        return;
+    };
+    let settings = pg_settings(&url);
+    let (a, b) = tokio::join!(PgStore::connect(&settings), PgStore::connect(&settings));
+    f(url, a.unwrap(), b.unwrap()).await;
+}
+
+#[tokio::test]
+async fn two_replicas_store_a_callback_sent_to_both_once() {
+    two_replicas(|_, a, b| async move {
+        for i in 0..50 {
+            let key = format!("k{i}");
+            let (ra, rb) = tokio::join!(
+                a.accept(ev(&format!("a{i}"), &key, &["x"], 1000), 60_000),
+                b.accept(ev(&format!("b{i}"), &key, &["x"], 1000), 60_000)
+            );
+            let new = [ra.unwrap(), rb.unwrap()]
+                .iter()
+                .filter(|r| matches!(r, Accepted::New { .. }))
+                .count();
+            assert_eq!(new, 1, "callback {i}");
+        }
+        assert_eq!(a.list_events(0, None, 1000).await.unwrap().len(), 50);
+        assert_eq!(b.counts().await.unwrap().pending, 50);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn two_replicas_never_claim_the_same_delivery() {
+    two_replicas(|_, a, b| async move {
+        for i in 0..40 {
+            a.accept(
+                ev(&format!("e{i}"), &format!("k{i}"), &["x", "y", "z"], 1000),
+                60_000,
+            )
+            .await
+            .unwrap();
+        }
+        let mut seen = std::collections::HashSet::new();
+        loop {
+            let (ca, cb) = tokio::join!(a.claim_due(2000, 7, 60_000), b.claim_due(2000, 7, 60_000));
+            let (ca, cb) = (ca.unwrap(), cb.unwrap());
+            if ca.is_empty() && cb.is_empty() {
+                break;
+            }
+            for c in ca.iter().chain(&cb) {
+                assert!(seen.insert(c.id), "delivery {} claimed twice", c.id);
+            }
+        }
+        assert_eq!(seen.len(), 120);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn replicas_are_listed_and_migrations_run_once() {
+    two_replicas(|url, a, b| async move {
+        let replicas = a.replicas().await.unwrap().unwrap();
+        let mut ids: Vec<&str> = replicas.iter().map(|r| r.id.as_str()).collect();
+        ids.sort();
+        let mut want = vec![a.replica().id.as_str(), b.replica().id.as_str()];
+        want.sort();
+        assert_eq!(ids, want);
+        assert!(
+            replicas
+                .iter()
+                .all(|r| r.version == env!("CARGO_PKG_VERSION"))
+        );
+        let versions = crate::pg::sql(&url, "SELECT version FROM easehook_schema").await;
+        assert_eq!(
+            versions.len(),
+            easehook::store::postgres::SCHEMA_VERSION as usize
+        );
+        // Migrating again applies nothing.
+        let applied = easehook::store::postgres::migrate(&pg_settings(&url))
+            .await
+            .unwrap();
+        assert!(applied.is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_schema_newer_than_the_daemon_is_refused() {
+    let Some(url) = crate::pg::database().await else {
+        return;
+    };
+    connect_pg(&url).await;
+    crate::pg::sql(&url, "INSERT INTO easehook_schema VALUES (999, 0)").await;
+    let Err(e) = PgStore::connect(&pg_settings(&url)).await else {
+        panic!("a newer schema was accepted")
+    };
+    let msg = e.to_string();
+    assert!(
+        msg.contains("version 999, newer than this easehook knows"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn prune_runs_on_one_replica_at_a_time() {
+    two_replicas(|url, a, b| async move {
+        a.accept(ev("e1", "k1", &[], 1000), 1000).await.unwrap();
+        // Another session holds the prune lock: this replica leaves it.
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let key: i64 = 0x6561_7365_686f_6f02;
+        client
+            .execute("SELECT pg_advisory_lock($1)", &[&key])
+            .await
+            .unwrap();
+        let later = easehook::verify::now_ms() + 86_400_000;
+        assert_eq!(b.prune(later, 1000).await.unwrap(), 0);
+        assert_eq!(b.list_events(0, None, 10).await.unwrap().len(), 1);
+        client
+            .execute("SELECT pg_advisory_unlock($1)", &[&key])
+            .await
+            .unwrap();
+        assert_eq!(b.prune(later, 1000).await.unwrap(), 1);
+        assert!(a.list_events(0, None, 10).await.unwrap().is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bad_urls_get_clear_errors_without_the_password() {
+    let Some(server) = crate::pg::server() else {
+        return;
+    };
+    let wrong = format!(
+        "postgres://{}:not-the-password-99@127.0.0.1:{}/postgres",
+        crate::pg::USER,
+        server.port
+    );
+    let Err(e) = PgStore::connect(&pg_settings(&wrong)).await else {
+        panic!("a wrong password was accepted")
+    };
+    let msg = e.to_string();
+    assert!(msg.contains("password authentication failed"), "{msg}");
+    assert!(!msg.contains("not-the-password-99"), "{msg}");
+    // A server that is not PostgreSQL: an HTTP server on loopback.
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = http.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut sock, _)) = http.accept().await {
+            let mut buf = [0u8; 1024];
+            let _ = sock.read(&mut buf).await;
+            let _ = sock
+                .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                .await;
+        }
+    });
+    let not_pg = format!("postgres://u:secret-pw-1234@127.0.0.1:{port}/db");
+    let Err(e) = PgStore::connect(&pg_settings(&not_pg)).await else {
+        panic!("an HTTP server was taken for PostgreSQL")
+    };
+    let msg = e.to_string();
+    assert!(msg.starts_with("cannot connect"), "{msg}");
+    assert!(!msg.contains("secret-pw-1234"), "{msg}");
+    // Nothing listening.
+    let closed = format!("postgres://u:pw-5678@127.0.0.1:{}/db", {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    });
+    let Err(e) = PgStore::connect(&pg_settings(&closed)).await else {
+        panic!("connected to nothing")
+    };
+    assert!(e.to_string().starts_with("cannot connect"), "{e}");
+}
