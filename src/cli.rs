@@ -32,6 +32,26 @@ pub enum Command {
     /// Events in the running daemon's store (through the admin API)
     #[command(subcommand)]
     Events(EventsCommand),
+    /// The store itself: migrate a shared database, copy the embedded store into one
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Bring the PostgreSQL schema up to this version without starting the daemon
+    Migrate,
+    /// Copy the embedded SQLite store (daemon stopped) into an empty PostgreSQL database
+    Copy {
+        /// The target database, postgres://user:password@host:5432/db [default: store.url]
+        #[arg(
+            long,
+            value_name = "URL",
+            env = "EASEHOOK_COPY_TO",
+            hide_env_values = true
+        )]
+        to: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

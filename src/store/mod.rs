@@ -28,6 +28,7 @@
 //! Nothing here names a backend's types: each maps its own errors into
 //! [`StoreError`].
 
+pub mod copy;
 pub mod postgres;
 pub mod sqlite;
 

@@ -191,3 +191,157 @@ async fn a_wrong_password_stops_start_up_with_the_password_masked() {
     assert!(msg.contains(":***@127.0.0.1"), "{msg}");
     assert!(!msg.contains("wrong-password-4321"), "{msg}");
 }
+
+fn easehook(config: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_easehook"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("IT_SECRET", SECRET)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// The embedded store of a stopped daemon in `state_dir`, holding one
+/// delivery sent, one dead and one pending (its attempt in flight when the
+/// daemon stopped). Returns the three callbacks.
+async fn a_stopped_daemons_store(state_dir: &std::path::Path) -> Vec<serde_json::Value> {
+    use easehook::store::{NewDelivery, NewEvent, Record, Store};
+    let store = easehook::store::sqlite::SqliteStore::open(state_dir).unwrap();
+    let mut bodies = Vec::new();
+    let now = easehook::verify::now_ms();
+    for i in 0..3 {
+        let body = signed("roster:ban", &format!("u{i}"), "bob");
+        let cb = easehook::callback::Callback::parse(body.to_string().as_bytes()).unwrap();
+        let new = NewEvent {
+            id: format!("event-{i}"),
+            dedup_key: cb.dedup_key.clone(),
+            event: cb.event.clone(),
+            received_at_ms: now + i,
+            body: body.to_string().into(),
+            rules: vec!["all".into()],
+            deliveries: vec![NewDelivery {
+                action: "hook".into(),
+                rule: "all".into(),
+                done: false,
+            }],
+            lease_until: None,
+        };
+        store.accept(new, 86_400_000).await.unwrap();
+        bodies.push(body);
+    }
+    let claimed = store.claim_due(now + 10, 10, 600_000).await.unwrap();
+    assert_eq!(claimed.len(), 3);
+    store
+        .record(vec![
+            (claimed[0].lease(), Record::Sent),
+            (
+                claimed[1].lease(),
+                Record::Dead {
+                    error: "HTTP 410".into(),
+                },
+            ),
+        ])
+        .await
+        .unwrap();
+    bodies
+}
+
+#[tokio::test]
+async fn store_copy_moves_the_embedded_store_and_a_daemon_on_the_target_takes_over() {
+    let Some(url) = crate::pg::database().await else {
+        return;
+    };
+    let sink = HttpSink::start().await;
+    let opts = Options::rules(hook_rules(&sink.url("")));
+    let (dir, config) = write_config(&opts);
+    let bodies = a_stopped_daemons_store(&dir.path().join("data")).await;
+
+    let (code, out, err) = easehook(&config, &["store", "copy", "--to", &url]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(
+            "copied 3 event(s), 3 dedup key(s), 3 delivery(ies) (1 pending, 1 sent, 1 dead)"
+        ),
+        "{out}"
+    );
+    assert!(!out.contains(crate::pg::PASSWORD), "{out}");
+    // A second copy finds the target full and changes nothing.
+    let (code, out, err) = easehook(&config, &["store", "copy", "--to", &url]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("the target database is not empty (3 event(s), 3 delivery(ies))"),
+        "{err}"
+    );
+    assert!(!err.contains(crate::pg::PASSWORD), "{err}");
+
+    // A daemon on the target sends the pending delivery and lists the rest.
+    let app = spawn_app_with(opts.config(store_config(&url))).await;
+    eventually(
+        Duration::from_secs(15),
+        "the pending delivery sent",
+        || async { app.deliveries("sent").await.len() == 2 },
+    )
+    .await;
+    assert_eq!(sink.count(), 1);
+    let sent: serde_json::Value = serde_json::from_str(&sink.requests()[0].body).unwrap();
+    assert_eq!(sent["user"], "u2");
+    let dead = app.deliveries("dead").await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["last_error"], "HTTP 410");
+    assert_eq!(app.events().await.len(), 3);
+    // The copied dedup keys hold: a repeat is a duplicate.
+    let (status, answer) = app.post(&bodies[0]).await;
+    assert_eq!((status, answer["duplicate"].as_bool()), (200, Some(true)));
+    // New deliveries get ids after the copied ones.
+    assert_eq!(app.post(&signed("roster:ban", "new", "bob")).await.0, 200);
+    eventually(Duration::from_secs(15), "the new delivery sent", || async {
+        app.deliveries("sent").await.len() == 3
+    })
+    .await;
+    let ids: Vec<i64> = app
+        .deliveries("sent")
+        .await
+        .iter()
+        .map(|d| d["id"].as_i64().unwrap())
+        .collect();
+    assert!(ids[0] > 3, "{ids:?}");
+}
+
+#[tokio::test]
+async fn store_migrate_applies_the_schema_once_and_refuses_a_newer_one() {
+    let Some(url) = crate::pg::database().await else {
+        return;
+    };
+    let (_dir, config) = write_config(&Options::rules("").config(store_config(&url)));
+    let (code, out, err) = easehook(&config, &["store", "migrate"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("applied schema version 1"), "{out}");
+    assert!(out.contains(":***@127.0.0.1"), "{out}");
+    let (code, out, _) = easehook(&config, &["store", "migrate"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("nothing to do"), "{out}");
+    crate::pg::sql(&url, "INSERT INTO easehook_schema VALUES (999, 0)").await;
+    let (code, out, err) = easehook(&config, &["store", "migrate"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.starts_with(&format!(
+            "{}: store.url: the database's schema is version 999",
+            config.display()
+        )),
+        "{err}"
+    );
+    // The daemon refuses it too.
+    let (code, _, err) = easehook(&config, &["run"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("store.url: the database's schema is version 999"),
+        "{err}"
+    );
+}

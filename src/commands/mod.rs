@@ -1,5 +1,8 @@
 //! The commands besides the daemon itself: `check`, `test` and `simulate`,
+//! the admin API's clients (`deliveries`, `events`), `store` ([`store`]),
 //! and `run`'s start-up around [`crate::app::App`].
+
+pub mod store;
 
 use std::io::Read;
 use std::path::Path;
