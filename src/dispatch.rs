@@ -166,13 +166,17 @@ impl Dispatcher {
                     free.div_ceil(2)
                 };
                 let snapshot = self.state.snapshot.load_full();
-                match store.claim_due(now_ms(), ask, snapshot.lease_ms).await {
+                match store
+                    .claim_due(now_ms(), ask, snapshot.claim_lease_ms)
+                    .await
+                {
                     Ok(claimed) => {
                         if !claimed.is_empty() {
                             tracing::debug!(ids = ?claimed.iter().map(|c| c.id).collect::<Vec<_>>(), "claimed");
                         }
                         look = claimed.len() == ask;
-                        self.start_all(&snapshot, claimed, &slots, &mut in_flight, &outcomes);
+                        self.start_all(&snapshot, claimed, &slots, &mut in_flight, &outcomes)
+                            .await;
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "cannot claim deliveries");
@@ -196,7 +200,8 @@ impl Dispatcher {
             }
             if !ready.is_empty() {
                 let snapshot = self.state.snapshot.load_full();
-                self.start_all(&snapshot, ready, &slots, &mut in_flight, &outcomes);
+                self.start_all(&snapshot, ready, &slots, &mut in_flight, &outcomes)
+                    .await;
             }
             if look && slots.available_permits() > 0 {
                 continue;
@@ -207,7 +212,8 @@ impl Dispatcher {
                 _ = wake.notified() => look = true,
                 Some(c) = handoff.recv(), if has_room => {
                     let snapshot = self.state.snapshot.load_full();
-                    self.start_all(&snapshot, vec![c], &slots, &mut in_flight, &outcomes);
+                    self.start_all(&snapshot, vec![c], &slots, &mut in_flight, &outcomes)
+                        .await;
                 }
                 Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
                 _ = tokio::time::sleep_until(next_look), if !look => look = true,
@@ -245,7 +251,7 @@ impl Dispatcher {
 
     /// Start an attempt for each claimed delivery (a slot each), except
     /// those a rate limit defers: they go back to the store, due later.
-    fn start_all(
+    async fn start_all(
         self: &Arc<Self>,
         snapshot: &crate::snapshot::Snapshot,
         claimed: Vec<Claimed>,
@@ -253,9 +259,9 @@ impl Dispatcher {
         in_flight: &mut JoinSet<()>,
         outcomes: &Outcomes,
     ) {
-        let mut per_action: HashMap<Text, u32> = HashMap::new();
-        for c in claimed {
-            if let Some(wait) = self.throttle(snapshot, &c, &mut per_action) {
+        // Only this task takes slots, so none goes while admission waits.
+        for (c, wait) in self.admit(snapshot, claimed).await {
+            if let Some(wait) = wait {
                 let deferred = Record::Retry {
                     at_ms: now_ms() + wait.as_millis() as u64,
                     error: String::new(),
@@ -277,6 +283,66 @@ impl Dispatcher {
                 let _ = outcomes.send((lease, record));
             });
         }
+    }
+
+    /// Each delivery, with how long a rate limit defers it (`None`: it may
+    /// go now). On a shared store the limits are the store's, so that they
+    /// hold for every replica together: one request per rate-limited action
+    /// in the batch takes what may go now. Elsewhere, or when the store
+    /// cannot answer, this daemon's own limiter decides.
+    async fn admit(
+        &self,
+        snapshot: &crate::snapshot::Snapshot,
+        claimed: Vec<Claimed>,
+    ) -> Vec<(Claimed, Option<Duration>)> {
+        let mut asked: HashMap<Text, (RateLimit, u32)> = HashMap::new();
+        for c in &claimed {
+            if let Some(limit) = snapshot.rules.action(&c.action).and_then(|a| a.rate_limit) {
+                asked.entry(c.action.clone()).or_insert((limit, 0)).1 += 1;
+            }
+        }
+        let mut shared: HashMap<Text, (RateLimit, crate::store::RateGrant, u32)> = HashMap::new();
+        for (action, (limit, n)) in asked {
+            let interval = (limit.per / limit.count).as_micros() as u64;
+            let now_us = crate::verify::now_ms() * 1000;
+            match self
+                .state
+                .store
+                .take_rate(&action, n, interval, limit.count, now_us)
+                .await
+            {
+                Ok(Some(grant)) => {
+                    shared.insert(action, (limit, grant, 0));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(action = %action, error = %e, "the shared rate limit cannot be read; this daemon's own limiter decides");
+                }
+            }
+        }
+        let mut per_action: HashMap<Text, u32> = HashMap::new();
+        claimed
+            .into_iter()
+            .map(|c| {
+                let wait = match shared.get_mut(&c.action) {
+                    Some((limit, grant, seen)) => {
+                        let k = *seen;
+                        *seen += 1;
+                        (k >= grant.allowed).then(|| {
+                            let spacing = limit.per / limit.count;
+                            let first = Duration::from_micros(
+                                grant
+                                    .next_at_us
+                                    .saturating_sub(crate::verify::now_ms() * 1000),
+                            );
+                            first + spacing * (k - grant.allowed)
+                        })
+                    }
+                    None => self.throttle(snapshot, &c, &mut per_action),
+                };
+                (c, wait)
+            })
+            .collect()
     }
 
     /// For a rate-limited action over its limit: how long this delivery must
@@ -482,9 +548,9 @@ async fn record_outcomes(
     }
 }
 
-/// How long a claim holds a delivery: longer than any attempt can take plus
-/// the time a hand-off can wait for a free slot, so that only a dead
-/// process's claims ever run out. A full hand-off queue holds as many
+/// How long a hand-off holds a delivery: longer than any attempt can take
+/// plus the time a hand-off can wait for a free slot, so that only a dead
+/// process's hand-offs ever run out. A full hand-off queue holds as many
 /// deliveries as there are slots, and they get at least half of the slots
 /// that free up, each within one attempt's time: two attempts of waiting.
 ///
@@ -492,14 +558,31 @@ async fn record_outcomes(
 ///
 /// [`Snapshot::lease_ms`]: crate::snapshot::Snapshot::lease_ms
 pub fn lease_ms(settings: &crate::config::Settings, rules: &crate::rules::RuleSet) -> u64 {
-    let longest = rules
+    let longest = longest_timeout(settings, rules);
+    (longest * 3 + LEASE_MARGIN).as_millis() as u64
+}
+
+/// How long a claim from the store holds a delivery: its attempt starts at
+/// once (a claim asks for no more than the free slots), so the longest
+/// attempt plus a margin for recording the outcome. A replica that dies
+/// leaves its claims to the others this long after it took them (SPEC §9).
+pub fn claim_lease_ms(settings: &crate::config::Settings, rules: &crate::rules::RuleSet) -> u64 {
+    (longest_timeout(settings, rules) + LEASE_MARGIN).as_millis() as u64
+}
+
+/// What a lease allows beyond the attempts themselves.
+const LEASE_MARGIN: Duration = Duration::from_secs(60);
+
+/// The longest time one attempt may take: `delivery.timeout`, or an
+/// action's own `timeout` when longer.
+fn longest_timeout(settings: &crate::config::Settings, rules: &crate::rules::RuleSet) -> Duration {
+    rules
         .actions
         .iter()
         .filter_map(|a| a.timeout)
         .chain(std::iter::once(settings.delivery.timeout))
         .max()
-        .unwrap_or_default();
-    (longest * 3 + Duration::from_secs(60)).as_millis() as u64
+        .unwrap_or_default()
 }
 
 /// Housekeeping: prune past `retention` every minute, and while the store is

@@ -13,9 +13,12 @@ use crate::rules::RuleSet;
 pub struct Snapshot {
     pub settings: Settings,
     pub rules: RuleSet,
-    /// How long a claim holds a delivery under these settings and actions
-    /// (see [`crate::dispatch::lease_ms`]).
+    /// How long a hand-off holds a delivery under these settings and
+    /// actions (see [`crate::dispatch::lease_ms`]).
     pub lease_ms: u64,
+    /// How long a claim from the store holds one (see
+    /// [`crate::dispatch::claim_lease_ms`]).
+    pub claim_lease_ms: u64,
 }
 
 /// Load the config file and compile its rule set: the one code path shared
@@ -24,9 +27,11 @@ pub fn load(path: &Path, env: &dyn Env) -> Result<Arc<Snapshot>, Diagnostics> {
     let settings = config::load(path, env)?;
     let rules = RuleSet::load(&settings, env)?;
     let lease_ms = crate::dispatch::lease_ms(&settings, &rules);
+    let claim_lease_ms = crate::dispatch::claim_lease_ms(&settings, &rules);
     Ok(Arc::new(Snapshot {
         settings,
         rules,
         lease_ms,
+        claim_lease_ms,
     }))
 }

@@ -1080,6 +1080,101 @@ mod tests {
     }
 
     #[test]
+    fn store_settings_are_checked_without_the_network_and_the_password_is_a_secret() {
+        let ok = load_str(
+            "secrets: {\"*\": [s3cretvalue]}\nstore: {type: postgres, url: '${DB_URL}', pool: 4}\n",
+            &[(
+                "DB_URL",
+                "postgres://app:pa55word-x@db.internal:5432/easehook?sslmode=verify-full",
+            )],
+        )
+        .unwrap();
+        let StoreSettings::Postgres(pg) = &ok.store else {
+            panic!("not postgres: {:?}", ok.store)
+        };
+        assert_eq!(pg.pool, 4);
+        assert_eq!(
+            pg.shown_url,
+            "postgres://app:***@db.internal:5432/easehook?sslmode=verify-full"
+        );
+        assert!(!format!("{:?}", ok.store).contains("pa55word-x"));
+        assert_eq!(
+            ok.redactor.redact("auth pa55word-x failed"),
+            "auth *** failed"
+        );
+        assert!(ok.secret_values().contains(&"pa55word-x".to_string()));
+        let c = pg.driver_config().unwrap();
+        assert_eq!(c.get_ssl_mode(), tokio_postgres::config::SslMode::Require);
+        assert_eq!(c.get_dbname(), Some("easehook"));
+
+        let err = load_str(
+            concat!(
+                "secrets: {\"*\": [s3cretvalue]}\n",
+                "store: {type: postgres, url: 'mysql://root:hunter2-pw@db/x?sslmode=maybe', pool: 0, ca_file: /nonexistent/ca.pem}\n",
+            ),
+            &[],
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        for needle in [
+            "easehook.yaml: store.url: not a PostgreSQL URL",
+            "easehook.yaml: store.pool: must be at least 2",
+            "easehook.yaml: store.ca_file: /nonexistent/ca.pem is not a readable file",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+        assert!(!text.contains("hunter2-pw"), "{text}");
+
+        let err = load_str(
+            "secrets: {\"*\": [s3cretvalue]}\nstore: {type: postgres}\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("easehook.yaml: store.url: required with `type: postgres`"),
+            "{err}"
+        );
+        let err = load_str(
+            "secrets: {\"*\": [s3cretvalue]}\nstore: {type: mongo}\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("store.type: unknown variant `mongo`"),
+            "{err}"
+        );
+        // The default, and a URL left behind when going back to SQLite.
+        let s = load_str("secrets: {\"*\": [s3cretvalue]}\n", &[]).unwrap();
+        assert_eq!(s.store, StoreSettings::Sqlite);
+        let s = load_str(
+            "secrets: {\"*\": [s3cretvalue]}\nstore: {url: 'postgres://a:b@h/d'}\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.store, StoreSettings::Sqlite);
+        assert!(
+            s.warnings
+                .iter()
+                .any(|w| w.contains("store.url: is used only with `type: postgres`"))
+        );
+    }
+
+    #[test]
+    fn postgres_urls_are_masked_in_both_forms() {
+        assert_eq!(
+            mask_postgres_url("postgresql://u:p%40ss@h:1/d"),
+            "postgresql://u:***@h:1/d"
+        );
+        assert_eq!(
+            mask_postgres_url("host=h user=u password=s3cret dbname=d"),
+            "host=h user=u password=*** dbname=d"
+        );
+        assert_eq!(mask_postgres_url("postgres://u@h/d"), "postgres://u@h/d");
+    }
+
+    #[test]
     fn missing_secrets_and_bad_yaml() {
         let err = load_str("listen: 127.0.0.1:1\n", &[]).unwrap_err();
         assert!(err.to_string().contains("secrets: required"), "{err}");

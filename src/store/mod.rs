@@ -207,6 +207,15 @@ pub struct DeliveryBrief {
     pub attempts: u32,
 }
 
+/// What a shared rate limit granted ([`Store::take_rate`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateGrant {
+    /// How many of those asked for may go now.
+    pub allowed: u32,
+    /// When the next one may go (µs since the epoch).
+    pub next_at_us: u64,
+}
+
 /// A daemon seen using a shared store (PostgreSQL), for `/api/v1/status`.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Replica {
@@ -286,6 +295,21 @@ pub trait Store: Send + Sync + 'static {
     /// Answered by the writer without touching the disk: is it alive and
     /// taking commands (for the systemd watchdog)?
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Take up to `n` sends from the rate limit `key` (one send per
+    /// `interval_us`, bursts of up to `burst`), shared by every daemon on
+    /// this store, at `now_us`. `None`: the store keeps no shared limits
+    /// (one daemon, whose own limiter is exact).
+    fn take_rate(
+        &self,
+        _key: &str,
+        _n: u32,
+        _interval_us: u64,
+        _burst: u32,
+        _now_us: u64,
+    ) -> BoxFuture<'_, Result<Option<RateGrant>, StoreError>> {
+        Box::pin(async { Ok(None) })
+    }
 
     /// `sqlite` or `postgres`, as `/api/v1/status` shows it.
     fn kind(&self) -> &'static str;

@@ -345,3 +345,49 @@ async fn store_migrate_applies_the_schema_once_and_refuses_a_newer_one() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_rate_limit_holds_for_two_daemons_together_and_drops_nothing() {
+    let Some(url) = crate::pg::database().await else {
+        return;
+    };
+    let sink = HttpSink::start().await;
+    let rules = format!(
+        "actions:\n  hook:\n    type: http\n    url: '{}/hook'\n    rate_limit: 5/s\n\
+         rules:\n  - {{name: all, actions: [hook]}}\n",
+        sink.url("")
+    );
+    let opts = Options::rules(rules).config(store_config(&url));
+    let a = spawn_app_with(opts.clone()).await;
+    let b = spawn_app_with(opts).await;
+    for i in 0..20 {
+        let app = if i % 2 == 0 { &a } else { &b };
+        assert_eq!(
+            app.post(&signed("roster:ban", &format!("u{i}"), "x"))
+                .await
+                .0,
+            200
+        );
+    }
+    eventually(Duration::from_secs(30), "20 deliveries sent", || async {
+        a.deliveries("sent").await.len() == 20
+    })
+    .await;
+    let reqs = sink.requests();
+    assert_eq!(reqs.len(), 20, "every delivery, once");
+    // A burst of 5, then one per 200 ms, whichever daemon sends: the last
+    // at least 3 s after the first, and no run of sends faster than that
+    // (one send of slack for the sink's clock).
+    let span = reqs[19].at - reqs[0].at;
+    assert!(
+        span >= Duration::from_millis(2800),
+        "20 at 5/s took only {span:?}"
+    );
+    for i in 0..reqs.len() {
+        for j in i + 1..reqs.len() {
+            let sends = (j - i + 1) as u128;
+            let allowed = 5 + (reqs[j].at - reqs[i].at).as_millis() / 200 + 1;
+            assert!(sends <= allowed, "sends {i}..={j} came faster than 5/s");
+        }
+    }
+}

@@ -678,3 +678,36 @@ async fn bad_urls_get_clear_errors_without_the_password() {
     };
     assert!(e.to_string().starts_with("cannot connect"), "{e}");
 }
+
+#[tokio::test]
+async fn a_rate_limit_is_shared_by_the_replicas() {
+    two_replicas(|_, a, b| async move {
+        let t = 1_000_000_000u64; // µs
+        let interval = 100_000; // 10/s
+        async fn take(s: &PgStore, n: u32, at: u64) -> easehook::store::RateGrant {
+            s.take_rate("hook", n, 100_000, 10, at)
+                .await
+                .unwrap()
+                .unwrap()
+        }
+        // The burst goes to the first to ask…
+        let g = take(&a, 12, t).await;
+        assert_eq!((g.allowed, g.next_at_us), (10, t + interval));
+        // …and the other replica gets nothing until the next slot.
+        let g = take(&b, 5, t + 50_000).await;
+        assert_eq!((g.allowed, g.next_at_us), (0, t + interval));
+        let g = take(&b, 5, t + interval).await;
+        assert_eq!((g.allowed, g.next_at_us), (1, t + 2 * interval));
+        // After a quiet second the burst is back, for either.
+        let g = take(&b, 20, t + 3_000_000).await;
+        assert_eq!(g.allowed, 10);
+        // Limits are per key.
+        let other = b
+            .take_rate("other", 3, interval, 10, t)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(other.allowed, 3);
+    })
+    .await;
+}

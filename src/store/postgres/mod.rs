@@ -37,8 +37,8 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_postgres::Row;
 
 use super::{
-    Accepted, Claimed, Counts, DeliveryBrief, DeliveryInfo, EventInfo, Lease, NewEvent, Record,
-    Replica, Status, Store, StoreError,
+    Accepted, Claimed, Counts, DeliveryBrief, DeliveryInfo, EventInfo, Lease, NewEvent, RateGrant,
+    Record, Replica, Status, Store, StoreError,
 };
 use crate::callback::Callback;
 use crate::config::PostgresSettings;
@@ -337,6 +337,24 @@ FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::int[], $6::bigint[], $7:
      AS o(id, lease, status, inc, at, error)
 WHERE d.id = o.id AND d.leased_until = o.lease
 RETURNING d.id";
+
+/// Take up to `$5` sends from the limit `$1` at `$2` (µs): GCRA with an
+/// emission interval of `$3` and a tolerance of `$4` (a burst of
+/// `$4 / $3 + 1`). The row is locked for the statement, so replicas taking
+/// at once are served one after the other. Returns the new theoretical
+/// arrival time and how many were granted.
+const TAKE_RATE_SQL: &str = "
+WITH p AS (SELECT $1::text AS key, $2::bigint AS now, $3::bigint AS t, $4::bigint AS tau, $5::bigint AS n)
+INSERT INTO rate_limits AS r (key, tat, granted)
+SELECT key, now + least(n, tau / t + 1) * t, least(n, tau / t + 1) FROM p
+ON CONFLICT (key) DO UPDATE SET
+    tat = (SELECT greatest(r.tat, now) + t * (CASE WHEN greatest(r.tat, now) - now > tau THEN 0
+                                              ELSE least(n, (tau - (greatest(r.tat, now) - now)) / t + 1) END)
+           FROM p),
+    granted = (SELECT CASE WHEN greatest(r.tat, now) - now > tau THEN 0
+                           ELSE least(n, (tau - (greatest(r.tat, now) - now)) / t + 1) END
+               FROM p)
+RETURNING tat, granted";
 
 const DELIVERY_COLUMNS: &str = "d.id, d.event_id, e.event, d.action, d.rule, d.status, d.attempts,
      d.next_attempt_at, d.last_error, d.created_at, d.updated_at";
@@ -928,6 +946,36 @@ impl Store for PgStore {
             } else {
                 Err(StoreError("the store writers have stopped".into()))
             }
+        })
+    }
+
+    fn take_rate(
+        &self,
+        key: &str,
+        n: u32,
+        interval_us: u64,
+        burst: u32,
+        now_us: u64,
+    ) -> BoxFuture<'_, Result<Option<RateGrant>, StoreError>> {
+        let key = key.to_string();
+        let interval = interval_us.max(1) as i64;
+        let tolerance = interval * i64::from(burst.max(1) - 1);
+        self.write(move |c| {
+            Box::pin(async move {
+                let stmt = c.prepare_cached(TAKE_RATE_SQL).await?;
+                let row = c
+                    .query_one(
+                        &stmt,
+                        &[&key, &(now_us as i64), &interval, &tolerance, &i64::from(n)],
+                    )
+                    .await?;
+                let tat: i64 = row.get(0);
+                let granted: i32 = row.get(1);
+                Ok(Some(RateGrant {
+                    allowed: granted.max(0) as u32,
+                    next_at_us: (tat - tolerance).max(0) as u64,
+                }))
+            })
         })
     }
 

@@ -42,6 +42,14 @@ CREATE INDEX deliveries_dead ON deliveries (id) WHERE status = 'dead';
 CREATE INDEX deliveries_event ON deliveries (event_id);
 CREATE INDEX deliveries_done ON deliveries (updated_at) WHERE status IN ('sent', 'dead');
 
+-- Rate limits shared by every daemon (GCRA): the theoretical arrival time
+-- of the next send (µs since the epoch), and how many the last take granted.
+CREATE TABLE rate_limits (
+    key     text PRIMARY KEY,
+    tat     bigint NOT NULL,
+    granted integer NOT NULL
+);
+
 -- Each daemon's heartbeat, for /api/v1/status.
 CREATE TABLE replicas (
     id         text PRIMARY KEY,
