@@ -150,14 +150,17 @@ pub async fn open_store(settings: &crate::config::Settings) -> anyhow::Result<Ar
             Arc::new(store)
         }
         StoreSettings::Postgres(pg) => {
-            let store = PgStore::connect(pg).await.map_err(|e| {
-                anyhow::anyhow!(
-                    "{}: store.url: {} ({})",
-                    settings.path.display(),
-                    settings.redactor.redact(&e.to_string()),
-                    pg.shown_url
-                )
-            })?;
+            let store = PgStore::connect(pg, &settings.state_dir)
+                .await
+                .map_err(|e| match e {
+                    crate::store::postgres::OpenError::StateDir(e) => anyhow::anyhow!(e),
+                    e => anyhow::anyhow!(
+                        "{}: store.url: {} ({})",
+                        settings.path.display(),
+                        settings.redactor.redact(&e.to_string()),
+                        pg.shown_url
+                    ),
+                })?;
             tracing::info!(url = %pg.shown_url, replica = %store.replica().id, "store connected");
             Arc::new(store)
         }

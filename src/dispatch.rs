@@ -238,8 +238,23 @@ impl Dispatcher {
                 while in_flight.join_next().await.is_some() {}
             }
         }
-        // Hand-offs not started stay leased in the store; the next start
-        // voids their leases. Outcomes already known are written now.
+        // Hand-offs not started go back to the queue, due now, so that
+        // another replica (or the next start) sends them without waiting
+        // for their leases to end. Outcomes already known are written now.
+        handoff.close();
+        let mut released = 0;
+        while let Ok(c) = handoff.try_recv() {
+            let back = Record::Retry {
+                at_ms: now_ms(),
+                error: String::new(),
+                counted: false,
+            };
+            let _ = outcomes.send((c.lease(), back));
+            released += 1;
+        }
+        if released > 0 {
+            tracing::info!(released, "deliveries not started are back in the queue");
+        }
         drop(outcomes);
         if tokio::time::timeout(grace.max(Duration::from_secs(1)), recorder)
             .await

@@ -102,7 +102,7 @@ async fn copy(settings: &config::Settings, target: &PostgresSettings) -> anyhow:
             _ => s,
         }
     };
-    let store = match PgStore::connect(target).await {
+    let store = match PgStore::connect_tool(target).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("easehook: {}: {}", target.shown_url, mask(e.to_string()));

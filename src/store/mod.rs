@@ -32,6 +32,7 @@ pub mod copy;
 pub mod postgres;
 pub mod sqlite;
 
+use std::path::Path;
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
@@ -39,6 +40,53 @@ use serde::Serialize;
 
 use crate::Text;
 use crate::callback::Callback;
+
+/// Take the lock that makes one daemon the only one on `state_dir`.
+///
+/// The embedded store voids every lease it finds when it opens, and a
+/// shared store the leases of this daemon's earlier run (known by the
+/// replica id kept in `state_dir`), which is only right when no other
+/// process is sending those deliveries; a second daemon on the same
+/// directory would void the first one's claims and send them again. The lock (`flock`) belongs to the open file, so the kernel
+/// releases it however the process ends, `kill -9` included: a stale lock
+/// file never keeps a daemon from starting. The file holds the holder's pid,
+/// for the message.
+pub fn lock_state_dir(state_dir: &Path) -> anyhow::Result<std::fs::File> {
+    use anyhow::Context;
+    use std::io::{Read, Write};
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("cannot create state_dir {}", state_dir.display()))?;
+    let path = state_dir.join("easehook.lock");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            let pid = match pid.trim() {
+                "" => "unknown",
+                p => p,
+            };
+            anyhow::bail!(
+                "state_dir {} is in use by another easehook (pid {pid})",
+                state_dir.display()
+            );
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("cannot lock {}", path.display()));
+        }
+    }
+    file.set_len(0)
+        .and_then(|()| file.write_all(format!("{}\n", std::process::id()).as_bytes()))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(file)
+}
 
 /// An event ready to be stored, with the deliveries its rules asked for.
 #[derive(Debug, Clone)]

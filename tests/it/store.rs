@@ -36,17 +36,23 @@ pub fn pg_settings(url: &str) -> easehook::config::PostgresSettings {
     }
 }
 
-pub async fn connect_pg(url: &str) -> PgStore {
-    PgStore::connect(&pg_settings(url)).await.unwrap()
+/// A replica on the database at `url`, with its own state_dir.
+pub async fn connect_pg(url: &str) -> (PgStore, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = PgStore::connect(&pg_settings(url), dir.path())
+        .await
+        .unwrap();
+    (store, dir)
 }
 
 /// A PostgreSQL store on a new database; `None` where no server is
 /// installed (a failure under `CI=true`).
 pub async fn open_postgres() -> Option<Opened> {
     let url = crate::pg::database().await?;
+    let (store, dir) = connect_pg(&url).await;
     Some(Opened {
-        store: Arc::new(connect_pg(&url).await),
-        _dir: None,
+        store: Arc::new(store),
+        _dir: Some(dir),
     })
 }
 
@@ -508,7 +514,11 @@ where
         return;
     };
     let settings = pg_settings(&url);
-    let (a, b) = tokio::join!(PgStore::connect(&settings), PgStore::connect(&settings));
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = tokio::join!(
+        PgStore::connect(&settings, da.path()),
+        PgStore::connect(&settings, db.path())
+    );
     f(url, a.unwrap(), b.unwrap()).await;
 }
 
@@ -593,9 +603,9 @@ async fn a_schema_newer_than_the_daemon_is_refused() {
     let Some(url) = crate::pg::database().await else {
         return;
     };
-    connect_pg(&url).await;
+    drop(connect_pg(&url).await);
     crate::pg::sql(&url, "INSERT INTO easehook_schema VALUES (999, 0)").await;
-    let Err(e) = PgStore::connect(&pg_settings(&url)).await else {
+    let Err(e) = PgStore::connect_tool(&pg_settings(&url)).await else {
         panic!("a newer schema was accepted")
     };
     let msg = e.to_string();
@@ -642,7 +652,7 @@ async fn bad_urls_get_clear_errors_without_the_password() {
         crate::pg::USER,
         server.port
     );
-    let Err(e) = PgStore::connect(&pg_settings(&wrong)).await else {
+    let Err(e) = PgStore::connect_tool(&pg_settings(&wrong)).await else {
         panic!("a wrong password was accepted")
     };
     let msg = e.to_string();
@@ -662,7 +672,7 @@ async fn bad_urls_get_clear_errors_without_the_password() {
         }
     });
     let not_pg = format!("postgres://u:secret-pw-1234@127.0.0.1:{port}/db");
-    let Err(e) = PgStore::connect(&pg_settings(&not_pg)).await else {
+    let Err(e) = PgStore::connect_tool(&pg_settings(&not_pg)).await else {
         panic!("an HTTP server was taken for PostgreSQL")
     };
     let msg = e.to_string();
@@ -673,7 +683,7 @@ async fn bad_urls_get_clear_errors_without_the_password() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     });
-    let Err(e) = PgStore::connect(&pg_settings(&closed)).await else {
+    let Err(e) = PgStore::connect_tool(&pg_settings(&closed)).await else {
         panic!("connected to nothing")
     };
     assert!(e.to_string().starts_with("cannot connect"), "{e}");
@@ -710,4 +720,55 @@ async fn a_rate_limit_is_shared_by_the_replicas() {
         assert_eq!(other.allowed, 3);
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_replica_restarted_after_a_crash_takes_its_claims_back_at_once() {
+    let Some(url) = crate::pg::database().await else {
+        return;
+    };
+    let settings = pg_settings(&url);
+    let dir = tempfile::tempdir().unwrap();
+    let (other, _other_dir) = connect_pg(&url).await;
+    let a = PgStore::connect(&settings, dir.path()).await.unwrap();
+    let id = a.replica().id.clone();
+    // One daemon per state_dir, on this store too.
+    let Err(e) = PgStore::connect(&settings, dir.path()).await else {
+        panic!("two replicas on one state_dir")
+    };
+    assert!(
+        e.to_string().contains("is in use by another easehook"),
+        "{e}"
+    );
+    let now = easehook::verify::now_ms();
+    // A hand-off and a claim in flight when the replica dies; another
+    // replica's claim too.
+    let mut handed = ev("e1", "k1", &["a"], now);
+    handed.lease_until = Some(now + 600_000);
+    a.accept(handed, 60_000).await.unwrap();
+    a.accept(ev("e2", "k2", &["a"], now), 60_000).await.unwrap();
+    assert_eq!(a.claim_due(now, 1, 600_000).await.unwrap().len(), 1);
+    other
+        .accept(ev("e3", "k3", &["a"], now), 60_000)
+        .await
+        .unwrap();
+    assert_eq!(other.claim_due(now, 10, 600_000).await.unwrap().len(), 1);
+    drop(a);
+    // Restarted on the same state_dir: the same replica, its claims free
+    // at once, the other replica's left alone.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let again = loop {
+        match PgStore::connect(&settings, dir.path()).await {
+            Ok(s) => break s,
+            Err(e) => {
+                assert!(std::time::Instant::now() < deadline, "{e}");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    };
+    assert_eq!(again.replica().id, id);
+    let claimed = again.claim_due(now, 10, 60_000).await.unwrap();
+    let mut events: Vec<&str> = claimed.iter().map(|c| c.event_id.as_str()).collect();
+    events.sort();
+    assert_eq!(events, ["e1", "e2"]);
 }

@@ -27,6 +27,7 @@
 //! caller answers 503 and `/readyz` turns unready until a write succeeds
 //! again — without a restart: broken connections are replaced.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -83,6 +84,9 @@ pub enum OpenError {
     Schema(String),
     #[error("{0}")]
     Tls(String),
+    /// The daemon's `state_dir` cannot be used (another daemon holds it).
+    #[error("{0}")]
+    StateDir(String),
 }
 
 /// One callback's accept, queued for a writer.
@@ -97,6 +101,8 @@ struct Inner {
     pool: Pool,
     writable: AtomicBool,
     replica: Replica,
+    /// `state_dir/easehook.lock`, held for as long as the store is open.
+    _lock: Option<std::fs::File>,
 }
 
 /// The PostgreSQL store.
@@ -285,7 +291,7 @@ async fn apply_migrations(client: &mut tokio_postgres::Client) -> Result<Vec<i32
 /// Store one callback: claim its dedup key (a key held and not expired
 /// changes nothing, which makes it a duplicate), then the event and its
 /// deliveries, all or nothing. `$8` is the lease of deliveries handed to
-/// the dispatcher at once.
+/// the dispatcher at once, `$12` the replica that holds it.
 const ACCEPT_SQL: &str = "
 WITH k AS (
     INSERT INTO dedup(key, expires_at) VALUES ($1, $2)
@@ -297,11 +303,12 @@ WITH k AS (
     SELECT $4, $1, $5, $3, $6, $7 WHERE EXISTS (SELECT 1 FROM k)
 ), d AS (
     INSERT INTO deliveries(event_id, action, rule, status, attempts, next_attempt_at,
-                           leased_until, created_at, updated_at)
+                           leased_until, leased_by, created_at, updated_at)
     SELECT $4, t.action, t.rule,
            CASE WHEN t.done THEN 'sent' ELSE 'pending' END,
            CASE WHEN t.done THEN 1 ELSE 0 END,
-           $3, CASE WHEN t.done THEN NULL ELSE $8::bigint END, $3, $3
+           $3, CASE WHEN t.done THEN NULL ELSE $8::bigint END,
+           CASE WHEN t.done OR $8::bigint IS NULL THEN NULL ELSE $12::text END, $3, $3
     FROM unnest($9::text[], $10::text[], $11::bool[]) WITH ORDINALITY AS t(action, rule, done, n)
     WHERE EXISTS (SELECT 1 FROM k)
     ORDER BY t.n
@@ -313,7 +320,7 @@ SELECT EXISTS (SELECT 1 FROM k), array(SELECT id FROM d ORDER BY id)";
 /// another replica is claiming, and read their events.
 const CLAIM_SQL: &str = "
 WITH c AS (
-    UPDATE deliveries d SET leased_until = $1
+    UPDATE deliveries d SET leased_until = $1, leased_by = $4
     WHERE d.id IN (SELECT id FROM deliveries
                    WHERE status = 'pending' AND next_attempt_at <= $2
                      AND (leased_until IS NULL OR leased_until <= $2)
@@ -331,6 +338,7 @@ UPDATE deliveries d SET
     attempts = d.attempts + o.inc,
     next_attempt_at = coalesce(o.at, d.next_attempt_at),
     leased_until = NULL,
+    leased_by = NULL,
     last_error = CASE WHEN o.status = 'sent' THEN NULL ELSE coalesce(o.error, d.last_error) END,
     updated_at = $1
 FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::int[], $6::bigint[], $7::text[])
@@ -361,9 +369,58 @@ const DELIVERY_COLUMNS: &str = "d.id, d.event_id, e.event, d.action, d.rule, d.s
 
 impl PgStore {
     /// Connect, migrate the schema, and start the writers and the
-    /// heartbeat. Fails when the database cannot be reached, refuses the
-    /// credentials, is not PostgreSQL, or has a newer schema.
-    pub async fn connect(settings: &PostgresSettings) -> Result<Self, OpenError> {
+    /// heartbeat, as the daemon whose `state_dir` this is: its lock keeps a
+    /// second daemon off the directory, the replica id kept there names
+    /// this daemon across restarts, and the claims of its earlier run (a
+    /// crash) are released at once rather than when their leases end.
+    /// Fails when the database cannot be reached, refuses the credentials,
+    /// is not PostgreSQL, or has a newer schema.
+    pub async fn connect(settings: &PostgresSettings, state_dir: &Path) -> Result<Self, OpenError> {
+        let lock =
+            super::lock_state_dir(state_dir).map_err(|e| OpenError::StateDir(format!("{e:#}")))?;
+        let id = replica_id(state_dir).map_err(OpenError::StateDir)?;
+        let store = Self::open(settings, id, Some(lock)).await?;
+        let released = store
+            .inner
+            .pool
+            .get()
+            .await
+            .map_err(|e| OpenError::Connect(StoreError::from(e).0))?
+            .execute(
+                "UPDATE deliveries SET leased_until = NULL, leased_by = NULL
+                 WHERE leased_by = $1 AND status = 'pending'",
+                &[&store.inner.replica.id],
+            )
+            .await
+            .map_err(|e| OpenError::Connect(pg_message(&e)))?;
+        if released > 0 {
+            tracing::info!(released, "claims of this replica's earlier run released");
+        }
+        store
+            .inner
+            .heartbeat()
+            .await
+            .map_err(|e| OpenError::Connect(e.0))?;
+        tokio::spawn(heartbeats(Arc::downgrade(&store.inner)));
+        Ok(store)
+    }
+
+    /// Connect for a tool (`store copy`): migrated, but no replica: no
+    /// heartbeat, no lock, no claims of its own.
+    pub async fn connect_tool(settings: &PostgresSettings) -> Result<Self, OpenError> {
+        Self::open(
+            settings,
+            format!("tool-{}", uuid::Uuid::now_v7().simple()),
+            None,
+        )
+        .await
+    }
+
+    async fn open(
+        settings: &PostgresSettings,
+        id: String,
+        lock: Option<std::fs::File>,
+    ) -> Result<Self, OpenError> {
         let pool = pool(settings)?;
         {
             let mut client = pool
@@ -372,29 +429,25 @@ impl PgStore {
                 .map_err(|e| OpenError::Connect(StoreError::from(e).0))?;
             migrate_on(&mut client).await?;
         }
-        let host = hostname();
+        let now = crate::verify::now_ms();
         let replica = Replica {
-            id: uuid::Uuid::now_v7().simple().to_string()[..16].to_string(),
-            host,
+            id,
+            host: hostname(),
             version: env!("CARGO_PKG_VERSION").to_string(),
-            started_at: crate::verify::now_ms(),
-            last_seen: crate::verify::now_ms(),
+            started_at: now,
+            last_seen: now,
         };
         let inner = Arc::new(Inner {
             pool,
             writable: AtomicBool::new(true),
             replica,
+            _lock: lock,
         });
-        inner
-            .heartbeat()
-            .await
-            .map_err(|e| OpenError::Connect(e.0))?;
         let (accepts, rx) = mpsc::unbounded_channel();
         let rx = Arc::new(Mutex::new(rx));
         for _ in 0..WRITERS {
             tokio::spawn(writer(inner.clone(), rx.clone()));
         }
-        tokio::spawn(heartbeats(Arc::downgrade(&inner)));
         Ok(Self {
             inner,
             accepts,
@@ -460,6 +513,26 @@ impl PgStore {
     }
 }
 
+/// This daemon's replica id, kept in `state_dir/replica-id` so that it
+/// outlives a restart. The file also names the host: a `state_dir` copied
+/// to another host (a cloned image) gets a new id there, so two live
+/// replicas never share one.
+fn replica_id(state_dir: &Path) -> Result<String, String> {
+    let path = state_dir.join("replica-id");
+    let host = hostname();
+    if let Ok(text) = std::fs::read_to_string(&path)
+        && let Some((id, on)) = text.trim().split_once(' ')
+        && on == host
+        && !id.is_empty()
+    {
+        return Ok(id.to_string());
+    }
+    let id = uuid::Uuid::now_v7().simple().to_string()[16..].to_string();
+    std::fs::write(&path, format!("{id} {host}\n"))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(id)
+}
+
 /// This host's name, for the replicas list.
 fn hostname() -> String {
     let mut buf = [0u8; 256];
@@ -521,7 +594,7 @@ async fn writer(inner: Arc<Inner>, rx: Arc<Mutex<mpsc::UnboundedReceiver<Accept>
         }
         // The same lock order in every transaction of every replica.
         batch.sort_by(|a, b| a.event.dedup_key.cmp(&b.event.dedup_key));
-        match accept_batch(&inner.pool, &batch).await {
+        match accept_batch(&inner.pool, &inner.replica.id, &batch).await {
             Ok(results) => {
                 inner.writable.store(true, Ordering::Relaxed);
                 for (a, r) in batch.into_iter().zip(results) {
@@ -538,7 +611,7 @@ async fn writer(inner: Arc<Inner>, rx: Arc<Mutex<mpsc::UnboundedReceiver<Accept>
             Err(e) => {
                 tracing::debug!(error = %e, n = batch.len(), "a batch failed; storing its callbacks one by one");
                 for a in batch {
-                    let r = accept_batch(&inner.pool, std::slice::from_ref(&a))
+                    let r = accept_batch(&inner.pool, &inner.replica.id, std::slice::from_ref(&a))
                         .await
                         .map(|mut r| r.remove(0));
                     inner.writable.store(r.is_ok(), Ordering::Relaxed);
@@ -550,7 +623,11 @@ async fn writer(inner: Arc<Inner>, rx: Arc<Mutex<mpsc::UnboundedReceiver<Accept>
 }
 
 /// One transaction for the batch, its statements pipelined.
-async fn accept_batch(pool: &Pool, batch: &[Accept]) -> Result<Vec<Accepted>, StoreError> {
+async fn accept_batch(
+    pool: &Pool,
+    replica: &str,
+    batch: &[Accept],
+) -> Result<Vec<Accepted>, StoreError> {
     let mut client = pool.get().await?;
     let stmt = client.prepare_cached(ACCEPT_SQL).await?;
     let tx = client.transaction().await?;
@@ -566,6 +643,7 @@ async fn accept_batch(pool: &Pool, batch: &[Accept]) -> Result<Vec<Accepted>, St
         actions: Vec<&'a str>,
         rules: Vec<&'a str>,
         done: Vec<bool>,
+        replica: &'a str,
     }
     let params: Vec<Params> = batch
         .iter()
@@ -584,11 +662,12 @@ async fn accept_batch(pool: &Pool, batch: &[Accept]) -> Result<Vec<Accepted>, St
                 actions: ev.deliveries.iter().map(|d| d.action.as_str()).collect(),
                 rules: ev.deliveries.iter().map(|d| d.rule.as_str()).collect(),
                 done: ev.deliveries.iter().map(|d| d.done).collect(),
+                replica,
             }
         })
         .collect();
     type Param<'a> = &'a (dyn tokio_postgres::types::ToSql + Sync);
-    let values: Vec<[Param; 11]> = params
+    let values: Vec<[Param; 12]> = params
         .iter()
         .map(|p| {
             [
@@ -603,6 +682,7 @@ async fn accept_batch(pool: &Pool, batch: &[Accept]) -> Result<Vec<Accepted>, St
                 &p.actions,
                 &p.rules,
                 &p.done,
+                &p.replica,
             ]
         })
         .collect();
@@ -699,13 +779,19 @@ impl Store for PgStore {
         lease: u64,
     ) -> BoxFuture<'_, Result<Vec<Claimed>, StoreError>> {
         let lease_until = now.saturating_add(lease.max(1));
+        let replica = self.inner.replica.id.clone();
         self.write(move |c| {
             Box::pin(async move {
                 let stmt = c.prepare_cached(CLAIM_SQL).await?;
                 let rows = c
                     .query(
                         &stmt,
-                        &[&(lease_until as i64), &(now as i64), &(limit as i64)],
+                        &[
+                            &(lease_until as i64),
+                            &(now as i64),
+                            &(limit as i64),
+                            &replica,
+                        ],
                     )
                     .await?;
                 Ok(decode(rows, lease_until))

@@ -319,50 +319,6 @@ pub struct SqliteStore {
     _lock: std::fs::File,
 }
 
-/// Take the lock that makes one daemon the only one on `state_dir`.
-///
-/// The store voids every lease it finds when it opens, which is only right
-/// when no other process is sending those deliveries; a second daemon on
-/// the same directory would void the first one's claims and send them
-/// again. The lock (`flock`) belongs to the open file, so the kernel
-/// releases it however the process ends, `kill -9` included: a stale lock
-/// file never keeps a daemon from starting. The file holds the holder's pid,
-/// for the message.
-fn lock_state_dir(state_dir: &Path) -> anyhow::Result<std::fs::File> {
-    use anyhow::Context;
-    use std::io::{Read, Write};
-    let path = state_dir.join("easehook.lock");
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let mut pid = String::new();
-            let _ = file.read_to_string(&mut pid);
-            let pid = match pid.trim() {
-                "" => "unknown",
-                p => p,
-            };
-            anyhow::bail!(
-                "state_dir {} is in use by another easehook (pid {pid})",
-                state_dir.display()
-            );
-        }
-        Err(std::fs::TryLockError::Error(e)) => {
-            return Err(e).with_context(|| format!("cannot lock {}", path.display()));
-        }
-    }
-    file.set_len(0)
-        .and_then(|()| file.write_all(format!("{}\n", std::process::id()).as_bytes()))
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(file)
-}
-
 fn open(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     // Only this process writes; a lock held longer than this is an outside
@@ -426,7 +382,7 @@ impl SqliteStore {
         use anyhow::Context;
         std::fs::create_dir_all(state_dir)
             .with_context(|| format!("cannot create state_dir {}", state_dir.display()))?;
-        let lock = lock_state_dir(state_dir)?;
+        let lock = super::lock_state_dir(state_dir)?;
         let path = state_dir.join("easehook.db");
         let writer =
             open(&path).with_context(|| format!("cannot open the store {}", path.display()))?;

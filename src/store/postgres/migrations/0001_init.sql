@@ -32,6 +32,9 @@ CREATE TABLE deliveries (
     next_attempt_at bigint NOT NULL,
     -- The end of the current claim, and its fencing token.
     leased_until    bigint,
+    -- The replica holding the claim (its id is kept in its state_dir, so
+    -- a replica restarted after a crash takes its claims back at once).
+    leased_by       text,
     last_error      text,
     created_at      bigint NOT NULL,
     updated_at      bigint NOT NULL
