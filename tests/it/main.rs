@@ -20,6 +20,7 @@ mod postgres;
 mod process;
 mod props;
 mod reload;
+mod replicas;
 mod restart;
 mod secrets;
 mod shipped;
