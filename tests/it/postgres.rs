@@ -391,3 +391,31 @@ async fn a_rate_limit_holds_for_two_daemons_together_and_drops_nothing() {
         }
     }
 }
+
+#[tokio::test]
+async fn an_exhausted_pool_queues_callers_rather_than_failing_them() {
+    let Some(url) = crate::pg::database().await else {
+        return;
+    };
+    let config = format!("store:\n  type: postgres\n  url: '{url}'\n  pool: 2\n");
+    let app = std::sync::Arc::new(spawn_app_with(Options::rules("").config(config)).await);
+    let mut tasks = Vec::new();
+    for i in 0..60 {
+        let app = app.clone();
+        tasks.push(tokio::spawn(async move {
+            if i % 4 == 0 {
+                app.admin(reqwest::Method::GET, "/api/v1/events?limit=10")
+                    .await
+                    .0
+            } else {
+                app.post(&signed("roster:ban", &format!("u{i}"), "b"))
+                    .await
+                    .0
+            }
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    assert_eq!(app.events().await.len(), 45);
+}
