@@ -26,13 +26,19 @@ Scenarios:
       a socket held for the daemon as systemd's easehook.socket holds it,
       once with the daemon binding its own port: errors and the longest
       wait a client sees
+  (p) the PostgreSQL store (a server started here: initdb + pg_ctl, fsync
+      and synchronous_commit on): (a)'s load on the embedded store, on
+      PostgreSQL with one replica and with two replicas sharing the
+      database, in turn; (b)'s p99 on PostgreSQL; (c)'s drain through two
+      replicas, every delivery counted once at the sink
 
-usage: python3 benches/load.py [--duration SECONDS] [--rounds N] [--skip-build] [--only abcdef]
+usage: python3 benches/load.py [--duration SECONDS] [--rounds N] [--skip-build] [--only abcdefp]
                               [--binary PATH] [--callgrind [--binary PATH,PATH…]]
-Run from the repository root. Installs wrk and webhook with apt-get when
-missing. Every request goes to 127.0.0.1.
+Run from the repository root. Installs wrk, webhook and PostgreSQL with
+apt-get when missing. Every request goes to 127.0.0.1.
 """
 import argparse
+import glob
 import hashlib
 import json
 import os
@@ -127,8 +133,15 @@ class LargestSize:
         self._thread.join()
 
 
+def pg_bindir():
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    return os.path.dirname(found[-1]) if found else None
+
+
 def ensure_tools():
     missing = [p for p, b in (("wrk", "wrk"), ("webhook", "webhook")) if not shutil.which(b)]
+    if not pg_bindir():
+        missing.append("postgresql")
     if missing:
         subprocess.run(["apt-get", "update", "-qq"], check=False)
         subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], check=True)
@@ -299,6 +312,68 @@ class Easehook:
 
     def status(self):
         return get_json(f"http://127.0.0.1:{self.admin}/api/v1/status")
+
+
+class Postgres:
+    """A PostgreSQL server of the benchmark's own: initdb into a temporary
+    directory and pg_ctl start on a free loopback port, as the tests do. As
+    root it runs as the postgres user (PostgreSQL refuses root). Durable as
+    installed: fsync and synchronous_commit on."""
+
+    def __init__(self):
+        self.bin = pg_bindir()
+        self.dir = tempfile.mkdtemp(prefix="easehook-bench-pg-")
+        self.port = free_port()
+        self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self.as_user:
+            shutil.chown(self.dir, "postgres", "postgres")
+        data = os.path.join(self.dir, "data")
+        subprocess.run(self.as_user + [f"{self.bin}/initdb", "-D", data, "-U", "easehook", "--auth=trust",
+                                       "-E", "UTF8", "--locale=C"], check=True, stdout=subprocess.DEVNULL)
+        with open(os.path.join(data, "postgresql.conf"), "a") as f:
+            f.write(f"port = {self.port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{self.dir}'\n"
+                    "max_connections = 200\nshared_buffers = 256MB\n")
+        subprocess.run(self.as_user + [f"{self.bin}/pg_ctl", "-D", data, "-l", os.path.join(self.dir, "log"), "-w", "start"],
+                       check=True, stdout=subprocess.DEVNULL)
+
+    def database(self, name):
+        subprocess.run([f"{self.bin}/createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "easehook", name], check=True)
+        return f"postgres://easehook@127.0.0.1:{self.port}/{name}"
+
+    def stop(self):
+        subprocess.run(self.as_user + [f"{self.bin}/pg_ctl", "-D", os.path.join(self.dir, "data"), "-m", "fast", "-w", "stop"],
+                       stdout=subprocess.DEVNULL)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def pg_config(url):
+    return f"store:\n  type: postgres\n  url: '{url}'\n"
+
+
+def run_wrk_split(urls, calls, duration, pids, delay_ms=0):
+    """wrk against several replicas at once, the 64 connections split
+    between them; returns the summed figures (the worst latencies)."""
+    out = [None] * len(urls)
+
+    def one(i):
+        out[i] = run_wrk(urls[i], calls, duration, connections=64 // len(urls), threads=1,
+                         delay_ms=delay_ms, pid=pids[i], offset=i * 100_000 + 50_000)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(urls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {
+        "rps": sum(r["rps"] for r in out),
+        "p50_ms": max(r["p50_ms"] for r in out),
+        "p99_ms": max(r["p99_ms"] for r in out),
+        "max_ms": max(r["max_ms"] for r in out),
+        "errors": sum(r["errors"] for r in out),
+        "requests": sum(r["requests"] for r in out),
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in out),
+        "written_kb": 0,
+    }
 
 
 def run_floor(binary, journal, calls, duration, delay_ms=0):
@@ -661,8 +736,94 @@ def main():
             total = sum(out.values())
             print(f"| {mode:<8} | {total:>9} | {out['ok']:>3} | {out['refused']:>7} | {out['reset']:>5} | {out['other']:>5} "
                   f"| {longest * 1000:>15.0f} | {took * 1000:>19.0f} |", flush=True)
+    if "p" in args.only:
+        postgres_scenarios(args, easehook_bin, baseline_bin, calls, work, sink_port)
     sink.terminate()
     shutil.rmtree(work, ignore_errors=True)
+
+
+def postgres_scenarios(args, easehook_bin, baseline_bin, calls, work, sink_port):
+    """(p): the PostgreSQL store against the embedded one, in the same run."""
+    pg = Postgres()
+    try:
+        rounds = []
+        for r in range(args.rounds):
+            res = {}
+            rules = rules_yaml(100, f"http://127.0.0.1:{sink_port}")
+            eh = Easehook(easehook_bin, os.path.join(work, f"p-sqlite{r}"), rules)
+            eh.start()
+            res["sqlite"] = run_wrk(eh.url, calls, args.duration, pid=eh.proc.pid)
+            eh.stop()
+            eh = Easehook(easehook_bin, os.path.join(work, f"p-pg{r}"), rules, pg_config(pg.database(f"one{r}")))
+            eh.start()
+            res["postgres"] = run_wrk(eh.url, calls, args.duration, pid=eh.proc.pid)
+            eh.stop()
+            url = pg.database(f"two{r}")
+            pair = [Easehook(easehook_bin, os.path.join(work, f"p-pg2-{r}-{i}"), rules, pg_config(url)) for i in range(2)]
+            for e in pair:
+                e.start()
+            res["2 replicas"] = run_wrk_split([e.url for e in pair], calls, args.duration, [e.proc.pid for e in pair])
+            for e in pair:
+                e.stop()
+            rounds.append(res)
+        print(f"\n(p-a) acknowledged throughput on PostgreSQL, 64 connections; {args.rounds} rounds, the stores in turn")
+        print("| round | store      |     req/s | p50 ms  | p99 ms  | max ms   | errors | peak RSS MB |")
+        print("|-------|------------|-----------|---------|---------|----------|--------|---------|")
+        for i, res in enumerate(rounds):
+            for k in ("sqlite", "postgres", "2 replicas"):
+                print(f"| {i + 1:>5} " + fmt_row(k, res[k]))
+        one = [res["postgres"]["rps"] / res["sqlite"]["rps"] for res in rounds]
+        two = [res["2 replicas"]["rps"] / res["postgres"]["rps"] for res in rounds]
+        each = lambda xs: " ".join(f"{x:.2f}" for x in xs)
+        print(f"postgres/sqlite = {statistics.median(one):.2f} (median; rounds: {each(one)})")
+        print(f"2 replicas/1 replica = {statistics.median(two):.2f} (median; rounds: {each(two)})", flush=True)
+
+        slow, slow_port = start_baseline(baseline_bin, delay_ms=2000)
+        p99s = []
+        for r in range(args.rounds):
+            os.sync()
+            eh = Easehook(easehook_bin, os.path.join(work, f"p-b{r}"), rules_yaml(100, f"http://127.0.0.1:{slow_port}"),
+                          pg_config(pg.database(f"b{r}")))
+            eh.start()
+            rb = run_wrk(eh.url, calls, args.duration, delay_ms=64, pid=eh.proc.pid)
+            eh.stop()
+            p99s.append(rb["p99_ms"])
+            print(f"(p-b) round {r + 1}: req/s {rb['rps']:.0f}  p50 {rb['p50_ms']:.2f} ms  p99 {rb['p99_ms']:.2f} ms  "
+                  f"max {rb['max_ms']:.2f} ms  errors {rb['errors']}", flush=True)
+        slow.terminate()
+        print(f"(p-b) p99 on PostgreSQL at ~1,000 req/s, destination 2 s: {statistics.median(p99s):.2f} ms (median of {args.rounds})")
+
+        # (p-c) 20,000 deliveries queued while the destination is down, then
+        # drained by two replicas.
+        down_port = free_port()
+        url = pg.database("drain")
+        extra = pg_config(url) + "delivery:\n  initial_backoff: 1s\n  max_backoff: 2s\n  max_attempts: 100\n"
+        rules = rules_yaml(100, f"http://127.0.0.1:{down_port}", routine="audit")
+        pair = [Easehook(easehook_bin, os.path.join(work, f"p-c{i}"), rules, extra) for i in range(2)]
+        pair[0].start()
+        queued, offset = 0, 200_000
+        while queued < 20_000:
+            run_wrk(pair[0].url, calls, 2, pid=pair[0].proc.pid, offset=offset)
+            offset += 50_000
+            queued = pair[0].status()["queue_depth"]
+        pair[0].stop()
+        drain_sink = subprocess.Popen([baseline_bin, str(down_port), "0"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(down_port)
+        for e in pair:
+            e.start()
+        deadline = time.monotonic() + 600
+        while pair[0].status()["queue_depth"] > 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        stats = get_json(f"http://127.0.0.1:{down_port}/stats")
+        dead = pair[0].status()["dead_deliveries"]
+        for e in pair:
+            e.stop()
+        drain_sink.terminate()
+        span = max(stats["last_ms"] - stats["first_ms"], 1) / 1000
+        print(f"(p-c) drain through two replicas: {queued} queued, {stats['count']} delivered ({dead} dead) in {span:.2f} s "
+              f"= {stats['count'] / span:.0f} deliveries/s; sent twice: {max(stats['count'] - queued, 0)}", flush=True)
+    finally:
+        pg.stop()
 
 
 if __name__ == "__main__":
