@@ -23,7 +23,7 @@
 //! | [`rules`] | rule files compiled into an indexed, immutable [`rules::RuleSet`] |
 //! | [`template`] | Handlebars registries, escaping per destination, helpers |
 //! | [`actions`] | email, Slack, HTTP, log, team-chat (WeCom, DingTalk, Feishu) and Easemob actions: compile, render, send |
-//! | [`store`] | where accepted events and deliveries live: SQLite, group commit |
+//! | [`store`] | where accepted events and deliveries live: embedded SQLite or shared PostgreSQL, group commit, fenced claims |
 //! | [`dispatch`] | claim, render, send, retry, dead-letter; rate limits |
 //! | [`snapshot`] | settings + rule set, swapped whole on reload |
 //! | [`server`] | the callback and admin listeners |
@@ -34,7 +34,7 @@
 //! | [`metrics`] | Prometheus metrics of one daemon |
 //! | [`state`] | what the listeners, the dispatcher and reload share |
 //! | [`app`] | wiring: start everything, run until shutdown |
-//! | [`commands`] | `check`, `test` and `simulate` |
+//! | [`commands`] | `check`, `test`, `simulate`, the admin API clients, `store migrate` and `store copy` |
 
 pub mod actions;
 pub mod app;

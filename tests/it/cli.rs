@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use crate::helpers::*;
 
-fn easehook(config: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+/// Run the built binary with `config`: its exit code, stdout and stderr.
+pub fn easehook(config: &std::path::Path, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_easehook"))
         .arg("--config")
         .arg(config)

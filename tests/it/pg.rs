@@ -141,7 +141,7 @@ extern "C" fn stop_at_exit() {
 }
 
 fn start_shared() -> Result<PgServer, String> {
-    let server = launch(false)?;
+    let server = launch(false, None)?;
     unsafe { libc::atexit(stop_at_exit) };
     Ok(server)
 }
@@ -149,7 +149,16 @@ fn start_shared() -> Result<PgServer, String> {
 /// A server of the calling test's own (which it may stop and start),
 /// stopped when dropped; `None` where PostgreSQL is not installed.
 pub fn own_server() -> Option<PgServer> {
-    match launch(true) {
+    own_server_with(None)
+}
+
+/// As [`own_server`], with TLS on: this certificate and key (PEM).
+pub fn own_server_with_tls(cert: &str, key: &str) -> Option<PgServer> {
+    own_server_with(Some((cert, key)))
+}
+
+fn own_server_with(tls: Option<(&str, &str)>) -> Option<PgServer> {
+    match launch(true, tls) {
         Ok(s) => Some(s),
         Err(e) => {
             crate::helpers::require(false, &format!("PostgreSQL: {e}"));
@@ -158,7 +167,7 @@ pub fn own_server() -> Option<PgServer> {
     }
 }
 
-fn launch(owned: bool) -> Result<PgServer, String> {
+fn launch(owned: bool, tls: Option<(&str, &str)>) -> Result<PgServer, String> {
     static N: AtomicU32 = AtomicU32::new(0);
     let bin = bin_dir().ok_or("no PostgreSQL server installed (apt-get install postgresql)")?;
     let root = unsafe { libc::geteuid() } == 0;
@@ -213,6 +222,26 @@ fn launch(owned: bool) -> Result<PgServer, String> {
          max_connections = 300\nshared_buffers = 32MB\nlog_min_messages = warning\n",
         dir.display()
     );
+    let mut conf = conf;
+    if let Some((cert, key)) = tls {
+        use std::os::unix::fs::PermissionsExt;
+        let data = dir.join("data");
+        std::fs::write(data.join("server.crt"), cert).map_err(|e| e.to_string())?;
+        std::fs::write(data.join("server.key"), key).map_err(|e| e.to_string())?;
+        std::fs::set_permissions(
+            data.join("server.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .map_err(|e| e.to_string())?;
+        if root {
+            for f in ["server.crt", "server.key"] {
+                let _ = Command::new("chown")
+                    .args(["postgres:", data.join(f).to_str().unwrap()])
+                    .status();
+            }
+        }
+        conf.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+    }
     std::fs::OpenOptions::new()
         .append(true)
         .open(dir.join("data/postgresql.conf"))

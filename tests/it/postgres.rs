@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use crate::cli::easehook;
 use crate::helpers::*;
 
 fn store_config(url: &str) -> String {
@@ -190,22 +191,6 @@ async fn a_wrong_password_stops_start_up_with_the_password_masked() {
     assert!(msg.contains("password authentication failed"), "{msg}");
     assert!(msg.contains(":***@127.0.0.1"), "{msg}");
     assert!(!msg.contains("wrong-password-4321"), "{msg}");
-}
-
-fn easehook(config: &std::path::Path, args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_easehook"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env("IT_SECRET", SECRET)
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
 }
 
 /// The embedded store of a stopped daemon in `state_dir`, holding one
@@ -418,4 +403,42 @@ async fn an_exhausted_pool_queues_callers_rather_than_failing_them() {
         assert_eq!(t.await.unwrap(), 200);
     }
     assert_eq!(app.events().await.len(), 45);
+}
+
+#[tokio::test]
+async fn tls_to_the_database_is_verified_against_the_system_roots_and_ca_file() {
+    let (ca, cert, key) = test_certificates();
+    let Some(server) = crate::pg::own_server_with_tls(&cert, &key) else {
+        return;
+    };
+    let url = format!("{}?sslmode=require", server.database().await);
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca).unwrap();
+    // Trusted through ca_file: connected, over TLS.
+    let mut settings = crate::store::pg_settings(&url);
+    settings.ca_file = Some(ca_file);
+    let store = easehook::store::postgres::PgStore::connect(&settings, dir.path())
+        .await
+        .unwrap();
+    let client = store.pool().get().await.unwrap();
+    let row = client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(row.get::<_, bool>(0), "the connection is not encrypted");
+    drop(client);
+    drop(store);
+    // Without it the server's certificate is not trusted: no connection.
+    let Err(e) =
+        easehook::store::postgres::PgStore::connect_tool(&crate::store::pg_settings(&url)).await
+    else {
+        panic!("an untrusted certificate was accepted")
+    };
+    let msg = e.to_string();
+    assert!(msg.contains("certificate"), "{msg}");
+    assert!(!msg.contains(crate::pg::PASSWORD), "{msg}");
 }

@@ -135,6 +135,11 @@ fn replica_config(url: &str, sink: &str, extra: &str) -> (tempfile::TempDir, Pat
     (dir, config)
 }
 
+/// A GET of the admin API of a replica, as JSON.
+async fn get_json(url: &str) -> serde_json::Value {
+    reqwest::get(url).await.unwrap().json().await.unwrap()
+}
+
 /// The callIds the sink received, with the time of each request.
 fn received(sink: &HttpSink) -> HashMap<String, Vec<Instant>> {
     let mut by_id: HashMap<String, Vec<Instant>> = HashMap::new();
@@ -255,14 +260,7 @@ async fn three_replicas_behind_nginx_lose_nothing_when_one_is_killed_and_one_sto
     )
     .await;
     // Stored once each, repeats included, and nothing else stored.
-    let events: serde_json::Value = client
-        .get(format!("{steady_admin}/api/v1/events?limit=1000"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let events = get_json(&format!("{steady_admin}/api/v1/events?limit=1000")).await;
     let mut stored: HashMap<String, usize> = HashMap::new();
     for e in events["events"].as_array().unwrap() {
         *stored
@@ -327,20 +325,11 @@ async fn a_replica_paused_past_its_lease_does_not_record_over_the_new_owner() {
     })
     .await;
     a.signal(Signal::SIGSTOP);
-    let client = reqwest::Client::new();
-    let deliveries = |admin: String| {
-        let client = client.clone();
-        async move {
-            let v: serde_json::Value = client
-                .get(format!("{admin}/api/v1/deliveries"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            v["deliveries"].as_array().unwrap().clone()
-        }
+    let deliveries = |admin: String| async move {
+        get_json(&format!("{admin}/api/v1/deliveries")).await["deliveries"]
+            .as_array()
+            .unwrap()
+            .clone()
     };
     // B takes the delivery over once A's lease has run out, and sends it.
     eventually(Duration::from_secs(120), "B sends the delivery", || async {
