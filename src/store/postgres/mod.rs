@@ -2,13 +2,14 @@
 //! (replicas), so that no host is a single point of failure (SPEC §9).
 //!
 //! - **Accept** is group-committed as in the embedded store: writer tasks
-//!   take every callback waiting in their queue and store them in one
-//!   transaction, their statements pipelined on one connection, committed
-//!   with `synchronous_commit = on` before any of them is answered. Each
-//!   callback is one statement that claims its dedup key (`ON CONFLICT`),
-//!   stores the event and inserts its deliveries; a key another replica
-//!   holds makes it a duplicate. A batch's statements are sorted by key, so
-//!   two replicas' batches lock keys in the same order and never deadlock.
+//!   take every callback waiting in their queue and store them all in one
+//!   statement ([`ACCEPT_SQL`]: one round trip, one commit), with
+//!   `synchronous_commit = on`, before any of them is answered. The
+//!   statement claims each dedup key (`ON CONFLICT`), then stores the
+//!   events whose keys it claimed and their deliveries; a key another
+//!   replica holds makes its callback a duplicate. A batch is sorted by
+//!   key, so two replicas' batches lock keys in the same order and never
+//!   deadlock.
 //! - **Claims** take due deliveries with `FOR UPDATE SKIP LOCKED`, so
 //!   replicas never wait on each other's rows, and set a lease whose end is
 //!   the claim's fencing token ([`super::Lease`]): an outcome is recorded
@@ -288,33 +289,47 @@ async fn apply_migrations(client: &mut tokio_postgres::Client) -> Result<Vec<i32
     Ok(applied)
 }
 
-/// Store one callback: claim its dedup key (a key held and not expired
-/// changes nothing, which makes it a duplicate), then the event and its
-/// deliveries, all or nothing. `$8` is the lease of deliveries handed to
-/// the dispatcher at once, `$12` the replica that holds it.
+/// Store a batch of callbacks in one statement (so one round trip, and one
+/// commit of its own): claim each dedup key (a key held and not expired
+/// changes nothing, which makes its callback a duplicate), then the events
+/// whose keys were claimed and their deliveries, all or nothing. The
+/// events come as arrays (`$1`–`$6`, keys sorted, none twice), `$7` is the
+/// dedup window; the deliveries come as arrays too (`$8`–`$13`: event id,
+/// action, rule, done, time, the lease of a hand-off), `$14` is the replica
+/// that holds the hand-offs. Answers the claimed keys, and each delivery's
+/// id with its event.
 const ACCEPT_SQL: &str = "
-WITH k AS (
-    INSERT INTO dedup(key, expires_at) VALUES ($1, $2)
+WITH input AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[])
+        AS t(key, id, event, received_at, rules, body)
+), k AS (
+    INSERT INTO dedup(key, expires_at)
+    SELECT key, received_at + $7::bigint FROM input
     ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at
-        WHERE dedup.expires_at <= $3
-    RETURNING 1
+        WHERE dedup.expires_at <= excluded.expires_at - $7::bigint
+    RETURNING key
+), claimed AS (
+    SELECT i.* FROM input i JOIN k ON k.key = i.key
 ), e AS (
     INSERT INTO events(id, dedup_key, event, received_at, rules, body)
-    SELECT $4, $1, $5, $3, $6, $7 WHERE EXISTS (SELECT 1 FROM k)
+    SELECT id, key, event, received_at, rules, body FROM claimed
 ), d AS (
     INSERT INTO deliveries(event_id, action, rule, status, attempts, next_attempt_at,
                            leased_until, leased_by, created_at, updated_at)
-    SELECT $4, t.action, t.rule,
-           CASE WHEN t.done THEN 'sent' ELSE 'pending' END,
-           CASE WHEN t.done THEN 1 ELSE 0 END,
-           $3, CASE WHEN t.done THEN NULL ELSE $8::bigint END,
-           CASE WHEN t.done OR $8::bigint IS NULL THEN NULL ELSE $12::text END, $3, $3
-    FROM unnest($9::text[], $10::text[], $11::bool[]) WITH ORDINALITY AS t(action, rule, done, n)
-    WHERE EXISTS (SELECT 1 FROM k)
-    ORDER BY t.n
-    RETURNING id
+    SELECT x.event_id, x.action, x.rule,
+           CASE WHEN x.done THEN 'sent' ELSE 'pending' END,
+           CASE WHEN x.done THEN 1 ELSE 0 END,
+           x.at, CASE WHEN x.done THEN NULL ELSE x.lease END,
+           CASE WHEN x.done OR x.lease IS NULL THEN NULL ELSE $14::text END, x.at, x.at
+    FROM unnest($8::text[], $9::text[], $10::text[], $11::bool[], $12::bigint[], $13::bigint[])
+         WITH ORDINALITY AS x(event_id, action, rule, done, at, lease, n)
+    WHERE x.event_id IN (SELECT id FROM claimed)
+    ORDER BY x.n
+    RETURNING id, event_id
 )
-SELECT EXISTS (SELECT 1 FROM k), array(SELECT id FROM d ORDER BY id)";
+SELECT key, NULL::bigint FROM k
+UNION ALL
+SELECT event_id, id FROM d";
 
 /// Lease the `$3` deliveries due first at `$2` until `$1`, skipping rows
 /// another replica is claiming, and read their events.
@@ -331,7 +346,10 @@ WITH c AS (
 SELECT c.id, c.event_id, c.action, c.rule, c.attempts, e.received_at, e.body
 FROM c JOIN events e ON e.id = c.event_id ORDER BY c.id";
 
-/// Record outcomes, each only under the claim it was made with.
+/// Record outcomes, each only under the claim it was made with. `d.id =
+/// ANY($2)` makes the rows be found through the primary key: joined with
+/// the arrays alone, the planner may hash-join against a scan of the whole
+/// table.
 const RECORD_SQL: &str = "
 UPDATE deliveries d SET
     status = o.status,
@@ -343,7 +361,7 @@ UPDATE deliveries d SET
     updated_at = $1
 FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::int[], $6::bigint[], $7::text[])
      AS o(id, lease, status, inc, at, error)
-WHERE d.id = o.id AND d.leased_until = o.lease
+WHERE d.id = ANY($2) AND d.id = o.id AND d.leased_until = o.lease
 RETURNING d.id";
 
 /// Take up to `$5` sends from the limit `$1` at `$2` (µs): GCRA with an
@@ -628,76 +646,90 @@ async fn accept_batch(
     replica: &str,
     batch: &[Accept],
 ) -> Result<Vec<Accepted>, StoreError> {
-    let mut client = pool.get().await?;
+    use std::collections::{HashMap, HashSet};
+    // The same callback twice in one batch: the first is stored (or not),
+    // the others are its repeats (one statement may not claim a key twice).
+    let mut seen = HashSet::new();
+    let first: Vec<bool> = batch
+        .iter()
+        .map(|a| seen.insert(a.event.dedup_key.as_str()))
+        .collect();
+    // A reload between two callbacks of a batch may change the window:
+    // each window is its own statement.
+    let mut windows: Vec<u64> = batch.iter().map(|a| a.window).collect();
+    windows.sort_unstable();
+    windows.dedup();
+    let client = pool.get().await?;
     let stmt = client.prepare_cached(ACCEPT_SQL).await?;
-    let tx = client.transaction().await?;
-    struct Params<'a> {
-        key: &'a str,
-        expires: i64,
-        now: i64,
-        lease: Option<i64>,
-        id: &'a str,
-        event: &'a str,
-        rules_json: &'a str,
-        body: &'a str,
-        actions: Vec<&'a str>,
-        rules: Vec<&'a str>,
-        done: Vec<bool>,
-        replica: &'a str,
-    }
-    let params: Vec<Params> = batch
-        .iter()
-        .map(|a| {
-            let ev = &a.event;
-            let now = ev.received_at_ms as i64;
-            Params {
-                key: &ev.dedup_key,
-                expires: now.saturating_add(a.window as i64),
-                now,
-                lease: ev.lease_until.map(|t| t as i64),
-                id: &ev.id,
-                event: ev.event.as_str(),
-                rules_json: &a.rules_json,
-                body: &ev.body,
-                actions: ev.deliveries.iter().map(|d| d.action.as_str()).collect(),
-                rules: ev.deliveries.iter().map(|d| d.rule.as_str()).collect(),
-                done: ev.deliveries.iter().map(|d| d.done).collect(),
-                replica,
+    let mut claimed: HashSet<String> = HashSet::new();
+    let mut ids: HashMap<String, Vec<i64>> = HashMap::new();
+    for window in windows {
+        let events: Vec<&Accept> = batch
+            .iter()
+            .zip(&first)
+            .filter(|(a, first)| **first && a.window == window)
+            .map(|(a, _)| a)
+            .collect();
+        let ev = |f: fn(&Accept) -> &str| events.iter().map(|a| f(a)).collect::<Vec<&str>>();
+        let at: Vec<i64> = events.iter().map(|a| a.event.received_at_ms as i64).collect();
+        let deliveries = || {
+            events
+                .iter()
+                .flat_map(|a| a.event.deliveries.iter().map(move |d| (*a, d)))
+        };
+        let d_event: Vec<&str> = deliveries().map(|(a, _)| a.event.id.as_str()).collect();
+        let d_action: Vec<&str> = deliveries().map(|(_, d)| d.action.as_str()).collect();
+        let d_rule: Vec<&str> = deliveries().map(|(_, d)| d.rule.as_str()).collect();
+        let d_done: Vec<bool> = deliveries().map(|(_, d)| d.done).collect();
+        let d_at: Vec<i64> = deliveries()
+            .map(|(a, _)| a.event.received_at_ms as i64)
+            .collect();
+        let d_lease: Vec<Option<i64>> = deliveries()
+            .map(|(a, _)| a.event.lease_until.map(|t| t as i64))
+            .collect();
+        let rows = client
+            .query(
+                &stmt,
+                &[
+                    &ev(|a| &a.event.dedup_key),
+                    &ev(|a| &a.event.id),
+                    &ev(|a| a.event.event.as_str()),
+                    &at,
+                    &ev(|a| &a.rules_json),
+                    &ev(|a| &a.event.body),
+                    &(window as i64),
+                    &d_event,
+                    &d_action,
+                    &d_rule,
+                    &d_done,
+                    &d_at,
+                    &d_lease,
+                    &replica,
+                ],
+            )
+            .await?;
+        for row in rows {
+            let name: String = row.get(0);
+            match row.get::<_, Option<i64>>(1) {
+                None => {
+                    claimed.insert(name);
+                }
+                Some(id) => ids.entry(name).or_default().push(id),
             }
-        })
-        .collect();
-    type Param<'a> = &'a (dyn tokio_postgres::types::ToSql + Sync);
-    let values: Vec<[Param; 12]> = params
-        .iter()
-        .map(|p| {
-            [
-                &p.key as Param,
-                &p.expires,
-                &p.now,
-                &p.id,
-                &p.event,
-                &p.rules_json,
-                &p.body,
-                &p.lease,
-                &p.actions,
-                &p.rules,
-                &p.done,
-                &p.replica,
-            ]
-        })
-        .collect();
-    // All sent before any answer is read: one round trip for the lot.
-    let queries = values.iter().map(|v| tx.query_one(&stmt, v));
-    let rows = futures_util::future::try_join_all(queries).await?;
-    tx.commit().await?;
+        }
+    }
     Ok(batch
         .iter()
-        .zip(rows)
-        .map(|(a, row)| {
-            if row.get::<_, bool>(0) {
+        .zip(first)
+        .map(|(a, first)| {
+            if first && claimed.contains(&a.event.dedup_key) {
+                let mut deliveries = ids.remove(&a.event.id).unwrap_or_default();
+                // Ids are handed out in the order the rows were inserted,
+                // which is the order of the event's deliveries.
+                deliveries.sort_unstable();
                 Accepted::New {
                     id: a.event.id.clone(),
-                    deliveries: row.get(1),
+                    deliveries,
                 }
             } else {
                 Accepted::Duplicate
@@ -896,13 +928,20 @@ impl Store for PgStore {
     ) -> BoxFuture<'_, Result<Vec<DeliveryInfo>, StoreError>> {
         self.with_client(move |c| {
             Box::pin(async move {
+                // The status is written into the statement, not passed: a
+                // partial index (the dead ones, the queue) is used only for
+                // a condition the plan can see.
+                let filter = match status {
+                    None => "",
+                    Some(Status::Pending) => "WHERE d.status = 'pending'",
+                    Some(Status::Sent) => "WHERE d.status = 'sent'",
+                    Some(Status::Dead) => "WHERE d.status = 'dead'",
+                };
                 let sql = format!(
                     "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id
-                     WHERE ($1::text IS NULL OR d.status = $1) ORDER BY d.id DESC LIMIT $2"
+                     {filter} ORDER BY d.id DESC LIMIT $1"
                 );
-                let rows = c
-                    .query(&sql, &[&status.map(Status::as_str), &(limit as i64)])
-                    .await?;
+                let rows = c.query(&sql, &[&(limit as i64)]).await?;
                 Ok(rows.iter().map(delivery_row).collect())
             })
         })
