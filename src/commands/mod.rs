@@ -100,6 +100,16 @@ pub fn check(config_path: &Path) -> anyhow::Result<ExitCode> {
                 rules.actions.iter().filter(|a| !a.enabled).count(),
                 rules.templates.files().len()
             );
+            match &snap.settings.store {
+                config::StoreSettings::Sqlite => {
+                    println!("store: sqlite in {}", snap.settings.state_dir.display())
+                }
+                // Validated in form only: `check` needs no network.
+                config::StoreSettings::Postgres(pg) => println!(
+                    "store: postgres at {} (pool {}; not connected by check: `easehook store migrate` connects)",
+                    pg.shown_url, pg.pool
+                ),
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

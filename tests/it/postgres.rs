@@ -93,6 +93,25 @@ async fn two_daemons_share_one_queue() {
             .len(),
         2
     );
+    // A delivery dead through one replica is retried through the other.
+    sink.script([Answer::status(410)]);
+    assert_eq!(a.post(&signed("roster:ban", "late", "bob")).await.0, 200);
+    let dead = b.wait_for_delivery("dead", Duration::from_secs(15)).await;
+    let (status, _) = b
+        .admin(
+            reqwest::Method::POST,
+            &format!("/api/v1/deliveries/{}/retry", dead["id"]),
+        )
+        .await;
+    assert_eq!(status, 200);
+    eventually(
+        Duration::from_secs(15),
+        "the retried delivery sent",
+        || async { a.deliveries("sent").await.len() == 21 },
+    )
+    .await;
+    assert!(a.deliveries("dead").await.is_empty());
+    assert_eq!(sink.count(), 22);
 }
 
 #[tokio::test]
@@ -441,4 +460,34 @@ async fn tls_to_the_database_is_verified_against_the_system_roots_and_ca_file() 
     let msg = e.to_string();
     assert!(msg.contains("certificate"), "{msg}");
     assert!(!msg.contains(crate::pg::PASSWORD), "{msg}");
+}
+
+#[test]
+fn check_validates_the_store_without_connecting_and_masks_the_password() {
+    // Nothing listens there: check does not try.
+    let port = crate::process::free_port();
+    let url = format!("postgres://app:check-pw-4242@127.0.0.1:{port}/easehook");
+    let (_dir, config) = write_config(&Options::rules("").config(store_config(&url)));
+    let (code, out, err) = easehook(&config, &["check"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!(
+            "store: postgres at postgres://app:***@127.0.0.1:{port}/easehook (pool 8"
+        )),
+        "{out}"
+    );
+    assert!(!out.contains("check-pw-4242") && !err.contains("check-pw-4242"));
+    // A URL that is not one: file: store.url: message, exit 1.
+    let (_dir, config) =
+        write_config(&Options::rules("").config(store_config("mysql://root:check-pw-4242@db/x")));
+    let (code, out, _) = easehook(&config, &["check"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!(
+            "{}: store.url: not a PostgreSQL URL",
+            config.display()
+        )),
+        "{out}"
+    );
+    assert!(!out.contains("check-pw-4242"), "{out}");
 }

@@ -671,7 +671,10 @@ async fn accept_batch(
             .map(|(a, _)| a)
             .collect();
         let ev = |f: fn(&Accept) -> &str| events.iter().map(|a| f(a)).collect::<Vec<&str>>();
-        let at: Vec<i64> = events.iter().map(|a| a.event.received_at_ms as i64).collect();
+        let at: Vec<i64> = events
+            .iter()
+            .map(|a| a.event.received_at_ms as i64)
+            .collect();
         let deliveries = || {
             events
                 .iter()
