@@ -767,6 +767,17 @@ async fn a_replica_restarted_after_a_crash_takes_its_claims_back_at_once() {
         }
     };
     assert_eq!(again.replica().id, id);
+    // Listed once, as this run.
+    let listed: Vec<_> = again
+        .replicas()
+        .await
+        .unwrap()
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.id == id)
+        .collect();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].started_at, again.replica().started_at);
     let claimed = again.claim_due(now, 10, 60_000).await.unwrap();
     let mut events: Vec<&str> = claimed.iter().map(|c| c.event_id.as_str()).collect();
     events.sort();

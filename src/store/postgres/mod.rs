@@ -571,7 +571,8 @@ impl Inner {
         client
             .execute(
                 "INSERT INTO replicas(id, host, version, started_at, last_seen) VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen",
+                 ON CONFLICT (id) DO UPDATE SET host = excluded.host, version = excluded.version,
+                     started_at = excluded.started_at, last_seen = excluded.last_seen",
                 &[&r.id, &r.host, &r.version, &(r.started_at as i64), &now],
             )
             .await?;
@@ -599,7 +600,7 @@ async fn heartbeats(inner: Weak<Inner>) {
 }
 
 /// A writer: take the callbacks waiting (up to [`MAX_BATCH`]), store them
-/// in one transaction, answer each. A failed batch is run again callback
+/// in one statement, answer each. A failed batch is run again callback
 /// by callback, so that one bad callback fails alone.
 async fn writer(inner: Arc<Inner>, rx: Arc<Mutex<mpsc::UnboundedReceiver<Accept>>>) {
     loop {
