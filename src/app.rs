@@ -154,12 +154,7 @@ pub async fn open_store(settings: &crate::config::Settings) -> anyhow::Result<Ar
                 .await
                 .map_err(|e| match e {
                     crate::store::postgres::OpenError::StateDir(e) => anyhow::anyhow!(e),
-                    e => anyhow::anyhow!(
-                        "{}: store.url: {} ({})",
-                        settings.path.display(),
-                        settings.redactor.redact(&e.to_string()),
-                        pg.shown_url
-                    ),
+                    e => anyhow::anyhow!(pg.problem(settings, &e.to_string())),
                 })?;
             tracing::info!(url = %pg.shown_url, replica = %store.replica().id, "store connected");
             Arc::new(store)

@@ -244,12 +244,7 @@ impl Dispatcher {
         handoff.close();
         let mut released = 0;
         while let Ok(c) = handoff.try_recv() {
-            let back = Record::Retry {
-                at_ms: now_ms(),
-                error: String::new(),
-                counted: false,
-            };
-            let _ = outcomes.send((c.lease(), back));
+            let _ = outcomes.send((c.lease(), Record::later(now_ms())));
             released += 1;
         }
         if released > 0 {
@@ -277,11 +272,7 @@ impl Dispatcher {
         // Only this task takes slots, so none goes while admission waits.
         for (c, wait) in self.admit(snapshot, claimed).await {
             if let Some(wait) = wait {
-                let deferred = Record::Retry {
-                    at_ms: now_ms() + wait.as_millis() as u64,
-                    error: String::new(),
-                    counted: false,
-                };
+                let deferred = Record::later(now_ms() + wait.as_millis() as u64);
                 let _ = outcomes.send((c.lease(), deferred));
                 continue;
             }

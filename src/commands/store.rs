@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use crate::cli::StoreCommand;
-use crate::config::{self, PostgresSettings, Secret, StoreSettings, expand::ProcessEnv};
+use crate::config::{self, PostgresSettings, StoreSettings, expand::ProcessEnv};
 use crate::store::postgres::{self, PgStore};
 
 /// Run a `store` subcommand.
@@ -19,7 +19,6 @@ pub fn run(config_path: &Path, cmd: &StoreCommand) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let file = config_path.display();
     match cmd {
         StoreCommand::Migrate => runtime.block_on(async {
             let pg = match &settings.store {
@@ -50,8 +49,7 @@ pub fn run(config_path: &Path, cmd: &StoreCommand) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(e) => {
-                    let e = settings.redactor.redact(&e.to_string());
-                    eprintln!("{file}: store.url: {e} ({})", pg.shown_url);
+                    eprintln!("{}", pg.problem(&settings, &e.to_string()));
                     Ok(ExitCode::from(1))
                 }
             }
@@ -59,15 +57,11 @@ pub fn run(config_path: &Path, cmd: &StoreCommand) -> anyhow::Result<ExitCode> {
         StoreCommand::Copy { to } => {
             let target = match to {
                 Some(url) => {
-                    let pg = PostgresSettings {
-                        url: Secret::new(url.clone()),
-                        shown_url: config::mask_postgres_url(url),
-                        pool: 2,
-                        ca_file: match &settings.store {
-                            StoreSettings::Postgres(p) => p.ca_file.clone(),
-                            StoreSettings::Sqlite => None,
-                        },
+                    let ca_file = match &settings.store {
+                        StoreSettings::Postgres(p) => p.ca_file.clone(),
+                        StoreSettings::Sqlite => None,
                     };
+                    let pg = PostgresSettings::new(url.as_str(), 2, ca_file);
                     if let Err(e) = pg.driver_config() {
                         eprintln!("easehook: --to: {e}");
                         return Ok(ExitCode::from(2));
@@ -93,12 +87,8 @@ async fn copy(settings: &config::Settings, target: &PostgresSettings) -> anyhow:
     // Never the password, whatever the driver says.
     let mask = |s: String| {
         let s = settings.redactor.redact(&s);
-        match target
-            .driver_config()
-            .ok()
-            .and_then(|c| c.get_password().map(<[u8]>::to_vec))
-        {
-            Some(pw) if pw.len() >= 4 => s.replace(&*String::from_utf8_lossy(&pw), "***"),
+        match target.password() {
+            Some(pw) if pw.len() >= 4 => s.replace(&pw, "***"),
             _ => s,
         }
     };

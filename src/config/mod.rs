@@ -153,6 +153,37 @@ pub struct PostgresSettings {
 const DEFAULT_POOL: usize = 16;
 
 impl PostgresSettings {
+    /// The settings of a database at `url`, with its masked form for
+    /// messages. The URL's form is checked by [`Self::driver_config`].
+    pub fn new(url: impl Into<String>, pool: usize, ca_file: Option<PathBuf>) -> Self {
+        let url = url.into();
+        Self {
+            shown_url: mask_postgres_url(&url),
+            url: Secret::new(url),
+            pool,
+            ca_file,
+        }
+    }
+
+    /// The URL's password, when it names one: a secret to mask anywhere.
+    pub fn password(&self) -> Option<String> {
+        let config = self.driver_config().ok()?;
+        config
+            .get_password()
+            .map(|pw| String::from_utf8_lossy(pw).into_owned())
+    }
+
+    /// A problem with this database as `check` and start-up report it:
+    /// `FILE: store.url: message (URL)`, every secret of `settings` masked.
+    pub fn problem(&self, settings: &Settings, message: &str) -> String {
+        format!(
+            "{}: store.url: {} ({})",
+            settings.path.display(),
+            settings.redactor.redact(message),
+            self.shown_url
+        )
+    }
+
     /// The URL parsed for the driver. `sslmode=verify-ca` and `verify-full`
     /// are read as `require`: with TLS, easehook always verifies the
     /// server's certificate and name (against the system's roots and
@@ -932,24 +963,15 @@ fn compile_store(
         );
         return StoreSettings::Sqlite;
     };
-    let shown_url = mask_postgres_url(&url);
-    match parse_postgres_url(&url) {
-        Ok(c) => {
-            if let Some(pw) = c.get_password() {
-                secret_values.push(String::from_utf8_lossy(pw).into_owned());
-            }
-        }
-        Err(e) => diags.push(file, "store.url", e),
+    let pg = PostgresSettings::new(url, pool, ca_file);
+    if let Err(e) = pg.driver_config() {
+        diags.push(file, "store.url", e);
     }
-    if shown_url != url {
-        secret_values.push(url.clone());
+    secret_values.extend(pg.password());
+    if pg.shown_url != pg.url.expose() {
+        secret_values.push(pg.url.expose().to_string());
     }
-    StoreSettings::Postgres(PostgresSettings {
-        url: Secret::new(url),
-        shown_url,
-        pool,
-        ca_file,
-    })
+    StoreSettings::Postgres(pg)
 }
 
 impl Settings {
@@ -968,11 +990,8 @@ impl Settings {
                 .values()
                 .map(|e| e.client_secret.expose().to_string()),
         );
-        if let StoreSettings::Postgres(p) = &self.store
-            && let Ok(c) = p.driver_config()
-            && let Some(pw) = c.get_password()
-        {
-            v.push(String::from_utf8_lossy(pw).into_owned());
+        if let StoreSettings::Postgres(p) = &self.store {
+            v.extend(p.password());
         }
         v
     }

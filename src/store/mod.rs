@@ -9,8 +9,10 @@
 //!
 //! On the fast path the request handler stores the deliveries already
 //! leased ([`NewEvent::lease_until`]) and hands them to the dispatcher in
-//! memory, so a fresh delivery costs no claim. A restart voids every lease,
-//! so a hand-off lost with the process is sent by the next one.
+//! memory, so a fresh delivery costs no claim. A restart voids the leases
+//! of the process before it (on a shared store, those of the same
+//! `state_dir`), so a hand-off lost with the process is sent by the next
+//! one.
 //!
 //! Every claim is **fenced**: the lease's end ([`Claimed::lease_until`]) is
 //! the claim's token, and an outcome is recorded only while the delivery
@@ -47,10 +49,11 @@ use crate::callback::Callback;
 /// shared store the leases of this daemon's earlier run (known by the
 /// replica id kept in `state_dir`), which is only right when no other
 /// process is sending those deliveries; a second daemon on the same
-/// directory would void the first one's claims and send them again. The lock (`flock`) belongs to the open file, so the kernel
-/// releases it however the process ends, `kill -9` included: a stale lock
-/// file never keeps a daemon from starting. The file holds the holder's pid,
-/// for the message.
+/// directory would void the first one's claims and send them again. The
+/// lock (`flock`) belongs to the open file, so the kernel releases it
+/// however the process ends, `kill -9` included: a stale lock file never
+/// keeps a daemon from starting. The file holds the holder's pid, for the
+/// message.
 pub fn lock_state_dir(state_dir: &Path) -> anyhow::Result<std::fs::File> {
     use anyhow::Context;
     use std::io::{Read, Write};
@@ -164,6 +167,34 @@ pub struct Lease {
     pub until: u64,
 }
 
+/// The end of a lease taken at `now_ms` for `lease_ms`, which is also the
+/// claim's token. Never `now_ms` itself: a claim may be taken over only
+/// once the old lease has ended (`leased_until <= now`), so the new token is
+/// always later than the old one, and the two never compare equal.
+pub fn lease_end(now_ms: u64, lease_ms: u64) -> u64 {
+    now_ms.saturating_add(lease_ms.max(1))
+}
+
+/// Parses the stored callbacks of claimed deliveries: each event's once,
+/// however many of its deliveries one claim took.
+#[derive(Default)]
+pub(crate) struct Callbacks(std::collections::HashMap<String, Result<Arc<Callback>, String>>);
+
+impl Callbacks {
+    /// The callback of `event_id`, parsed from `body` the first time;
+    /// `Err` says why it could not be read back.
+    pub(crate) fn of(&mut self, event_id: &str, body: &str) -> Result<Arc<Callback>, String> {
+        if let Some(known) = self.0.get(event_id) {
+            return known.clone();
+        }
+        let parsed = Callback::parse(body.as_bytes())
+            .map(Arc::new)
+            .map_err(|e| e.to_string());
+        self.0.insert(event_id.to_string(), parsed.clone());
+        parsed
+    }
+}
+
 impl Claimed {
     /// The claim to record this delivery's outcome under.
     pub fn lease(&self) -> Lease {
@@ -188,6 +219,18 @@ pub enum Record {
     Dead {
         error: String,
     },
+}
+
+impl Record {
+    /// No attempt made: the delivery goes back to the queue, due at
+    /// `at_ms` (a rate limit deferred it, or the daemon is stopping).
+    pub fn later(at_ms: u64) -> Self {
+        Record::Retry {
+            at_ms,
+            error: String::new(),
+            counted: false,
+        }
+    }
 }
 
 /// A delivery's status.
@@ -267,7 +310,8 @@ pub struct RateGrant {
 /// A daemon seen using a shared store (PostgreSQL), for `/api/v1/status`.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Replica {
-    /// Random at each start.
+    /// Kept in the daemon's `state_dir` (`replica-id`), so the same
+    /// across its restarts on one host.
     pub id: String,
     pub host: String,
     pub version: String,

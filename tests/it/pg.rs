@@ -69,43 +69,32 @@ impl PgServer {
         format!("postgres://{USER}:{PASSWORD}@127.0.0.1:{}/{db}", self.port)
     }
 
-    /// Stop the server (fast shutdown), for tests of a database that goes away.
-    pub fn stop(&self) {
-        let _ = self
-            .command("pg_ctl")
-            .arg("-D")
-            .arg(self.dir.join("data"))
-            .args(["-m", "fast", "-w", "stop"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-
-    /// Stop at once (as a crash would), for the end of a test binary.
-    fn stop_now(&self) {
-        let _ = self
-            .command("pg_ctl")
-            .arg("-D")
-            .arg(self.dir.join("data"))
-            .args(["-m", "immediate", "-w", "stop"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-
-    /// Start it again after [`PgServer::stop`].
-    pub fn start(&self) {
-        let status = self
-            .command("pg_ctl")
+    /// Run `pg_ctl` on this server's data directory (its log beside it).
+    fn pg_ctl(&self, args: &[&str]) -> std::io::Result<std::process::ExitStatus> {
+        self.command("pg_ctl")
             .arg("-D")
             .arg(self.dir.join("data"))
             .arg("-l")
             .arg(self.dir.join("log"))
-            .args(["-w", "start"])
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
-            .expect("run pg_ctl");
+    }
+
+    /// Stop the server (fast shutdown), for tests of a database that goes away.
+    pub fn stop(&self) {
+        let _ = self.pg_ctl(&["-m", "fast", "-w", "stop"]);
+    }
+
+    /// Stop at once (as a crash would), for the end of a test binary.
+    fn stop_now(&self) {
+        let _ = self.pg_ctl(&["-m", "immediate", "-w", "stop"]);
+    }
+
+    /// Start it again after [`PgServer::stop`].
+    pub fn start(&self) {
+        let status = self.pg_ctl(&["-w", "start"]).expect("run pg_ctl");
         assert!(
             status.success(),
             "pg_ctl start failed; see {}/log",
@@ -255,15 +244,7 @@ fn launch(owned: bool, tls: Option<(&str, &str)>) -> Result<PgServer, String> {
         owned,
     };
     let status = server
-        .command("pg_ctl")
-        .arg("-D")
-        .arg(server.dir.join("data"))
-        .arg("-l")
-        .arg(server.dir.join("log"))
-        .args(["-w", "start"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
+        .pg_ctl(&["-w", "start"])
         .map_err(|e| format!("cannot run pg_ctl: {e}"))?;
     if !status.success() {
         let log = std::fs::read_to_string(server.dir.join("log")).unwrap_or_default();

@@ -28,12 +28,7 @@ pub async fn open_sqlite() -> Opened {
 
 /// The settings of a PostgreSQL store at `url`.
 pub fn pg_settings(url: &str) -> easehook::config::PostgresSettings {
-    easehook::config::PostgresSettings {
-        url: easehook::config::Secret::new(url),
-        shown_url: easehook::config::mask_postgres_url(url),
-        pool: 8,
-        ca_file: None,
-    }
+    easehook::config::PostgresSettings::new(url, 8, None)
 }
 
 /// A replica on the database at `url`, with its own state_dir.

@@ -39,10 +39,9 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_postgres::Row;
 
 use super::{
-    Accepted, Claimed, Counts, DeliveryBrief, DeliveryInfo, EventInfo, Lease, NewEvent, RateGrant,
-    Record, Replica, Status, Store, StoreError,
+    Accepted, Callbacks, Claimed, Counts, DeliveryBrief, DeliveryInfo, EventInfo, Lease, NewEvent,
+    RateGrant, Record, Replica, Status, Store, StoreError,
 };
-use crate::callback::Callback;
 use crate::config::PostgresSettings;
 
 /// The schema versions, in order: each is applied once, in a transaction.
@@ -744,29 +743,19 @@ async fn accept_batch(
 
 /// Decode claimed rows: each event's callback is parsed once.
 fn decode(rows: Vec<Row>, lease_until: u64) -> Vec<Claimed> {
-    let mut parsed: std::collections::HashMap<String, Result<Arc<Callback>, String>> =
-        std::collections::HashMap::new();
+    let mut callbacks = Callbacks::default();
     rows.into_iter()
         .map(|r| {
             let event_id: String = r.get(1);
-            let body: &str = r.get(6);
-            let callback = parsed
-                .entry(event_id.clone())
-                .or_insert_with(|| {
-                    Callback::parse(body.as_bytes())
-                        .map(Arc::new)
-                        .map_err(|e| e.to_string())
-                })
-                .clone();
             Claimed {
                 id: r.get(0),
+                callback: callbacks.of(&event_id, r.get(6)),
                 event_id,
                 action: r.get::<_, &str>(2).into(),
                 rule: r.get::<_, &str>(3).into(),
                 attempts: r.get::<_, i32>(4) as u32,
                 lease_until,
                 received_at_ms: r.get::<_, i64>(5) as u64,
-                callback,
             }
         })
         .collect()
@@ -814,7 +803,7 @@ impl Store for PgStore {
         limit: usize,
         lease: u64,
     ) -> BoxFuture<'_, Result<Vec<Claimed>, StoreError>> {
-        let lease_until = now.saturating_add(lease.max(1));
+        let lease_until = super::lease_end(now, lease);
         let replica = self.inner.replica.id.clone();
         self.write(move |c| {
             Box::pin(async move {

@@ -26,12 +26,11 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use rusqlite::{Connection, OptionalExtension, Statement, params};
 
-use crate::callback::Callback;
 use tokio::sync::oneshot;
 
 use super::{
-    Accepted, Claimed, Counts, DeliveryBrief, DeliveryInfo, EventInfo, Lease, NewEvent, Record,
-    Status, Store, StoreError,
+    Accepted, Callbacks, Claimed, Counts, DeliveryBrief, DeliveryInfo, EventInfo, Lease, NewEvent,
+    Record, Status, Store, StoreError,
 };
 
 impl From<rusqlite::Error> for StoreError {
@@ -380,8 +379,7 @@ impl SqliteStore {
 
     fn open_with(state_dir: &Path, limits: WalLimits) -> anyhow::Result<Self> {
         use anyhow::Context;
-        std::fs::create_dir_all(state_dir)
-            .with_context(|| format!("cannot create state_dir {}", state_dir.display()))?;
+        // Creates `state_dir` when needed.
         let lock = super::lock_state_dir(state_dir)?;
         let path = state_dir.join("easehook.db");
         let writer =
@@ -892,8 +890,8 @@ fn claim(
     limit: usize,
     lease: u64,
 ) -> rusqlite::Result<Vec<ClaimedRow>> {
+    let lease_until = super::lease_end(now, lease) as i64;
     let now = now as i64;
-    let lease_until = now.saturating_add(lease.max(1) as i64);
     let mut stmt = conn.prepare_cached(CLAIM_SQL)?;
     let rows = stmt
         .query_map(params![lease_until, now, limit as i64], |r| {
@@ -936,28 +934,17 @@ fn claim(
 /// Decode claimed rows (off the writer thread): each event's callback is
 /// parsed once, however many of its deliveries were claimed.
 fn decode(rows: Vec<ClaimedRow>) -> Vec<Claimed> {
-    let mut parsed: std::collections::HashMap<String, Result<Arc<Callback>, String>> =
-        std::collections::HashMap::new();
+    let mut callbacks = Callbacks::default();
     rows.into_iter()
-        .map(|r| {
-            let callback = parsed
-                .entry(r.event_id.clone())
-                .or_insert_with(|| {
-                    Callback::parse(r.body.as_bytes())
-                        .map(Arc::new)
-                        .map_err(|e| e.to_string())
-                })
-                .clone();
-            Claimed {
-                id: r.id,
-                lease_until: r.lease_until,
-                event_id: r.event_id,
-                action: r.action.into(),
-                rule: r.rule.into(),
-                attempts: r.attempts,
-                received_at_ms: r.received_at as u64,
-                callback,
-            }
+        .map(|r| Claimed {
+            callback: callbacks.of(&r.event_id, &r.body),
+            id: r.id,
+            lease_until: r.lease_until,
+            event_id: r.event_id,
+            action: r.action.into(),
+            rule: r.rule.into(),
+            attempts: r.attempts,
+            received_at_ms: r.received_at as u64,
         })
         .collect()
 }
