@@ -411,6 +411,16 @@ impl Dispatcher {
         let kept_by = action.map(|a| &a.metrics);
         m.count_delivery(kept_by, &c.action, outcome);
         m.observe_delivery(kept_by, &c.action, elapsed.as_secs_f64());
+        if outcome == DeliveryOutcome::Sent
+            && let Some(a) = &c.aggregate
+            && a.kind == crate::store::AggregateKind::Digest
+        {
+            m.digest_deliveries
+                .get_or_create(&crate::metrics::RuleLabels {
+                    rule: a.rule.clone(),
+                })
+                .inc();
+        }
         match &record {
             Record::Sent => {
                 tracing::info!(event = %event, attempt = c.attempts + 1, ms, "delivered")
@@ -459,7 +469,10 @@ impl Dispatcher {
         }
         let received = chrono::DateTime::from_timestamp_millis(c.received_at_ms as i64)
             .unwrap_or_else(chrono::Utc::now);
-        let data = template::Data::new(cb, received, action.reads, &c.rule, &action.name);
+        let mut data = template::Data::new(cb, received, action.reads, &c.rule, &action.name);
+        if let Some(a) = &c.aggregate {
+            data = data.with(a.kind.as_str(), crate::rules::aggregate::context(a));
+        }
         let msg = action
             .render(&snapshot.rules.templates, &data)
             .map_err(|e| dead(format!("template: {e}"), &cb.event))?;

@@ -113,6 +113,13 @@ pub struct Metrics {
     pub store_up: Gauge,
     /// `easehook_replicas`: daemons seen on a shared store in the last minute.
     pub replicas: Gauge,
+    /// `easehook_digests_open`: digests taking events (SPEC §11).
+    pub digests_open: Gauge,
+    /// `easehook_digest_deliveries_total{rule}`: deliveries of closed
+    /// digests sent.
+    pub digest_deliveries: Family<RuleLabels, Counter>,
+    /// `easehook_threshold_fired_total{rule}`: times a threshold fired.
+    pub threshold_fired: Family<RuleLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -232,6 +239,9 @@ impl Metrics {
             store_writable: Gauge::default(),
             store_up: Gauge::default(),
             replicas: Gauge::default(),
+            digests_open: Gauge::default(),
+            digest_deliveries: Family::default(),
+            threshold_fired: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -294,7 +304,31 @@ impl Metrics {
             "Daemons seen using the shared store in the last minute (postgres)",
             m.replicas.clone(),
         );
+        registry.register(
+            "digests_open",
+            "Digests taking events",
+            m.digests_open.clone(),
+        );
+        registry.register(
+            "digest_deliveries",
+            "Deliveries of closed digests sent, by rule",
+            m.digest_deliveries.clone(),
+        );
+        registry.register(
+            "threshold_fired",
+            "Times a threshold fired, by rule",
+            m.threshold_fired.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Count a firing of the threshold rule `rule`.
+    pub fn count_threshold_fired(&self, rule: &str) {
+        self.threshold_fired
+            .get_or_create(&RuleLabels {
+                rule: rule.to_string(),
+            })
+            .inc();
     }
 
     /// A successful (re)load, now.

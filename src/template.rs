@@ -558,6 +558,8 @@ struct Names<'a> {
     reads: Reads,
     rule: &'a str,
     action: &'a str,
+    /// `digest` or `threshold` and its value (SPEC §11).
+    extra: Option<(&'static str, Value)>,
 }
 
 impl<'a> Data<'a> {
@@ -577,9 +579,19 @@ impl<'a> Data<'a> {
                 reads,
                 rule,
                 action,
+                extra: None,
             }),
             context: std::cell::OnceCell::new(),
         }
+    }
+
+    /// The data with one more name: `digest` or `threshold`, the context of
+    /// a delivery made of many events (SPEC §11).
+    pub fn with(mut self, name: &'static str, value: Value) -> Self {
+        if let Some(n) = &mut self.names {
+            n.extra = Some((name, value));
+        }
+        self
     }
 
     /// Data that is a context and nothing else: every template renders
@@ -618,7 +630,13 @@ impl<'a> Data<'a> {
     /// The Handlebars context, built on first use.
     pub fn context(&self) -> &TemplateData {
         self.context.get_or_init(|| match &self.names {
-            Some(n) => with_names(context(n.cb, n.received_at, n.reads), n.rule, n.action),
+            Some(n) => {
+                let mut base = context(n.cb, n.received_at, n.reads);
+                if let (Some((name, value)), Value::Object(m)) = (&n.extra, &mut base) {
+                    m.insert((*name).to_string(), value.clone());
+                }
+                with_names(base, n.rule, n.action)
+            }
             // Set when made; never reached.
             None => TemplateData::from(Value::Object(Map::new())),
         })

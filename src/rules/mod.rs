@@ -7,6 +7,7 @@
 //! event name or family, …), so an event only visits the rules that could
 //! match it, plus those that pin no value.
 
+pub mod aggregate;
 pub mod matcher;
 pub mod samples;
 
@@ -40,6 +41,9 @@ pub struct Rule {
     pub actions: Vec<usize>,
     /// Rules after a matching rule with `stop` are not evaluated.
     pub stop: bool,
+    /// `digest` or `threshold`: the actions are delivered per digest or
+    /// per firing, not per event.
+    pub aggregate: Option<aggregate::Aggregation>,
     /// Its counter of matches.
     pub metrics: crate::metrics::RuleMetrics,
 }
@@ -67,6 +71,12 @@ struct RawRule {
     actions: Vec<String>,
     #[serde(default)]
     stop: bool,
+    /// Gather the matching events into one delivery per window (SPEC §11).
+    #[serde(default)]
+    digest: Option<Value>,
+    /// Deliver when enough matching events fall within a sliding window.
+    #[serde(default)]
+    threshold: Option<Value>,
 }
 
 /// A rule file as written.
@@ -91,6 +101,9 @@ pub struct Evaluation {
     pub rules: Vec<usize>,
     /// Each enabled action at most once, in the order first named.
     pub deliveries: Vec<Planned>,
+    /// Matching rules with `digest` or `threshold`, in order: their
+    /// actions are not among `deliveries`.
+    pub aggregates: Vec<usize>,
 }
 
 /// Fields a rule can be indexed on, most selective first: a rule is filed
@@ -241,6 +254,13 @@ impl RuleSet {
                 continue;
             }
             out.rules.push(i);
+            if rule.aggregate.is_some() {
+                out.aggregates.push(i);
+                if rule.stop {
+                    break;
+                }
+                continue;
+            }
             for &a in &rule.actions {
                 if self.actions[a].enabled && !out.deliveries.iter().any(|p| p.action == a) {
                     out.deliveries.push(Planned { action: a, rule: i });
@@ -251,6 +271,36 @@ impl RuleSet {
             }
         }
         out
+    }
+
+    /// What the event `event_id` contributes to the digests and thresholds
+    /// of `evaluation`'s rules (those with an enabled action).
+    pub fn aggregates(
+        &self,
+        evaluation: &Evaluation,
+        cb: &Callback,
+        event_id: &str,
+    ) -> Vec<crate::store::NewAggregate> {
+        evaluation
+            .aggregates
+            .iter()
+            .filter_map(|&ri| {
+                let rule = &self.rules[ri];
+                let actions: Vec<crate::Text> = rule
+                    .actions
+                    .iter()
+                    .map(|&a| &self.actions[a])
+                    .filter(|a| a.enabled)
+                    .map(|a| crate::Text::new(&a.name))
+                    .collect();
+                if actions.is_empty() {
+                    return None;
+                }
+                rule.aggregate
+                    .as_ref()?
+                    .new_aggregate(&rule.name, actions, cb, event_id)
+            })
+            .collect()
     }
 
     /// An action by name.
@@ -381,6 +431,8 @@ impl RuleSet {
         let before = diags.len();
         let when = compile_conditions(raw.when, "when", file, label, diags);
         let unless = compile_conditions(raw.unless, "unless", file, label, diags);
+        let aggregate =
+            aggregate::Aggregation::compile(raw.digest, raw.threshold, file, label, diags);
         let mut actions = Vec::new();
         for name in &raw.actions {
             match self.action_by_name.get(name) {
@@ -398,6 +450,7 @@ impl RuleSet {
             unless,
             actions,
             stop: raw.stop,
+            aggregate,
             metrics: Default::default(),
         })
     }
@@ -412,7 +465,7 @@ impl RuleSet {
                 let Some(rule) = self
                     .rules
                     .iter()
-                    .find(|r| r.actions.contains(&ai) && r.matches(cb))
+                    .find(|r| r.aggregate.is_none() && r.actions.contains(&ai) && r.matches(cb))
                 else {
                     continue;
                 };
@@ -433,6 +486,46 @@ impl RuleSet {
                         ),
                     );
                     break;
+                }
+            }
+        }
+        // A digest's or a threshold's actions render with its context,
+        // made of three sample events the rule matches (any samples when
+        // it matches none of them).
+        let now = received.timestamp_millis() as u64;
+        for rule in &self.rules {
+            let Some(agg) = &rule.aggregate else { continue };
+            let matching: Vec<&Callback> = samples.iter().filter(|cb| rule.matches(cb)).collect();
+            let pool: Vec<&Callback> = if matching.is_empty() {
+                samples.iter().collect()
+            } else {
+                matching
+            };
+            let info = agg.sample(&rule.name, &pool, now);
+            let value = aggregate::context(&info);
+            let Some(Ok(last)) = info.events.last().map(|e| e.callback.clone()) else {
+                continue;
+            };
+            for &ai in &rule.actions {
+                let action = &self.actions[ai];
+                let data = crate::template::Data::new(
+                    &last,
+                    received,
+                    action.reads,
+                    &rule.name,
+                    &action.name,
+                )
+                .with(agg.kind().as_str(), value.clone());
+                if let Err(e) = action.render(&self.templates, &data) {
+                    diags.push(
+                        &action.file,
+                        format!("action {}", action.name),
+                        format!(
+                            "fails to render for a sample {} of three events (rule {}): {e}",
+                            agg.kind().as_str(),
+                            rule.name
+                        ),
+                    );
                 }
             }
         }

@@ -131,6 +131,7 @@ async fn metrics(state: &AppState) -> Response {
     if let Ok(c) = state.store.counts().await {
         m.queue_depth.set(c.pending as i64);
         m.dead_deliveries.set(c.dead as i64);
+        m.digests_open.set(c.digests_open as i64);
     }
     m.store_writable.set(i64::from(state.store.is_writable()));
     m.store_up.set(i64::from(state.store.is_writable()));

@@ -346,8 +346,14 @@ where
         &state.handoff,
         deliveries.iter().filter(|d| !d.done).count(),
     );
+    let id = uuid::Uuid::now_v7().to_string();
+    let aggregates = if evaluation.aggregates.is_empty() {
+        Vec::new()
+    } else {
+        rules.aggregates(&evaluation, &cb, &id)
+    };
     let new = NewEvent {
-        id: uuid::Uuid::now_v7().to_string(),
+        id,
         dedup_key: cb.dedup_key.clone(),
         event: cb.event.clone(),
         received_at_ms: now,
@@ -355,6 +361,7 @@ where
         rules: rule_names,
         deliveries,
         lease_until: handoff.as_ref().map(|_| now + snapshot.lease_ms),
+        aggregates,
     };
     let window = settings.dedup_window.as_millis() as u64;
     Ok(Ready {
@@ -454,9 +461,23 @@ async fn commit(
     let received_at_ms = new.received_at_ms;
     let lease_until = new.lease_until.unwrap_or_default();
     let accepted = state.store.accept(new, window).await?;
-    let Accepted::New { id, deliveries } = &accepted else {
+    let Accepted::New {
+        id,
+        deliveries,
+        fired,
+    } = &accepted
+    else {
         return Ok(accepted);
     };
+    for rule in fired {
+        state.metrics.count_threshold_fired(rule);
+    }
+    // A firing's deliveries wait in the store, due now. (A digest's fall
+    // due a window later; the dispatcher looks at the store at least once
+    // a second.)
+    if !fired.is_empty() {
+        state.wake.notify_one();
+    }
     let (done, to_send): (Vec<_>, Vec<_>) =
         deliveries.iter().zip(planned).partition(|(_, d)| d.done);
     for (&delivery, d) in done {
@@ -476,6 +497,7 @@ async fn commit(
                     lease_until,
                     received_at_ms,
                     callback: callback.clone(),
+                    aggregate: None,
                 });
             }
         }

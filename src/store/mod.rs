@@ -111,6 +111,170 @@ pub struct NewEvent {
     /// epoch): the caller hands them to the dispatcher itself. `None` leaves
     /// them for [`Store::claim_due`].
     pub lease_until: Option<u64>,
+    /// The digests and thresholds (SPEC §11) the event counts toward, in
+    /// rule order. Their state changes in the same commit as the event.
+    pub aggregates: Vec<NewAggregate>,
+}
+
+/// An event's part in a rule over many events: the digest it joins (or
+/// opens), or the threshold window it is counted in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewAggregate {
+    pub rule: Text,
+    /// The group: a JSON object of the rule's `by` fields and the event's
+    /// values of them (`{}` without `by`). Events of one group share one
+    /// digest or one window.
+    pub group: String,
+    /// The rule's enabled actions: one delivery each when the digest
+    /// closes or the threshold fires.
+    pub actions: Vec<Text>,
+    pub spec: AggregateSpec,
+}
+
+/// What the rule does with the events of a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AggregateSpec {
+    /// The first event of a group opens a digest that closes `window_ms`
+    /// later (an event received exactly then opens the next one); the
+    /// first `max_events` events are kept for the templates, all are
+    /// counted.
+    Digest { window_ms: u64, max_events: u32 },
+    /// Fires when `count` values fall within the last `within_ms` (an
+    /// event exactly `within_ms` old has left the window), unless the
+    /// group fired less than `cooldown_ms` ago. `value` is what is
+    /// counted: the event's id, or its value of the rule's `distinct`
+    /// field (a repeat refreshes the value's time and counts once).
+    Threshold {
+        count: u32,
+        within_ms: u64,
+        cooldown_ms: u64,
+        value: String,
+    },
+}
+
+/// Which kind of rule over many events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AggregateKind {
+    Digest,
+    Threshold,
+}
+
+impl AggregateKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AggregateKind::Digest => "digest",
+            AggregateKind::Threshold => "threshold",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "digest" => Some(AggregateKind::Digest),
+            "threshold" => Some(AggregateKind::Threshold),
+            _ => None,
+        }
+    }
+}
+
+/// A closed digest or a threshold's firing, as its deliveries render it
+/// (the `digest` and `threshold` contexts of SPEC §11).
+#[derive(Debug, Clone)]
+pub struct AggregateInfo {
+    pub kind: AggregateKind,
+    pub rule: String,
+    /// The group's JSON object, as [`NewAggregate::group`].
+    pub group: String,
+    /// Every event counted (a digest's, beyond those kept too).
+    pub count: u64,
+    /// When the first and the last event counted were received (ms).
+    pub first_at: u64,
+    pub last_at: u64,
+    /// A threshold's window (ms); 0 for a digest.
+    pub within_ms: u64,
+    /// The events kept, oldest first.
+    pub events: Vec<AggregatedEvent>,
+}
+
+/// One event kept with a digest or a firing.
+#[derive(Debug, Clone)]
+pub struct AggregatedEvent {
+    pub id: String,
+    pub received_at_ms: u64,
+    pub callback: Result<Arc<Callback>, String>,
+}
+
+/// A digest or firing as a claim reads it from a store, its callbacks not
+/// yet parsed.
+pub(crate) struct StoredAggregate {
+    pub kind: AggregateKind,
+    pub rule: String,
+    pub group: String,
+    pub count: u64,
+    pub first_at: u64,
+    pub last_at: u64,
+    pub within_ms: u64,
+    /// Id, received at, body: the events kept, oldest first.
+    pub events: Vec<(String, i64, String)>,
+    /// The last event (id, received at, body): the context of SPEC §5.
+    pub last: Option<(String, i64, String)>,
+}
+
+impl StoredAggregate {
+    /// The aggregate with its callbacks parsed (each event's once).
+    pub(crate) fn decode(self, callbacks: &mut Callbacks) -> AggregateInfo {
+        AggregateInfo {
+            kind: self.kind,
+            rule: self.rule,
+            group: self.group,
+            count: self.count,
+            first_at: self.first_at,
+            last_at: self.last_at,
+            within_ms: self.within_ms,
+            events: self
+                .events
+                .into_iter()
+                .map(|(id, at, body)| AggregatedEvent {
+                    callback: callbacks.of(&id, &body),
+                    id,
+                    received_at_ms: at as u64,
+                })
+                .collect(),
+        }
+    }
+
+    /// The last event's callback, which a delivery of the aggregate
+    /// renders with its received time.
+    pub(crate) fn last_callback(
+        &self,
+        callbacks: &mut Callbacks,
+    ) -> (Result<Arc<Callback>, String>, u64) {
+        match &self.last {
+            Some((id, at, body)) => (callbacks.of(id, body), *at as u64),
+            None => (
+                Err("the last event of the digest is no longer stored".into()),
+                self.last_at,
+            ),
+        }
+    }
+}
+
+/// An open digest or a threshold group with events in its window, as
+/// `GET /api/v1/digests` lists it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct OpenGroup {
+    pub kind: AggregateKind,
+    pub rule: String,
+    pub group: serde_json::Value,
+    /// A digest's events so far; a threshold's count in its window now.
+    pub count: u64,
+    /// When the first and the last event counted were received (ms).
+    pub first_at: u64,
+    pub last_at: u64,
+    /// When a digest closes and is delivered (ms).
+    pub due_at: Option<u64>,
+    /// Until when a threshold that fired does not fire again (ms).
+    pub cooldown_until: Option<u64>,
 }
 
 /// A delivery of a new event.
@@ -129,8 +293,13 @@ pub struct NewDelivery {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Accepted {
     /// Stored under `id`; `deliveries` are the ids of its deliveries, in the
-    /// order of [`NewEvent::deliveries`].
-    New { id: String, deliveries: Vec<i64> },
+    /// order of [`NewEvent::deliveries`]; `fired` names the threshold rules
+    /// the event made fire (their deliveries wait in the store, due now).
+    New {
+        id: String,
+        deliveries: Vec<i64>,
+        fired: Vec<String>,
+    },
     /// Seen within the dedup window: nothing stored.
     Duplicate,
 }
@@ -155,8 +324,10 @@ pub struct Claimed {
     pub lease_until: u64,
     pub received_at_ms: u64,
     /// The stored callback, parsed once per event; `Err` says why it could
-    /// not be read back.
+    /// not be read back. For a digest, its last event's.
     pub callback: Result<Arc<Callback>, String>,
+    /// The digest or threshold firing this delivery is of.
+    pub aggregate: Option<Arc<AggregateInfo>>,
 }
 
 /// The claim an outcome is recorded under: the delivery and the end of
@@ -326,6 +497,8 @@ pub struct Replica {
 pub struct Counts {
     pub pending: u64,
     pub dead: u64,
+    /// Digests taking events.
+    pub digests_open: u64,
 }
 
 /// The store interface the server, the dispatcher and the admin API use.
@@ -373,6 +546,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<Vec<EventInfo>, StoreError>>;
 
     fn counts(&self) -> BoxFuture<'_, Result<Counts, StoreError>>;
+
+    /// The open digests and the threshold groups with events in their
+    /// window (or resting after firing) at `now_ms`, by rule and group.
+    fn list_groups(&self, now_ms: u64) -> BoxFuture<'_, Result<Vec<OpenGroup>, StoreError>>;
 
     /// Remove sent deliveries and finished events older than `retention_ms`,
     /// and expired dedup keys.

@@ -236,6 +236,7 @@ async fn a_stopped_daemons_store(state_dir: &std::path::Path) -> Vec<serde_json:
                 done: false,
             }],
             lease_until: None,
+            aggregates: Vec::new(),
         };
         store.accept(new, 86_400_000).await.unwrap();
         bodies.push(body);

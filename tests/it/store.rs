@@ -9,7 +9,10 @@ use std::sync::Arc;
 
 use easehook::store::postgres::PgStore;
 use easehook::store::sqlite::SqliteStore;
-use easehook::store::{Accepted, Claimed, NewDelivery, NewEvent, Record, Status, Store};
+use easehook::store::{
+    Accepted, AggregateKind, AggregateSpec, Claimed, NewAggregate, NewDelivery, NewEvent, Record,
+    Status, Store,
+};
 
 /// A store under test and what keeps it alive.
 pub struct Opened {
@@ -71,12 +74,51 @@ pub fn ev(id: &str, key: &str, actions: &[&str], at: u64) -> NewEvent {
             })
             .collect(),
         lease_until: None,
+        aggregates: Vec::new(),
+    }
+}
+
+/// An event of `key` at `at` that counts toward `aggregates`, and has no
+/// delivery of its own.
+pub fn agg_ev(id: &str, at: u64, aggregates: Vec<NewAggregate>) -> NewEvent {
+    NewEvent {
+        aggregates,
+        ..ev(id, id, &[], at)
+    }
+}
+
+/// A part in the digest of rule `d` (window 10 s, 2 events kept), group `g`.
+pub fn digest(group: &str) -> NewAggregate {
+    NewAggregate {
+        rule: "d".into(),
+        group: format!(r#"{{"to":"{group}"}}"#),
+        actions: vec!["mail".into(), "chat".into()],
+        spec: AggregateSpec::Digest {
+            window_ms: 10_000,
+            max_events: 2,
+        },
+    }
+}
+
+/// A part in the threshold of rule `t` (3 distinct values within 10 s,
+/// cooldown 20 s), group `g`, counting `value`.
+pub fn threshold(group: &str, value: &str) -> NewAggregate {
+    NewAggregate {
+        rule: "t".into(),
+        group: format!(r#"{{"to":"{group}"}}"#),
+        actions: vec!["slack".into()],
+        spec: AggregateSpec::Threshold {
+            count: 3,
+            within_ms: 10_000,
+            cooldown_ms: 20_000,
+            value: value.into(),
+        },
     }
 }
 
 fn stored(a: Accepted) -> (String, Vec<i64>) {
     match a {
-        Accepted::New { id, deliveries } => (id, deliveries),
+        Accepted::New { id, deliveries, .. } => (id, deliveries),
         Accepted::Duplicate => panic!("stored as a duplicate"),
     }
 }
@@ -122,6 +164,11 @@ conformance!(
     next_due_is_the_earliest_waiting_delivery,
     prune_removes_what_is_past_retention_only,
     writable_probe_and_ping,
+    a_digest_gathers_its_group_until_its_window_ends,
+    a_claimed_digest_takes_no_more_events,
+    a_threshold_fires_once_when_its_window_holds_enough,
+    a_wave_of_concurrent_events_makes_one_digest_and_one_firing,
+    prune_keeps_what_open_digests_need,
 );
 
 pub mod behaviour {
@@ -496,6 +543,254 @@ pub mod behaviour {
         s.probe().await.unwrap();
         s.ping().await.unwrap();
         assert!(["sqlite", "postgres"].contains(&s.kind()));
+    }
+
+    fn fired(a: Accepted) -> Vec<String> {
+        match a {
+            Accepted::New { fired, .. } => fired,
+            Accepted::Duplicate => panic!("stored as a duplicate"),
+        }
+    }
+
+    fn events_of(c: &Claimed) -> Vec<String> {
+        let a = c
+            .aggregate
+            .as_ref()
+            .expect("a delivery of a digest or firing");
+        a.events.iter().map(|e| e.id.clone()).collect()
+    }
+
+    pub async fn a_digest_gathers_its_group_until_its_window_ends(s: &dyn Store) {
+        let at = |id, t, g| agg_ev(id, t, vec![digest(g)]);
+        // Group x opens at 1 s; its events until 10.999 s join it, the one
+        // at exactly 11 s opens the next digest.
+        for (id, t, g) in [
+            ("e1", 1000, "x"),
+            ("e2", 2000, "y"),
+            ("e3", 5000, "x"),
+            ("e4", 10_999, "x"),
+            ("e5", 11_000, "x"),
+        ] {
+            assert!(fired(s.accept(at(id, t, g), 60_000).await.unwrap()).is_empty());
+        }
+        assert_eq!(s.counts().await.unwrap().digests_open, 2);
+        let groups = s.list_groups(11_500).await.unwrap();
+        let seen: Vec<(String, u64, Option<u64>)> = groups
+            .iter()
+            .map(|g| {
+                (
+                    g.group["to"].as_str().unwrap().to_string(),
+                    g.count,
+                    g.due_at,
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [("x".into(), 1, Some(21_000)), ("y".into(), 1, Some(12_000))],
+            "the first digest of x is closed (past its end), the second open"
+        );
+        assert!(
+            groups
+                .iter()
+                .all(|g| g.kind == AggregateKind::Digest && g.rule == "d")
+        );
+        // Nothing is due before the first digest's end.
+        assert!(s.claim_due(10_999, 10, 30_000).await.unwrap().is_empty());
+        let c = s.claim_due(11_000, 10, 30_000).await.unwrap();
+        assert_eq!(c.len(), 2, "one delivery per action");
+        assert_eq!(
+            (c[0].action.as_str(), c[1].action.as_str()),
+            ("mail", "chat")
+        );
+        for d in &c {
+            let a = d.aggregate.as_ref().unwrap();
+            assert_eq!(a.kind, AggregateKind::Digest);
+            assert_eq!(a.rule, "d");
+            assert_eq!(a.group, r#"{"to":"x"}"#);
+            assert_eq!(a.count, 3, "every event is counted");
+            assert_eq!(events_of(d), ["e1", "e3"], "the first max_events are kept");
+            assert_eq!((a.first_at, a.last_at), (1000, 10_999));
+            // The context of SPEC §5 is the last event's.
+            assert_eq!(d.callback.as_ref().unwrap().call_id, "e4");
+            assert_eq!(d.received_at_ms, 10_999);
+            assert_eq!(d.event_id, "e1");
+        }
+        // A restart of the dispatcher (a lease run out) renders the same.
+        let again = s.claim_due(50_000, 10, 30_000).await.unwrap();
+        let x = again
+            .iter()
+            .find(|d| d.aggregate.as_ref().unwrap().group.contains('x'));
+        assert_eq!(x.unwrap().aggregate.as_ref().unwrap().count, 3);
+        let y: Vec<_> = again
+            .iter()
+            .filter(|d| d.aggregate.as_ref().unwrap().group.contains('y'))
+            .collect();
+        assert_eq!(y.len(), 2);
+        assert_eq!(events_of(y[0]), ["e2"]);
+        assert_eq!(y[0].aggregate.as_ref().unwrap().count, 1);
+    }
+
+    pub async fn a_claimed_digest_takes_no_more_events(s: &dyn Store) {
+        s.accept(agg_ev("e1", 1000, vec![digest("x")]), 60_000)
+            .await
+            .unwrap();
+        // The dispatcher runs a little late and claims it at its end…
+        let c = s.claim_due(11_000, 10, 30_000).await.unwrap();
+        assert_eq!(c.len(), 2);
+        // …an event received just before (its commit after the claim) opens
+        // the next digest rather than joining one already rendered.
+        s.accept(agg_ev("e2", 10_500, vec![digest("x")]), 60_000)
+            .await
+            .unwrap();
+        let groups = s.list_groups(10_600).await.unwrap();
+        assert_eq!(groups.len(), 1);
+        assert_eq!((groups[0].count, groups[0].due_at), (1, Some(20_500)));
+        s.record(c.iter().map(|d| (d.lease(), Record::Sent)).collect())
+            .await
+            .unwrap();
+        let next = s.claim_due(20_500, 10, 30_000).await.unwrap();
+        assert_eq!(next.len(), 2);
+        assert_eq!(events_of(&next[0]), ["e2"]);
+        assert_eq!(s.counts().await.unwrap().digests_open, 0);
+    }
+
+    pub async fn a_threshold_fires_once_when_its_window_holds_enough(s: &dyn Store) {
+        let mut n = 0;
+        let mut hit = |t: u64, g: &str, v: &str| {
+            n += 1;
+            agg_ev(&format!("e{n}"), t, vec![threshold(g, v)])
+        };
+        // a, b, and a again: two distinct values.
+        for (t, v) in [(1000, "a"), (2000, "b"), (3000, "a")] {
+            assert!(fired(s.accept(hit(t, "x", v), 60_000).await.unwrap()).is_empty());
+        }
+        // At 12.5 s, b (2 s) has left the window: a and c are two.
+        assert!(fired(s.accept(hit(12_500, "x", "c"), 60_000).await.unwrap()).is_empty());
+        // Another group counts on its own.
+        assert!(fired(s.accept(hit(12_600, "y", "a"), 60_000).await.unwrap()).is_empty());
+        let groups = s.list_groups(12_700).await.unwrap();
+        let counts: Vec<(u64, &str)> = groups
+            .iter()
+            .map(|g| (g.count, g.group["to"].as_str().unwrap()))
+            .collect();
+        assert_eq!(counts, [(2, "x"), (1, "y")]);
+        assert!(
+            groups
+                .iter()
+                .all(|g| g.kind == AggregateKind::Threshold && g.due_at.is_none())
+        );
+        // d makes three distinct values within 10 s: it fires.
+        assert_eq!(
+            fired(s.accept(hit(12_900, "x", "d"), 60_000).await.unwrap()),
+            ["t"]
+        );
+        let c = s.claim_due(12_900, 10, 30_000).await.unwrap();
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].action, "slack");
+        let a = c[0].aggregate.as_ref().unwrap();
+        assert_eq!(
+            (a.kind, a.count, a.within_ms),
+            (AggregateKind::Threshold, 3, 10_000)
+        );
+        // The latest event of each value, oldest first.
+        assert_eq!(events_of(&c[0]), ["e3", "e4", "e6"]);
+        assert_eq!((a.first_at, a.last_at), (3000, 12_900));
+        assert_eq!(c[0].callback.as_ref().unwrap().call_id, "e6");
+        // Resting until 32.9 s: a fourth and fifth value fire nothing.
+        assert!(fired(s.accept(hit(13_000, "x", "e"), 60_000).await.unwrap()).is_empty());
+        assert!(fired(s.accept(hit(32_000, "x", "f"), 60_000).await.unwrap()).is_empty());
+        let x = &s.list_groups(32_100).await.unwrap()[0];
+        assert_eq!(x.cooldown_until, Some(32_900));
+        assert!(fired(s.accept(hit(32_800, "x", "g"), 60_000).await.unwrap()).is_empty());
+        // After the cooldown, a window holding three values fires again.
+        assert_eq!(
+            fired(s.accept(hit(33_000, "x", "h"), 60_000).await.unwrap()),
+            ["t"]
+        );
+        let c = s.claim_due(33_000, 10, 30_000).await.unwrap();
+        assert_eq!(events_of(&c[0]), ["e8", "e9", "e10"]);
+    }
+
+    pub async fn a_wave_of_concurrent_events_makes_one_digest_and_one_firing(s: &dyn Store) {
+        // 200 events at once (on PostgreSQL, several writers' batches),
+        // each in one digest group and one threshold group, with 20
+        // distinct values.
+        let calls = (0..200).map(|i| {
+            s.accept(
+                agg_ev(
+                    &format!("e{i:03}"),
+                    1000 + i,
+                    vec![digest("x"), threshold("x", &format!("v{}", i % 20))],
+                ),
+                60_000,
+            )
+        });
+        let results = futures_util::future::join_all(calls).await;
+        let fired: Vec<String> = results
+            .into_iter()
+            .flat_map(|r| fired(r.unwrap()))
+            .collect();
+        assert_eq!(fired, ["t"], "the threshold fires once");
+        let c = s.claim_due(20_000, 100, 30_000).await.unwrap();
+        let digests: Vec<_> = c
+            .iter()
+            .filter(|d| d.aggregate.as_ref().unwrap().kind == AggregateKind::Digest)
+            .collect();
+        assert_eq!(digests.len(), 2, "one digest, one delivery per action");
+        assert_eq!(digests[0].aggregate.as_ref().unwrap().count, 200);
+        assert_eq!(digests[0].aggregate.as_ref().unwrap().events.len(), 2);
+        assert_eq!(c.len(), 3);
+    }
+
+    pub async fn prune_keeps_what_open_digests_need(s: &dyn Store) {
+        let day = 86_400_000;
+        let now = easehook::verify::now_ms();
+        let open = NewAggregate {
+            spec: AggregateSpec::Digest {
+                window_ms: 2 * day,
+                max_events: 5,
+            },
+            ..digest("x")
+        };
+        s.accept(agg_ev("e1", now - 2 * day + 1, vec![open.clone()]), 1000)
+            .await
+            .unwrap();
+        s.accept(agg_ev("e2", now - day - 1, vec![open]), 1000)
+            .await
+            .unwrap();
+        s.accept(agg_ev("e3", now - day - 1, vec![]), 1000)
+            .await
+            .unwrap();
+        // A day's retention: e3 goes, the open digest's events stay.
+        s.prune(now, day).await.unwrap();
+        let left: Vec<String> = s
+            .list_events(0, None, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(left, ["e2", "e1"]);
+        let c = s.claim_due(now + day, 10, 30_000).await.unwrap();
+        assert_eq!(events_of(&c[0]), ["e1", "e2"]);
+        s.record(c.iter().map(|d| (d.lease(), Record::Sent)).collect())
+            .await
+            .unwrap();
+        // Delivered and past retention: the digest and its events go. (A
+        // newer delivery: the embedded store always keeps the newest.)
+        s.accept(ev("e4", "k4", &["a"], now + 3 * day), 1000)
+            .await
+            .unwrap();
+        s.prune(now + 3 * day, day).await.unwrap();
+        let left: Vec<String> = s
+            .list_events(0, None, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(left, ["e4"]);
     }
 }
 

@@ -40,12 +40,15 @@ use tokio_postgres::Row;
 
 use super::{
     Accepted, Callbacks, Claimed, Counts, DeliveryBrief, DeliveryInfo, EventInfo, Lease, NewEvent,
-    RateGrant, Record, Replica, Status, Store, StoreError,
+    OpenGroup, RateGrant, Record, Replica, Status, Store, StoreError,
 };
 use crate::config::PostgresSettings;
 
 /// The schema versions, in order: each is applied once, in a transaction.
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("migrations/0001_init.sql")),
+    (2, include_str!("migrations/0002_aggregates.sql")),
+];
 
 /// The newest schema version this build knows.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
@@ -340,10 +343,23 @@ WITH c AS (
                      AND (leased_until IS NULL OR leased_until <= $2)
                    ORDER BY next_attempt_at, id LIMIT $3
                    FOR UPDATE SKIP LOCKED)
-    RETURNING d.id, d.event_id, d.action, d.rule, d.attempts
+    RETURNING d.id, d.event_id, d.action, d.rule, d.attempts, d.aggregate_id
 )
-SELECT c.id, c.event_id, c.action, c.rule, c.attempts, e.received_at, e.body
+SELECT c.id, c.event_id, c.action, c.rule, c.attempts, e.received_at, e.body, c.aggregate_id
 FROM c JOIN events e ON e.id = c.event_id ORDER BY c.id";
+
+/// Each event's part in its digests and thresholds, in order (arrays of
+/// one element per part; the actions as a JSON array each). Answers the
+/// deliveries made, by part, and whether a threshold fired.
+const AGGREGATE_SQL: &str = "
+SELECT x.n, r.delivery, r.fired
+FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[],
+            $7::bigint[], $8::int[], $9::int[], $10::bigint[], $11::bigint[], $12::text[])
+     WITH ORDINALITY AS x(kind, event, at, rule, grp, actions, win, max, cnt, within, cooldown, value, n),
+     LATERAL easehook_aggregate(x.kind, x.event, x.at, x.rule, x.grp,
+                                ARRAY(SELECT jsonb_array_elements_text(x.actions::jsonb)),
+                                x.win, x.max, x.cnt, x.within, x.cooldown, x.value) AS r
+ORDER BY x.n";
 
 /// Record outcomes, each only under the claim it was made with. `d.id =
 /// ANY($2)` makes the rows be found through the primary key: joined with
@@ -380,6 +396,23 @@ ON CONFLICT (key) DO UPDATE SET
                            ELSE least(n, (tau - (greatest(r.tat, now) - now)) / t + 1) END
                FROM p)
 RETURNING tat, granted";
+
+/// Open digests, and threshold groups with hits in their window (`$1`
+/// is now) or resting after firing.
+const LIST_GROUPS_SQL: &str = "
+SELECT * FROM (
+    SELECT 'digest' AS kind, rule, group_key, count, first_at, last_at, due_at,
+           NULL::bigint AS cooldown_until
+    FROM aggregates WHERE NOT closed
+    UNION ALL
+    SELECT 'threshold', g.rule, g.group_key, h.n, coalesce(h.first_at, 0), g.last_at, NULL,
+           CASE WHEN g.cooldown_until > $1 THEN g.cooldown_until END
+    FROM threshold_groups g,
+         LATERAL (SELECT count(*) AS n, min(at) AS first_at FROM threshold_hits h
+                  WHERE h.rule = g.rule AND h.group_key = g.group_key
+                    AND h.at > $1 - g.within_ms) h
+    WHERE h.n > 0 OR g.cooldown_until > $1
+) x ORDER BY rule, group_key";
 
 const DELIVERY_COLUMNS: &str = "d.id, d.event_id, e.event, d.action, d.rule, d.status, d.attempts,
      d.next_attempt_at, d.last_error, d.created_at, d.updated_at";
@@ -646,7 +679,7 @@ async fn accept_batch(
     replica: &str,
     batch: &[Accept],
 ) -> Result<Vec<Accepted>, StoreError> {
-    use std::collections::{HashMap, HashSet};
+    use std::collections::HashSet;
     // The same callback twice in one batch: the first is stored (or not),
     // the others are its repeats (one statement may not claim a key twice).
     let mut seen = HashSet::new();
@@ -660,6 +693,38 @@ async fn accept_batch(
     windows.sort_unstable();
     windows.dedup();
     let client = pool.get().await?;
+    // Digests and thresholds change in the same transaction as the events.
+    let aggregated = batch.iter().any(|a| !a.event.aggregates.is_empty());
+    if !aggregated {
+        return accept_statements(&client, replica, batch, first, windows).await;
+    }
+    client.batch_execute("BEGIN").await?;
+    let result = accept_statements(&client, replica, batch, first, windows).await;
+    let result = match result {
+        Ok(r) => client
+            .batch_execute("COMMIT")
+            .await
+            .map(|()| r)
+            .map_err(Into::into),
+        Err(e) => Err(e),
+    };
+    if result.is_err() && client.batch_execute("ROLLBACK").await.is_err() {
+        // A connection that cannot roll back is not handed out again.
+        drop(deadpool_postgres::Object::take(client));
+    }
+    result
+}
+
+/// The statements of [`accept_batch`]: the events, their deliveries, and
+/// their parts in digests and thresholds.
+async fn accept_statements(
+    client: &deadpool_postgres::Client,
+    replica: &str,
+    batch: &[Accept],
+    first: Vec<bool>,
+    windows: Vec<u64>,
+) -> Result<Vec<Accepted>, StoreError> {
+    use std::collections::{HashMap, HashSet};
     let stmt = client.prepare_cached(ACCEPT_SQL).await?;
     let mut claimed: HashSet<String> = HashSet::new();
     let mut ids: HashMap<String, Vec<i64>> = HashMap::new();
@@ -721,10 +786,12 @@ async fn accept_batch(
             }
         }
     }
+    let stored = |(a, first): (&Accept, &bool)| *first && claimed.contains(&a.event.dedup_key);
+    let fired = aggregate(client, batch.iter().zip(&first).filter(|p| stored(*p))).await?;
     Ok(batch
         .iter()
-        .zip(first)
-        .map(|(a, first)| {
+        .zip(&first)
+        .map(|(a, &first)| {
             if first && claimed.contains(&a.event.dedup_key) {
                 let mut deliveries = ids.remove(&a.event.id).unwrap_or_default();
                 // Ids are handed out in the order the rows were inserted,
@@ -733,6 +800,7 @@ async fn accept_batch(
                 Accepted::New {
                     id: a.event.id.clone(),
                     deliveries,
+                    fired: fired.get(a.event.id.as_str()).cloned().unwrap_or_default(),
                 }
             } else {
                 Accepted::Duplicate
@@ -741,21 +809,210 @@ async fn accept_batch(
         .collect())
 }
 
+/// Apply the stored events' parts in digests and thresholds, in one
+/// statement. The parts are sorted by rule and group (each group's events
+/// keep their order), so every transaction takes the groups' row locks in
+/// the same order and two replicas never deadlock. Returns the thresholds
+/// each event made fire.
+async fn aggregate<'a>(
+    client: &deadpool_postgres::Client,
+    stored: impl Iterator<Item = (&'a Accept, &'a bool)>,
+) -> Result<std::collections::HashMap<&'a str, Vec<String>>, StoreError> {
+    let mut parts: Vec<(&NewEvent, &super::NewAggregate)> = stored
+        .flat_map(|(a, _)| a.event.aggregates.iter().map(move |g| (&a.event, g)))
+        .collect();
+    let mut fired: std::collections::HashMap<&str, Vec<String>> = Default::default();
+    if parts.is_empty() {
+        return Ok(fired);
+    }
+    parts.sort_by(|(_, a), (_, b)| (a.rule.as_str(), &a.group).cmp(&(b.rule.as_str(), &b.group)));
+    let mut cols = AggregateColumns::default();
+    for (ev, g) in &parts {
+        cols.push(ev, g);
+    }
+    let stmt = client.prepare_cached(AGGREGATE_SQL).await?;
+    let rows = client
+        .query(
+            &stmt,
+            &[
+                &cols.kind,
+                &cols.event,
+                &cols.at,
+                &cols.rule,
+                &cols.group,
+                &cols.actions,
+                &cols.window,
+                &cols.max,
+                &cols.count,
+                &cols.within,
+                &cols.cooldown,
+                &cols.value,
+            ],
+        )
+        .await?;
+    for row in rows {
+        let n = row.get::<_, i64>(0) as usize - 1;
+        let (ev, g) = parts[n];
+        if row.get::<_, Option<bool>>(2) == Some(true) {
+            let list = fired.entry(ev.id.as_str()).or_default();
+            if !list.iter().any(|r| r == g.rule.as_str()) {
+                list.push(g.rule.to_string());
+            }
+        }
+    }
+    Ok(fired)
+}
+
+/// The parts of [`aggregate`] as the arrays of [`AGGREGATE_SQL`].
+#[derive(Default)]
+struct AggregateColumns {
+    kind: Vec<&'static str>,
+    event: Vec<String>,
+    at: Vec<i64>,
+    rule: Vec<String>,
+    group: Vec<String>,
+    actions: Vec<String>,
+    window: Vec<i64>,
+    max: Vec<i32>,
+    count: Vec<i32>,
+    within: Vec<i64>,
+    cooldown: Vec<i64>,
+    value: Vec<String>,
+}
+
+impl AggregateColumns {
+    fn push(&mut self, ev: &NewEvent, g: &super::NewAggregate) {
+        use super::AggregateSpec;
+        self.event.push(ev.id.clone());
+        self.at.push(ev.received_at_ms as i64);
+        self.rule.push(g.rule.to_string());
+        self.group.push(g.group.clone());
+        let actions: Vec<&str> = g.actions.iter().map(|a| a.as_str()).collect();
+        self.actions
+            .push(serde_json::to_string(&actions).unwrap_or_else(|_| "[]".into()));
+        match &g.spec {
+            AggregateSpec::Digest {
+                window_ms,
+                max_events,
+            } => {
+                self.kind.push("digest");
+                self.window.push(*window_ms as i64);
+                self.max.push(*max_events as i32);
+                self.count.push(0);
+                self.within.push(0);
+                self.cooldown.push(0);
+                self.value.push(String::new());
+            }
+            AggregateSpec::Threshold {
+                count,
+                within_ms,
+                cooldown_ms,
+                value,
+            } => {
+                self.kind.push("threshold");
+                self.window.push(0);
+                self.max.push(0);
+                self.count.push(*count as i32);
+                self.within.push(*within_ms as i64);
+                self.cooldown.push(*cooldown_ms as i64);
+                self.value.push(value.clone());
+            }
+        }
+    }
+}
+
+/// Close the digests and firings `ids` (a digest takes no event once one
+/// of its deliveries is claimed: the update waits for any transaction
+/// adding an event to it, and what it renders is final) and read them.
+async fn claim_aggregates(
+    c: &deadpool_postgres::Client,
+    ids: Vec<i64>,
+) -> Result<std::collections::HashMap<i64, super::StoredAggregate>, StoreError> {
+    use super::{AggregateKind, StoredAggregate};
+    c.execute(
+        "UPDATE aggregates SET closed = true WHERE id = ANY($1) AND NOT closed",
+        &[&ids],
+    )
+    .await?;
+    let rows = c
+        .query(
+            "SELECT a.id, a.kind, a.rule, a.group_key, a.count, a.first_at, a.last_at, a.within_ms,
+                    e.id, e.received_at, e.body
+             FROM aggregates a LEFT JOIN events e ON e.id = a.last_event WHERE a.id = ANY($1)",
+            &[&ids],
+        )
+        .await?;
+    let mut out: std::collections::HashMap<i64, StoredAggregate> = rows
+        .iter()
+        .map(|r| {
+            let last = r
+                .get::<_, Option<String>>(8)
+                .map(|id| (id, r.get::<_, i64>(9), r.get::<_, String>(10)));
+            let agg = StoredAggregate {
+                kind: AggregateKind::parse(r.get(1)).unwrap_or(AggregateKind::Digest),
+                rule: r.get(2),
+                group: r.get(3),
+                count: r.get::<_, i64>(4) as u64,
+                first_at: r.get::<_, i64>(5) as u64,
+                last_at: r.get::<_, i64>(6) as u64,
+                within_ms: r.get::<_, i64>(7) as u64,
+                events: Vec::new(),
+                last,
+            };
+            (r.get::<_, i64>(0), agg)
+        })
+        .collect();
+    let events = c
+        .query(
+            "SELECT a.aggregate_id, e.id, e.received_at, e.body
+             FROM aggregate_events a JOIN events e ON e.id = a.event_id
+             WHERE a.aggregate_id = ANY($1) ORDER BY a.aggregate_id, a.seq",
+            &[&ids],
+        )
+        .await?;
+    for r in events {
+        if let Some(agg) = out.get_mut(&r.get::<_, i64>(0)) {
+            agg.events.push((r.get(1), r.get(2), r.get(3)));
+        }
+    }
+    Ok(out)
+}
+
 /// Decode claimed rows: each event's callback is parsed once.
-fn decode(rows: Vec<Row>, lease_until: u64) -> Vec<Claimed> {
+fn decode(
+    rows: Vec<Row>,
+    lease_until: u64,
+    aggregates: std::collections::HashMap<i64, super::StoredAggregate>,
+) -> Vec<Claimed> {
     let mut callbacks = Callbacks::default();
+    // Each digest or firing once, shared by its deliveries.
+    let aggregates: std::collections::HashMap<i64, _> = aggregates
+        .into_iter()
+        .map(|(id, a)| {
+            let last = a.last_callback(&mut callbacks);
+            (id, (Arc::new(a.decode(&mut callbacks)), last))
+        })
+        .collect();
     rows.into_iter()
         .map(|r| {
             let event_id: String = r.get(1);
+            let aggregate = r
+                .get::<_, Option<i64>>(7)
+                .and_then(|id| aggregates.get(&id));
+            let (callback, received_at_ms) = match aggregate {
+                Some((_, last)) => last.clone(),
+                None => (callbacks.of(&event_id, r.get(6)), r.get::<_, i64>(5) as u64),
+            };
             Claimed {
                 id: r.get(0),
-                callback: callbacks.of(&event_id, r.get(6)),
+                callback,
+                aggregate: aggregate.map(|(a, _)| a.clone()),
                 event_id,
                 action: r.get::<_, &str>(2).into(),
                 rule: r.get::<_, &str>(3).into(),
                 attempts: r.get::<_, i32>(4) as u32,
                 lease_until,
-                received_at_ms: r.get::<_, i64>(5) as u64,
+                received_at_ms,
             }
         })
         .collect()
@@ -819,7 +1076,16 @@ impl Store for PgStore {
                         ],
                     )
                     .await?;
-                Ok(decode(rows, lease_until))
+                let ids: Vec<i64> = rows
+                    .iter()
+                    .filter_map(|r| r.get::<_, Option<i64>>(7))
+                    .collect();
+                let aggregates = if ids.is_empty() {
+                    Default::default()
+                } else {
+                    claim_aggregates(c, ids).await?
+                };
+                Ok(decode(rows, lease_until, aggregates))
             })
         })
     }
@@ -1000,14 +1266,38 @@ impl Store for PgStore {
                 let row = c
                     .query_one(
                         "SELECT (SELECT count(*) FROM deliveries WHERE status = 'pending'),
-                                (SELECT count(*) FROM deliveries WHERE status = 'dead')",
+                                (SELECT count(*) FROM deliveries WHERE status = 'dead'),
+                                (SELECT count(*) FROM aggregates WHERE NOT closed)",
                         &[],
                     )
                     .await?;
                 Ok(Counts {
                     pending: row.get::<_, i64>(0) as u64,
                     dead: row.get::<_, i64>(1) as u64,
+                    digests_open: row.get::<_, i64>(2) as u64,
                 })
+            })
+        })
+    }
+
+    fn list_groups(&self, now: u64) -> BoxFuture<'_, Result<Vec<OpenGroup>, StoreError>> {
+        self.with_client(move |c| {
+            Box::pin(async move {
+                let rows = c.query(LIST_GROUPS_SQL, &[&(now as i64)]).await?;
+                Ok(rows
+                    .iter()
+                    .map(|r| OpenGroup {
+                        kind: super::AggregateKind::parse(r.get(0))
+                            .unwrap_or(super::AggregateKind::Digest),
+                        rule: r.get(1),
+                        group: serde_json::from_str(r.get(2)).unwrap_or(serde_json::Value::Null),
+                        count: r.get::<_, i64>(3) as u64,
+                        first_at: r.get::<_, i64>(4) as u64,
+                        last_at: r.get::<_, i64>(5) as u64,
+                        due_at: r.get::<_, Option<i64>>(6).map(|v| v as u64),
+                        cooldown_until: r.get::<_, Option<i64>>(7).map(|v| v as u64),
+                    })
+                    .collect())
             })
         })
     }
@@ -1137,17 +1427,48 @@ async fn prune_batches(
 ) -> Result<u64, StoreError> {
     let cutoff = now.saturating_sub(retention) as i64;
     let mut total = 0;
-    let steps: [(&str, i64); 3] = [
+    let steps: [(&str, i64); 7] = [
         (
             "DELETE FROM deliveries WHERE id IN (
                  SELECT id FROM deliveries WHERE status IN ('sent', 'dead') AND updated_at < $1 LIMIT $2)",
             cutoff,
         ),
+        // Digests and firings whose deliveries are all gone: their events
+        // first, then themselves.
+        (
+            "DELETE FROM aggregate_events WHERE aggregate_id IN (
+                 SELECT id FROM aggregates a WHERE a.last_at < $1
+                 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.aggregate_id = a.id) LIMIT $2)",
+            cutoff,
+        ),
+        (
+            "DELETE FROM aggregates WHERE id IN (
+                 SELECT id FROM aggregates a WHERE a.last_at < $1
+                 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.aggregate_id = a.id)
+                 AND NOT EXISTS (SELECT 1 FROM aggregate_events e WHERE e.aggregate_id = a.id) LIMIT $2)",
+            cutoff,
+        ),
         (
             "DELETE FROM events WHERE id IN (
                  SELECT id FROM events ev WHERE received_at < $1
-                 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = ev.id) LIMIT $2)",
+                 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = ev.id)
+                 AND NOT EXISTS (SELECT 1 FROM aggregate_events a WHERE a.event_id = ev.id) LIMIT $2)",
             cutoff,
+        ),
+        // Threshold groups whose window is empty and that are not resting.
+        (
+            "DELETE FROM threshold_hits h WHERE (h.rule, h.group_key) IN (
+                 SELECT rule, group_key FROM threshold_groups
+                 WHERE cooldown_until <= $1 AND last_at + within_ms <= $1 LIMIT $2)",
+            now as i64,
+        ),
+        (
+            "DELETE FROM threshold_groups WHERE (rule, group_key) IN (
+                 SELECT g.rule, g.group_key FROM threshold_groups g
+                 WHERE g.cooldown_until <= $1 AND g.last_at + g.within_ms <= $1
+                 AND NOT EXISTS (SELECT 1 FROM threshold_hits h
+                                 WHERE h.rule = g.rule AND h.group_key = g.group_key) LIMIT $2)",
+            now as i64,
         ),
         (
             "DELETE FROM dedup WHERE key IN (
@@ -1158,8 +1479,9 @@ async fn prune_batches(
     for (i, (sql, at)) in steps.into_iter().enumerate() {
         loop {
             let n = c.execute(sql, &[&at, &PRUNE_BATCH]).await?;
-            // Dedup keys are not counted, as in the embedded store.
-            if i < 2 {
+            // Counted as in the embedded store: deliveries, digests and
+            // firings, and events.
+            if matches!(i, 0 | 2 | 3) {
                 total += n;
             }
             if (n as i64) < PRUNE_BATCH {

@@ -17,6 +17,8 @@
 //! writer copies the last few milliseconds' worth itself between two
 //! batches, so that its next transaction starts the WAL over.
 
+mod aggregate;
+
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -30,7 +32,7 @@ use tokio::sync::oneshot;
 
 use super::{
     Accepted, Callbacks, Claimed, Counts, DeliveryBrief, DeliveryInfo, EventInfo, Lease, NewEvent,
-    Record, Status, Store, StoreError,
+    OpenGroup, Record, Status, Store, StoreError, StoredAggregate,
 };
 
 impl From<rusqlite::Error> for StoreError {
@@ -189,11 +191,13 @@ impl Layout {
             Layout::Ranges => {
                 "DELETE FROM events WHERE received_at < ?1
                  AND NOT EXISTS (SELECT 1 FROM deliveries d
-                                 WHERE d.id BETWEEN events.first_delivery AND events.last_delivery)"
+                                 WHERE d.id BETWEEN events.first_delivery AND events.last_delivery)
+                 AND NOT EXISTS (SELECT 1 FROM aggregate_events a WHERE a.event_id = events.id)"
             }
             Layout::Indexed => {
                 "DELETE FROM events WHERE received_at < ?1
-                 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id)"
+                 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id)
+                 AND NOT EXISTS (SELECT 1 FROM aggregate_events a WHERE a.event_id = events.id)"
             }
         }
     }
@@ -211,6 +215,8 @@ struct ClaimedRow {
     attempts: u32,
     received_at: i64,
     body: String,
+    /// The digest or firing the delivery is of.
+    aggregate: Option<StoredAggregate>,
 }
 
 /// An event with its JSON already encoded.
@@ -386,6 +392,8 @@ impl SqliteStore {
             open(&path).with_context(|| format!("cannot open the store {}", path.display()))?;
         writer
             .execute_batch(SCHEMA)
+            .and_then(|()| writer.execute_batch(aggregate::SCHEMA))
+            .and_then(|()| aggregate::migrate(&writer))
             .with_context(|| format!("cannot create the schema in {}", path.display()))?;
         // This daemon owns the store: leases held by a previous process (which
         // crashed mid-attempt) are void, so those deliveries are due now.
@@ -812,12 +820,26 @@ impl<'c> Writer<'c> {
             }
             ids.push(self.conn.last_insert_rowid());
         }
+        // Digests opened and thresholds fired add deliveries of this event
+        // (in its range of ids), which wait in the store.
+        let (made, fired) = if ev.aggregates.is_empty() {
+            (Vec::new(), Vec::new())
+        } else {
+            aggregate::apply(self.conn, ev)?
+        };
         if self.layout == Layout::Ranges {
-            self.store_event(p, &ids)?;
+            match made.last() {
+                Some(&last) => {
+                    let range = [ids.first().copied().unwrap_or(made[0]), last];
+                    self.store_event(p, &range)?
+                }
+                None => self.store_event(p, &ids)?,
+            }
         }
         Ok(Accepted::New {
             id: ev.id.clone(),
             deliveries: ids,
+            fired,
         })
     }
 
@@ -872,7 +894,7 @@ const CLAIM_SQL: &str = "UPDATE deliveries SET leased_until = ?1
                   WHERE status = 'pending' AND next_attempt_at <= ?2
                     AND (leased_until IS NULL OR leased_until <= ?2)
                   ORDER BY next_attempt_at, id LIMIT ?3)
-     RETURNING id, event_id, action, rule, attempts";
+     RETURNING id, event_id, action, rule, attempts, aggregate_id";
 
 /// When the next delivery that is waiting in the store falls due.
 const NEXT_DUE_SQL: &str = "SELECT next_attempt_at FROM deliveries
@@ -901,16 +923,37 @@ fn claim(
                 r.get::<_, String>(2)?,
                 r.get::<_, String>(3)?,
                 r.get::<_, u32>(4)?,
+                r.get::<_, Option<i64>>(5)?,
             ))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let mut ev = conn.prepare_cached("SELECT received_at, body FROM events WHERE id = ?1")?;
     let mut out: Vec<ClaimedRow> = Vec::with_capacity(rows.len());
-    for (id, event_id, action, rule, attempts) in rows {
+    for (id, event_id, action, rule, attempts, aggregate_id) in rows {
+        // A digest or firing renders its last event with the events kept.
+        let aggregate = match aggregate_id {
+            Some(a) => aggregate::claim(conn, a)?,
+            None => None,
+        };
+        if aggregate.is_some() {
+            // Its callback is its last event's, which it carries.
+            out.push(ClaimedRow {
+                id,
+                lease_until: lease_until as u64,
+                event_id,
+                action,
+                rule,
+                attempts,
+                received_at: 0,
+                body: String::new(),
+                aggregate,
+            });
+            continue;
+        }
         // Deliveries of one event share its body: read it once.
         let known = out
             .iter()
-            .find(|c| c.event_id == event_id)
+            .find(|c| c.event_id == event_id && c.aggregate.is_none())
             .map(|c| (c.received_at, c.body.clone()));
         let (received_at, body) = match known {
             Some(v) => v,
@@ -925,6 +968,7 @@ fn claim(
             attempts,
             received_at,
             body,
+            aggregate,
         });
     }
     out.sort_by_key(|c| c.id);
@@ -936,15 +980,22 @@ fn claim(
 fn decode(rows: Vec<ClaimedRow>) -> Vec<Claimed> {
     let mut callbacks = Callbacks::default();
     rows.into_iter()
-        .map(|r| Claimed {
-            callback: callbacks.of(&r.event_id, &r.body),
-            id: r.id,
-            lease_until: r.lease_until,
-            event_id: r.event_id,
-            action: r.action.into(),
-            rule: r.rule.into(),
-            attempts: r.attempts,
-            received_at_ms: r.received_at as u64,
+        .map(|r| {
+            let (callback, received_at_ms) = match &r.aggregate {
+                Some(a) => a.last_callback(&mut callbacks),
+                None => (callbacks.of(&r.event_id, &r.body), r.received_at as u64),
+            };
+            Claimed {
+                callback,
+                aggregate: r.aggregate.map(|a| Arc::new(a.decode(&mut callbacks))),
+                id: r.id,
+                lease_until: r.lease_until,
+                event_id: r.event_id,
+                action: r.action.into(),
+                rule: r.rule.into(),
+                attempts: r.attempts,
+                received_at_ms,
+            }
         })
         .collect()
 }
@@ -1021,6 +1072,7 @@ fn prune(conn: &Connection, layout: Layout, now: u64, retention: u64) -> rusqlit
          AND id < (SELECT max(id) FROM deliveries)",
         [cutoff],
     )? as u64;
+    n += aggregate::prune(conn, now as i64, cutoff)?;
     n += conn.execute(layout.prune_events(), [cutoff])? as u64;
     conn.execute("DELETE FROM dedup WHERE expires_at <= ?1", [now as i64])?;
     Ok(n)
@@ -1192,8 +1244,13 @@ impl Store for SqliteStore {
                     counts.dead = n as u64;
                 }
             }
+            counts.digests_open = aggregate::open_count(c)?;
             Ok(counts)
         })
+    }
+
+    fn list_groups(&self, now: u64) -> BoxFuture<'_, Result<Vec<OpenGroup>, StoreError>> {
+        self.read(move |c| aggregate::list(c, now))
     }
 
     fn prune(&self, now: u64, retention: u64) -> BoxFuture<'_, Result<u64, StoreError>> {
@@ -1241,6 +1298,7 @@ mod tests {
                 })
                 .collect(),
             lease_until: None,
+            aggregates: Vec::new(),
         }
     }
 
@@ -1264,7 +1322,7 @@ mod tests {
     async fn lifecycle(dir: &Path) {
         {
             let s = SqliteStore::open(dir).unwrap();
-            let Accepted::New { id, deliveries } = s
+            let Accepted::New { id, deliveries, .. } = s
                 .accept(ev("e1", "k1", &["a", "b"], 1000), 60_000)
                 .await
                 .unwrap()
@@ -1643,7 +1701,9 @@ PRAGMA user_version = 1;
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
-        assert_eq!(indexes, ["deliveries_due"]);
+        // `deliveries_aggregate` holds only deliveries of digests and
+        // firings (it is partial): a plain delivery costs it nothing.
+        assert_eq!(indexes, ["deliveries_due", "deliveries_aggregate"]);
         for sql in [
             Layout::Ranges.deliveries_of_event(),
             Layout::Ranges.prune_events(),
