@@ -32,9 +32,22 @@ pub enum Command {
     /// Events in the running daemon's store (through the admin API)
     #[command(subcommand)]
     Events(EventsCommand),
+    /// Digests and thresholds in the running daemon's store (through the admin API)
+    #[command(subcommand)]
+    Digests(DigestsCommand),
     /// The store itself: migrate a shared database, copy the embedded store into one
     #[command(subcommand)]
     Store(StoreCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DigestsCommand {
+    /// List open digests and threshold groups counting, by rule and group
+    List {
+        /// Print the API's JSON
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -100,9 +113,11 @@ pub enum EventsCommand {
 
 #[derive(Debug, Args)]
 pub struct TestArgs {
-    /// The callback JSON: a file, or - for standard input
-    #[arg(long, short = 'e', value_name = "FILE|-")]
-    pub event: String,
+    /// The callback JSON: a file, or - for standard input. Several (in
+    /// order) also show what their digests and thresholds would send, each
+    /// event received at its `timestamp`
+    #[arg(long, short = 'e', value_name = "FILE|-", required = true)]
+    pub event: Vec<String>,
     /// Really send the rendered messages (nothing is stored)
     #[arg(long)]
     pub send: bool,

@@ -18,6 +18,7 @@ fn main() -> ExitCode {
         Some(Command::Simulate(args)) => commands::simulate(&path, args),
         Some(Command::Deliveries(cmd)) => commands::deliveries(&path, cmd),
         Some(Command::Events(cmd)) => commands::events(&path, cmd),
+        Some(Command::Digests(cmd)) => commands::digests(&path, cmd),
         Some(Command::Store(cmd)) => commands::store::run(&path, cmd),
     };
     match result {

@@ -3,8 +3,10 @@
 //! and `run`'s start-up around [`crate::app::App`].
 
 pub mod store;
+mod test;
 
-use std::io::Read;
+pub use test::test;
+
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -14,11 +16,10 @@ use serde_json::{Value, json};
 
 use crate::app::App;
 use crate::callback::Callback;
-use crate::cli::{SimulateArgs, TestArgs};
+use crate::cli::SimulateArgs;
 use crate::config::{self, expand::ProcessEnv};
 use crate::rules::samples;
 use crate::shutdown::{self, Shutdown};
-use crate::template;
 
 /// `easehook run`: start the daemon and serve until SIGTERM/SIGINT.
 pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
@@ -113,173 +114,6 @@ pub fn check(config_path: &Path) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-/// `easehook test --event FILE|-`: which rules match and what each action
-/// would send, fully rendered. Nothing is sent or stored.
-pub fn test(config_path: &Path, args: &TestArgs) -> anyhow::Result<ExitCode> {
-    let snap = match crate::snapshot::load(config_path, &ProcessEnv) {
-        Ok(s) => s,
-        Err(diags) => {
-            println!("{diags}");
-            println!(
-                "{} problem(s) found; fix them first (easehook check)",
-                diags.len()
-            );
-            return Ok(ExitCode::from(1));
-        }
-    };
-    let text = if args.event == "-" {
-        let mut s = String::new();
-        std::io::stdin()
-            .read_to_string(&mut s)
-            .context("cannot read the event from standard input")?;
-        s
-    } else {
-        std::fs::read_to_string(&args.event)
-            .with_context(|| format!("cannot read {}", args.event))?
-    };
-    let mut raw: Value =
-        serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", args.event))?;
-    let Some(obj) = raw.as_object_mut() else {
-        bail!("{}: the event must be a JSON object", args.event);
-    };
-    // A dry run needs no signature: fill what only verification needs.
-    obj.entry("security").or_insert_with(|| json!("unsigned"));
-    obj.entry("timestamp")
-        .or_insert_with(|| json!(crate::verify::now_ms()));
-    if !obj.contains_key("callId") {
-        let appkey = obj
-            .get("appkey")
-            .and_then(Value::as_str)
-            .unwrap_or("test#app")
-            .to_string();
-        obj.insert("callId".into(), json!(format!("{appkey}_0")));
-    }
-    let cb = Callback::from_value(raw).map_err(|e| anyhow::anyhow!("{}: {e}", args.event))?;
-    let rules = &snap.rules;
-    let redactor = &snap.rules.redactor;
-    println!(
-        "event {} from {:?} to {:?} (appkey {:?})",
-        cb.event,
-        cb.from_user,
-        cb.to_user,
-        cb.appkey.as_deref().unwrap_or("")
-    );
-    let evaluation = rules.evaluate(&cb);
-    let senders = if args.send {
-        Some(crate::actions::Senders::new()?)
-    } else {
-        None
-    };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    if evaluation.rules.is_empty() {
-        println!(
-            "no rule matches this event: it would be acknowledged and stored, and nothing sent"
-        );
-        return Ok(ExitCode::SUCCESS);
-    }
-    let received = chrono::Utc::now();
-    let mut failures = 0;
-    for &ri in &evaluation.rules {
-        let rule = &rules.rules[ri];
-        match &rule.description {
-            Some(d) => println!("\nrule {} ({}): {d}", rule.name, rule.file),
-            None => println!("\nrule {} ({})", rule.name, rule.file),
-        }
-        for &ai in &rule.actions {
-            let action = &rules.actions[ai];
-            let planned = evaluation.deliveries.iter().find(|p| p.action == ai);
-            match planned {
-                None if !action.enabled => println!(
-                    "  action {} ({}): disabled, skipped",
-                    action.name,
-                    action.kind.type_name()
-                ),
-                Some(p) if p.rule == ri => {
-                    println!("  action {} ({}):", action.name, action.kind.type_name());
-                    let data =
-                        template::Data::new(&cb, received, action.reads, &rule.name, &action.name);
-                    match action.render(&rules.templates, &data) {
-                        Ok(msg) => {
-                            for line in msg.describe(redactor).lines() {
-                                println!("    {line}");
-                            }
-                            if let Some(senders) = &senders {
-                                let settings = &snap.settings;
-                                let timeout = action.timeout.unwrap_or(settings.delivery.timeout);
-                                let outcome = runtime.block_on(async {
-                                    tokio::time::timeout(
-                                        timeout,
-                                        senders.send(&msg, settings, timeout),
-                                    )
-                                    .await
-                                });
-                                match outcome {
-                                    Ok(crate::actions::Outcome::Sent) => println!("    => sent"),
-                                    Ok(crate::actions::Outcome::Retry { error, .. }) => {
-                                        failures += 1;
-                                        println!(
-                                            "    => failed (would be retried): {}",
-                                            redactor.redact(&error)
-                                        );
-                                    }
-                                    Ok(crate::actions::Outcome::Permanent(error)) => {
-                                        failures += 1;
-                                        println!(
-                                            "    => failed (permanent): {}",
-                                            redactor.redact(&error)
-                                        );
-                                    }
-                                    Err(_) => {
-                                        failures += 1;
-                                        println!(
-                                            "    => failed: timed out after {}ms",
-                                            timeout.as_millis()
-                                        );
-                                    }
-                                }
-                            }
-                        }
-                        Err(e) => {
-                            failures += 1;
-                            println!("    cannot render: {}", redactor.redact(&e));
-                        }
-                    }
-                }
-                _ => println!(
-                    "  action {} ({}): already triggered by an earlier rule",
-                    action.name,
-                    action.kind.type_name()
-                ),
-            }
-        }
-        if rule.stop {
-            println!("  (stop: later rules are not evaluated)");
-        }
-    }
-    println!(
-        "\n{} rule(s) matched, {} action(s) {}{}",
-        evaluation.rules.len(),
-        evaluation.deliveries.len(),
-        if args.send {
-            "attempted"
-        } else {
-            "would be sent"
-        },
-        if failures > 0 {
-            format!(", {failures} failed")
-        } else {
-            String::new()
-        }
-    );
-    Ok(if failures > 0 {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
 }
 
 /// `easehook simulate`: build or read a callback, sign it, POST it.
@@ -616,5 +450,39 @@ pub fn events(config_path: &Path, cmd: &crate::cli::EventsCommand) -> anyhow::Re
         );
     }
     println!("{} event(s)", list.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `easehook digests list`.
+pub fn digests(config_path: &Path, cmd: &crate::cli::DigestsCommand) -> anyhow::Result<ExitCode> {
+    let crate::cli::DigestsCommand::List { json } = cmd;
+    let client = AdminClient::new(config_path)?;
+    let body = client.call(reqwest::Method::GET, "/api/v1/digests", &[])?;
+    if *json {
+        println!("{}", serde_json::to_string_pretty(&body)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let list = body["groups"].as_array().cloned().unwrap_or_default();
+    println!(
+        "{:<10} {:<24} {:>6}  {:<20} {:<20} GROUP",
+        "KIND", "RULE", "COUNT", "FIRST", "DUE / RESTING UNTIL"
+    );
+    for g in &list {
+        let until = g["due_at"]
+            .as_u64()
+            .or_else(|| g["cooldown_until"].as_u64())
+            .map(when)
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:<10} {:<24} {:>6}  {:<20} {:<20} {}",
+            g["kind"].as_str().unwrap_or(""),
+            g["rule"].as_str().unwrap_or(""),
+            g["count"].as_u64().unwrap_or(0),
+            when(g["first_at"].as_u64().unwrap_or(0)),
+            until,
+            g["group"]
+        );
+    }
+    println!("{} group(s)", list.len());
     Ok(ExitCode::SUCCESS)
 }

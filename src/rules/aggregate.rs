@@ -264,6 +264,7 @@ impl Aggregation {
                 Aggregation::Digest { .. } => 0,
                 Aggregation::Threshold { within, .. } => within.as_millis() as u64,
             },
+            due_at: now_ms,
             events,
         }
     }

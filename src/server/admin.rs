@@ -11,6 +11,7 @@
 //! | `POST /api/v1/deliveries/{id}/retry` | put a dead delivery back in the queue |
 //! | `POST /api/v1/deliveries/retry-dead` | put every dead delivery back |
 //! | `GET /api/v1/events?since=&event=&limit=` | stored events with their rules and deliveries |
+//! | `GET /api/v1/digests` | open digests and threshold groups counting (SPEC §11) |
 //!
 //! With `admin_token` set, every `/api/` and `/-/` call needs
 //! `Authorization: Bearer <token>`.
@@ -225,6 +226,12 @@ async fn handle(
         ("/metrics", &Method::GET) => metrics(&state).await,
         ("/api/v1/deliveries", &Method::GET) => deliveries(&state, &query).await,
         ("/api/v1/events", &Method::GET) => events(&state, &query).await,
+        ("/api/v1/digests", &Method::GET) => {
+            match state.store.list_groups(crate::verify::now_ms()).await {
+                Ok(list) => json_reply(StatusCode::OK, &serde_json::json!({"groups": list})),
+                Err(e) => store_error(e),
+            }
+        }
         ("/api/v1/deliveries/retry-dead", &Method::POST) => retry(&state, None).await,
         (p, &Method::POST) if p.starts_with("/api/v1/deliveries/") && p.ends_with("/retry") => {
             let id = &p["/api/v1/deliveries/".len()..p.len() - "/retry".len()];
@@ -262,7 +269,7 @@ async fn handle(
         }
         (
             "/healthz" | "/readyz" | "/-/reload" | "/api/v1/status" | "/api/v1/deliveries"
-            | "/api/v1/events",
+            | "/api/v1/events" | "/api/v1/digests",
             _,
         ) => error_reply(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
         _ => error_reply(StatusCode::NOT_FOUND, "not found"),

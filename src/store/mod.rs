@@ -192,6 +192,8 @@ pub struct AggregateInfo {
     pub last_at: u64,
     /// A threshold's window (ms); 0 for a digest.
     pub within_ms: u64,
+    /// When a digest closes; when a threshold fired.
+    pub due_at: u64,
     /// The events kept, oldest first.
     pub events: Vec<AggregatedEvent>,
 }
@@ -214,6 +216,7 @@ pub(crate) struct StoredAggregate {
     pub first_at: u64,
     pub last_at: u64,
     pub within_ms: u64,
+    pub due_at: u64,
     /// Id, received at, body: the events kept, oldest first.
     pub events: Vec<(String, i64, String)>,
     /// The last event (id, received at, body): the context of SPEC §5.
@@ -231,6 +234,7 @@ impl StoredAggregate {
             first_at: self.first_at,
             last_at: self.last_at,
             within_ms: self.within_ms,
+            due_at: self.due_at,
             events: self
                 .events
                 .into_iter()

@@ -937,7 +937,7 @@ async fn claim_aggregates(
     let rows = c
         .query(
             "SELECT a.id, a.kind, a.rule, a.group_key, a.count, a.first_at, a.last_at, a.within_ms,
-                    e.id, e.received_at, e.body
+                    e.id, e.received_at, e.body, a.due_at
              FROM aggregates a LEFT JOIN events e ON e.id = a.last_event WHERE a.id = ANY($1)",
             &[&ids],
         )
@@ -956,6 +956,7 @@ async fn claim_aggregates(
                 first_at: r.get::<_, i64>(5) as u64,
                 last_at: r.get::<_, i64>(6) as u64,
                 within_ms: r.get::<_, i64>(7) as u64,
+                due_at: r.get::<_, i64>(11) as u64,
                 events: Vec::new(),
                 last,
             };

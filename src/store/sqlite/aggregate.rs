@@ -331,9 +331,9 @@ fn insert_deliveries(
 pub(super) fn claim(conn: &Connection, id: i64) -> rusqlite::Result<Option<StoredAggregate>> {
     conn.prepare_cached("UPDATE aggregates SET closed = 1 WHERE id = ?1 AND closed = 0")?
         .execute([id])?;
-    let Some((kind, rule, group, count, first_at, last_at, within, last_event)) = conn
+    let Some((kind, rule, group, count, first_at, last_at, within, last_event, due_at)) = conn
         .prepare_cached(
-            "SELECT kind, rule, group_key, count, first_at, last_at, within_ms, last_event
+            "SELECT kind, rule, group_key, count, first_at, last_at, within_ms, last_event, due_at
              FROM aggregates WHERE id = ?1",
         )?
         .query_row([id], |r| {
@@ -346,6 +346,7 @@ pub(super) fn claim(conn: &Connection, id: i64) -> rusqlite::Result<Option<Store
                 r.get::<_, i64>(5)?,
                 r.get::<_, i64>(6)?,
                 r.get::<_, String>(7)?,
+                r.get::<_, i64>(8)?,
             ))
         })
         .optional()?
@@ -374,6 +375,7 @@ pub(super) fn claim(conn: &Connection, id: i64) -> rusqlite::Result<Option<Store
         first_at: first_at as u64,
         last_at: last_at as u64,
         within_ms: within as u64,
+        due_at: due_at as u64,
         events,
         last,
     }))
