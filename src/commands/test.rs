@@ -34,7 +34,8 @@ fn read_event(arg: &str) -> anyhow::Result<Callback> {
     } else {
         std::fs::read_to_string(arg).with_context(|| format!("cannot read {arg}"))?
     };
-    let mut raw: Value = serde_json::from_str(&text).with_context(|| format!("{arg}: not valid JSON"))?;
+    let mut raw: Value =
+        serde_json::from_str(&text).with_context(|| format!("{arg}: not valid JSON"))?;
     let Some(obj) = raw.as_object_mut() else {
         bail!("{arg}: the event must be a JSON object");
     };
@@ -298,7 +299,12 @@ pub fn test(config_path: &Path, args: &TestArgs) -> anyhow::Result<ExitCode> {
     };
     for (i, cb) in events.iter().enumerate() {
         if events.len() > 1 {
-            println!("\n== event {} of {}: {} ==", i + 1, events.len(), args.event[i]);
+            println!(
+                "\n== event {} of {}: {} ==",
+                i + 1,
+                events.len(),
+                args.event[i]
+            );
         }
         println!(
             "event {} from {:?} to {:?} (appkey {:?})",
@@ -313,11 +319,18 @@ pub fn test(config_path: &Path, args: &TestArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .any(|cb| !snap.rules.evaluate(cb).aggregates.is_empty());
     if counted {
-        println!("\n== digests and thresholds over the {} event(s) ==", events.len());
+        println!(
+            "\n== digests and thresholds over the {} event(s) ==",
+            events.len()
+        );
         let made = show.aggregates(&events)?;
         println!(
             "\n{made} delivery(ies) of digests and thresholds {}",
-            if args.send { "attempted" } else { "would be sent" }
+            if args.send {
+                "attempted"
+            } else {
+                "would be sent"
+            }
         );
     }
     if show.failures > 0 {

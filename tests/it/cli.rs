@@ -27,8 +27,40 @@ fn check_accepts_the_repository_examples() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let (code, out, err) = easehook(&root.join("easehook.yaml"), &["check"]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("valid: 3 rule(s)"), "{out}");
+    assert!(out.contains("valid: 5 rule(s)"), "{out}");
     assert!(out.contains("action product-email: disabled"), "{out}");
+    assert!(out.contains("action ban-digest-email: disabled"), "{out}");
+}
+
+#[test]
+fn the_shipped_ban_digest_and_spammer_alert_render_over_a_sequence() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let ban = fixture("roster-ban.json");
+    let mut args = vec!["test".to_string()];
+    for _ in 0..5 {
+        args.extend(["--event".into(), ban.display().to_string()]);
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_easehook"))
+        .arg("--config")
+        .arg(root.join("easehook.yaml"))
+        .args(&args)
+        .current_dir(root)
+        .env("BAN_DIGEST_EMAIL", "product@example.com")
+        .env("SLACK_WEBHOOK_URL", "http://127.0.0.1:9/slack")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    // One email for the five blocks, the events as a table, the period in
+    // the configured zone (Asia/Shanghai).
+    assert!(text.contains("digest ban-digest of group {\"appkey\":"), "{text}");
+    assert!(text.contains("5 block(s) in"), "{text}");
+    assert!(text.contains("<th>When</th><th>Blocked by</th>"), "{text}");
+    assert_eq!(text.matches("<tr style=\"border-bottom:1px solid #f0f1f3\">").count(), 5, "{text}");
+    assert!(text.contains("CST"), "{text}");
+    // One blocker five times is one distinct blocker: no spammer alert.
+    assert!(!text.contains("threshold likely-spammer fires"), "{text}");
 }
 
 #[test]

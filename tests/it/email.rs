@@ -7,7 +7,7 @@ use mail_parser::{MessageParser, MimeHeaders};
 
 use crate::helpers::*;
 
-fn smtp_config(smtp: &SmtpServer) -> String {
+pub fn smtp_config(smtp: &SmtpServer) -> String {
     format!(
         "smtp:\n  default:\n    host: 127.0.0.1\n    port: {}\n    tls: starttls\n    username: {SMTP_USER}\n    password: ${{SMTP_PASSWORD}}\n    from: \"易信通知 <noreply@example.com>\"\n    ca_file: {}\n",
         smtp.port,

@@ -4,6 +4,7 @@
 
 mod helpers;
 
+mod aggregates;
 mod callbacks;
 mod chats;
 mod cli;
