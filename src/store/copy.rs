@@ -57,8 +57,9 @@ impl From<tokio_postgres::Error> for CopyError {
 }
 
 /// Copy the embedded store in `state_dir` into the database of `target`
-/// (already migrated by [`PgStore::connect`]). The embedded store is opened
-/// first, which fails while a daemon holds it.
+/// (already migrated by [`PgStore::connect`]), digests and thresholds
+/// (open digests, windows, cooldowns) with the rest. The embedded store is
+/// opened first, which fails while a daemon holds it.
 pub async fn copy(state_dir: &Path, target: &PgStore) -> Result<Copied, CopyError> {
     let source = SqliteStore::open(state_dir).map_err(|e| CopyError::Source(format!("{e:#}")))?;
     let conn = rusqlite::Connection::open_with_flags(
@@ -72,8 +73,11 @@ pub async fn copy(state_dir: &Path, target: &PgStore) -> Result<Copied, CopyErro
         .map_err(|e| CopyError::Target(StoreError::from(e).0))?;
     let tx = client.transaction().await?;
     // Nothing else writes while the copy runs, and it sees what is there.
-    tx.batch_execute("LOCK TABLE events, dedup, deliveries IN EXCLUSIVE MODE")
-        .await?;
+    tx.batch_execute(
+        "LOCK TABLE events, dedup, deliveries, aggregates, aggregate_events, threshold_groups,
+         threshold_hits IN EXCLUSIVE MODE",
+    )
+    .await?;
     let row = tx
         .query_one(
             "SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM deliveries),
@@ -152,7 +156,7 @@ pub async fn copy(state_dir: &Path, target: &PgStore) -> Result<Copied, CopyErro
     loop {
         let mut stmt = conn.prepare_cached(
             "SELECT id, event_id, action, rule, status, attempts, next_attempt_at, last_error,
-                    created_at, updated_at
+                    created_at, updated_at, aggregate_id
              FROM deliveries WHERE id > ?1 ORDER BY id LIMIT ?2",
         )?;
         type Delivery = (
@@ -166,6 +170,7 @@ pub async fn copy(state_dir: &Path, target: &PgStore) -> Result<Copied, CopyErro
             Option<String>,
             i64,
             i64,
+            Option<i64>,
         );
         let rows: Vec<Delivery> = stmt
             .query_map(rusqlite::params![after, BATCH], |r| {
@@ -180,6 +185,7 @@ pub async fn copy(state_dir: &Path, target: &PgStore) -> Result<Copied, CopyErro
                     r.get(7)?,
                     r.get(8)?,
                     r.get(9)?,
+                    r.get(10)?,
                 ))
             })?
             .collect::<rusqlite::Result<_>>()?;
@@ -199,11 +205,13 @@ pub async fn copy(state_dir: &Path, target: &PgStore) -> Result<Copied, CopyErro
         let errors: Vec<Option<&str>> = rows.iter().map(|r| r.7.as_deref()).collect();
         let created: Vec<i64> = rows.iter().map(|r| r.8).collect();
         let updated: Vec<i64> = rows.iter().map(|r| r.9).collect();
+        let aggregates: Vec<Option<i64>> = rows.iter().map(|r| r.10).collect();
         tx.execute(
             "INSERT INTO deliveries(id, event_id, action, rule, status, attempts, next_attempt_at,
-                                    last_error, created_at, updated_at)
+                                    last_error, created_at, updated_at, aggregate_id)
              SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],
-                                  $6::int[], $7::bigint[], $8::text[], $9::bigint[], $10::bigint[])",
+                                  $6::int[], $7::bigint[], $8::text[], $9::bigint[], $10::bigint[],
+                                  $11::bigint[])",
             &[
                 &ids,
                 &text(|r| &r.1),
@@ -215,7 +223,26 @@ pub async fn copy(state_dir: &Path, target: &PgStore) -> Result<Copied, CopyErro
                 &errors,
                 &created,
                 &updated,
+                &aggregates,
             ],
+        )
+        .await?;
+    }
+    // Digests and thresholds: their state is small (bounded by the groups
+    // of the retention period), so each table goes over as one JSON array
+    // whose keys are the column names.
+    for table in AGGREGATE_TABLES {
+        let rows: String = conn.query_row(
+            &format!(
+                "SELECT coalesce(json_group_array(json_object({})), '[]') FROM {table}",
+                columns(&conn, table)?
+            ),
+            [],
+            |r| r.get(0),
+        )?;
+        tx.execute(
+            &format!("INSERT INTO {table} SELECT * FROM jsonb_populate_recordset(NULL::{table}, $1::text::jsonb)"),
+            &[&rows],
         )
         .await?;
     }
@@ -223,10 +250,33 @@ pub async fn copy(state_dir: &Path, target: &PgStore) -> Result<Copied, CopyErro
     // two deliveries.
     tx.batch_execute(
         "SELECT setval(pg_get_serial_sequence('deliveries', 'id'), max(id)) FROM deliveries
+         HAVING max(id) IS NOT NULL;
+         SELECT setval(pg_get_serial_sequence('aggregates', 'id'), max(id)) FROM aggregates
          HAVING max(id) IS NOT NULL",
     )
     .await?;
     tx.commit().await?;
     drop(source);
     Ok(copied)
+}
+
+/// The tables of digests and thresholds, which both stores lay out alike.
+const AGGREGATE_TABLES: [&str; 4] = [
+    "aggregates",
+    "aggregate_events",
+    "threshold_groups",
+    "threshold_hits",
+];
+
+/// `'col', col, …` of an embedded table, for `json_object`.
+fn columns(conn: &rusqlite::Connection, table: &str) -> rusqlite::Result<String> {
+    let mut stmt = conn.prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?;
+    let names = stmt
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(names
+        .iter()
+        .map(|n| format!("'{n}', {n}"))
+        .collect::<Vec<_>>()
+        .join(", "))
 }

@@ -54,10 +54,18 @@ fn the_shipped_ban_digest_and_spammer_alert_render_over_a_sequence() {
     assert_eq!(out.status.code(), Some(0), "{text}");
     // One email for the five blocks, the events as a table, the period in
     // the configured zone (Asia/Shanghai).
-    assert!(text.contains("digest ban-digest of group {\"appkey\":"), "{text}");
+    assert!(
+        text.contains("digest ban-digest of group {\"appkey\":"),
+        "{text}"
+    );
     assert!(text.contains("5 block(s) in"), "{text}");
     assert!(text.contains("<th>When</th><th>Blocked by</th>"), "{text}");
-    assert_eq!(text.matches("<tr style=\"border-bottom:1px solid #f0f1f3\">").count(), 5, "{text}");
+    assert_eq!(
+        text.matches("<tr style=\"border-bottom:1px solid #f0f1f3\">")
+            .count(),
+        5,
+        "{text}"
+    );
     assert!(text.contains("CST"), "{text}");
     // One blocker five times is one distinct blocker: no spammer alert.
     assert!(!text.contains("threshold likely-spammer fires"), "{text}");

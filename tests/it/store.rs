@@ -1073,3 +1073,58 @@ async fn a_replica_restarted_after_a_crash_takes_its_claims_back_at_once() {
     events.sort();
     assert_eq!(events, ["e1", "e2"]);
 }
+
+/// `store copy` takes open digests and threshold windows along: the
+/// target delivers the digest with the events counted before the copy,
+/// and its window goes on counting.
+#[tokio::test]
+async fn store_copy_takes_digests_and_windows_along() {
+    let Some(url) = crate::pg::database().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = SqliteStore::open(dir.path()).unwrap();
+        for (i, v) in ["a", "b"].iter().enumerate() {
+            s.accept(
+                agg_ev(
+                    &format!("e{i}"),
+                    1000 + i as u64,
+                    vec![digest("x"), threshold("x", v)],
+                ),
+                60_000,
+            )
+            .await
+            .unwrap();
+        }
+    }
+    let (target, _state) = connect_pg(&url).await;
+    easehook::store::copy::copy(dir.path(), &target)
+        .await
+        .unwrap();
+    let groups = target.list_groups(2000).await.unwrap();
+    let seen: Vec<(AggregateKind, u64)> = groups.iter().map(|g| (g.kind, g.count)).collect();
+    assert_eq!(
+        seen,
+        [(AggregateKind::Digest, 2), (AggregateKind::Threshold, 2)]
+    );
+    // The third value fires on the target; the digest closes there.
+    let fired = match target
+        .accept(agg_ev("e2", 3000, vec![threshold("x", "c")]), 60_000)
+        .await
+        .unwrap()
+    {
+        Accepted::New { fired, .. } => fired,
+        Accepted::Duplicate => panic!("a duplicate"),
+    };
+    assert_eq!(fired, ["t"]);
+    let c = target.claim_due(20_000, 10, 30_000).await.unwrap();
+    let digest = c
+        .iter()
+        .find(|d| d.aggregate.as_ref().unwrap().kind == AggregateKind::Digest)
+        .unwrap();
+    let a = digest.aggregate.as_ref().unwrap();
+    assert_eq!(a.count, 2);
+    assert_eq!(a.events.len(), 2);
+    assert_eq!(c.len(), 3, "two digest deliveries and one firing");
+}
