@@ -268,7 +268,7 @@ async fn a_digest_open_across_kill_9_is_delivered_once_with_every_event() {
     first.wait(Duration::from_secs(10)).await;
     let second = Daemon::start(&config, &env).await;
     // The digest is still open: these join it.
-    wave(&[second.callback_url.clone()], "spammer1", 50).await;
+    wave(std::slice::from_ref(&second.callback_url), "spammer1", 50).await;
     eventually(Duration::from_secs(60), "the digest email", || async {
         !smtp.mails().is_empty()
     })
