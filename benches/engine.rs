@@ -19,8 +19,13 @@ const SECRET: &str = "bench-secret-0123456789";
 /// A realistic mix of `n` rules: per-user, per-app and per-recipient routing
 /// of roster events, other families, and a few rules that pin no value
 /// (globs) and so are evaluated for every event; then the product team's two
-/// ban rules, which match the benchmark event.
+/// ban rules, which match the benchmark event. `ban` is added to the first
+/// of them: nothing, or a `digest:` or `threshold:` key.
 fn rules_yaml(n: usize) -> String {
+    rules_yaml_with(n, "")
+}
+
+fn rules_yaml_with(n: usize, ban: &str) -> String {
     let mut s = String::from(
         "actions:\n  note: {type: log, message: '{{event}} {{from_user}} -> {{to_user}}'}\n  \
          mail: {type: email, to: [product@example.com], subject: '{{from_user}} blocked {{to_user}}', text: {template: ban.txt.hbs}, html: {template: ban.html.hbs}}\n  \
@@ -41,12 +46,16 @@ fn rules_yaml(n: usize) -> String {
         };
         s += &format!("  - {{name: r{i}, when: {when}, actions: [note]}}\n");
     }
-    s += "  - {name: ban-to-product, when: {event: roster:ban, eventType: [chat, chat_offline], payload.status.error_code: ok}, unless: {from: 'test_*'}, actions: [mail, slack, audit]}\n";
+    s += &format!("  - {{name: ban-to-product, when: {{event: roster:ban, eventType: [chat, chat_offline], payload.status.error_code: ok}}, unless: {{from: 'test_*'}}, actions: [mail, slack, audit]{ban}}}\n");
     s += "  - {name: roster-audit, when: {event: roster}, actions: [note]}\n";
     s
 }
 
 fn load(n: usize) -> (tempfile::TempDir, RuleSet) {
+    load_yaml(&rules_yaml(n))
+}
+
+fn load_yaml(yaml: &str) -> (tempfile::TempDir, RuleSet) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("rules")).unwrap();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -58,7 +67,7 @@ fn load(n: usize) -> (tempfile::TempDir, RuleSet) {
         )
         .unwrap();
     }
-    std::fs::write(dir.path().join("rules/rules.yaml"), rules_yaml(n)).unwrap();
+    std::fs::write(dir.path().join("rules/rules.yaml"), yaml).unwrap();
     let cfg = dir.path().join("easehook.yaml");
     std::fs::write(&cfg, format!("secrets: {{\"org#app\": [\"{SECRET}\"]}}\n")).unwrap();
     let env: HashMap<String, String> = HashMap::new();
@@ -108,6 +117,41 @@ fn bench(c: &mut Criterion) {
         );
         c.bench_function(&format!("rules/evaluate_{n}"), |b| {
             b.iter(|| rules.evaluate(black_box(&cb)))
+        });
+    }
+
+    // What the request path does with a callback's rules before it
+    // commits: evaluate, then name each delivery, and for a digest or
+    // threshold rule its part (group, counted value). The same 100 rules,
+    // with the ban rule plain, a digest, or a threshold.
+    for (name, key) in [
+        ("plain", ""),
+        ("digest", ", digest: {window: 10m, by: [appkey]}"),
+        (
+            "threshold",
+            ", threshold: {count: 5, within: 1h, by: [to], distinct: from}",
+        ),
+    ] {
+        let (_dir, rules) = load_yaml(&rules_yaml_with(100, key));
+        c.bench_function(&format!("request/{name}_rule_100"), |b| {
+            b.iter(|| {
+                let e = rules.evaluate(black_box(&cb));
+                let deliveries: Vec<easehook::store::NewDelivery> = e
+                    .deliveries
+                    .iter()
+                    .map(|p| easehook::store::NewDelivery {
+                        action: easehook::Text::new(&rules.actions[p.action].name),
+                        rule: easehook::Text::new(&rules.rules[p.rule].name),
+                        done: false,
+                    })
+                    .collect();
+                let aggregates = if e.aggregates.is_empty() {
+                    Vec::new()
+                } else {
+                    rules.aggregates(&e, &cb, "0190a0a0-0000-7000-8000-000000000000")
+                };
+                (deliveries, aggregates)
+            })
         });
     }
 

@@ -32,7 +32,7 @@ Scenarios:
       database, in turn; (b)'s p99 on PostgreSQL; (c)'s drain through two
       replicas, every delivery counted once at the sink
 
-usage: python3 benches/load.py [--duration SECONDS] [--rounds N] [--skip-build] [--only abcdefp]
+usage: python3 benches/load.py [--duration SECONDS] [--rounds N] [--skip-build] [--only abcdefgp]
                               [--binary PATH] [--callgrind [--binary PATH,PATH…]]
 Run from the repository root. Installs wrk, webhook and PostgreSQL with
 apt-get when missing. Every request goes to 127.0.0.1.
@@ -240,9 +240,18 @@ def run_wrk(url, calls, duration, connections=64, threads=2, delay_ms=0, pid=Non
     }
 
 
-def rules_yaml(n, sink_url, extra_action="", routine="note"):
+# (g): the rule that replaces the first routing rule, so that the set still
+# holds 100 rules and every ban counts toward it besides what it did before.
+MANY_EVENT_RULES = {
+    "digest": "{name: ban-digest, when: {event: roster:ban}, digest: {window: 10m, by: [appkey]}, actions: [audit]}",
+    "threshold": "{name: likely-spammer, when: {event: roster:ban}, threshold: {count: 5, within: 1h, by: [to], distinct: from}, actions: [audit]}",
+}
+
+
+def rules_yaml(n, sink_url, extra_action="", routine="note", first=None):
     """100 realistic rules; `routine` is the action of the routing rules (a
-    log line by default; the drain scenario sends everything to the sink)."""
+    log line by default; the drain scenario sends everything to the sink);
+    `first` replaces the first routing rule (a digest or threshold rule)."""
     s = "actions:\n"
     s += f"  audit:\n    type: http\n    url: '{sink_url}/audit/{{{{event}}}}'\n    json: {{event: '{{{{event}}}}', user: '{{{{from_user}}}}', target: '{{{{to_user}}}}', at: '{{{{time}}}}'}}\n"
     s += "  note: {type: log, level: debug, message: '{{event}} {{from_user}}'}\n"
@@ -259,6 +268,9 @@ def rules_yaml(n, sink_url, extra_action="", routine="note"):
             when = f"{{event: 'roster:{op}', to: [peer{i}, vip{i}], payload.status.error_code: ok}}"
         else:
             when = f"{{event: fam{i}, eventType: [chat, chat_offline]}}"
+        if i == 0 and first:
+            s += f"  - {first}\n"
+            continue
         s += f"  - {{name: r{i}, when: {when}, actions: [{routine}]}}\n"
     s += "  - {name: ban-audit, when: {event: roster:ban, eventType: [chat, chat_offline]}, unless: {from: 'test_*'}, actions: [audit]}\n"
     s += f"  - {{name: roster-all, when: {{event: roster}}, actions: [{routine}]}}\n"
@@ -736,6 +748,33 @@ def main():
             total = sum(out.values())
             print(f"| {mode:<8} | {total:>9} | {out['ok']:>3} | {out['refused']:>7} | {out['reset']:>5} | {out['other']:>5} "
                   f"| {longest * 1000:>15.0f} | {took * 1000:>19.0f} |", flush=True)
+    # (g) (a)'s load with one of the 100 rules a digest, or a threshold,
+    # that every ban counts toward: easehook against itself with the plain
+    # rule set, round by round.
+    if "g" in args.only:
+        rounds = []
+        for r in range(args.rounds):
+            res = {}
+            for kind in ("plain", "digest", "threshold"):
+                rules = rules_yaml(100, f"http://127.0.0.1:{sink_port}", first=MANY_EVENT_RULES.get(kind))
+                eh = Easehook(easehook_bin, os.path.join(work, f"g-{kind}{r}"), rules)
+                eh.start()
+                res[kind] = run_wrk(eh.url, calls, args.duration, pid=eh.proc.pid)
+                if kind != "plain":
+                    res[kind + "_groups"] = len(get_json(f"http://127.0.0.1:{eh.admin}/api/v1/digests")["groups"])
+                eh.stop()
+            rounds.append(res)
+        print("\n(g) (a)'s load, one of the 100 rules a digest or a threshold every ban counts toward")
+        print("| round | rule set   |     req/s | p50 ms  | p99 ms  | max ms   | errors | peak RSS MB |")
+        print("|-------|------------|-----------|---------|---------|----------|--------|---------|")
+        for i, res in enumerate(rounds):
+            for k in ("plain", "digest", "threshold"):
+                print(f"| {i + 1:>5} " + fmt_row(k, res[k]))
+        each = lambda xs: " ".join(f"{x:.2f}" for x in xs)
+        for kind in ("digest", "threshold"):
+            rs = [res[kind]["rps"] / res["plain"]["rps"] for res in rounds]
+            print(f"{kind}/plain = {statistics.median(rs):.2f} (median; rounds: {each(rs)}); "
+                  f"groups open or counting at the end: {', '.join(str(res[kind + '_groups']) for res in rounds)}", flush=True)
     if "p" in args.only:
         postgres_scenarios(args, easehook_bin, baseline_bin, calls, work, sink_port)
     sink.terminate()

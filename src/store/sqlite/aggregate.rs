@@ -201,24 +201,26 @@ fn threshold(
     )?
     .execute(params![rule, group, t.value, ev.id, now])?;
     // Keep what can still count: values seen within the window, the latest
-    // `count` of them.
-    conn.prepare_cached(
-        "DELETE FROM threshold_hits WHERE rule = ?1 AND group_key = ?2
-         AND (at <= ?3 OR value NOT IN (SELECT value FROM threshold_hits
-                                        WHERE rule = ?1 AND group_key = ?2
-                                        ORDER BY at DESC, value DESC LIMIT ?4))",
-    )?
-    .execute(params![
-        rule,
-        group,
-        now.saturating_sub(t.within),
-        i64::from(t.count)
-    ])?;
-    let (n, first_at): (i64, i64) = conn
-        .prepare_cached(
+    // `count` of them. (Most events find nothing to remove: the group is
+    // read first, and trimmed only when it holds more.)
+    let cut = now.saturating_sub(t.within);
+    let count = |conn: &Connection| -> rusqlite::Result<(i64, i64)> {
+        conn.prepare_cached(
             "SELECT count(*), coalesce(min(at), 0) FROM threshold_hits WHERE rule = ?1 AND group_key = ?2",
         )?
-        .query_row(params![rule, group], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        .query_row(params![rule, group], |r| Ok((r.get(0)?, r.get(1)?)))
+    };
+    let (mut n, mut first_at) = count(conn)?;
+    if n > i64::from(t.count) || (n > 0 && first_at <= cut) {
+        conn.prepare_cached(
+            "DELETE FROM threshold_hits WHERE rule = ?1 AND group_key = ?2
+             AND (at <= ?3 OR value NOT IN (SELECT value FROM threshold_hits
+                                            WHERE rule = ?1 AND group_key = ?2
+                                            ORDER BY at DESC, value DESC LIMIT ?4))",
+        )?
+        .execute(params![rule, group, cut, i64::from(t.count)])?;
+        (n, first_at) = count(conn)?;
+    }
     if n < i64::from(t.count) || cooldown_until > now {
         return Ok(false);
     }

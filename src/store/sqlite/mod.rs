@@ -341,6 +341,11 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
         tracing::warn!(mode, "SQLite did not switch to WAL");
     }
     conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")?;
+    // Every statement the writer and the readers use stays compiled:
+    // rusqlite keeps 16 by default, fewer than the writer's queue,
+    // outcome, digest and threshold statements, and one evicted is parsed
+    // and planned again on its next use.
+    conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }
 
