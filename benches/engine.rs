@@ -46,7 +46,9 @@ fn rules_yaml_with(n: usize, ban: &str) -> String {
         };
         s += &format!("  - {{name: r{i}, when: {when}, actions: [note]}}\n");
     }
-    s += &format!("  - {{name: ban-to-product, when: {{event: roster:ban, eventType: [chat, chat_offline], payload.status.error_code: ok}}, unless: {{from: 'test_*'}}, actions: [mail, slack, audit]{ban}}}\n");
+    s += &format!(
+        "  - {{name: ban-to-product, when: {{event: roster:ban, eventType: [chat, chat_offline], payload.status.error_code: ok}}, unless: {{from: 'test_*'}}, actions: [mail, slack, audit]{ban}}}\n"
+    );
     s += "  - {name: roster-audit, when: {event: roster}, actions: [note]}\n";
     s
 }

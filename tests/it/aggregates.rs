@@ -301,6 +301,21 @@ async fn a_digest_open_across_kill_9_is_delivered_once_with_every_event() {
     })
     .await;
     assert_eq!(smtp.mails().len(), 1);
+
+    // A digest that falls due while the daemon is down is delivered at
+    // start.
+    let mut second = second;
+    wave(std::slice::from_ref(&second.callback_url), "spammer2", 10).await;
+    second.signal(Signal::SIGKILL);
+    second.wait(Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(7)).await; // past the 6 s window, while down
+    let _third = Daemon::start(&config, &env).await;
+    eventually(Duration::from_secs(10), "the overdue digest", || async {
+        smtp.mails().len() == 2
+    })
+    .await;
+    let got = mails(&smtp);
+    assert!(got.iter().any(|m| m.0 == "10 bans of spammer2"), "{got:?}");
 }
 
 #[tokio::test]
@@ -424,4 +439,78 @@ rules:
         out.contains("action bad: fails to render for a sample digest of three events (rule d2): line 1 column 1: no value for `digest.nope`"),
         "{out}"
     );
+}
+
+/// A reload keeps an open digest and a threshold's count; a digest whose
+/// rule was removed is still delivered through the action it had; one
+/// whose action is gone too is dead.
+#[tokio::test]
+async fn a_reload_keeps_open_digests_and_counts_and_delivers_orphans() {
+    let sink = HttpSink::start().await;
+    let rules = |digest: bool, hook: bool, threshold: bool| {
+        let mut s = String::from("actions:\n");
+        if hook {
+            s += &format!(
+                "  hook: {{type: http, url: '{}', json: {{count: '{{{{digest.count}}}}', rule: '{{{{rule}}}}'}}}}\n",
+                sink.url("/digest")
+            );
+        }
+        s += &format!(
+            "  alert: {{type: http, url: '{}', json: {{count: '{{{{threshold.count}}}}'}}}}\n",
+            sink.url("/alert")
+        );
+        s += "rules:\n";
+        if digest {
+            s += "  - {name: wave, when: {event: roster:ban}, digest: {window: 3s}, actions: [hook]}\n";
+        }
+        if threshold {
+            s += "  - {name: spam, when: {event: roster:ban}, threshold: {count: 3, within: 1h, by: [to], distinct: from}, actions: [alert]}\n";
+        }
+        s
+    };
+    let app = spawn_app_with(Options::rules(rules(true, true, true))).await;
+    for from in ["a", "b"] {
+        assert_eq!(app.post(&signed("roster:ban", from, "m")).await.0, 200);
+    }
+    // Reloaded with the same rules (a touched file): both kept.
+    app.write_rules(&(rules(true, true, true) + "# edited\n"));
+    let (status, _) = app.admin(reqwest::Method::POST, "/-/reload").await;
+    assert_eq!(status, 200);
+    assert_eq!(app.post(&signed("roster:ban", "c", "m")).await.0, 200);
+    // The third distinct blocker, counted across the reload, fires.
+    eventually(Duration::from_secs(20), "the alert", || async {
+        sink.requests().iter().any(|r| r.path == "/alert")
+    })
+    .await;
+    // The digest rule is removed while its digest is open: delivered when
+    // due through `hook`, with the three events.
+    app.write_rules(&rules(false, true, true));
+    let (status, _) = app.admin(reqwest::Method::POST, "/-/reload").await;
+    assert_eq!(status, 200);
+    eventually(Duration::from_secs(20), "the orphan digest", || async {
+        sink.requests().iter().any(|r| r.path == "/digest")
+    })
+    .await;
+    let digest = sink
+        .requests()
+        .into_iter()
+        .find(|r| r.path == "/digest")
+        .unwrap();
+    let body: Value = serde_json::from_str(&digest.body).unwrap();
+    assert_eq!(
+        (body["count"].as_str(), body["rule"].as_str()),
+        (Some("3"), Some("wave"))
+    );
+
+    // Another digest opens; then its rule and its action both go: dead.
+    app.write_rules(&rules(true, true, true));
+    let (status, _) = app.admin(reqwest::Method::POST, "/-/reload").await;
+    assert_eq!(status, 200);
+    assert_eq!(app.post(&signed("roster:ban", "d", "n")).await.0, 200);
+    app.write_rules(&rules(false, false, true));
+    let (status, _) = app.admin(reqwest::Method::POST, "/-/reload").await;
+    assert_eq!(status, 200);
+    let dead = app.wait_for_delivery("dead", Duration::from_secs(20)).await;
+    assert_eq!(dead["action"], "hook");
+    assert_eq!(dead["last_error"], "action \"hook\" no longer exists");
 }
