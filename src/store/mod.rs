@@ -209,14 +209,8 @@ pub struct AggregatedEvent {
 /// A digest or firing as a claim reads it from a store, its callbacks not
 /// yet parsed.
 pub(crate) struct StoredAggregate {
-    pub kind: AggregateKind,
-    pub rule: String,
-    pub group: String,
-    pub count: u64,
-    pub first_at: u64,
-    pub last_at: u64,
-    pub within_ms: u64,
-    pub due_at: u64,
+    /// All but the events, which [`StoredAggregate::decode`] adds.
+    pub info: AggregateInfo,
     /// Id, received at, body: the events kept, oldest first.
     pub events: Vec<(String, i64, String)>,
     /// The last event (id, received at, body): the context of SPEC §5.
@@ -226,24 +220,18 @@ pub(crate) struct StoredAggregate {
 impl StoredAggregate {
     /// The aggregate with its callbacks parsed (each event's once).
     pub(crate) fn decode(self, callbacks: &mut Callbacks) -> AggregateInfo {
+        let events = self
+            .events
+            .into_iter()
+            .map(|(id, at, body)| AggregatedEvent {
+                callback: callbacks.of(&id, &body),
+                id,
+                received_at_ms: at as u64,
+            })
+            .collect();
         AggregateInfo {
-            kind: self.kind,
-            rule: self.rule,
-            group: self.group,
-            count: self.count,
-            first_at: self.first_at,
-            last_at: self.last_at,
-            within_ms: self.within_ms,
-            due_at: self.due_at,
-            events: self
-                .events
-                .into_iter()
-                .map(|(id, at, body)| AggregatedEvent {
-                    callback: callbacks.of(&id, &body),
-                    id,
-                    received_at_ms: at as u64,
-                })
-                .collect(),
+            events,
+            ..self.info
         }
     }
 
@@ -257,7 +245,7 @@ impl StoredAggregate {
             Some((id, at, body)) => (callbacks.of(id, body), *at as u64),
             None => (
                 Err("the last event of the digest is no longer stored".into()),
-                self.last_at,
+                self.info.last_at,
             ),
         }
     }

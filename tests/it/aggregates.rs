@@ -95,6 +95,17 @@ async fn wave(urls: &[String], to: &str, n: usize) {
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
 }
 
+/// A counter's value summed over the daemons.
+async fn counter(apps: &[&TestApp], series: &str) -> u64 {
+    let metrics = futures_util::future::join_all(apps.iter().map(|a| a.metrics())).await;
+    metrics
+        .iter()
+        .flat_map(|m| m.lines())
+        .filter_map(|l| l.strip_prefix(series))
+        .map(|v| v.trim().parse::<u64>().unwrap())
+        .sum()
+}
+
 /// Two waves of 500 (two groups) within the window: one email per group,
 /// 500 counted, 50 listed.
 async fn one_digest_email_per_group(apps: &[&TestApp], smtp: &SmtpServer) {
@@ -144,15 +155,10 @@ async fn one_digest_email_per_group(apps: &[&TestApp], smtp: &SmtpServer) {
     .await;
     let open = apps[0].get("/api/v1/digests").await;
     assert_eq!(open["groups"], serde_json::json!([]));
-    let metrics: String = futures_util::future::join_all(apps.iter().map(|a| a.metrics()))
-        .await
-        .concat();
-    let sent: u64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("easehook_digest_deliveries_total{rule=\"wave\"}"))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-        .sum();
-    assert_eq!(sent, 2);
+    assert_eq!(
+        counter(apps, "easehook_digest_deliveries_total{rule=\"wave\"}").await,
+        2
+    );
     assert_eq!(smtp.mails().len(), 2, "no more emails");
 }
 
@@ -206,15 +212,14 @@ async fn five_distinct_blockers_fire_once(apps: &[&TestApp], sink: &HttpSink) {
         body["blockers"], "b c a d e ",
         "latest of each, oldest first"
     );
-    let metrics: String = futures_util::future::join_all(apps.iter().map(|a| a.metrics()))
-        .await
-        .concat();
-    let fired: u64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("easehook_threshold_fired_total{rule=\"likely-spammer\"}"))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-        .sum();
-    assert_eq!(fired, 1);
+    assert_eq!(
+        counter(
+            apps,
+            "easehook_threshold_fired_total{rule=\"likely-spammer\"}"
+        )
+        .await,
+        1
+    );
 }
 
 #[tokio::test]

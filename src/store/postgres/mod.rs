@@ -949,14 +949,17 @@ async fn claim_aggregates(
                 .get::<_, Option<String>>(8)
                 .map(|id| (id, r.get::<_, i64>(9), r.get::<_, String>(10)));
             let agg = StoredAggregate {
-                kind: AggregateKind::parse(r.get(1)).unwrap_or(AggregateKind::Digest),
-                rule: r.get(2),
-                group: r.get(3),
-                count: r.get::<_, i64>(4) as u64,
-                first_at: r.get::<_, i64>(5) as u64,
-                last_at: r.get::<_, i64>(6) as u64,
-                within_ms: r.get::<_, i64>(7) as u64,
-                due_at: r.get::<_, i64>(11) as u64,
+                info: super::AggregateInfo {
+                    kind: AggregateKind::parse(r.get(1)).unwrap_or(AggregateKind::Digest),
+                    rule: r.get(2),
+                    group: r.get(3),
+                    count: r.get::<_, i64>(4) as u64,
+                    first_at: r.get::<_, i64>(5) as u64,
+                    last_at: r.get::<_, i64>(6) as u64,
+                    within_ms: r.get::<_, i64>(7) as u64,
+                    due_at: r.get::<_, i64>(11) as u64,
+                    events: Vec::new(),
+                },
                 events: Vec::new(),
                 last,
             };

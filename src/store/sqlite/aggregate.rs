@@ -17,7 +17,7 @@
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::store::{
-    AggregateKind, AggregateSpec, NewAggregate, NewEvent, OpenGroup, StoredAggregate,
+    AggregateInfo, AggregateKind, AggregateSpec, NewAggregate, NewEvent, OpenGroup, StoredAggregate,
 };
 
 /// Tables of digests and thresholds, and the column that ties a delivery
@@ -370,14 +370,17 @@ pub(super) fn claim(conn: &Connection, id: i64) -> rusqlite::Result<Option<Store
             .optional()?,
     };
     Ok(Some(StoredAggregate {
-        kind: AggregateKind::parse(&kind).unwrap_or(AggregateKind::Digest),
-        rule,
-        group,
-        count: count as u64,
-        first_at: first_at as u64,
-        last_at: last_at as u64,
-        within_ms: within as u64,
-        due_at: due_at as u64,
+        info: AggregateInfo {
+            kind: AggregateKind::parse(&kind).unwrap_or(AggregateKind::Digest),
+            rule,
+            group,
+            count: count as u64,
+            first_at: first_at as u64,
+            last_at: last_at as u64,
+            within_ms: within as u64,
+            due_at: due_at as u64,
+            events: Vec::new(),
+        },
         events,
         last,
     }))

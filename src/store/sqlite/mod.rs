@@ -940,27 +940,14 @@ fn claim(
             Some(a) => aggregate::claim(conn, a)?,
             None => None,
         };
-        if aggregate.is_some() {
-            // Its callback is its last event's, which it carries.
-            out.push(ClaimedRow {
-                id,
-                lease_until: lease_until as u64,
-                event_id,
-                action,
-                rule,
-                attempts,
-                received_at: 0,
-                body: String::new(),
-                aggregate,
-            });
-            continue;
-        }
-        // Deliveries of one event share its body: read it once.
+        // Deliveries of one event share its body: read it once. (A digest's
+        // or firing's callback is its last event's, which it carries.)
         let known = out
             .iter()
             .find(|c| c.event_id == event_id && c.aggregate.is_none())
             .map(|c| (c.received_at, c.body.clone()));
         let (received_at, body) = match known {
+            _ if aggregate.is_some() => (0, String::new()),
             Some(v) => v,
             None => ev.query_row([&event_id], |r| Ok((r.get(0)?, r.get(1)?)))?,
         };
