@@ -81,6 +81,14 @@ pub enum DeliveriesCommand {
         #[arg(long)]
         json: bool,
     },
+    /// One delivery with every attempt made: when, how long, outcome, code, error
+    Show {
+        /// The delivery's id
+        id: i64,
+        /// Print the API's JSON
+        #[arg(long)]
+        json: bool,
+    },
     /// Put dead deliveries back in the queue
     Retry {
         /// Delivery ids

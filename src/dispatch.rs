@@ -17,12 +17,12 @@ use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::actions::{Action, Outcome, RateLimit, Senders};
+use crate::actions::{Action, Answer, Outcome, RateLimit, Senders};
 use crate::callback::Text;
 use crate::metrics::DeliveryOutcome;
 use crate::shutdown::Shutdown;
 use crate::state::AppState;
-use crate::store::{Claimed, Lease, Record};
+use crate::store::{Attempt, Claimed, Lease, Record};
 use crate::template;
 use crate::verify::now_ms;
 
@@ -109,8 +109,8 @@ pub struct Dispatcher {
     limiters: Limiters,
 }
 
-/// Outcomes on their way to the store.
-type Outcomes = mpsc::UnboundedSender<(Lease, Record)>;
+/// Outcomes on their way to the store, each with the attempt made.
+type Outcomes = mpsc::UnboundedSender<(Lease, Record, Attempt)>;
 
 impl Dispatcher {
     pub fn new(state: Arc<AppState>, senders: Senders) -> Self {
@@ -244,7 +244,7 @@ impl Dispatcher {
         handoff.close();
         let mut released = 0;
         while let Ok(c) = handoff.try_recv() {
-            let _ = outcomes.send((c.lease(), Record::later(now_ms())));
+            let _ = outcomes.send((c.lease(), Record::later(now_ms()), Attempt::default()));
             released += 1;
         }
         if released > 0 {
@@ -273,7 +273,7 @@ impl Dispatcher {
         for (c, wait) in self.admit(snapshot, claimed).await {
             if let Some(wait) = wait {
                 let deferred = Record::later(now_ms() + wait.as_millis() as u64);
-                let _ = outcomes.send((c.lease(), deferred));
+                let _ = outcomes.send((c.lease(), deferred, Attempt::default()));
                 continue;
             }
             let permit = slots
@@ -284,9 +284,9 @@ impl Dispatcher {
             let outcomes = outcomes.clone();
             in_flight.spawn(async move {
                 let lease = c.lease();
-                let record = me.attempt(c).await;
+                let (record, attempt) = me.attempt(c).await;
                 drop(permit);
-                let _ = outcomes.send((lease, record));
+                let _ = outcomes.send((lease, record, attempt));
             });
         }
     }
@@ -370,26 +370,31 @@ impl Dispatcher {
     }
 
     /// Make one attempt and decide what to record.
-    async fn attempt(&self, c: Claimed) -> Record {
+    async fn attempt(&self, c: Claimed) -> (Record, Attempt) {
         // The span goes with the future (`instrument`), never held entered
         // across an await: the task may resume on another thread.
         let span = delivery_span(c.id, &c.action, &c.rule, &c.event_id);
         self.attempt_in_span(c).instrument(span).await
     }
 
-    async fn attempt_in_span(&self, c: Claimed) -> Record {
+    async fn attempt_in_span(&self, c: Claimed) -> (Record, Attempt) {
         let snapshot = self.state.snapshot.load_full();
         let settings = &snapshot.settings;
         let d = &settings.delivery;
         let started = std::time::Instant::now();
+        let started_at_ms = now_ms();
+        let mut code = None;
         // `None` when the action is gone from the rule set: the delivery is
         // dead, and counted all the same.
         let action = snapshot.rules.action(&c.action);
         let (record, event) = match self.render_and_send(&snapshot, action, &c).await {
             Err((record, event)) => (record, event),
-            Ok((outcome, max_attempts, event)) => (
+            Ok((answer, max_attempts, event)) => (
                 decide(
-                    outcome,
+                    {
+                        code = answer.code;
+                        answer.outcome
+                    },
                     c.attempts,
                     max_attempts,
                     now_ms(),
@@ -410,6 +415,7 @@ impl Dispatcher {
         };
         let kept_by = action.map(|a| &a.metrics);
         m.count_delivery(kept_by, &c.action, outcome);
+        m.count_attempt(kept_by, &c.action, outcome);
         m.observe_delivery(kept_by, &c.action, elapsed.as_secs_f64());
         if outcome == DeliveryOutcome::Sent
             && let Some(a) = &c.aggregate
@@ -432,7 +438,12 @@ impl Dispatcher {
                 tracing::error!(event = %event, attempt = c.attempts + 1, error = %error, "delivery dead")
             }
         }
-        record
+        let attempt = Attempt {
+            started_at_ms,
+            duration_ms: ms,
+            code,
+        };
+        (record, attempt)
     }
 
     /// Render with the current snapshot and send. `Err` carries an outcome
@@ -442,7 +453,7 @@ impl Dispatcher {
         snapshot: &crate::snapshot::Snapshot,
         action: Option<&Action>,
         c: &Claimed,
-    ) -> Result<(Outcome, u32, Text), (Record, Text)> {
+    ) -> Result<(Answer, u32, Text), (Record, Text)> {
         let settings = &snapshot.settings;
         let dead = |error: String, event: &str| (Record::Dead { error }, Text::new(event));
         let cb = c
@@ -465,7 +476,7 @@ impl Dispatcher {
             .max_attempts
             .unwrap_or(settings.delivery.max_attempts);
         if action.is_done_at_once() {
-            return Ok((Outcome::Sent, max_attempts, cb.event.clone()));
+            return Ok((Outcome::Sent.into(), max_attempts, cb.event.clone()));
         }
         let received = chrono::DateTime::from_timestamp_millis(c.received_at_ms as i64)
             .unwrap_or_else(chrono::Utc::now);
@@ -486,7 +497,8 @@ impl Dispatcher {
                 Err(_) => Outcome::Retry {
                     after: None,
                     error: format!("timed out after {}ms", timeout.as_millis()),
-                },
+                }
+                .into(),
             };
         Ok((outcome, max_attempts, cb.event.clone()))
     }
@@ -527,7 +539,7 @@ fn redact(r: Record, redactor: &crate::diag::Redactor) -> Record {
 /// due delivery they may change.
 async fn record_outcomes(
     state: Arc<AppState>,
-    mut rx: mpsc::UnboundedReceiver<(Lease, Record)>,
+    mut rx: mpsc::UnboundedReceiver<(Lease, Record, Attempt)>,
     wake: Arc<Notify>,
 ) {
     let mut batch = Vec::new();
@@ -535,11 +547,11 @@ async fn record_outcomes(
         let outcomes = std::mem::take(&mut batch);
         let retries = outcomes
             .iter()
-            .any(|(_, r)| matches!(r, Record::Retry { .. }));
+            .any(|(_, r, _)| matches!(r, Record::Retry { .. }));
         let deadline =
             std::time::Instant::now() + Duration::from_millis(state.snapshot.load().lease_ms / 2);
         loop {
-            match state.store.record(outcomes.clone()).await {
+            match state.store.record_attempts(outcomes.clone()).await {
                 Ok(stale) => {
                     for id in stale {
                         // Another claim owns the delivery now (this one ran

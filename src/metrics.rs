@@ -120,6 +120,9 @@ pub struct Metrics {
     pub digest_deliveries: Family<RuleLabels, Counter>,
     /// `easehook_threshold_fired_total{rule}`: times a threshold fired.
     pub threshold_fired: Family<RuleLabels, Counter>,
+    /// `easehook_delivery_attempts_total{action,outcome}` (SPEC §15):
+    /// attempts kept, by how they ended (`sent`, `retry`, `dead`).
+    pub attempts: Family<DeliveryLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -181,6 +184,7 @@ pub struct RuleMetrics {
 #[derive(Debug, Default)]
 pub struct ActionMetrics {
     outcomes: [OnceLock<Counter>; 3],
+    attempts: [OnceLock<Counter>; 3],
     duration: OnceLock<Histogram>,
 }
 
@@ -242,6 +246,7 @@ impl Metrics {
             digests_open: Gauge::default(),
             digest_deliveries: Family::default(),
             threshold_fired: Family::default(),
+            attempts: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -319,7 +324,33 @@ impl Metrics {
             "Times a threshold fired, by rule",
             m.threshold_fired.clone(),
         );
+        registry.register(
+            "delivery_attempts",
+            "Delivery attempts kept with their deliveries, by action and outcome (sent, retry, dead)",
+            m.attempts.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Count an attempt of action `name` that ended as `outcome`, kept
+    /// with its delivery (see [`Metrics::count_delivery`]).
+    pub fn count_attempt(
+        &self,
+        kept_by: Option<&ActionMetrics>,
+        name: &str,
+        outcome: DeliveryOutcome,
+    ) {
+        let gone = ActionMetrics::default();
+        let cell = &kept_by.unwrap_or(&gone).attempts[outcome as usize];
+        kept(cell, &self.attempts, || DeliveryLabels {
+            action: name.to_string(),
+            outcome: match outcome {
+                DeliveryOutcome::Sent => "sent",
+                DeliveryOutcome::Retried => "retry",
+                DeliveryOutcome::Dead => "dead",
+            },
+        })
+        .inc();
     }
 
     /// Count a firing of the threshold rule `rule`.

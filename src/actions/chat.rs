@@ -243,19 +243,26 @@ pub fn feishu_sign(secret: &str, timestamp_s: &str) -> String {
 }
 
 /// POST the message, signed, and read the outcome from the answer's body.
-pub(super) async fn send(client: &reqwest::Client, m: &ChatMessage, timeout: Duration) -> Outcome {
+pub(super) async fn send(
+    client: &reqwest::Client,
+    m: &ChatMessage,
+    timeout: Duration,
+) -> super::Answer {
     let (url, body) = match m.signed(crate::verify::now_ms()) {
         Ok(v) => v,
-        Err(e) => return Outcome::Permanent(e),
+        Err(e) => return Outcome::Permanent(e).into(),
     };
     let resp = match client.post(url).json(&body).timeout(timeout).send().await {
         Ok(r) => r,
-        Err(e) => return super::transport_error(e),
+        Err(e) => return super::transport_error(e).into(),
     };
     let status = resp.status().as_u16();
     let retry_after = super::retry_after(&resp);
     let text = resp.text().await.unwrap_or_default();
-    classify(m.service, status, retry_after, &text)
+    super::Answer {
+        outcome: classify(m.service, status, retry_after, &text),
+        code: Some(status),
+    }
 }
 
 /// The outcome of an answer: HTTP 429 and 5xx are retried (after

@@ -393,13 +393,14 @@ impl Clients {
         http: &reqwest::Client,
         m: &EasemobRequest,
         settings: &Settings,
-    ) -> Outcome {
+    ) -> super::Answer {
         let Some(creds) = settings.easemob.get(&m.appkey) else {
             return Outcome::Permanent(format!(
                 "no Easemob credentials for appkey {:?}: add it under easemob: in {}",
                 m.appkey,
                 settings.path.display()
-            ));
+            ))
+            .into();
         };
         let app = self.app(&m.appkey, creds);
         let base = format!(
@@ -412,7 +413,7 @@ impl Clients {
         loop {
             let token = match app.token(http, &base, creds).await {
                 Ok(t) => t,
-                Err(outcome) => return outcome,
+                Err(outcome) => return outcome.into(),
             };
             app.pace.until_ready().await;
             let mut req = http
@@ -423,7 +424,7 @@ impl Clients {
             }
             let resp = match req.send().await {
                 Ok(r) => r,
-                Err(e) => return super::transport_error(e),
+                Err(e) => return super::transport_error(e).into(),
             };
             if resp.status() == reqwest::StatusCode::UNAUTHORIZED && !renewed {
                 // Expired or revoked: one new token, one more try.
@@ -431,7 +432,11 @@ impl Clients {
                 renewed = true;
                 continue;
             }
-            return classify(resp).await;
+            let code = Some(resp.status().as_u16());
+            return super::Answer {
+                outcome: classify(resp).await,
+                code,
+            };
         }
     }
 }

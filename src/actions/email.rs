@@ -280,22 +280,33 @@ impl Mailers {
         m: &EmailMessage,
         settings: &Settings,
         timeout: Duration,
-    ) -> super::Outcome {
-        use super::Outcome;
+    ) -> super::Answer {
+        use super::{Answer, Outcome};
         let message = match build_message(m) {
             Ok(msg) => msg,
-            Err(e) => return Outcome::Permanent(e),
+            Err(e) => return Outcome::Permanent(e).into(),
         };
         let transport = match self.transport(&m.smtp, settings, timeout) {
             Ok(t) => t,
-            Err(e) => return Outcome::Permanent(e),
+            Err(e) => return Outcome::Permanent(e).into(),
         };
+        // The server's reply code (`250`, `550`, …), as three digits.
+        let code = |c: lettre::transport::smtp::response::Code| c.to_string().parse().ok();
         match transport.send(message).await {
-            Ok(_) => Outcome::Sent,
-            Err(e) if e.is_permanent() => Outcome::Permanent(format!("SMTP: {e}")),
-            Err(e) => Outcome::Retry {
-                after: None,
-                error: format!("SMTP: {}", super::error_chain(&e)),
+            Ok(reply) => Answer {
+                outcome: Outcome::Sent,
+                code: code(reply.code()),
+            },
+            Err(e) => Answer {
+                code: e.status().and_then(code),
+                outcome: if e.is_permanent() {
+                    Outcome::Permanent(format!("SMTP: {e}"))
+                } else {
+                    Outcome::Retry {
+                        after: None,
+                        error: format!("SMTP: {}", super::error_chain(&e)),
+                    }
+                },
             },
         }
     }

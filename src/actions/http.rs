@@ -288,11 +288,12 @@ pub(super) async fn send(
     client: &reqwest::Client,
     m: &HttpRequest,
     timeout: std::time::Duration,
-) -> super::Outcome {
+) -> super::Answer {
     let method = match reqwest::Method::from_bytes(m.method.as_bytes()) {
         Ok(method) => method,
         Err(_) => {
-            return super::Outcome::Permanent(format!("{:?} is not an HTTP method", m.method));
+            return super::Outcome::Permanent(format!("{:?} is not an HTTP method", m.method))
+                .into();
         }
     };
     let mut req = client.request(method, m.target.clone()).timeout(timeout);

@@ -577,6 +577,25 @@ pub enum Outcome {
     Permanent(String),
 }
 
+/// How one attempt ended, with the destination's own code when it answered:
+/// the HTTP status, or the SMTP reply code.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    pub outcome: Outcome,
+    pub code: Option<u16>,
+}
+
+impl From<Outcome> for Answer {
+    /// An outcome decided without an answer (no connection, a timeout, a
+    /// message that cannot be built).
+    fn from(outcome: Outcome) -> Self {
+        Answer {
+            outcome,
+            code: None,
+        }
+    }
+}
+
 /// What sending needs: one HTTP client for every Slack and HTTP action, and
 /// one pooled SMTP transport per configured server.
 #[derive(Clone)]
@@ -606,22 +625,23 @@ impl Senders {
     }
 
     /// Send a rendered message. The caller bounds the time it may take.
-    pub async fn send(&self, msg: &Message, settings: &Settings, timeout: Duration) -> Outcome {
+    pub async fn send(&self, msg: &Message, settings: &Settings, timeout: Duration) -> Answer {
         match msg {
             Message::Email(m) => self.mail.send(m, settings, timeout).await,
             Message::Slack(m) => slack::send(&self.http, m, timeout).await,
             Message::Http(m) => http::send(&self.http, m, timeout).await,
-            Message::Log(m) => log::send(m),
+            Message::Log(m) => log::send(m).into(),
             Message::Chat(m) => chat::send(&self.http, m, timeout).await,
             Message::Easemob(m) => {
                 match tokio::time::timeout(timeout, self.easemob.send(&self.http, m, settings))
                     .await
                 {
-                    Ok(outcome) => outcome,
+                    Ok(answer) => answer,
                     Err(_) => Outcome::Retry {
                         after: None,
                         error: format!("timed out after {}", humantime::format_duration(timeout)),
-                    },
+                    }
+                    .into(),
                 }
             }
         }
@@ -631,14 +651,18 @@ impl Senders {
 /// Classify an HTTP answer (SPEC §7): 2xx sent; 408, 429 and 5xx retried,
 /// honouring `Retry-After`; any other status is permanent, redirects
 /// included (the client does not follow them).
-pub(crate) async fn classify_http(result: Result<reqwest::Response, reqwest::Error>) -> Outcome {
+pub(crate) async fn classify_http(result: Result<reqwest::Response, reqwest::Error>) -> Answer {
     let resp = match result {
         Ok(r) => r,
-        Err(e) => return transport_error(e),
+        Err(e) => return transport_error(e).into(),
     };
     let status = resp.status();
+    let code = Some(status.as_u16());
     if status.is_success() {
-        return Outcome::Sent;
+        return Answer {
+            outcome: Outcome::Sent,
+            code,
+        };
     }
     let after = retry_after(&resp);
     let body = resp.text().await.unwrap_or_default();
@@ -653,11 +677,12 @@ pub(crate) async fn classify_http(result: Result<reqwest::Response, reqwest::Err
     } else {
         format!("HTTP {}: {}", status.as_u16(), snippet.trim())
     };
-    if status.as_u16() == 408 || status.as_u16() == 429 || status.is_server_error() {
+    let outcome = if status.as_u16() == 408 || status.as_u16() == 429 || status.is_server_error() {
         Outcome::Retry { after, error }
     } else {
         Outcome::Permanent(error)
-    }
+    };
+    Answer { outcome, code }
 }
 
 /// A request that got no answer (connection, TLS, timeout): retried.

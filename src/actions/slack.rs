@@ -118,7 +118,7 @@ pub(super) async fn send(
     client: &reqwest::Client,
     m: &SlackMessage,
     timeout: std::time::Duration,
-) -> super::Outcome {
+) -> super::Answer {
     let result = client
         .post(&m.webhook_url)
         .json(&m.body)

@@ -354,6 +354,50 @@ pub fn deliveries(
                 if list.len() == 1 { "y" } else { "ies" }
             );
         }
+        DeliveriesCommand::Show { id, json } => {
+            let d = client.call(
+                reqwest::Method::GET,
+                &format!("/api/v1/deliveries/{id}"),
+                &[],
+            )?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&d)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!(
+                "delivery {} of event {} ({}): action {}, rule {}",
+                d["id"],
+                d["event_id"].as_str().unwrap_or(""),
+                d["event"].as_str().unwrap_or(""),
+                d["action"].as_str().unwrap_or(""),
+                d["rule"].as_str().unwrap_or("")
+            );
+            let status = d["status"].as_str().unwrap_or("");
+            match d["next_attempt_at"].as_u64() {
+                Some(next) => println!("status {status}, next attempt {}", when(next)),
+                None => println!("status {status}"),
+            }
+            let attempts = d["attempts_made"].as_array().cloned().unwrap_or_default();
+            println!(
+                "\n{:>3}  {:<20} {:>9}  {:<7} {:>5}  ERROR",
+                "#", "STARTED", "TOOK MS", "OUTCOME", "CODE"
+            );
+            for a in &attempts {
+                println!(
+                    "{:>3}  {:<20} {:>9}  {:<7} {:>5}  {}",
+                    a["n"].as_u64().unwrap_or(0),
+                    when(a["started_at"].as_u64().unwrap_or(0)),
+                    a["duration_ms"].as_u64().unwrap_or(0),
+                    a["outcome"].as_str().unwrap_or(""),
+                    a["code"]
+                        .as_u64()
+                        .map(|c| c.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    a["error"].as_str().unwrap_or("")
+                );
+            }
+            println!("{} attempt(s)", attempts.len());
+        }
         DeliveriesCommand::Retry { ids, dead } => {
             if *dead {
                 let body =

@@ -102,13 +102,14 @@ async fn copy(settings: &config::Settings, target: &PostgresSettings) -> anyhow:
     match crate::store::copy::copy(&settings.state_dir, &store).await {
         Ok(c) => {
             println!(
-                "copied {} event(s), {} dedup key(s), {} delivery(ies) ({} pending, {} sent, {} dead) from {} to {}",
+                "copied {} event(s), {} dedup key(s), {} delivery(ies) ({} pending, {} sent, {} dead) with {} attempt(s) from {} to {}",
                 c.events,
                 c.dedup_keys,
                 c.pending + c.sent + c.dead,
                 c.pending,
                 c.sent,
                 c.dead,
+                c.attempts,
                 settings.state_dir.display(),
                 target.shown_url
             );

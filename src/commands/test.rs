@@ -84,7 +84,9 @@ impl Show<'_> {
         let settings = &self.snap.settings;
         let timeout = action.timeout.unwrap_or(settings.delivery.timeout);
         let outcome = self.runtime.block_on(async {
-            tokio::time::timeout(timeout, senders.send(&msg, settings, timeout)).await
+            tokio::time::timeout(timeout, senders.send(&msg, settings, timeout))
+                .await
+                .map(|a| a.outcome)
         });
         match outcome {
             Ok(Outcome::Sent) => println!("    => sent"),

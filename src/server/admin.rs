@@ -8,6 +8,7 @@
 //! | `POST /-/reload` | reload now; 400 with every problem when the new set is invalid |
 //! | `GET /api/v1/status` | version, uptime, counts, queue depth, last reload |
 //! | `GET /api/v1/deliveries?status=&limit=` | deliveries, newest first |
+//! | `GET /api/v1/deliveries/{id}` | one delivery with every attempt made (`attempts_made`) |
 //! | `POST /api/v1/deliveries/{id}/retry` | put a dead delivery back in the queue |
 //! | `POST /api/v1/deliveries/retry-dead` | put every dead delivery back |
 //! | `GET /api/v1/events?since=&event=&limit=` | stored events with their rules and deliveries |
@@ -233,6 +234,17 @@ async fn handle(
             }
         }
         ("/api/v1/deliveries/retry-dead", &Method::POST) => retry(&state, None).await,
+        (p, &Method::GET) if p.starts_with("/api/v1/deliveries/") => {
+            let id = &p["/api/v1/deliveries/".len()..];
+            match id.parse::<i64>() {
+                Ok(id) => match state.store.delivery(id).await {
+                    Ok(Some(d)) => json_reply(StatusCode::OK, &serde_json::json!(d)),
+                    Ok(None) => error_reply(StatusCode::NOT_FOUND, "no such delivery"),
+                    Err(e) => store_error(e),
+                },
+                Err(_) => error_reply(StatusCode::NOT_FOUND, "no such delivery"),
+            }
+        }
         (p, &Method::POST) if p.starts_with("/api/v1/deliveries/") && p.ends_with("/retry") => {
             let id = &p["/api/v1/deliveries/".len()..p.len() - "/retry".len()];
             match id.parse::<i64>() {

@@ -24,6 +24,8 @@ const BATCH: i64 = 1000;
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Copied {
     pub events: u64,
+    /// Attempts kept with the deliveries.
+    pub attempts: u64,
     pub dedup_keys: u64,
     pub pending: u64,
     pub sent: u64,
@@ -74,7 +76,7 @@ pub async fn copy(state_dir: &Path, target: &PgStore) -> Result<Copied, CopyErro
     let tx = client.transaction().await?;
     // Nothing else writes while the copy runs, and it sees what is there.
     tx.batch_execute(
-        "LOCK TABLE events, dedup, deliveries, aggregates, aggregate_events, threshold_groups,
+        "LOCK TABLE events, dedup, deliveries, attempts, aggregates, aggregate_events, threshold_groups,
          threshold_hits IN EXCLUSIVE MODE",
     )
     .await?;
@@ -227,6 +229,38 @@ pub async fn copy(state_dir: &Path, target: &PgStore) -> Result<Copied, CopyErro
             ],
         )
         .await?;
+    }
+    // Every attempt, in batches by key, each batch one JSON array whose
+    // keys are the column names.
+    let cols = columns(&conn, "attempts")?;
+    let mut after = (0i64, 0i64);
+    loop {
+        let (rows, n, last): (String, i64, Option<(i64, i64)>) = conn.query_row(
+            &format!(
+                "WITH b AS (SELECT * FROM attempts WHERE (delivery_id, n) > (?1, ?2)
+                            ORDER BY delivery_id, n LIMIT ?3)
+                 SELECT coalesce(json_group_array(json_object({cols})), '[]'), count(*),
+                        (SELECT delivery_id FROM b ORDER BY delivery_id DESC, n DESC LIMIT 1),
+                        (SELECT n FROM b ORDER BY delivery_id DESC, n DESC LIMIT 1)
+                 FROM b"
+            ),
+            rusqlite::params![after.0, after.1, BATCH],
+            |r| {
+                let last = match (r.get::<_, Option<i64>>(2)?, r.get::<_, Option<i64>>(3)?) {
+                    (Some(d), Some(n)) => Some((d, n)),
+                    _ => None,
+                };
+                Ok((r.get(0)?, r.get(1)?, last))
+            },
+        )?;
+        let Some(last) = last else { break };
+        tx.execute(
+            "INSERT INTO attempts SELECT * FROM jsonb_populate_recordset(NULL::attempts, $1::text::jsonb)",
+            &[&rows],
+        )
+        .await?;
+        copied.attempts += n as u64;
+        after = last;
     }
     // Digests and thresholds: their state is small (bounded by the groups
     // of the retention period), so each table goes over as one JSON array

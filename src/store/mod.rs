@@ -368,6 +368,53 @@ impl Claimed {
     }
 }
 
+/// When an attempt was made, how long it took and what the destination
+/// answered, kept with the delivery ([`Store::record_attempts`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Attempt {
+    /// Ms since the epoch.
+    pub started_at_ms: u64,
+    pub duration_ms: u64,
+    /// The HTTP status or SMTP reply code, when the destination answered.
+    pub code: Option<u16>,
+}
+
+/// The longest error text an attempt keeps, in characters (the delivery's
+/// `last_error` keeps it whole).
+pub const ATTEMPT_ERROR_MAX: usize = 1000;
+
+impl Attempt {
+    /// `error` cut to its first [`ATTEMPT_ERROR_MAX`] characters.
+    pub fn bounded(error: &str) -> &str {
+        match error.char_indices().nth(ATTEMPT_ERROR_MAX) {
+            Some((end, _)) => &error[..end],
+            None => error,
+        }
+    }
+}
+
+/// One attempt as the admin API shows it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct AttemptInfo {
+    /// 1 for the first attempt; the numbers go on across retries of a dead
+    /// delivery.
+    pub n: u32,
+    pub started_at: u64,
+    pub duration_ms: u64,
+    /// `sent`, `retry` or `dead`.
+    pub outcome: String,
+    pub code: Option<u16>,
+    pub error: Option<String>,
+}
+
+/// A delivery with every attempt made, oldest first.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryDetail {
+    #[serde(flatten)]
+    pub delivery: DeliveryInfo,
+    pub attempts_made: Vec<AttemptInfo>,
+}
+
 /// What happened to one attempt.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
@@ -385,6 +432,17 @@ pub enum Record {
 }
 
 impl Record {
+    /// What an attempt's row keeps: its outcome (`sent`, `retry`, `dead`)
+    /// and error; `None` for a deferral, which made no attempt.
+    pub fn attempted(&self) -> Option<(&'static str, Option<&str>)> {
+        match self {
+            Record::Sent => Some(("sent", None)),
+            Record::Retry { counted: false, .. } => None,
+            Record::Retry { error, .. } => Some(("retry", Some(error))),
+            Record::Dead { error } => Some(("dead", Some(error))),
+        }
+    }
+
     /// No attempt made: the delivery goes back to the queue, due at
     /// `at_ms` (a rate limit deferred it, or the daemon is stopping).
     pub fn later(at_ms: u64) -> Self {
@@ -512,10 +570,30 @@ pub trait Store: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<Vec<Claimed>, StoreError>>;
 
     /// Record the outcomes of attempts, each under the claim it was made
-    /// with. Returns the ids whose claim is no longer theirs (taken over
-    /// after the lease ran out): their outcome is not recorded.
-    fn record(&self, outcomes: Vec<(Lease, Record)>)
-    -> BoxFuture<'_, Result<Vec<i64>, StoreError>>;
+    /// with, and keep each attempt made (a deferral, `counted: false`, is
+    /// none) with its delivery. Returns the ids whose claim is no longer
+    /// theirs (taken over after the lease ran out): their outcome is not
+    /// recorded.
+    fn record_attempts(
+        &self,
+        outcomes: Vec<(Lease, Record, Attempt)>,
+    ) -> BoxFuture<'_, Result<Vec<i64>, StoreError>>;
+
+    /// [`Store::record_attempts`] of attempts made now, in no time.
+    fn record(
+        &self,
+        outcomes: Vec<(Lease, Record)>,
+    ) -> BoxFuture<'_, Result<Vec<i64>, StoreError>> {
+        let now = crate::verify::now_ms();
+        let attempt = Attempt {
+            started_at_ms: now,
+            ..Attempt::default()
+        };
+        self.record_attempts(outcomes.into_iter().map(|(l, r)| (l, r, attempt)).collect())
+    }
+
+    /// A delivery with its attempts; `None` when there is no such delivery.
+    fn delivery(&self, id: i64) -> BoxFuture<'_, Result<Option<DeliveryDetail>, StoreError>>;
 
     /// When the earliest pending delivery that is not leased falls due.
     fn next_due(&self) -> BoxFuture<'_, Result<Option<u64>, StoreError>>;

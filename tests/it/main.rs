@@ -5,6 +5,7 @@
 mod helpers;
 
 mod aggregates;
+mod attempts;
 mod callbacks;
 mod chats;
 mod cli;

@@ -272,7 +272,7 @@ async fn store_copy_moves_the_embedded_store_and_a_daemon_on_the_target_takes_ov
     assert_eq!(code, 0, "{out}{err}");
     assert!(
         out.contains(
-            "copied 3 event(s), 3 dedup key(s), 3 delivery(ies) (1 pending, 1 sent, 1 dead)"
+            "copied 3 event(s), 3 dedup key(s), 3 delivery(ies) (1 pending, 1 sent, 1 dead) with 2 attempt(s)"
         ),
         "{out}"
     );
@@ -300,6 +300,12 @@ async fn store_copy_moves_the_embedded_store_and_a_daemon_on_the_target_takes_ov
     let dead = app.deliveries("dead").await;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0]["last_error"], "HTTP 410");
+    // Its attempt came along.
+    let detail = app
+        .get(&format!("/api/v1/deliveries/{}", dead[0]["id"]))
+        .await;
+    assert_eq!(detail["attempts_made"][0]["outcome"], "dead", "{detail}");
+    assert_eq!(detail["attempts_made"][0]["error"], "HTTP 410");
     assert_eq!(app.events().await.len(), 3);
     // The copied dedup keys hold: a repeat is a duplicate.
     let (status, answer) = app.post(&bodies[0]).await;

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use easehook::store::postgres::PgStore;
 use easehook::store::sqlite::SqliteStore;
 use easehook::store::{
-    Accepted, AggregateKind, AggregateSpec, Claimed, NewAggregate, NewDelivery, NewEvent, Record,
-    Status, Store,
+    Accepted, AggregateKind, AggregateSpec, Attempt, Claimed, NewAggregate, NewDelivery, NewEvent,
+    Record, Status, Store,
 };
 
 /// A store under test and what keeps it alive.
@@ -169,6 +169,7 @@ conformance!(
     a_threshold_fires_once_when_its_window_holds_enough,
     a_wave_of_concurrent_events_makes_one_digest_and_one_firing,
     prune_keeps_what_open_digests_need,
+    every_attempt_is_kept_with_its_delivery,
 );
 
 pub mod behaviour {
@@ -791,6 +792,97 @@ pub mod behaviour {
             .map(|e| e.id)
             .collect();
         assert_eq!(left, ["e4"]);
+    }
+
+    pub async fn every_attempt_is_kept_with_its_delivery(s: &dyn Store) {
+        let (_, d) = stored(
+            s.accept(ev("e1", "k1", &["a"], 1000), 60_000)
+                .await
+                .unwrap(),
+        );
+        let id = d[0];
+        let at = |t: u64, ms: u64, code: u16| Attempt {
+            started_at_ms: t,
+            duration_ms: ms,
+            code: Some(code),
+        };
+        let c = s.claim_due(1000, 10, 30_000).await.unwrap();
+        let retry = Record::Retry {
+            at_ms: 2000,
+            error: "HTTP 500: oops".into(),
+            counted: true,
+        };
+        s.record_attempts(vec![(c[0].lease(), retry, at(1000, 12, 500))])
+            .await
+            .unwrap();
+        // A deferral makes no attempt.
+        let c = s.claim_due(2000, 10, 30_000).await.unwrap();
+        s.record_attempts(vec![(
+            c[0].lease(),
+            Record::later(2500),
+            Attempt::default(),
+        )])
+        .await
+        .unwrap();
+        let c = s.claim_due(2500, 10, 30_000).await.unwrap();
+        let long = "错".repeat(3000);
+        s.record_attempts(vec![(
+            c[0].lease(),
+            Record::Dead {
+                error: long.clone(),
+            },
+            at(2500, 30, 404),
+        )])
+        .await
+        .unwrap();
+        // A stale outcome (its claim gone) leaves no attempt either.
+        s.record_attempts(vec![(c[0].lease(), Record::Sent, at(2600, 1, 200))])
+            .await
+            .unwrap();
+        // Retried from dead: the numbers go on.
+        assert_eq!(s.retry(Some(vec![id]), 3000).await.unwrap(), 1);
+        let c = s.claim_due(3000, 10, 30_000).await.unwrap();
+        s.record_attempts(vec![(c[0].lease(), Record::Sent, at(3000, 7, 200))])
+            .await
+            .unwrap();
+        let detail = s.delivery(id).await.unwrap().expect("the delivery");
+        assert_eq!(detail.delivery.status, Status::Sent);
+        assert_eq!(detail.delivery.action, "a");
+        let got: Vec<(u32, u64, u64, &str, Option<u16>)> = detail
+            .attempts_made
+            .iter()
+            .map(|a| (a.n, a.started_at, a.duration_ms, a.outcome.as_str(), a.code))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (1, 1000, 12, "retry", Some(500)),
+                (2, 2500, 30, "dead", Some(404)),
+                (3, 3000, 7, "sent", Some(200)),
+            ]
+        );
+        assert_eq!(
+            detail.attempts_made[0].error.as_deref(),
+            Some("HTTP 500: oops")
+        );
+        assert_eq!(
+            detail.attempts_made[1]
+                .error
+                .as_ref()
+                .unwrap()
+                .chars()
+                .count(),
+            1000,
+            "an attempt keeps at most 1,000 characters of its error"
+        );
+        assert_eq!(detail.attempts_made[2].error, None);
+        assert!(s.delivery(id + 1000).await.unwrap().is_none());
+        // Pruned with the delivery (a newer one stays: the embedded store
+        // always keeps the newest).
+        let now = easehook::verify::now_ms();
+        s.accept(ev("e2", "k2", &["a"], now), 60_000).await.unwrap();
+        s.prune(now + 10_000, 1000).await.unwrap();
+        assert!(s.delivery(id).await.unwrap().is_none());
     }
 }
 

@@ -39,8 +39,9 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_postgres::Row;
 
 use super::{
-    Accepted, Callbacks, Claimed, Counts, DeliveryBrief, DeliveryInfo, EventInfo, Lease, NewEvent,
-    OpenGroup, RateGrant, Record, Replica, Status, Store, StoreError,
+    Accepted, Attempt, AttemptInfo, Callbacks, Claimed, Counts, DeliveryBrief, DeliveryDetail,
+    DeliveryInfo, EventInfo, Lease, NewEvent, OpenGroup, RateGrant, Record, Replica, Status, Store,
+    StoreError,
 };
 use crate::config::PostgresSettings;
 
@@ -48,6 +49,7 @@ use crate::config::PostgresSettings;
 const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("migrations/0001_init.sql")),
     (2, include_str!("migrations/0002_aggregates.sql")),
+    (3, include_str!("migrations/0003_attempts.sql")),
 ];
 
 /// The newest schema version this build knows.
@@ -361,23 +363,37 @@ FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::te
                                 x.win, x.max, x.cnt, x.within, x.cooldown, x.value) AS r
 ORDER BY x.n";
 
-/// Record outcomes, each only under the claim it was made with. `d.id =
+/// Record outcomes, each only under the claim it was made with, and keep
+/// each attempt made (`inc` 1) numbered after its delivery's last. `d.id =
 /// ANY($2)` makes the rows be found through the primary key: joined with
 /// the arrays alone, the planner may hash-join against a scan of the whole
 /// table.
 const RECORD_SQL: &str = "
-UPDATE deliveries d SET
-    status = o.status,
-    attempts = d.attempts + o.inc,
-    next_attempt_at = coalesce(o.at, d.next_attempt_at),
-    leased_until = NULL,
-    leased_by = NULL,
-    last_error = CASE WHEN o.status = 'sent' THEN NULL ELSE coalesce(o.error, d.last_error) END,
-    updated_at = $1
-FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::int[], $6::bigint[], $7::text[])
-     AS o(id, lease, status, inc, at, error)
-WHERE d.id = ANY($2) AND d.id = o.id AND d.leased_until = o.lease
-RETURNING d.id";
+WITH o AS (
+    SELECT * FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::int[], $6::bigint[], $7::text[],
+                         $8::bigint[], $9::bigint[], $10::int[])
+        AS o(id, lease, status, inc, at, error, started, took, code)
+), u AS (
+    UPDATE deliveries d SET
+        status = o.status,
+        attempts = d.attempts + o.inc,
+        next_attempt_at = coalesce(o.at, d.next_attempt_at),
+        leased_until = NULL,
+        leased_by = NULL,
+        last_error = CASE WHEN o.status = 'sent' THEN NULL ELSE coalesce(o.error, d.last_error) END,
+        updated_at = $1
+    FROM o
+    WHERE d.id = ANY($2) AND d.id = o.id AND d.leased_until = o.lease
+    RETURNING d.id
+), a AS (
+    INSERT INTO attempts (delivery_id, n, started_at, duration_ms, outcome, code, error)
+    SELECT o.id, coalesce((SELECT max(x.n) FROM attempts x WHERE x.delivery_id = o.id), 0) + 1,
+           o.started, o.took,
+           CASE o.status WHEN 'pending' THEN 'retry' ELSE o.status END,
+           o.code, left(o.error, 1000)
+    FROM o JOIN u ON u.id = o.id WHERE o.inc = 1
+)
+SELECT id FROM u";
 
 /// Take up to `$5` sends from the limit `$1` at `$2` (µs): GCRA with an
 /// emission interval of `$3` and a tolerance of `$4` (a burst of
@@ -1094,13 +1110,17 @@ impl Store for PgStore {
         })
     }
 
-    fn record(
+    fn record_attempts(
         &self,
-        outcomes: Vec<(Lease, Record)>,
+        outcomes: Vec<(Lease, Record, Attempt)>,
     ) -> BoxFuture<'_, Result<Vec<i64>, StoreError>> {
         self.write(move |c| {
             Box::pin(async move {
                 let n = outcomes.len();
+                let started: Vec<i64> = outcomes.iter().map(|o| o.2.started_at_ms as i64).collect();
+                let took: Vec<i64> = outcomes.iter().map(|o| o.2.duration_ms as i64).collect();
+                let codes: Vec<Option<i32>> =
+                    outcomes.iter().map(|o| o.2.code.map(i32::from)).collect();
                 let (mut ids, mut leases, mut statuses, mut incs, mut ats, mut errors) = (
                     Vec::with_capacity(n),
                     Vec::with_capacity(n),
@@ -1109,7 +1129,7 @@ impl Store for PgStore {
                     Vec::with_capacity(n),
                     Vec::with_capacity(n),
                 );
-                for (lease, r) in &outcomes {
+                for (lease, r, _) in &outcomes {
                     ids.push(lease.id);
                     leases.push(lease.until as i64);
                     let (status, inc, at, error): (&str, i32, Option<i64>, Option<&str>) = match r {
@@ -1136,7 +1156,10 @@ impl Store for PgStore {
                 let rows = c
                     .query(
                         &stmt,
-                        &[&now, &ids, &leases, &statuses, &incs, &ats, &errors],
+                        &[
+                            &now, &ids, &leases, &statuses, &incs, &ats, &errors, &started, &took,
+                            &codes,
+                        ],
                     )
                     .await?;
                 let recorded: std::collections::HashSet<i64> =
@@ -1145,6 +1168,41 @@ impl Store for PgStore {
                     .into_iter()
                     .filter(|id| !recorded.contains(id))
                     .collect())
+            })
+        })
+    }
+
+    fn delivery(&self, id: i64) -> BoxFuture<'_, Result<Option<DeliveryDetail>, StoreError>> {
+        self.with_client(move |c| {
+            Box::pin(async move {
+                let sql = format!(
+                    "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id
+                     WHERE d.id = $1"
+                );
+                let Some(row) = c.query_opt(&sql, &[&id]).await? else {
+                    return Ok(None);
+                };
+                let attempts = c
+                    .query(
+                        "SELECT n, started_at, duration_ms, outcome, code, error FROM attempts
+                         WHERE delivery_id = $1 ORDER BY n",
+                        &[&id],
+                    )
+                    .await?;
+                Ok(Some(DeliveryDetail {
+                    delivery: delivery_row(&row),
+                    attempts_made: attempts
+                        .iter()
+                        .map(|r| AttemptInfo {
+                            n: r.get::<_, i32>(0) as u32,
+                            started_at: r.get::<_, i64>(1) as u64,
+                            duration_ms: r.get::<_, i64>(2) as u64,
+                            outcome: r.get(3),
+                            code: r.get::<_, Option<i32>>(4).map(|c| c as u16),
+                            error: r.get(5),
+                        })
+                        .collect(),
+                }))
             })
         })
     }
@@ -1431,7 +1489,15 @@ async fn prune_batches(
 ) -> Result<u64, StoreError> {
     let cutoff = now.saturating_sub(retention) as i64;
     let mut total = 0;
-    let steps: [(&str, i64); 7] = [
+    let steps: [(&str, i64); 8] = [
+        // Attempts go with their delivery: first those of deliveries past
+        // retention, then the deliveries.
+        (
+            "DELETE FROM attempts WHERE delivery_id IN (
+                 SELECT id FROM deliveries WHERE status IN ('sent', 'dead') AND updated_at < $1
+                 AND EXISTS (SELECT 1 FROM attempts a WHERE a.delivery_id = deliveries.id) LIMIT $2)",
+            cutoff,
+        ),
         (
             "DELETE FROM deliveries WHERE id IN (
                  SELECT id FROM deliveries WHERE status IN ('sent', 'dead') AND updated_at < $1 LIMIT $2)",
@@ -1485,7 +1551,7 @@ async fn prune_batches(
             let n = c.execute(sql, &[&at, &PRUNE_BATCH]).await?;
             // Counted as in the embedded store: deliveries, digests and
             // firings, and events.
-            if matches!(i, 0 | 2 | 3) {
+            if matches!(i, 1 | 3 | 4) {
                 total += n;
             }
             if (n as i64) < PRUNE_BATCH {

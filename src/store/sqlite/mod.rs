@@ -31,8 +31,9 @@ use rusqlite::{Connection, OptionalExtension, Statement, params};
 use tokio::sync::oneshot;
 
 use super::{
-    Accepted, Callbacks, Claimed, Counts, DeliveryBrief, DeliveryInfo, EventInfo, Lease, NewEvent,
-    OpenGroup, Record, Status, Store, StoreError, StoredAggregate,
+    Accepted, Attempt, AttemptInfo, Callbacks, Claimed, Counts, DeliveryBrief, DeliveryDetail,
+    DeliveryInfo, EventInfo, Lease, NewEvent, OpenGroup, Record, Status, Store, StoreError,
+    StoredAggregate,
 };
 
 impl From<rusqlite::Error> for StoreError {
@@ -135,6 +136,16 @@ CREATE TABLE IF NOT EXISTS deliveries (
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(status, next_attempt_at)
     WHERE status = 'pending' OR status = 'dead';
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS attempts (
+    delivery_id INTEGER NOT NULL,
+    n           INTEGER NOT NULL,
+    started_at  INTEGER NOT NULL,
+    duration_ms INTEGER NOT NULL,
+    outcome     TEXT NOT NULL,
+    code        INTEGER,
+    error       TEXT,
+    PRIMARY KEY (delivery_id, n)
+) WITHOUT ROWID;
 PRAGMA user_version = 1;
 "#;
 
@@ -234,7 +245,7 @@ enum Command {
         lease: u64,
         reply: Reply<Vec<ClaimedRow>>,
     },
-    Record(Vec<(Lease, Record)>, Reply<Vec<i64>>),
+    Record(Vec<(Lease, Record, Attempt)>, Reply<Vec<i64>>),
     Retry(Option<Vec<i64>>, u64, Reply<u64>),
     Prune(u64, u64, Reply<u64>),
     Probe(Reply<()>),
@@ -992,12 +1003,13 @@ fn decode(rows: Vec<ClaimedRow>) -> Vec<Claimed> {
         .collect()
 }
 
-/// Record each outcome under its claim: a row whose lease is no longer the
-/// one the attempt was made under is left alone, and its id returned.
-fn record(conn: &Connection, outcomes: &[(Lease, Record)]) -> rusqlite::Result<Vec<i64>> {
+/// Record each outcome under its claim, with the attempt made: a row whose
+/// lease is no longer the one the attempt was made under is left alone,
+/// and its id returned.
+fn record(conn: &Connection, outcomes: &[(Lease, Record, Attempt)]) -> rusqlite::Result<Vec<i64>> {
     let now = crate::verify::now_ms() as i64;
     let mut stale = Vec::new();
-    for (lease, r) in outcomes {
+    for (lease, r, attempt) in outcomes {
         let (id, token) = (lease.id, lease.until as i64);
         let changed = match r {
             Record::Sent => conn
@@ -1028,6 +1040,22 @@ fn record(conn: &Connection, outcomes: &[(Lease, Record)]) -> rusqlite::Result<V
         };
         if changed == 0 {
             stale.push(id);
+            continue;
+        }
+        if let Some((outcome, error)) = r.attempted() {
+            // Numbered after the delivery's last one, found on the key.
+            conn.prepare_cached(
+                "INSERT INTO attempts(delivery_id, n, started_at, duration_ms, outcome, code, error)
+                 SELECT ?1, coalesce(max(n), 0) + 1, ?2, ?3, ?4, ?5, ?6 FROM attempts WHERE delivery_id = ?1",
+            )?
+            .execute(params![
+                id,
+                attempt.started_at_ms as i64,
+                attempt.duration_ms as i64,
+                outcome,
+                attempt.code,
+                error.map(Attempt::bounded)
+            ])?;
         }
     }
     Ok(stale)
@@ -1059,9 +1087,15 @@ fn retry(conn: &Connection, ids: Option<&[i64]>, now: u64) -> rusqlite::Result<u
 /// `sqlite_sequence` on every insert.)
 fn prune(conn: &Connection, layout: Layout, now: u64, retention: u64) -> rusqlite::Result<u64> {
     let cutoff = now.saturating_sub(retention) as i64;
+    let gone = "SELECT id FROM deliveries WHERE status IN ('sent', 'dead') AND updated_at < ?1
+                AND id < (SELECT max(id) FROM deliveries)";
+    // Attempts go with their delivery.
+    conn.execute(
+        &format!("DELETE FROM attempts WHERE delivery_id IN ({gone})"),
+        [cutoff],
+    )?;
     let mut n = conn.execute(
-        "DELETE FROM deliveries WHERE status IN ('sent', 'dead') AND updated_at < ?1
-         AND id < (SELECT max(id) FROM deliveries)",
+        &format!("DELETE FROM deliveries WHERE id IN ({gone})"),
         [cutoff],
     )? as u64;
     n += aggregate::prune(conn, now as i64, cutoff)?;
@@ -1069,6 +1103,10 @@ fn prune(conn: &Connection, layout: Layout, now: u64, retention: u64) -> rusqlit
     conn.execute("DELETE FROM dedup WHERE expires_at <= ?1", [now as i64])?;
     Ok(n)
 }
+
+/// The columns [`delivery_row`] reads.
+const DELIVERY_COLUMNS: &str = "d.id, d.event_id, e.event, d.action, d.rule, d.status, d.attempts,
+     d.next_attempt_at, d.last_error, d.created_at, d.updated_at";
 
 fn delivery_row(r: &rusqlite::Row) -> rusqlite::Result<DeliveryInfo> {
     let status: String = r.get(5)?;
@@ -1120,11 +1158,46 @@ impl Store for SqliteStore {
         Box::pin(async move { rows.await.map(decode) })
     }
 
-    fn record(
+    fn record_attempts(
         &self,
-        outcomes: Vec<(Lease, Record)>,
+        outcomes: Vec<(Lease, Record, Attempt)>,
     ) -> BoxFuture<'_, Result<Vec<i64>, StoreError>> {
         self.send(|r| Command::Record(outcomes, r))
+    }
+
+    fn delivery(&self, id: i64) -> BoxFuture<'_, Result<Option<DeliveryDetail>, StoreError>> {
+        self.read(move |c| {
+            let Some(delivery) = c
+                .prepare_cached(&format!(
+                    "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id
+                     WHERE d.id = ?1"
+                ))?
+                .query_row([id], delivery_row)
+                .optional()?
+            else {
+                return Ok(None);
+            };
+            let attempts_made = c
+                .prepare_cached(
+                    "SELECT n, started_at, duration_ms, outcome, code, error FROM attempts
+                     WHERE delivery_id = ?1 ORDER BY n",
+                )?
+                .query_map([id], |r| {
+                    Ok(AttemptInfo {
+                        n: r.get(0)?,
+                        started_at: r.get::<_, i64>(1)? as u64,
+                        duration_ms: r.get::<_, i64>(2)? as u64,
+                        outcome: r.get(3)?,
+                        code: r.get(4)?,
+                        error: r.get(5)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(Some(DeliveryDetail {
+                delivery,
+                attempts_made,
+            }))
+        })
     }
 
     fn next_due(&self) -> BoxFuture<'_, Result<Option<u64>, StoreError>> {
@@ -1148,14 +1221,15 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<DeliveryInfo>, StoreError>> {
         self.read(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT d.id, d.event_id, e.event, d.action, d.rule, d.status, d.attempts, d.next_attempt_at,
-                        d.last_error, d.created_at, d.updated_at
-                 FROM deliveries d JOIN events e ON e.id = d.event_id
-                 WHERE (?1 IS NULL OR d.status = ?1) ORDER BY d.id DESC LIMIT ?2",
-            )?;
-            stmt.query_map(params![status.map(Status::as_str), limit as i64], delivery_row)?
-                .collect()
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id
+                 WHERE (?1 IS NULL OR d.status = ?1) ORDER BY d.id DESC LIMIT ?2"
+            ))?;
+            stmt.query_map(
+                params![status.map(Status::as_str), limit as i64],
+                delivery_row,
+            )?
+            .collect()
         })
     }
 
