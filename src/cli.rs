@@ -38,6 +38,12 @@ pub enum Command {
     /// The store itself: migrate a shared database, copy the embedded store into one
     #[command(subcommand)]
     Store(StoreCommand),
+    /// Print the JSON Schema of easehook.yaml or of rule files, for editors
+    Schema {
+        /// Which file's schema
+        #[arg(value_parser = ["config", "rules"])]
+        which: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

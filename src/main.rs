@@ -20,6 +20,7 @@ fn main() -> ExitCode {
         Some(Command::Events(cmd)) => commands::events(&path, cmd),
         Some(Command::Digests(cmd)) => commands::digests(&path, cmd),
         Some(Command::Store(cmd)) => commands::store::run(&path, cmd),
+        Some(Command::Schema { which }) => commands::schema(which),
     };
     match result {
         Ok(code) => code,

@@ -65,7 +65,7 @@ impl Service {
 }
 
 /// The @-mention fields a rule may give (`at_mobiles`, `at_users`, `at_all`).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawMentions {
     /// Mobile numbers to @-mention (templates).

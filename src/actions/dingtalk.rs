@@ -14,7 +14,7 @@ use super::{Compiler, TemplateSource};
 use crate::template::{Data, Escape, TemplateRef, Templates};
 
 /// A DingTalk action as written in a rule file.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawDingTalk {
     /// The robot's webhook URL, with its `access_token` (a secret: supply it with `${…}`).

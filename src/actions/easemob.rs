@@ -23,7 +23,7 @@ use crate::config::{EasemobApp, Settings};
 use crate::template::{Data, Escape, TemplateRef, Templates};
 
 /// What the action asks Easemob to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Call {
     /// Send a text message (`POST /messages/users`) from `from` to `to`.
@@ -41,7 +41,7 @@ pub enum Call {
 }
 
 /// An Easemob action as written in a rule file.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawEasemob {
     /// `send_message`, `block`, `unblock`, `deactivate`, `activate` or `request`.
@@ -74,6 +74,7 @@ pub struct RawEasemob {
     path: Option<String>,
     /// request: the JSON body (any YAML; its strings are templates).
     #[serde(default)]
+    #[schemars(with = "Option<serde_json::Value>")]
     json: Option<serde_yaml::Value>,
 }
 

@@ -6,7 +6,7 @@ use super::{Compiler, StringList, TemplateSource};
 use crate::template::{Data, Escape, TemplateRef, Templates};
 
 /// An email action as written in a rule file.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawEmail {
     /// Name of the SMTP server in the config's `smtp:`. Default `default`.
@@ -14,15 +14,19 @@ pub struct RawEmail {
     smtp: Option<String>,
     /// Recipients; each may be a template.
     to: StringList,
+    /// Copy recipients; each may be a template.
     #[serde(default)]
     cc: StringList,
+    /// Blind copy recipients; each may be a template.
     #[serde(default)]
     bcc: StringList,
+    /// The `Reply-To` address (a template).
     #[serde(default)]
     reply_to: Option<String>,
     /// Overrides the SMTP server's `from`.
     #[serde(default)]
     from: Option<String>,
+    /// The subject (a template; a newline becomes a space).
     subject: TemplateSource,
     /// The plain-text part.
     #[serde(default)]

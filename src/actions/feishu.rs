@@ -13,7 +13,7 @@ use super::{Compiler, JsonTemplate, TemplateSource};
 use crate::template::{Data, Escape, TemplateRef, Templates};
 
 /// A Feishu action as written in a rule file.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawFeishu {
     /// The bot's webhook URL (a secret: supply it with `${…}`).
@@ -26,6 +26,7 @@ pub struct RawFeishu {
     text: Option<TemplateSource>,
     /// An interactive card: any YAML, its strings templates, sent as the `card`.
     #[serde(default)]
+    #[schemars(with = "Option<serde_json::Value>")]
     card: Option<serde_yaml::Value>,
     #[serde(flatten)]
     mentions: RawMentions,

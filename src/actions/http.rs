@@ -9,7 +9,7 @@ use super::{Compiler, JsonTemplate, TemplateSource};
 use crate::template::{Data, Escape, TemplateRef, Templates};
 
 /// An HTTP action as written in a rule file.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawHttp {
     /// The URL; values inserted with `{{…}}` are percent-encoded.
@@ -22,10 +22,12 @@ pub struct RawHttp {
     headers: BTreeMap<String, String>,
     /// Any YAML value; its strings are templates; sent as JSON.
     #[serde(default)]
+    #[schemars(with = "Option<serde_json::Value>")]
     json: Option<serde_yaml::Value>,
     /// A raw body template (with `content_type`), instead of `json`.
     #[serde(default)]
     body: Option<TemplateSource>,
+    /// The `Content-Type` of `body`. Default `text/plain; charset=utf-8`.
     #[serde(default)]
     content_type: Option<String>,
 }

@@ -6,7 +6,7 @@ use super::{Compiler, TemplateSource};
 use crate::template::{Data, Escape, TemplateRef, Templates};
 
 /// A log action as written in a rule file.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawLog {
     message: TemplateSource,

@@ -171,7 +171,7 @@ impl RateLimit {
 
 /// A template field: an inline string, or `{template: file.hbs}` naming a file
 /// in `templates_dir`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum TemplateSource {
     Inline(String),
@@ -182,7 +182,7 @@ pub enum TemplateSource {
 }
 
 /// One string or a list of strings.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Default, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum StringList {
     #[default]
@@ -394,22 +394,64 @@ impl JsonTemplate {
 }
 
 /// Fields that every action type accepts.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawCommon {
+    /// Default `true`; a string such as `${SLACK_WEBHOOK_URL:+true}` must
+    /// expand to `true`, `false` or nothing (false). A disabled action is
+    /// skipped by every rule.
     #[serde(default)]
     enabled: Option<EnabledFlag>,
+    /// Like `30/min`, `10/s`, `500/h`, `5/10s`: deliveries beyond it wait,
+    /// none is dropped.
     #[serde(default)]
     rate_limit: Option<String>,
+    /// Overrides `delivery.timeout`.
     #[serde(default)]
     timeout: Option<HumanDuration>,
+    /// Overrides `delivery.max_attempts`.
     #[serde(default)]
     max_attempts: Option<Num<u32>>,
 }
 
+/// An action as a rule file holds it: its `type` and that type's fields,
+/// with those every type accepts. The editor schema's view of the structs
+/// the loader reads an action into, part by part ([`compile`]).
+#[derive(schemars::JsonSchema)]
+#[serde(tag = "type", rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum ActionSchema {
+    /// A message through an SMTP server of the config's `smtp:`.
+    Email(Typed<email::RawEmail>),
+    /// A Slack incoming webhook.
+    Slack(Typed<slack::RawSlack>),
+    /// An HTTP request; any 2xx is success.
+    Http(Typed<http::RawHttp>),
+    /// A line in the daemon's log.
+    Log(Typed<log::RawLog>),
+    /// A WeCom (企业微信) group robot.
+    Wecom(Typed<wecom::RawWeCom>),
+    /// A DingTalk (钉钉) custom robot.
+    Dingtalk(Typed<dingtalk::RawDingTalk>),
+    /// A Feishu (飞书) custom bot.
+    Feishu(Typed<feishu::RawFeishu>),
+    /// A call to Easemob's REST API, with the app's `easemob:` credentials.
+    Easemob(Typed<easemob::RawEasemob>),
+}
+
+/// A type's fields with those every action accepts.
+#[derive(schemars::JsonSchema)]
+#[allow(dead_code)]
+pub struct Typed<T> {
+    #[serde(flatten)]
+    common: RawCommon,
+    #[serde(flatten)]
+    fields: T,
+}
+
 /// `enabled:` is a boolean, or a string that expands to `true`, `false` or
 /// nothing (false), such as `${SLACK_WEBHOOK_URL:+true}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 enum EnabledFlag {
     Bool(bool),

@@ -7,7 +7,7 @@ use super::{Compiler, JsonTemplate, TemplateSource};
 use crate::template::{Data, Escape, TemplateRef, Templates};
 
 /// A Slack action as written in a rule file.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawSlack {
     /// The incoming webhook URL (a secret: supply it with `${…}`).
@@ -16,11 +16,15 @@ pub struct RawSlack {
     text: TemplateSource,
     /// Block Kit blocks; every string inside is a template.
     #[serde(default)]
+    #[schemars(with = "Option<serde_json::Value>")]
     blocks: Option<serde_yaml::Value>,
+    /// Overrides the webhook's user name (where the workspace allows it).
     #[serde(default)]
     username: Option<String>,
+    /// Overrides the webhook's icon, like `:rotating_light:`.
     #[serde(default)]
     icon_emoji: Option<String>,
+    /// Overrides the webhook's channel (legacy webhooks).
     #[serde(default)]
     channel: Option<String>,
 }

@@ -13,7 +13,7 @@ use super::{Compiler, TemplateSource};
 use crate::template::{Data, Templates};
 
 /// A WeCom action as written in a rule file.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawWeCom {
     /// The robot's webhook URL, with its `key` (a secret: supply it with `${…}`).

@@ -530,3 +530,14 @@ pub fn digests(config_path: &Path, cmd: &crate::cli::DigestsCommand) -> anyhow::
     println!("{} group(s)", list.len());
     Ok(ExitCode::SUCCESS)
 }
+
+/// `easehook schema config|rules`: the JSON Schema of the file, generated
+/// from the types the loader reads it into.
+pub fn schema(which: &str) -> anyhow::Result<ExitCode> {
+    let schema = match which {
+        "config" => crate::config::schema(),
+        _ => crate::rules::schema(),
+    };
+    println!("{}", serde_json::to_string_pretty(&schema)?);
+    Ok(ExitCode::SUCCESS)
+}

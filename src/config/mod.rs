@@ -50,7 +50,7 @@ impl fmt::Display for Secret {
 }
 
 /// `secrets:` entries accept one string or a list of strings.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 enum OneOrMany {
     One(String),
@@ -59,7 +59,7 @@ enum OneOrMany {
 
 /// The configuration file as written. Every field is optional here; defaults
 /// and validation are applied by [`compile`].
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 struct RawConfig {
     /// The callback listener, `IP:PORT`. Default `127.0.0.1:8080`.
@@ -89,24 +89,34 @@ struct RawConfig {
     /// Default zone of the `datetime` template helper. Default `Asia/Shanghai`.
     timezone: Option<String>,
     /// `text` or `json`. Default `text`.
+    #[schemars(with = "Option<units::Expandable<LogFormat>>")]
     log_format: Option<LogFormat>,
-    /// Read key by key (see [`deserialize_keys`]), so that every problem
-    /// inside is reported.
+    /// Retries, timeouts and concurrency of deliveries. (Read key by key,
+    /// see [`deserialize_keys`], so that every problem inside is reported.)
+    #[schemars(with = "Option<RawDelivery>")]
     delivery: Option<Value>,
-    /// Named SMTP servers, each read key by key.
+    /// Named SMTP servers (`default` unless an email action names another),
+    /// each read key by key.
+    #[schemars(with = "Option<BTreeMap<String, RawSmtp>>")]
     smtp: Option<serde_yaml::Mapping>,
-    /// Easemob REST credentials per appkey, each read key by key.
+    /// Easemob REST API credentials per appkey (`org#app`), for `easemob`
+    /// actions; each read key by key.
+    #[schemars(with = "Option<BTreeMap<String, RawEasemob>>")]
     easemob: Option<serde_yaml::Mapping>,
-    /// Where events and deliveries are kept (SPEC §9), read key by key.
+    /// Where events and deliveries are kept: the embedded SQLite store
+    /// (default) or a PostgreSQL database shared by replicas. Read key by
+    /// key.
+    #[schemars(with = "Option<RawStore>")]
     store: Option<Value>,
 }
 
 /// `store:` as written.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 struct RawStore {
     /// `sqlite` (default) or `postgres`.
     #[serde(rename = "type")]
+    #[schemars(with = "Option<units::Expandable<StoreKind>>")]
     kind: Option<StoreKind>,
     /// postgres: `postgres://user:password@host:5432/db?sslmode=…`.
     url: Option<String>,
@@ -117,7 +127,7 @@ struct RawStore {
 }
 
 /// Which store backend keeps the events (`store.type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum StoreKind {
     /// Embedded SQLite in `state_dir/easehook.db`: no server, one daemon.
@@ -233,7 +243,7 @@ pub fn mask_postgres_url(url: &str) -> String {
 }
 
 /// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// One human-readable line per record.
@@ -243,41 +253,61 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 struct RawDelivery {
+    /// Attempts before a delivery is dead. Default 10.
     max_attempts: Option<Num<u32>>,
+    /// The first retry's delay bound; it doubles per attempt, with full
+    /// jitter. Default `2s`.
     initial_backoff: Option<HumanDuration>,
+    /// Upper bound of a retry's delay. Default `10m`.
     max_backoff: Option<HumanDuration>,
+    /// Longest an attempt may take. Default `15s`.
     timeout: Option<HumanDuration>,
+    /// Attempts in flight at once. Default 32.
     concurrency: Option<Num<usize>>,
+    /// At shutdown, how long attempts in flight may finish. Default `10s`.
     shutdown_grace: Option<HumanDuration>,
+    /// How long deliveries yield the CPU to acknowledging callbacks, at
+    /// most. Default `30s`.
     yield_for: Option<HumanDuration>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 struct RawSmtp {
+    /// The server's host name or address. Required.
     host: Option<String>,
+    /// Default 587 with `starttls`, 465 with `tls`, 25 with `none`.
     port: Option<Num<u16>>,
+    /// `starttls` (default), `tls` or `none`.
+    #[schemars(with = "Option<units::Expandable<SmtpTls>>")]
     tls: Option<SmtpTls>,
+    /// AUTH user; no AUTH when empty.
     username: Option<String>,
+    /// AUTH password (use `${file:…}` or `${credential:…}`).
     password: Option<String>,
+    /// The sender, like `easehook <noreply@example.com>`.
     from: Option<String>,
+    /// An extra trusted root certificate (PEM) for the server's TLS.
     ca_file: Option<String>,
 }
 
 /// `easemob.APPKEY` as written.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 struct RawEasemob {
+    /// The app's REST API host, like `https://a1.easemob.com`.
     api: Option<String>,
+    /// The app's Client ID.
     client_id: Option<String>,
+    /// The app's Client Secret (use `${file:…}` or `${credential:…}`).
     client_secret: Option<String>,
 }
 
 /// How the SMTP connection is secured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SmtpTls {
     /// Plain connection upgraded with STARTTLS, which is required (port 587).
@@ -995,6 +1025,20 @@ impl Settings {
         }
         v
     }
+}
+
+/// The JSON Schema (draft 2020-12) of `easehook.yaml`, generated from the
+/// types the loader reads it into, with their documentation.
+pub fn schema() -> serde_json::Value {
+    let mut schema = schemars::schema_for!(RawConfig).to_value();
+    if let Some(o) = schema.as_object_mut() {
+        o.insert("title".into(), "easehook.yaml".into());
+        o.insert(
+            "description".into(),
+            "easehook's configuration; see README.md, Configuration".into(),
+        );
+    }
+    schema
 }
 
 #[cfg(test)]

@@ -162,3 +162,61 @@ where
         d.deserialize_any(V(std::marker::PhantomData))
     }
 }
+
+/// In the editor schema (`easehook schema`): a duration like `10s`, or `0`.
+impl schemars::JsonSchema for HumanDuration {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A duration like 500ms, 10s, 5m, 24h or 7d (0 alone is zero)",
+            "anyOf": [
+                {"type": "string", "pattern": "^\\s*(0|[0-9]+\\s*[a-zA-Zµ]+.*|.*\\$\\{.*)$"},
+                {"const": 0}
+            ]
+        })
+    }
+}
+
+/// In the editor schema: a size like `64KiB`, or a number of bytes.
+impl schemars::JsonSchema for ByteSize {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ByteSize".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A size in bytes: 65536, 64KiB, 1MiB or 1MB",
+            "type": ["string", "integer"]
+        })
+    }
+}
+
+/// In the editor schema: a whole number, or a string (as `${…}` expands).
+impl<T> schemars::JsonSchema for Num<T> {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "WholeNumber".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A whole number (a string such as ${PORT:-587} works too)",
+            "type": ["integer", "string"]
+        })
+    }
+}
+
+/// In the editor schema: a value of `T`, or a `${…}` reference that
+/// expands to one (`tls: ${SMTP_TLS:-starttls}`).
+pub struct Expandable<T>(std::marker::PhantomData<T>);
+
+impl<T: schemars::JsonSchema> schemars::JsonSchema for Expandable<T> {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        format!("Expandable{}", T::schema_name()).into()
+    }
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let inner = generator.subschema_for::<T>();
+        schemars::json_schema!({
+            "anyOf": [inner, {"type": "string", "pattern": "\\$\\{"}]
+        })
+    }
+}

@@ -31,7 +31,7 @@ const MAX_KEPT: u32 = 1000;
 const MAX_COUNT: u32 = 10_000;
 
 /// `digest:` as written.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawDigest {
     /// How long a digest stays open after its first event.
@@ -46,7 +46,7 @@ pub struct RawDigest {
 }
 
 /// `threshold:` as written.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawThreshold {
     /// Fires when this many events (or distinct values) fall within the

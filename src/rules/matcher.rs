@@ -76,6 +76,29 @@ impl Field {
     }
 }
 
+/// A matcher as written, for the editor schema (`easehook schema rules`):
+/// the shapes [`Matcher::compile`] reads.
+#[derive(schemars::JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum RawMatcher {
+    /// Equal, or a glob when it holds `*`, `?` or `[`; for `event`, a
+    /// family (`roster`) or a name (`roster:ban`).
+    Text(String),
+    /// Equal to the number's text.
+    Number(f64),
+    /// Equal to `true` or `false`.
+    Bool(bool),
+    /// Any of these.
+    AnyOf(Vec<RawMatcher>),
+    /// The whole value matches the regular expression.
+    Regex { regex: String },
+    /// The matcher does not match (a missing field matches).
+    Not { not: Box<RawMatcher> },
+    /// The field is there (`true`) or missing (`false`).
+    Exists { exists: bool },
+}
+
 /// A compiled matcher.
 #[derive(Debug, Clone)]
 pub enum Matcher {

@@ -9,6 +9,7 @@
 
 pub mod aggregate;
 pub mod matcher;
+mod ruletest;
 pub mod samples;
 
 use std::collections::HashMap;
@@ -57,15 +58,17 @@ impl Rule {
 }
 
 /// A rule as written.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawRule {
     name: String,
     #[serde(default)]
     description: Option<String>,
     #[serde(default)]
+    #[schemars(with = "Option<std::collections::BTreeMap<String, matcher::RawMatcher>>")]
     when: Option<Mapping>,
     #[serde(default)]
+    #[schemars(with = "Option<std::collections::BTreeMap<String, matcher::RawMatcher>>")]
     unless: Option<Mapping>,
     #[serde(default)]
     actions: Vec<String>,
@@ -73,18 +76,28 @@ struct RawRule {
     stop: bool,
     /// Gather the matching events into one delivery per window (SPEC §11).
     #[serde(default)]
+    #[schemars(with = "Option<aggregate::RawDigest>")]
     digest: Option<Value>,
     /// Deliver when enough matching events fall within a sliding window.
     #[serde(default)]
+    #[schemars(with = "Option<aggregate::RawThreshold>")]
     threshold: Option<Value>,
 }
 
 /// A rule file as written.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 struct RawFile {
+    /// Actions by name (names are unique across every rule file).
+    #[schemars(with = "std::collections::BTreeMap<String, crate::actions::ActionSchema>")]
     actions: Mapping,
+    /// Evaluated in order (files by name) until a matching rule with `stop`.
+    #[schemars(with = "Vec<RawRule>")]
     rules: Vec<Value>,
+    /// Events and what must follow from them, run by `check`, start-up and
+    /// reload.
+    #[schemars(with = "Vec<ruletest::RawTest>")]
+    tests: Vec<Value>,
 }
 
 /// One delivery an event asks for: an action and the first rule that named it.
@@ -381,7 +394,18 @@ impl RuleSet {
             }
         }
         let mut rule_files: HashMap<String, String> = HashMap::new();
+        let mut tests = Vec::new();
         for (file, raw) in parsed {
+            tests.extend(
+                raw.tests
+                    .into_iter()
+                    .enumerate()
+                    .map(|(index, raw)| ruletest::Pending {
+                        file: file.clone(),
+                        index,
+                        raw,
+                    }),
+            );
             for (i, value) in raw.rules.into_iter().enumerate() {
                 let label = value
                     .get("name")
@@ -415,6 +439,8 @@ impl RuleSet {
             set.check_renders(&mut diags);
             set.check_easemob(settings, &mut diags);
             set.collect_warnings();
+            // A set that loads must also pass its own tests.
+            set.run_tests(&tests, &mut diags);
         }
         diags.redact(&set.redactor);
         diags.into_result().map(|()| set)
@@ -696,6 +722,33 @@ fn list_rule_files(dir: &Path, diags: &mut Diagnostics) -> Vec<PathBuf> {
         .collect();
     files.sort();
     files
+}
+
+/// The JSON Schema (draft 2020-12) of a rule file, generated from the types
+/// the loader reads it into, with their documentation.
+pub fn schema() -> serde_json::Value {
+    let mut schema = schemars::schema_for!(RawFile).to_value();
+    // An action's type-specific and common fields come from two structs,
+    // each strict on its own; the variant as a whole takes nothing else.
+    if let Some(variants) = schema
+        .pointer_mut("/$defs/ActionSchema/oneOf")
+        .and_then(serde_json::Value::as_array_mut)
+    {
+        for v in variants
+            .iter_mut()
+            .filter_map(serde_json::Value::as_object_mut)
+        {
+            v.insert("unevaluatedProperties".into(), false.into());
+        }
+    }
+    if let Some(o) = schema.as_object_mut() {
+        o.insert("title".into(), "easehook rule file".into());
+        o.insert(
+            "description".into(),
+            "actions, rules and tests; see README.md, Rules".into(),
+        );
+    }
+    schema
 }
 
 #[cfg(test)]

@@ -24,6 +24,8 @@ mod props;
 mod reload;
 mod replicas;
 mod restart;
+mod ruletests;
+mod schema;
 mod secrets;
 mod shipped;
 mod store;

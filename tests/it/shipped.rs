@@ -18,7 +18,13 @@ async fn the_shipped_ban_notifications_reach_email_and_slack() {
         smtp.port,
         smtp.ca_file.display()
     ));
-    for t in ["ban.txt.hbs", "ban.html.hbs", "footer.txt.hbs"] {
+    for t in [
+        "ban.txt.hbs",
+        "ban.html.hbs",
+        "ban-digest.txt.hbs",
+        "ban-digest.html.hbs",
+        "footer.txt.hbs",
+    ] {
         opts = opts.template(
             t,
             &std::fs::read_to_string(root.join("templates").join(t)).unwrap(),
@@ -30,9 +36,15 @@ async fn the_shipped_ban_notifications_reach_email_and_slack() {
         .env("PRODUCT_EMAIL", "product@example.com")
         .env("SLACK_WEBHOOK_URL", &slack.url("/services/T000/B000/XXXX"));
     let (dir, config) = write_config(&opts);
-    // The shipped rule files replace the generated one.
+    // The shipped rule files replace the generated one (all of them: their
+    // tests name the rules of the whole set).
     std::fs::remove_file(dir.path().join("rules/10-test.yaml")).unwrap();
-    for r in ["10-ban.yaml", "20-audit.yaml"] {
+    for r in [
+        "10-ban.yaml",
+        "12-ban-waves.yaml",
+        "15-ban-chat.yaml",
+        "20-audit.yaml",
+    ] {
         std::fs::copy(root.join("rules").join(r), dir.path().join("rules").join(r)).unwrap();
     }
     // Replace the generated timezone line (UTC) with the one above.
