@@ -129,12 +129,31 @@ pub enum EventsCommand {
 pub struct TestArgs {
     /// The callback JSON: a file, or - for standard input. Several (in
     /// order) also show what their digests and thresholds would send, each
-    /// event received at its `timestamp`
-    #[arg(long, short = 'e', value_name = "FILE|-", required = true)]
+    /// event received at its `timestamp`. With --since: only stored events
+    /// of this name or family (roster:ban, roster)
+    #[arg(
+        long,
+        short = 'e',
+        value_name = "FILE|-|PATTERN",
+        required_unless_present = "since"
+    )]
     pub event: Vec<String>,
     /// Really send the rendered messages (nothing is stored)
-    #[arg(long)]
+    #[arg(long, conflicts_with = "since")]
     pub send: bool,
+    /// Backtest: evaluate the stored events received since then (24h, an
+    /// RFC 3339 time, or ms) against the candidate rules and compare
+    #[arg(long, value_name = "WHEN")]
+    pub since: Option<String>,
+    /// Backtest: only events received before then
+    #[arg(long, value_name = "WHEN", requires = "since")]
+    pub until: Option<String>,
+    /// Backtest: the candidate rules [default: rules_dir as it is on disk]
+    #[arg(long, value_name = "DIR", requires = "since")]
+    pub rules: Option<PathBuf>,
+    /// Backtest: print the comparison as JSON
+    #[arg(long, requires = "since")]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

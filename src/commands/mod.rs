@@ -2,6 +2,7 @@
 //! the admin API's clients (`deliveries`, `events`), `store` ([`store`]),
 //! and `run`'s start-up around [`crate::app::App`].
 
+mod backtest;
 pub mod store;
 mod test;
 
@@ -235,7 +236,7 @@ pub fn simulate(config_path: &Path, args: &SimulateArgs) -> anyhow::Result<ExitC
 }
 
 /// The admin API of the configured daemon: base URL and token.
-struct AdminClient {
+pub(crate) struct AdminClient {
     base: String,
     token: Option<String>,
     http: reqwest::Client,
@@ -243,7 +244,7 @@ struct AdminClient {
 }
 
 impl AdminClient {
-    fn new(config_path: &Path) -> anyhow::Result<Self> {
+    pub(crate) fn new(config_path: &Path) -> anyhow::Result<Self> {
         let settings =
             config::load(config_path, &ProcessEnv).map_err(|d| anyhow::anyhow!("{d}"))?;
         let mut addr = settings.admin_listen;
@@ -266,7 +267,7 @@ impl AdminClient {
         })
     }
 
-    fn call(
+    pub(crate) fn call(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -303,7 +304,7 @@ impl AdminClient {
     }
 }
 
-fn when(ms: u64) -> String {
+pub(crate) fn when(ms: u64) -> String {
     chrono::DateTime::from_timestamp_millis(ms as i64)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
         .unwrap_or_default()
@@ -429,7 +430,7 @@ pub fn deliveries(
 
 /// The users of a stored callback as rules see them (`from_user`,
 /// `to_user`): the API shows no signature, so a placeholder stands in for it.
-fn users(callback: &Value) -> (String, String) {
+pub(crate) fn users(callback: &Value) -> (String, String) {
     let mut raw = callback.clone();
     if let Some(obj) = raw.as_object_mut() {
         obj.insert("security".into(), json!("-"));

@@ -270,6 +270,9 @@ fn when(ms: u64) -> String {
 /// what each action would send, fully rendered; digests and thresholds over
 /// the whole sequence. Nothing is sent (without `--send`) or stored.
 pub fn test(config_path: &Path, args: &TestArgs) -> anyhow::Result<ExitCode> {
+    if args.since.is_some() {
+        return super::backtest::backtest(config_path, args);
+    }
     let snap = match crate::snapshot::load(config_path, &ProcessEnv) {
         Ok(s) => s,
         Err(diags) => {

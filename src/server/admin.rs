@@ -11,7 +11,7 @@
 //! | `GET /api/v1/deliveries/{id}` | one delivery with every attempt made (`attempts_made`) |
 //! | `POST /api/v1/deliveries/{id}/retry` | put a dead delivery back in the queue |
 //! | `POST /api/v1/deliveries/retry-dead` | put every dead delivery back |
-//! | `GET /api/v1/events?since=&event=&limit=` | stored events with their rules and deliveries |
+//! | `GET /api/v1/events?since=&until=&event=&limit=&before=` | stored events with their rules and deliveries, a page at a time (`next`) |
 //! | `GET /api/v1/digests` | open digests and threshold groups counting (SPEC §11) |
 //!
 //! With `admin_token` set, every `/api/` and `/-/` call needs
@@ -109,8 +109,44 @@ async fn events(state: &AppState, query: &HashMap<String, String>) -> Response {
         },
     };
     let event = query.get("event").filter(|e| !e.is_empty()).cloned();
-    match state.store.list_events(since, event, limit).await {
+    let until = match query.get("until").map(String::as_str) {
+        None | Some("") => None,
+        Some(s) => match s.parse::<u64>() {
+            Ok(t) => Some(t),
+            Err(_) => {
+                return error_reply(StatusCode::BAD_REQUEST, "until must be a time in ms");
+            }
+        },
+    };
+    // `before` is the `next` of the page before: `RECEIVED_AT:ID`.
+    let before = match query.get("before").map(String::as_str) {
+        None | Some("") => None,
+        Some(s) => match s
+            .split_once(':')
+            .and_then(|(at, id)| Some((at.parse().ok()?, id)))
+        {
+            Some((at, id)) => Some((at, id.to_string())),
+            None => {
+                return error_reply(
+                    StatusCode::BAD_REQUEST,
+                    "before must be the next of the page before",
+                );
+            }
+        },
+    };
+    let q = crate::store::EventQuery {
+        since_ms: since,
+        until_ms: until,
+        event,
+        limit,
+        before,
+    };
+    match state.store.query_events(q).await {
         Ok(list) => {
+            // A full page may have more after it.
+            let next = (list.len() == limit)
+                .then(|| list.last().map(|e| format!("{}:{}", e.received_at, e.id)))
+                .flatten();
             // The stored callback carries its signature; the API never shows it.
             let list: Vec<_> = list
                 .into_iter()
@@ -121,7 +157,10 @@ async fn events(state: &AppState, query: &HashMap<String, String>) -> Response {
                     e
                 })
                 .collect();
-            json_reply(StatusCode::OK, &serde_json::json!({"events": list}))
+            json_reply(
+                StatusCode::OK,
+                &serde_json::json!({"events": list, "next": next}),
+            )
         }
         Err(e) => store_error(e),
     }

@@ -499,6 +499,21 @@ pub struct DeliveryInfo {
     pub updated_at: u64,
 }
 
+/// Which stored events to list, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventQuery {
+    /// Received at or after this time (ms).
+    pub since_ms: u64,
+    /// Received before this time (ms).
+    pub until_ms: Option<u64>,
+    /// An event name (`roster:ban`) or family (`roster`).
+    pub event: Option<String>,
+    pub limit: usize,
+    /// The page after this event, given by its received time and id: where
+    /// the page before ended.
+    pub before: Option<(u64, String)>,
+}
+
 /// An event as the admin API shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct EventInfo {
@@ -515,6 +530,8 @@ pub struct EventInfo {
 pub struct DeliveryBrief {
     pub id: i64,
     pub action: String,
+    /// The rule that asked for it.
+    pub rule: String,
     pub status: Status,
     pub attempts: u32,
 }
@@ -608,12 +625,24 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<DeliveryInfo>, StoreError>>;
 
+    /// Stored events, newest first, with their deliveries.
+    fn query_events(&self, q: EventQuery) -> BoxFuture<'_, Result<Vec<EventInfo>, StoreError>>;
+
+    /// [`Store::query_events`] received since `since_ms`, of `event` (a
+    /// name or a family), at most `limit`.
     fn list_events(
         &self,
         since_ms: u64,
         event: Option<String>,
         limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<EventInfo>, StoreError>>;
+    ) -> BoxFuture<'_, Result<Vec<EventInfo>, StoreError>> {
+        self.query_events(EventQuery {
+            since_ms,
+            event,
+            limit,
+            ..EventQuery::default()
+        })
+    }
 
     fn counts(&self) -> BoxFuture<'_, Result<Counts, StoreError>>;
 

@@ -6,6 +6,7 @@ mod helpers;
 
 mod aggregates;
 mod attempts;
+mod backtest;
 mod callbacks;
 mod chats;
 mod cli;

@@ -40,8 +40,8 @@ use tokio_postgres::Row;
 
 use super::{
     Accepted, Attempt, AttemptInfo, Callbacks, Claimed, Counts, DeliveryBrief, DeliveryDetail,
-    DeliveryInfo, EventInfo, Lease, NewEvent, OpenGroup, RateGrant, Record, Replica, Status, Store,
-    StoreError,
+    DeliveryInfo, EventInfo, EventQuery, Lease, NewEvent, OpenGroup, RateGrant, Record, Replica,
+    Status, Store, StoreError,
 };
 use crate::config::PostgresSettings;
 
@@ -1268,27 +1268,35 @@ impl Store for PgStore {
         })
     }
 
-    fn list_events(
-        &self,
-        since: u64,
-        event: Option<String>,
-        limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<EventInfo>, StoreError>> {
+    fn query_events(&self, q: EventQuery) -> BoxFuture<'_, Result<Vec<EventInfo>, StoreError>> {
         self.with_client(move |c| {
             Box::pin(async move {
+                let until = q.until_ms.map(|u| u as i64);
+                let (before_at, before_id) = match q.before {
+                    Some((at, id)) => (Some(at as i64), Some(id)),
+                    None => (None, None),
+                };
                 let rows = c
                     .query(
                         "SELECT id, event, received_at, rules, body FROM events
-                         WHERE received_at >= $1
+                         WHERE received_at >= $1 AND ($4::bigint IS NULL OR received_at < $4)
+                           AND ($5::bigint IS NULL OR (received_at, id) < ($5, $6::text))
                            AND ($2::text IS NULL OR event = $2 OR left(event, length($2) + 1) = $2 || ':')
                          ORDER BY received_at DESC, id DESC LIMIT $3",
-                        &[&(since as i64), &event, &(limit as i64)],
+                        &[
+                            &(q.since_ms as i64),
+                            &q.event,
+                            &(q.limit as i64),
+                            &until,
+                            &before_at,
+                            &before_id,
+                        ],
                     )
                     .await?;
                 let ids: Vec<&str> = rows.iter().map(|r| r.get(0)).collect();
                 let ds = c
                     .query(
-                        "SELECT event_id, id, action, status, attempts FROM deliveries
+                        "SELECT event_id, id, action, status, attempts, rule FROM deliveries
                          WHERE event_id = ANY($1) ORDER BY id",
                         &[&ids],
                     )
@@ -1301,6 +1309,7 @@ impl Store for PgStore {
                         action: d.get(2),
                         status: Status::parse(d.get(3)).unwrap_or(Status::Pending),
                         attempts: d.get::<_, i32>(4) as u32,
+                        rule: d.get(5),
                     });
                 }
                 Ok(rows

@@ -32,8 +32,8 @@ use tokio::sync::oneshot;
 
 use super::{
     Accepted, Attempt, AttemptInfo, Callbacks, Claimed, Counts, DeliveryBrief, DeliveryDetail,
-    DeliveryInfo, EventInfo, Lease, NewEvent, OpenGroup, Record, Status, Store, StoreError,
-    StoredAggregate,
+    DeliveryInfo, EventInfo, EventQuery, Lease, NewEvent, OpenGroup, Record, Status, Store,
+    StoreError, StoredAggregate,
 };
 
 impl From<rusqlite::Error> for StoreError {
@@ -178,11 +178,11 @@ impl Layout {
     fn deliveries_of_event(self) -> &'static str {
         match self {
             Layout::Ranges => {
-                "SELECT id, action, status, attempts FROM deliveries
+                "SELECT id, action, status, attempts, rule FROM deliveries
                  WHERE id BETWEEN ?2 AND ?3 AND event_id = ?1 ORDER BY id"
             }
             Layout::Indexed => {
-                "SELECT id, action, status, attempts FROM deliveries
+                "SELECT id, action, status, attempts, rule FROM deliveries
                  WHERE event_id = ?1 AND ?2 IS ?2 AND ?3 IS ?3 ORDER BY id"
             }
         }
@@ -1233,21 +1233,23 @@ impl Store for SqliteStore {
         })
     }
 
-    fn list_events(
-        &self,
-        since: u64,
-        event: Option<String>,
-        limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<EventInfo>, StoreError>> {
+    fn query_events(&self, q: EventQuery) -> BoxFuture<'_, Result<Vec<EventInfo>, StoreError>> {
         let layout = self.layout;
         self.read(move |c| {
             let mut stmt = c.prepare_cached(&format!(
                 "SELECT id, event, received_at, rules, body, {} FROM events
-                 WHERE received_at >= ?1
+                 WHERE received_at >= ?1 AND (?4 IS NULL OR received_at < ?4)
+                   AND (?5 IS NULL OR received_at < ?5 OR (received_at = ?5 AND id < ?6))
                    AND (?2 IS NULL OR event = ?2 OR substr(event, 1, length(?2) + 1) = ?2 || ':')
                  ORDER BY received_at DESC, id DESC LIMIT ?3",
                 layout.range_columns()
             ))?;
+            let (since, event, limit) = (q.since_ms, q.event, q.limit);
+            let until = q.until_ms.map(|u| u as i64);
+            let (before_at, before_id) = match q.before {
+                Some((at, id)) => (Some(at as i64), Some(id)),
+                None => (None, None),
+            };
             type Row = (
                 String,
                 String,
@@ -1258,17 +1260,27 @@ impl Store for SqliteStore {
                 Option<i64>,
             );
             let rows = stmt
-                .query_map(params![since as i64, event, limit as i64], |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                        r.get(6)?,
-                    ))
-                })?
+                .query_map(
+                    params![
+                        since as i64,
+                        event,
+                        limit as i64,
+                        until,
+                        before_at,
+                        before_id
+                    ],
+                    |r| {
+                        Ok((
+                            r.get(0)?,
+                            r.get(1)?,
+                            r.get(2)?,
+                            r.get(3)?,
+                            r.get(4)?,
+                            r.get(5)?,
+                            r.get(6)?,
+                        ))
+                    },
+                )?
                 .collect::<rusqlite::Result<Vec<Row>>>()?;
             let mut ds = c.prepare_cached(layout.deliveries_of_event())?;
             let mut out = Vec::with_capacity(rows.len());
@@ -1281,6 +1293,7 @@ impl Store for SqliteStore {
                             action: r.get(1)?,
                             status: Status::parse(&status).unwrap_or(Status::Pending),
                             attempts: r.get(3)?,
+                            rule: r.get(4)?,
                         })
                     })?
                     .collect::<rusqlite::Result<Vec<_>>>()?;
