@@ -32,7 +32,7 @@ Scenarios:
       database, in turn; (b)'s p99 on PostgreSQL; (c)'s drain through two
       replicas, every delivery counted once at the sink
 
-usage: python3 benches/load.py [--duration SECONDS] [--rounds N] [--skip-build] [--only abcdefgp]
+usage: python3 benches/load.py [--duration SECONDS] [--rounds N] [--skip-build] [--only abcdefghp]
                               [--binary PATH] [--callgrind [--binary PATH,PATH…]]
 Run from the repository root. Installs wrk, webhook and PostgreSQL with
 apt-get when missing. Every request goes to 127.0.0.1.
@@ -775,6 +775,29 @@ def main():
             rs = [res[kind]["rps"] / res["plain"]["rps"] for res in rounds]
             print(f"{kind}/plain = {statistics.median(rs):.2f} (median; rounds: {each(rs)}); "
                   f"groups open or counting at the end: {', '.join(str(res[kind + '_groups']) for res in rounds)}", flush=True)
+    # (h) backtest: 100,000 stored events evaluated against the same 100
+    # rules through the admin API (`easehook test --since`).
+    if "h" in args.only:
+        eh = Easehook(easehook_bin, os.path.join(work, "h"), rules_yaml(100, f"http://127.0.0.1:{sink_port}"))
+        eh.start()
+        offset = 0
+        while eh.status()["callbacks_accepted"] < 100_000:
+            run_wrk(eh.url, calls, 2, pid=eh.proc.pid, offset=offset)
+            offset += 50_000
+        stored = eh.status()["callbacks_accepted"]
+        times = []
+        for _ in range(3):
+            t0 = time.monotonic()
+            p = subprocess.run([easehook_bin, "--config", eh.config, "test", "--since", "1h", "--json"],
+                               capture_output=True, text=True)
+            times.append(time.monotonic() - t0)
+            if p.returncode != 0:
+                raise RuntimeError(f"backtest failed: {p.stdout}\n{p.stderr}")
+            events = json.loads(p.stdout)["events"]
+        eh.stop()
+        best = sorted(times)[1]
+        print(f"\n(h) backtest of {events:,} stored events (of {stored:,} acknowledged) against 100 rules: "
+              f"median {best:.2f} s of 3 ({events / best:,.0f} events/s)", flush=True)
     if "p" in args.only:
         postgres_scenarios(args, easehook_bin, baseline_bin, calls, work, sink_port)
     sink.terminate()
