@@ -123,6 +123,27 @@ pub enum EventsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Give stored events the deliveries the rules in force make and they lack (each once)
+    Replay {
+        /// Events received within this time, like 1h, or since a time in ms
+        #[arg(long)]
+        since: String,
+        /// Only events received before this time (ms)
+        #[arg(long)]
+        until: Option<u64>,
+        /// Only this event (roster:ban) or family (roster)
+        #[arg(long)]
+        event: Option<String>,
+        /// Only the deliveries of this rule
+        #[arg(long)]
+        rule: Option<String>,
+        /// Show what would be created, and create nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the API's JSON
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -443,12 +443,75 @@ pub(crate) fn users(callback: &Value) -> (String, String) {
 
 /// `easehook events list`.
 pub fn events(config_path: &Path, cmd: &crate::cli::EventsCommand) -> anyhow::Result<ExitCode> {
-    let crate::cli::EventsCommand::List {
-        since,
-        event,
-        limit,
-        json,
-    } = cmd;
+    let (since, event, limit, json) = match cmd {
+        crate::cli::EventsCommand::List {
+            since,
+            event,
+            limit,
+            json,
+        } => (since, event, limit, json),
+        crate::cli::EventsCommand::Replay {
+            since,
+            until,
+            event,
+            rule,
+            dry_run,
+            json,
+        } => {
+            let client = AdminClient::new(config_path)?;
+            let mut q = vec![("since", since.clone())];
+            if let Some(u) = until {
+                q.push(("until", u.to_string()));
+            }
+            if let Some(e) = event {
+                q.push(("event", e.clone()));
+            }
+            if let Some(r) = rule {
+                q.push(("rule", r.clone()));
+            }
+            if *dry_run {
+                q.push(("dry_run", "true".into()));
+            }
+            let body = client.call(reqwest::Method::POST, "/api/v1/events/replay", &q)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&body)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let evaluated = body["events"].as_u64().unwrap_or(0);
+            if evaluated == 0 {
+                println!("no stored events in that period: nothing replayed");
+                return Ok(ExitCode::from(1));
+            }
+            let created = body["created"].as_array().cloned().unwrap_or_default();
+            for c in &created {
+                match c["delivery"].as_i64() {
+                    Some(id) => println!(
+                        "delivery {id}: event {} action {} (rule {})",
+                        c["event_id"].as_str().unwrap_or(""),
+                        c["action"].as_str().unwrap_or(""),
+                        c["rule"].as_str().unwrap_or("")
+                    ),
+                    None => println!(
+                        "would create: event {} action {} (rule {})",
+                        c["event_id"].as_str().unwrap_or(""),
+                        c["action"].as_str().unwrap_or(""),
+                        c["rule"].as_str().unwrap_or("")
+                    ),
+                }
+            }
+            println!(
+                "{evaluated} event(s) evaluated; {} deliver{} {}",
+                created.len(),
+                if created.len() == 1 { "y" } else { "ies" },
+                if *dry_run {
+                    "would be created (dry run: nothing created)"
+                } else {
+                    "created"
+                }
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
     let client = AdminClient::new(config_path)?;
     let mut q = vec![("limit", limit.to_string())];
     if let Some(s) = since {

@@ -12,6 +12,7 @@
 //! | `POST /api/v1/deliveries/{id}/retry` | put a dead delivery back in the queue |
 //! | `POST /api/v1/deliveries/retry-dead` | put every dead delivery back |
 //! | `GET /api/v1/events?since=&until=&event=&limit=&before=` | stored events with their rules and deliveries, a page at a time (`next`) |
+//! | `POST /api/v1/events/replay?since=&until=&event=&rule=&dry_run=` | give stored events the deliveries the rules in force make and they lack |
 //! | `GET /api/v1/digests` | open digests and threshold groups counting (SPEC §11) |
 //!
 //! With `admin_token` set, every `/api/` and `/-/` call needs
@@ -86,6 +87,94 @@ async fn deliveries(state: &AppState, query: &HashMap<String, String>) -> Respon
     };
     match state.store.list_deliveries(status, limit).await {
         Ok(list) => json_reply(StatusCode::OK, &serde_json::json!({"deliveries": list})),
+        Err(e) => store_error(e),
+    }
+}
+
+/// `POST /api/v1/events/replay?since=&until=&event=&rule=&dry_run=`: the
+/// stored events of the period evaluated against the rules in force, and
+/// given the deliveries they do not have (SPEC §14).
+async fn replay(state: &AppState, query: &HashMap<String, String>) -> Response {
+    let now = crate::verify::now_ms();
+    let since = match query.get("since").map(String::as_str) {
+        None | Some("") => return error_reply(StatusCode::BAD_REQUEST, "since is required"),
+        Some(s) if s.bytes().all(|b| b.is_ascii_digit()) => s.parse().unwrap_or(0),
+        Some(s) => match crate::config::units::HumanDuration::parse(s) {
+            Ok(d) => now.saturating_sub(d.0.as_millis() as u64),
+            Err(_) => {
+                return error_reply(
+                    StatusCode::BAD_REQUEST,
+                    "since must be a duration like 1h or a time in ms",
+                );
+            }
+        },
+    };
+    let until = match query.get("until").map(|u| u.parse::<u64>()) {
+        None => None,
+        Some(Ok(u)) => Some(u),
+        Some(Err(_)) => return error_reply(StatusCode::BAD_REQUEST, "until must be a time in ms"),
+    };
+    let dry_run = matches!(query.get("dry_run").map(String::as_str), Some("true" | "1"));
+    let snapshot = state.snapshot.load_full();
+    let rules = &snapshot.rules;
+    let only = query.get("rule").filter(|r| !r.is_empty());
+    if let Some(r) = only
+        && !rules.rules.iter().any(|x| &x.name == r)
+    {
+        return error_reply(StatusCode::BAD_REQUEST, "unknown rule");
+    }
+    let mut q = crate::store::EventQuery {
+        since_ms: since,
+        until_ms: until,
+        event: query.get("event").filter(|e| !e.is_empty()).cloned(),
+        limit: 1000,
+        before: None,
+    };
+    let mut evaluated = 0;
+    let mut items = Vec::new();
+    loop {
+        let page = match state.store.query_events(q.clone()).await {
+            Ok(p) => p,
+            Err(e) => return store_error(e),
+        };
+        let full = page.len() == q.limit;
+        q.before = page.last().map(|e| (e.received_at, e.id.clone()));
+        for e in page {
+            evaluated += 1;
+            let Ok(cb) = crate::callback::Callback::from_value(e.callback) else {
+                continue;
+            };
+            let evaluation = rules.evaluate(&cb);
+            let wanted: Vec<crate::store::NewDelivery> = evaluation
+                .deliveries
+                .iter()
+                .filter(|p| only.is_none_or(|r| rules.rules[p.rule].name == *r))
+                .map(|p| crate::store::NewDelivery {
+                    action: crate::Text::new(&rules.actions[p.action].name),
+                    rule: crate::Text::new(&rules.rules[p.rule].name),
+                    done: false,
+                })
+                .collect();
+            if !wanted.is_empty() {
+                items.push((e.id, wanted));
+            }
+        }
+        if !full {
+            break;
+        }
+    }
+    match state.store.replay(items, now, dry_run).await {
+        Ok(created) => {
+            if !dry_run && !created.is_empty() {
+                state.wake.notify_one();
+            }
+            json_reply(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "ok": true, "events": evaluated, "dry_run": dry_run, "created": created,
+                }),
+            )
+        }
         Err(e) => store_error(e),
     }
 }
@@ -273,6 +362,7 @@ async fn handle(
             }
         }
         ("/api/v1/deliveries/retry-dead", &Method::POST) => retry(&state, None).await,
+        ("/api/v1/events/replay", &Method::POST) => replay(&state, &query).await,
         (p, &Method::GET) if p.starts_with("/api/v1/deliveries/") => {
             let id = &p["/api/v1/deliveries/".len()..];
             match id.parse::<i64>() {
@@ -319,8 +409,14 @@ async fn handle(
             )
         }
         (
-            "/healthz" | "/readyz" | "/-/reload" | "/api/v1/status" | "/api/v1/deliveries"
-            | "/api/v1/events" | "/api/v1/digests",
+            "/healthz"
+            | "/readyz"
+            | "/-/reload"
+            | "/api/v1/status"
+            | "/api/v1/deliveries"
+            | "/api/v1/events"
+            | "/api/v1/digests"
+            | "/api/v1/events/replay",
             _,
         ) => error_reply(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
         _ => error_reply(StatusCode::NOT_FOUND, "not found"),

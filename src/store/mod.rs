@@ -177,6 +177,16 @@ impl AggregateKind {
     }
 }
 
+/// A delivery a replay created (or, dry, would create).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Replayed {
+    pub event_id: String,
+    pub action: String,
+    pub rule: String,
+    /// The new delivery's id; `None` in a dry run.
+    pub delivery: Option<i64>,
+}
+
 /// A closed digest or a threshold's firing, as its deliveries render it
 /// (the `digest` and `threshold` contexts of SPEC §11).
 #[derive(Debug, Clone)]
@@ -608,6 +618,19 @@ pub trait Store: Send + Sync + 'static {
         };
         self.record_attempts(outcomes.into_iter().map(|(l, r)| (l, r, attempt)).collect())
     }
+
+    /// Give stored events the deliveries they do not have yet (SPEC §14,
+    /// replay): for each event, each of `deliveries` whose action the event
+    /// has no delivery of (a digest's or threshold's aside), due now. An
+    /// (event, action) pair gets one delivery however often, and from
+    /// however many daemons at once, this is asked. With `dry_run`, what
+    /// would be created, and nothing is. Returns what was (or would be).
+    fn replay(
+        &self,
+        events: Vec<(String, Vec<NewDelivery>)>,
+        now_ms: u64,
+        dry_run: bool,
+    ) -> BoxFuture<'_, Result<Vec<Replayed>, StoreError>>;
 
     /// A delivery with its attempts; `None` when there is no such delivery.
     fn delivery(&self, id: i64) -> BoxFuture<'_, Result<Option<DeliveryDetail>, StoreError>>;

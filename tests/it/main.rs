@@ -23,6 +23,7 @@ mod postgres;
 mod process;
 mod props;
 mod reload;
+mod replay;
 mod replicas;
 mod restart;
 mod ruletests;

@@ -170,6 +170,7 @@ conformance!(
     a_wave_of_concurrent_events_makes_one_digest_and_one_firing,
     prune_keeps_what_open_digests_need,
     every_attempt_is_kept_with_its_delivery,
+    a_replay_gives_each_event_and_action_one_delivery,
 );
 
 pub mod behaviour {
@@ -883,6 +884,65 @@ pub mod behaviour {
         s.accept(ev("e2", "k2", &["a"], now), 60_000).await.unwrap();
         s.prune(now + 10_000, 1000).await.unwrap();
         assert!(s.delivery(id).await.unwrap().is_none());
+    }
+
+    pub async fn a_replay_gives_each_event_and_action_one_delivery(s: &dyn Store) {
+        let (_, d1) = stored(
+            s.accept(ev("e1", "k1", &["a"], 1000), 60_000)
+                .await
+                .unwrap(),
+        );
+        stored(s.accept(ev("e2", "k2", &[], 1001), 60_000).await.unwrap());
+        // Another event's delivery after them: a replayed delivery's id
+        // lies beyond e1's own.
+        stored(
+            s.accept(ev("e3", "k3", &["a"], 1002), 60_000)
+                .await
+                .unwrap(),
+        );
+        let nd = |a: &str| NewDelivery {
+            action: a.into(),
+            rule: "r2".into(),
+            done: false,
+        };
+        let asked = || {
+            vec![
+                ("e1".to_string(), vec![nd("a"), nd("b")]),
+                ("e2".to_string(), vec![nd("b")]),
+                ("ghost".to_string(), vec![nd("b")]),
+            ]
+        };
+        let dry = s.replay(asked(), 5000, true).await.unwrap();
+        let seen: Vec<(&str, &str, Option<i64>)> = dry
+            .iter()
+            .map(|r| (r.event_id.as_str(), r.action.as_str(), r.delivery))
+            .collect();
+        assert_eq!(seen, [("e1", "b", None), ("e2", "b", None)]);
+        assert_eq!(
+            s.counts().await.unwrap().pending,
+            2,
+            "a dry run creates nothing"
+        );
+        // Five replays at once: each pair once.
+        let runs =
+            futures_util::future::join_all((0..5).map(|_| s.replay(asked(), 5000, false))).await;
+        let made: Vec<_> = runs.into_iter().flat_map(|r| r.unwrap()).collect();
+        assert_eq!(made.len(), 2, "{made:?}");
+        assert!(made.iter().all(|r| r.rule == "r2" && r.delivery.is_some()));
+        assert!(s.replay(asked(), 6000, false).await.unwrap().is_empty());
+        assert_eq!(s.counts().await.unwrap().pending, 4);
+        // Listed with their event, and claimed with its callback.
+        let events = s.list_events(0, None, 10).await.unwrap();
+        let e1 = events.iter().find(|e| e.id == "e1").unwrap();
+        let actions: Vec<&str> = e1.deliveries.iter().map(|d| d.action.as_str()).collect();
+        assert_eq!(actions, ["a", "b"]);
+        let c = s.claim_due(5000, 10, 30_000).await.unwrap();
+        let b1 = c
+            .iter()
+            .find(|c| c.event_id == "e1" && c.action == "b")
+            .unwrap();
+        assert_eq!(b1.callback.as_ref().unwrap().call_id, "e1");
+        assert!(b1.id > d1[0]);
     }
 }
 

@@ -40,8 +40,8 @@ use tokio_postgres::Row;
 
 use super::{
     Accepted, Attempt, AttemptInfo, Callbacks, Claimed, Counts, DeliveryBrief, DeliveryDetail,
-    DeliveryInfo, EventInfo, EventQuery, Lease, NewEvent, OpenGroup, RateGrant, Record, Replica,
-    Status, Store, StoreError,
+    DeliveryInfo, EventInfo, EventQuery, Lease, NewEvent, OpenGroup, RateGrant, Record, Replayed,
+    Replica, Status, Store, StoreError,
 };
 use crate::config::PostgresSettings;
 
@@ -998,6 +998,63 @@ async fn claim_aggregates(
     Ok(out)
 }
 
+/// The statements of [`Store::replay`], in its transaction: each event's
+/// new deliveries under a transaction-scoped advisory lock on the event, so
+/// that replicas replaying it at once take turns, and the second finds
+/// what the first created.
+async fn replay_in(
+    c: &deadpool_postgres::Client,
+    events: &[(String, Vec<super::NewDelivery>)],
+    now: u64,
+    dry_run: bool,
+) -> Result<Vec<Replayed>, StoreError> {
+    const MISSING: &str = "FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS t(action, rule, n)
+        WHERE EXISTS (SELECT 1 FROM events WHERE id = $1)
+          AND NOT EXISTS (SELECT 1 FROM deliveries d
+                          WHERE d.event_id = $1 AND d.action = t.action AND d.aggregate_id IS NULL)";
+    let lock = c
+        .prepare_cached("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))")
+        .await?;
+    let stmt = if dry_run {
+        c.prepare_cached(&format!(
+            "SELECT NULL::bigint, t.action, t.rule {MISSING} ORDER BY t.n"
+        ))
+        .await?
+    } else {
+        c.prepare_cached(&format!(
+            "INSERT INTO deliveries(event_id, action, rule, status, attempts, next_attempt_at,
+                                    created_at, updated_at)
+             SELECT $1, t.action, t.rule, 'pending', 0, $4, $4, $4 {MISSING} ORDER BY t.n
+             RETURNING id, action, rule"
+        ))
+        .await?
+    };
+    let mut out = Vec::new();
+    for (event_id, deliveries) in events {
+        c.execute(&lock, &[event_id]).await?;
+        let actions: Vec<&str> = deliveries.iter().map(|d| d.action.as_str()).collect();
+        let rules: Vec<&str> = deliveries.iter().map(|d| d.rule.as_str()).collect();
+        let rows = if dry_run {
+            c.query(&stmt, &[event_id, &actions, &rules]).await?
+        } else {
+            c.query(&stmt, &[event_id, &actions, &rules, &(now as i64)])
+                .await?
+        };
+        let mut made: Vec<Replayed> = rows
+            .iter()
+            .map(|r| Replayed {
+                event_id: event_id.clone(),
+                delivery: r.get(0),
+                action: r.get(1),
+                rule: r.get(2),
+            })
+            .collect();
+        made.sort_by_key(|r| r.delivery);
+        out.extend(made);
+    }
+    Ok(out)
+}
+
 /// Decode claimed rows: each event's callback is parsed once.
 fn decode(
     rows: Vec<Row>,
@@ -1168,6 +1225,35 @@ impl Store for PgStore {
                     .into_iter()
                     .filter(|id| !recorded.contains(id))
                     .collect())
+            })
+        })
+    }
+
+    fn replay(
+        &self,
+        events: Vec<(String, Vec<super::NewDelivery>)>,
+        now: u64,
+        dry_run: bool,
+    ) -> BoxFuture<'_, Result<Vec<Replayed>, StoreError>> {
+        self.write(move |c| {
+            Box::pin(async move {
+                let mut events = events;
+                // One lock order for every replica: by event id.
+                events.sort_by(|a, b| a.0.cmp(&b.0));
+                c.batch_execute("BEGIN").await?;
+                let result = replay_in(c, &events, now, dry_run).await;
+                let result = match result {
+                    Ok(r) => c
+                        .batch_execute("COMMIT")
+                        .await
+                        .map(|()| r)
+                        .map_err(Into::into),
+                    Err(e) => Err(e),
+                };
+                if result.is_err() {
+                    let _ = c.batch_execute("ROLLBACK").await;
+                }
+                result
             })
         })
     }

@@ -32,8 +32,8 @@ use tokio::sync::oneshot;
 
 use super::{
     Accepted, Attempt, AttemptInfo, Callbacks, Claimed, Counts, DeliveryBrief, DeliveryDetail,
-    DeliveryInfo, EventInfo, EventQuery, Lease, NewEvent, OpenGroup, Record, Status, Store,
-    StoreError, StoredAggregate,
+    DeliveryInfo, EventInfo, EventQuery, Lease, NewEvent, OpenGroup, Record, Replayed, Status,
+    Store, StoreError, StoredAggregate,
 };
 
 impl From<rusqlite::Error> for StoreError {
@@ -247,6 +247,7 @@ enum Command {
     },
     Record(Vec<(Lease, Record, Attempt)>, Reply<Vec<i64>>),
     Retry(Option<Vec<i64>>, u64, Reply<u64>),
+    Replay(ReplayRequest, Reply<Vec<Replayed>>),
     Prune(u64, u64, Reply<u64>),
     Probe(Reply<()>),
     Ping(Reply<()>),
@@ -260,6 +261,14 @@ enum Done {
     Unit(Result<(), StoreError>),
     Count(Result<u64, StoreError>),
     Stale(Result<Vec<i64>, StoreError>),
+    Replayed(Result<Vec<Replayed>, StoreError>),
+}
+
+/// What [`Store::replay`] asks the writer.
+struct ReplayRequest {
+    events: Vec<(String, Vec<crate::store::NewDelivery>)>,
+    now: u64,
+    dry_run: bool,
 }
 
 impl Done {
@@ -272,6 +281,7 @@ impl Done {
             Command::Record(..) => Done::Stale(Err(e)),
             Command::Probe(_) | Command::Ping(_) => Done::Unit(Err(e)),
             Command::Retry(..) | Command::Prune(..) => Done::Count(Err(e)),
+            Command::Replay(..) => Done::Replayed(Err(e)),
         }
     }
 
@@ -281,7 +291,8 @@ impl Done {
             | Done::Claim(Err(e))
             | Done::Unit(Err(e))
             | Done::Count(Err(e))
-            | Done::Stale(Err(e)) => Some(e),
+            | Done::Stale(Err(e))
+            | Done::Replayed(Err(e)) => Some(e),
             _ => None,
         }
     }
@@ -290,7 +301,10 @@ impl Done {
     fn failed_write(&self) -> bool {
         matches!(
             self,
-            Done::Accept(Err(_)) | Done::Unit(Err(_)) | Done::Stale(Err(_))
+            Done::Accept(Err(_))
+                | Done::Unit(Err(_))
+                | Done::Stale(Err(_))
+                | Done::Replayed(Err(_))
         )
     }
 
@@ -313,6 +327,7 @@ fn reply(c: Command, d: Done) {
         (Command::Record(_, tx), Done::Stale(r)) => drop(tx.send(r)),
         (Command::Probe(tx) | Command::Ping(tx), Done::Unit(r)) => drop(tx.send(r)),
         (Command::Retry(_, _, tx) | Command::Prune(_, _, tx), Done::Count(r)) => drop(tx.send(r)),
+        (Command::Replay(_, tx), Done::Replayed(r)) => drop(tx.send(r)),
         (c, _) => {
             let d = Done::failed(&c, "internal error: a command got another's answer");
             reply(c, d)
@@ -896,6 +911,9 @@ impl<'c> Writer<'c> {
             Command::Prune(now, retention, _) => {
                 Done::Count(prune(conn, self.layout, *now, *retention).map_err(Into::into))
             }
+            Command::Replay(r, _) => {
+                Done::Replayed(replay(conn, self.layout, r).map_err(Into::into))
+            }
             Command::Ping(_) => Done::Unit(Ok(())),
             Command::Probe(_) => Done::Unit(
                 set_meta(conn, "probe", &crate::verify::now_ms().to_string()).map_err(Into::into),
@@ -1061,6 +1079,70 @@ fn record(conn: &Connection, outcomes: &[(Lease, Record, Attempt)]) -> rusqlite:
     Ok(stale)
 }
 
+/// See [`Store::replay`]. The writer is the only one: checking and
+/// inserting need no lock. A new delivery of an old event lies beyond the
+/// range of ids its row holds, so the range is widened to take it in (the
+/// queries that read a range also match the event's id).
+fn replay(conn: &Connection, layout: Layout, r: &ReplayRequest) -> rusqlite::Result<Vec<Replayed>> {
+    let now = r.now as i64;
+    let mut out = Vec::new();
+    for (event_id, deliveries) in &r.events {
+        let has: Vec<String> = match layout {
+            Layout::Ranges => conn
+                .prepare_cached(
+                    "SELECT d.action FROM events e JOIN deliveries d
+                       ON d.id BETWEEN e.first_delivery AND e.last_delivery AND d.event_id = e.id
+                     WHERE e.id = ?1 AND d.aggregate_id IS NULL",
+                )?
+                .query_map([event_id], |row| row.get(0))?
+                .collect::<rusqlite::Result<_>>()?,
+            Layout::Indexed => conn
+                .prepare_cached(
+                    "SELECT action FROM deliveries WHERE event_id = ?1 AND aggregate_id IS NULL",
+                )?
+                .query_map([event_id], |row| row.get(0))?
+                .collect::<rusqlite::Result<_>>()?,
+        };
+        let exists: bool = conn
+            .prepare_cached("SELECT EXISTS(SELECT 1 FROM events WHERE id = ?1)")?
+            .query_row([event_id], |row| row.get(0))?;
+        if !exists {
+            continue;
+        }
+        for d in deliveries {
+            if has.iter().any(|a| a == d.action.as_str()) {
+                continue;
+            }
+            let delivery = if r.dry_run {
+                None
+            } else {
+                conn.prepare_cached(
+                    "INSERT INTO deliveries(event_id, action, rule, status, attempts, next_attempt_at, created_at, updated_at)
+                     VALUES(?1, ?2, ?3, 'pending', 0, ?4, ?4, ?4)",
+                )?
+                .execute(params![event_id, d.action.as_str(), d.rule.as_str(), now])?;
+                let id = conn.last_insert_rowid();
+                if layout == Layout::Ranges {
+                    conn.prepare_cached(
+                        "UPDATE events SET first_delivery = coalesce(first_delivery, ?2),
+                                           last_delivery = max(coalesce(last_delivery, ?2), ?2)
+                         WHERE id = ?1",
+                    )?
+                    .execute(params![event_id, id])?;
+                }
+                Some(id)
+            };
+            out.push(Replayed {
+                event_id: event_id.clone(),
+                action: d.action.to_string(),
+                rule: d.rule.to_string(),
+                delivery,
+            });
+        }
+    }
+    Ok(out)
+}
+
 fn retry(conn: &Connection, ids: Option<&[i64]>, now: u64) -> rusqlite::Result<u64> {
     let now = now as i64;
     let sql = "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?2, leased_until = NULL,
@@ -1163,6 +1245,20 @@ impl Store for SqliteStore {
         outcomes: Vec<(Lease, Record, Attempt)>,
     ) -> BoxFuture<'_, Result<Vec<i64>, StoreError>> {
         self.send(|r| Command::Record(outcomes, r))
+    }
+
+    fn replay(
+        &self,
+        events: Vec<(String, Vec<crate::store::NewDelivery>)>,
+        now: u64,
+        dry_run: bool,
+    ) -> BoxFuture<'_, Result<Vec<Replayed>, StoreError>> {
+        let r = ReplayRequest {
+            events,
+            now,
+            dry_run,
+        };
+        self.send(|tx| Command::Replay(r, tx))
     }
 
     fn delivery(&self, id: i64) -> BoxFuture<'_, Result<Option<DeliveryDetail>, StoreError>> {
