@@ -38,12 +38,41 @@ pub enum Command {
     /// The store itself: migrate a shared database, copy the embedded store into one
     #[command(subcommand)]
     Store(StoreCommand),
+    /// Easemob's side: ask it to re-send the callbacks it failed to deliver
+    #[command(subcommand)]
+    Easemob(EasemobCommand),
     /// Print the JSON Schema of easehook.yaml or of rule files, for editors
     Schema {
         /// Which file's schema
         #[arg(value_parser = ["config", "rules"])]
         which: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EasemobCommand {
+    /// After an outage: ask Easemob to re-send the period's failed callbacks
+    /// (its failed-callback storage, 回调异常缓存) to this daemon
+    Recover(RecoverArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RecoverArgs {
+    /// The app, org#app; its credentials come from easemob: in the config
+    #[arg(long)]
+    pub appkey: String,
+    /// The period's start: a duration ago (2h), an RFC 3339 time, or ms
+    #[arg(long)]
+    pub since: String,
+    /// The period's end [default: now]
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Where Easemob re-sends [default: public_callback_url, else the callback rule's URL]
+    #[arg(long, value_name = "URL")]
+    pub target_url: Option<String>,
+    /// List the stored sets of the period, and ask for nothing
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Subcommand)]

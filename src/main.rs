@@ -21,6 +21,9 @@ fn main() -> ExitCode {
         Some(Command::Digests(cmd)) => commands::digests(&path, cmd),
         Some(Command::Store(cmd)) => commands::store::run(&path, cmd),
         Some(Command::Schema { which }) => commands::schema(which),
+        Some(Command::Easemob(easehook::cli::EasemobCommand::Recover(args))) => {
+            commands::recover(&path, args)
+        }
     };
     match result {
         Ok(code) => code,

@@ -395,15 +395,46 @@ impl Clients {
         m: &EasemobRequest,
         settings: &Settings,
     ) -> super::Answer {
-        let Some(creds) = settings.easemob.get(&m.appkey) else {
-            return Outcome::Permanent(format!(
-                "no Easemob credentials for appkey {:?}: add it under easemob: in {}",
-                m.appkey,
-                settings.path.display()
-            ))
-            .into();
+        let resp = match self
+            .request(
+                http,
+                &m.appkey,
+                settings,
+                m.method.clone(),
+                &m.path,
+                m.body.as_ref(),
+            )
+            .await
+        {
+            Ok(r) => r,
+            Err(outcome) => return outcome.into(),
         };
-        let app = self.app(&m.appkey, creds);
+        let code = Some(resp.status().as_u16());
+        super::Answer {
+            outcome: classify(resp).await,
+            code,
+        }
+    }
+
+    /// A call to the app's REST API at `path` (under `/{org}/{app}`), with
+    /// its token (fetched once, renewed once when Easemob says it expired)
+    /// and at its pace: the answer as it came, or why there is none.
+    pub async fn request(
+        &self,
+        http: &reqwest::Client,
+        appkey: &str,
+        settings: &Settings,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<reqwest::Response, Outcome> {
+        let Some(creds) = settings.easemob.get(appkey) else {
+            return Err(Outcome::Permanent(format!(
+                "no Easemob credentials for appkey {appkey:?}: add it under easemob: in {}",
+                settings.path.display()
+            )));
+        };
+        let app = self.app(appkey, creds);
         let base = format!(
             "{}/{}/{}",
             creds.api,
@@ -412,32 +443,22 @@ impl Clients {
         );
         let mut renewed = false;
         loop {
-            let token = match app.token(http, &base, creds).await {
-                Ok(t) => t,
-                Err(outcome) => return outcome.into(),
-            };
+            let token = app.token(http, &base, creds).await?;
             app.pace.until_ready().await;
             let mut req = http
-                .request(m.method.clone(), format!("{base}{}", m.path))
+                .request(method.clone(), format!("{base}{path}"))
                 .bearer_auth(&token);
-            if let Some(body) = &m.body {
+            if let Some(body) = body {
                 req = req.json(body);
             }
-            let resp = match req.send().await {
-                Ok(r) => r,
-                Err(e) => return super::transport_error(e).into(),
-            };
+            let resp = req.send().await.map_err(super::transport_error)?;
             if resp.status() == reqwest::StatusCode::UNAUTHORIZED && !renewed {
                 // Expired or revoked: one new token, one more try.
                 app.forget(&token).await;
                 renewed = true;
                 continue;
             }
-            let code = Some(resp.status().as_u16());
-            return super::Answer {
-                outcome: classify(resp).await,
-                code,
-            };
+            return Ok(resp);
         }
     }
 }
@@ -522,7 +543,7 @@ async fn classify(resp: reqwest::Response) -> Outcome {
 }
 
 /// `HTTP 404: …` with Easemob's own description of the error.
-fn easemob_error(status: u16, body: &str) -> String {
+pub(crate) fn easemob_error(status: u16, body: &str) -> String {
     let v: Option<Value> = serde_json::from_str(body).ok();
     let field = |k: &str| {
         v.as_ref()

@@ -3,9 +3,11 @@
 //! and `run`'s start-up around [`crate::app::App`].
 
 mod backtest;
+mod recover;
 pub mod store;
 mod test;
 
+pub use recover::recover;
 pub use test::test;
 
 use std::path::Path;

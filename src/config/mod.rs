@@ -88,6 +88,12 @@ struct RawConfig {
     templates_dir: Option<PathBuf>,
     /// Default zone of the `datetime` template helper. Default `Asia/Shanghai`.
     timezone: Option<String>,
+    /// The callback URL Easemob reaches this daemon at (through any proxy or
+    /// load balancer), like `https://hooks.example.com/easemob/callback`:
+    /// where `easehook easemob recover` asks Easemob to re-send failed
+    /// callbacks. Without it (and without `--target-url`), Easemob re-sends
+    /// to the callback rule's own URL.
+    public_callback_url: Option<String>,
     /// `text` or `json`. Default `text`.
     #[schemars(with = "Option<units::Expandable<LogFormat>>")]
     log_format: Option<LogFormat>,
@@ -459,6 +465,8 @@ pub struct Settings {
     pub rules_dir: PathBuf,
     pub templates_dir: PathBuf,
     pub timezone: chrono_tz::Tz,
+    /// Where Easemob reaches this daemon, for `easemob recover`.
+    pub public_callback_url: Option<String>,
     pub log_format: LogFormat,
     pub delivery: DeliverySettings,
     pub smtp: BTreeMap<String, SmtpSettings>,
@@ -749,6 +757,15 @@ fn compile(
         }
     }
 
+    if let Some(u) = raw.public_callback_url.as_deref().filter(|u| !u.is_empty())
+        && !reqwest::Url::parse(u).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
+    {
+        diags.push(
+            file,
+            "public_callback_url",
+            format!("{u:?} is not an http(s) URL"),
+        );
+    }
     let timezone = raw.timezone.unwrap_or_else(|| "Asia/Shanghai".into());
     let timezone = timezone.parse::<chrono_tz::Tz>().unwrap_or_else(|_| {
         diags.push(
@@ -932,6 +949,7 @@ fn compile(
         rules_dir: resolve(base, raw.rules_dir, "rules"),
         templates_dir: resolve(base, raw.templates_dir, "templates"),
         timezone,
+        public_callback_url: raw.public_callback_url.filter(|u| !u.is_empty()),
         log_format: raw.log_format.unwrap_or_default(),
         delivery,
         smtp,

@@ -40,6 +40,15 @@ struct FakeEasemob {
     token_delay: Arc<Mutex<Duration>>,
     /// Every token issued, to prove none leaks.
     issued: Arc<Mutex<Vec<String>>>,
+    /// The failed-callback storage (回调异常缓存): date key, retries so
+    /// far, the callbacks it holds.
+    storage: Arc<Mutex<Vec<(String, u64, Vec<Value>)>>>,
+    /// Keys whose next retry request answers 429.
+    storage_throttled: Arc<Mutex<HashSet<String>>>,
+    /// The app has no storage service: 403.
+    storage_off: Arc<std::sync::atomic::AtomicBool>,
+    /// Every retry request's body.
+    retries: Arc<Mutex<Vec<Value>>>,
 }
 
 fn reply(status: StatusCode, body: Value) -> warp::reply::Response {
@@ -133,6 +142,9 @@ impl FakeEasemob {
             r.headers_mut().insert("retry-after", "1".parse().unwrap());
             return r.into_response();
         }
+        if rest.starts_with("/callbacks/storage/") {
+            return self.storage(method, rest, body);
+        }
         let parts: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
         let ok = match (method, parts.as_slice()) {
             ("POST", ["messages", "users"]) => {
@@ -183,6 +195,81 @@ impl FakeEasemob {
                    "timestamp": easehook::verify::now_ms(), "duration": 0,
                    "organization": "org", "applicationName": "app"}),
         )
+    }
+
+    /// The storage API as Easemob documents it: `GET …/storage/info` lists
+    /// the sets, `POST …/storage/retry` with `date`, `retry` and
+    /// `targetUrl` re-sends one (here: posts its callbacks to the target).
+    fn storage(&self, method: &str, rest: &str, body: Value) -> warp::reply::Response {
+        use warp::Reply;
+        if self.storage_off.load(Ordering::SeqCst) {
+            return easemob_error(
+                StatusCode::FORBIDDEN,
+                "forbidden_op",
+                "callback storage service is not open for this application",
+            );
+        }
+        let envelope = |action: &str, data: Value| {
+            json!({"path": "/callbacks", "uri": "https://a1.easemob.com/org/app/callbacks",
+                   "timestamp": easehook::verify::now_ms(), "organization": "org",
+                   "application": "8dfb1641-0000-0000-bbe9-d8d45a3be39f", "action": action,
+                   "data": data, "duration": 3, "applicationName": "app"})
+        };
+        match (method, rest) {
+            ("GET", "/callbacks/storage/info") => {
+                let data: Vec<Value> = self
+                    .storage
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .map(|(date, retry, bodies)| json!({"date": date, "size": bodies.len(), "retry": retry}))
+                    .collect();
+                reply(StatusCode::OK, envelope("get", json!(data)))
+            }
+            ("POST", "/callbacks/storage/retry") => {
+                self.retries.lock().unwrap().push(body.clone());
+                let Some(date) = body["date"].as_str() else {
+                    return easemob_error(
+                        StatusCode::BAD_REQUEST,
+                        "illegal_argument",
+                        "date is required",
+                    );
+                };
+                if self.storage_throttled.lock().unwrap().remove(date) {
+                    let mut r = easemob_error(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "reach_limit",
+                        "This request has reached api limit",
+                    );
+                    r.headers_mut().insert("retry-after", "1".parse().unwrap());
+                    return r.into_response();
+                }
+                let mut storage = self.storage.lock().unwrap();
+                let Some(set) = storage.iter_mut().find(|s| s.0 == date) else {
+                    return easemob_error(
+                        StatusCode::BAD_REQUEST,
+                        "illegal_argument",
+                        "date key not found",
+                    );
+                };
+                set.1 += 1;
+                if let Some(target) = body["targetUrl"].as_str() {
+                    let (target, bodies) = (target.to_string(), set.2.clone());
+                    tokio::spawn(async move {
+                        let client = reqwest::Client::new();
+                        for b in bodies {
+                            let _ = client.post(&target).json(&b).send().await;
+                        }
+                    });
+                }
+                reply(StatusCode::OK, envelope("post", json!("success")))
+            }
+            _ => easemob_error(
+                StatusCode::NOT_FOUND,
+                "service_resource_not_found",
+                "Service resource not found",
+            ),
+        }
     }
 
     fn calls(&self) -> Vec<Call> {
@@ -415,4 +502,163 @@ async fn the_token_and_the_client_secret_appear_nowhere() {
     for secret in issued.iter().map(String::as_str).chain([CLIENT_SECRET]) {
         assert!(!seen.contains(secret), "{secret} leaked in:\n{seen}");
     }
+}
+
+/// The date key (China time, 10-minute slot) of a time `ago` before now.
+fn date_key(ago: Duration) -> String {
+    let at = chrono::Utc::now() - chrono::Duration::from_std(ago).unwrap();
+    let local = at.with_timezone(&chrono_tz::Asia::Shanghai);
+    let minute = local.format("%M").to_string().parse::<u32>().unwrap() / 10 * 10;
+    format!("{}{minute:02}", local.format("%Y%m%d%H"))
+}
+
+#[tokio::test]
+async fn recover_asks_easemob_to_resend_each_key_of_the_period_once() {
+    let fake = FakeEasemob::start().await;
+    let opts = options(&fake, "  noop: {type: log, message: x}", "noop");
+    let (_dir, config) = write_config(&opts);
+    crate::process::fixed_ports(&config);
+    let app = start_from(&config, &opts).await;
+    let (cb, admin) = crate::process::config_ports(&config);
+    let target = format!("http://127.0.0.1:{cb}/easemob/callback");
+    // One callback the daemon got before the outage, then failed ones.
+    let seen = signed("roster:ban", "a", "b");
+    let client = reqwest::Client::new();
+    assert_eq!(
+        client
+            .post(&target)
+            .json(&seen)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let (k30, k80, k180, k50) = (
+        date_key(Duration::from_secs(30 * 60)),
+        date_key(Duration::from_secs(80 * 60)),
+        date_key(Duration::from_secs(180 * 60)),
+        date_key(Duration::from_secs(50 * 60)),
+    );
+    *fake.storage.lock().unwrap() = vec![
+        (
+            k30.clone(),
+            0,
+            vec![seen.clone(), signed("roster:ban", "c", "d")],
+        ),
+        (k80.clone(), 1, vec![signed("roster:add", "e", "f")]),
+        (k180.clone(), 0, vec![signed("roster:ban", "g", "h")]),
+        (k50.clone(), 10, vec![signed("roster:ban", "i", "j")]),
+    ];
+    fake.storage_throttled.lock().unwrap().insert(k30.clone());
+    let run = |args: Vec<String>| {
+        let config = config.clone();
+        async move {
+            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_easehook"))
+                .arg("--config")
+                .arg(&config)
+                .args(&args)
+                .env("IT_SECRET", SECRET)
+                .env("EM_SECRET", CLIENT_SECRET)
+                .output()
+                .await
+                .unwrap();
+            (
+                out.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&out.stdout).to_string(),
+            )
+        }
+    };
+    let base = |extra: &[&str]| {
+        let mut a: Vec<String> = ["easemob", "recover", "--appkey", APPKEY, "--since", "2h"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    // A dry run lists and asks nothing.
+    let (code, out) = run(base(&["--dry-run"])).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!(
+            "{k30}       2 callback(s)  retried 0x  would be re-sent to the callback rule's own URL"
+        )),
+        "{out}"
+    );
+    assert!(!out.contains(&k180), "outside the period: {out}");
+    assert!(fake.retries.lock().unwrap().is_empty());
+
+    let (code, out) = run(base(&["--target-url", &target])).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!(
+            "{k80}       1 callback(s)  retried 1x  re-sent to {target}"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "{k30}       2 callback(s)  retried 0x  re-sent to {target}"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("{k50}       1 callback(s)  retried 10x  skipped")),
+        "{out}"
+    );
+    assert!(out.contains("2 set(s) re-sent, 0 failed"), "{out}");
+    let asked: Vec<Value> = fake.retries.lock().unwrap().clone();
+    // k30 was throttled once, then asked again; each key succeeded once.
+    assert_eq!(asked.len(), 3, "{asked:?}");
+    let dates: Vec<&str> = asked.iter().map(|b| b["date"].as_str().unwrap()).collect();
+    assert_eq!(dates, [k80.as_str(), k30.as_str(), k30.as_str()]);
+    assert_eq!(asked[0]["retry"], 1);
+    assert!(asked.iter().all(|b| b["targetUrl"] == target.as_str()));
+    // The re-sent callbacks are stored once: the one seen before is a repeat.
+    let events = || async {
+        let v: Value = reqwest::get(format!("http://127.0.0.1:{admin}/api/v1/events?limit=100"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["events"].as_array().unwrap().len()
+    };
+    eventually(Duration::from_secs(20), "the re-sent callbacks", || async {
+        events().await == 3
+    })
+    .await;
+
+    // Easemob's storage not enabled for the app: its error, exit 1.
+    fake.storage_off.store(true, Ordering::SeqCst);
+    let (code, out) = run(base(&[])).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("Easemob refused to list the failed-callback storage: easemob: HTTP 403: callback storage service is not open"),
+        "{out}"
+    );
+    // An app without credentials: exit 1; a bad period: exit 2.
+    let (code, out) = run(vec![
+        "easemob".into(),
+        "recover".into(),
+        "--appkey".into(),
+        "other#app".into(),
+        "--since".into(),
+        "2h".into(),
+    ])
+    .await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("has no credentials under easemob:"), "{out}");
+    let (code, _) = run(vec![
+        "easemob".into(),
+        "recover".into(),
+        "--appkey".into(),
+        APPKEY.into(),
+        "--since".into(),
+        "lately".into(),
+    ])
+    .await;
+    assert_eq!(code, 2);
+    drop(app);
 }
