@@ -27,6 +27,10 @@ struct Call {
     body: Value,
 }
 
+/// A set of the failed-callback storage: its date key, the retries made,
+/// the callbacks it holds.
+type StoredSet = (String, u64, Vec<Value>);
+
 #[derive(Clone, Default)]
 struct FakeEasemob {
     url: String,
@@ -42,7 +46,7 @@ struct FakeEasemob {
     issued: Arc<Mutex<Vec<String>>>,
     /// The failed-callback storage (回调异常缓存): date key, retries so
     /// far, the callbacks it holds.
-    storage: Arc<Mutex<Vec<(String, u64, Vec<Value>)>>>,
+    storage: Arc<Mutex<Vec<StoredSet>>>,
     /// Keys whose next retry request answers 429.
     storage_throttled: Arc<Mutex<HashSet<String>>>,
     /// The app has no storage service: 403.
