@@ -11,8 +11,8 @@ use std::io::Read;
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
-use serde_json::{Value, json};
+use anyhow::Context;
+use serde_json::Value;
 
 use crate::actions::{Message, Outcome, Senders};
 use crate::callback::Callback;
@@ -34,24 +34,10 @@ fn read_event(arg: &str) -> anyhow::Result<Callback> {
     } else {
         std::fs::read_to_string(arg).with_context(|| format!("cannot read {arg}"))?
     };
-    let mut raw: Value =
+    let raw: Value =
         serde_json::from_str(&text).with_context(|| format!("{arg}: not valid JSON"))?;
-    let Some(obj) = raw.as_object_mut() else {
-        bail!("{arg}: the event must be a JSON object");
-    };
-    // A dry run needs no signature: fill what only verification needs.
-    obj.entry("security").or_insert_with(|| json!("unsigned"));
-    obj.entry("timestamp")
-        .or_insert_with(|| json!(crate::verify::now_ms()));
-    if !obj.contains_key("callId") {
-        let appkey = obj
-            .get("appkey")
-            .and_then(Value::as_str)
-            .unwrap_or("test#app")
-            .to_string();
-        obj.insert("callId".into(), json!(format!("{appkey}_0")));
-    }
-    Callback::from_value(raw).map_err(|e| anyhow::anyhow!("{arg}: {e}"))
+    // A dry run needs no signature.
+    crate::callback::unsigned(raw).map_err(|e| anyhow::anyhow!("{arg}: {e}"))
 }
 
 /// Renders, and with `--send` sends, counting failures.

@@ -100,17 +100,13 @@ async fn a_delivery_shows_each_attempt_with_its_code_in_the_api_cli_and_metrics(
     assert_eq!(get("/api/v1/deliveries/abc".into()).await.0, 404);
 
     let id = id_of("hook").to_string();
-    let shown = tokio::process::Command::new(env!("CARGO_BIN_EXE_easehook"))
-        .arg("--config")
-        .arg(&config)
-        .args(["deliveries", "show", &id])
-        .env("IT_SECRET", SECRET)
-        .env("SMTP_PASSWORD", SMTP_PASSWORD)
-        .output()
-        .await
-        .unwrap();
-    let out = String::from_utf8_lossy(&shown.stdout).to_string();
-    assert_eq!(shown.status.code(), Some(0), "{out}");
+    let (code, out, _) = crate::cli::easehook_with(
+        &config,
+        &["deliveries", "show", &id],
+        &[("SMTP_PASSWORD", SMTP_PASSWORD)],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
     assert!(out.contains("action hook, rule bans"), "{out}");
     let rows: Vec<&str> = out.lines().filter(|l| l.contains("Z ")).collect();
     assert_eq!(rows.len(), 2, "{out}");

@@ -29,19 +29,7 @@ fn rules(sink: &HttpSink, set: &str) -> String {
 }
 
 async fn run(config: &std::path::Path, args: &[&str]) -> (i32, String, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_easehook"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env("IT_SECRET", SECRET)
-        .output()
-        .await
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
+    crate::cli::easehook_with(config, args, &[]).await
 }
 
 #[tokio::test]

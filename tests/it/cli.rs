@@ -22,6 +22,30 @@ pub fn easehook(config: &std::path::Path, args: &[&str]) -> (i32, String, String
     )
 }
 
+/// The same from async code, with more of the environment: exit code,
+/// stdout, stderr.
+pub async fn easehook_with(
+    config: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (i32, String, String) {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_easehook"));
+    cmd.arg("--config")
+        .arg(config)
+        .args(args)
+        .env("IT_SECRET", SECRET)
+        .env_remove("RUST_LOG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().await.unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
 #[test]
 fn check_accepts_the_repository_examples() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -558,19 +558,10 @@ async fn recover_asks_easemob_to_resend_each_key_of_the_period_once() {
     let run = |args: Vec<String>| {
         let config = config.clone();
         async move {
-            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_easehook"))
-                .arg("--config")
-                .arg(&config)
-                .args(&args)
-                .env("IT_SECRET", SECRET)
-                .env("EM_SECRET", CLIENT_SECRET)
-                .output()
-                .await
-                .unwrap();
-            (
-                out.status.code().unwrap_or(-1),
-                String::from_utf8_lossy(&out.stdout).to_string(),
-            )
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (code, out, _) =
+                crate::cli::easehook_with(&config, &args, &[("EM_SECRET", CLIENT_SECRET)]).await;
+            (code, out)
         }
     };
     let base = |extra: &[&str]| {

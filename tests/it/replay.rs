@@ -25,20 +25,8 @@ fn to(sink: &HttpSink, path: &str) -> usize {
 }
 
 async fn run(config: &std::path::Path, args: &[&str]) -> (i32, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_easehook"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env("IT_SECRET", SECRET)
-        .output()
-        .await
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
+    let (code, out, err) = crate::cli::easehook_with(config, args, &[]).await;
+    (code, format!("{out}{err}"))
 }
 
 #[tokio::test]
