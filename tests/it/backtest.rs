@@ -211,3 +211,75 @@ async fn a_changed_rule_set_is_compared_with_what_the_rules_in_force_made() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("cannot reach the admin API"), "{err}");
 }
+
+/// Digests and thresholds are backtested by replaying the period in order:
+/// a digest regrouped, and a threshold added.
+#[tokio::test]
+async fn digests_and_thresholds_are_replayed_in_order() {
+    let sink = HttpSink::start().await;
+    let actions = format!("actions:\n  a: {{type: http, url: '{}/a'}}\n", sink.url(""));
+    let in_force = format!(
+        "{actions}rules:\n  - {{name: wave, when: {{event: roster:ban}}, digest: {{window: 1h, by: [to]}}, actions: [a]}}\n"
+    );
+    let candidate = format!(
+        "{actions}rules:\n  - {{name: wave, when: {{event: roster:ban}}, digest: {{window: 1h}}, actions: [a]}}\n  \
+         - {{name: spam, when: {{event: roster:ban}}, threshold: {{count: 3, within: 1h, by: [to], distinct: from}}, actions: [a]}}\n"
+    );
+    let opts = Options::rules(in_force);
+    let (dir, config) = write_config(&opts);
+    crate::process::fixed_ports(&config);
+    let app = start_from(&config, &opts).await;
+    let (cb, _) = crate::process::config_ports(&config);
+    let client = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for (from, to) in [
+        ("u1", "m"),
+        ("u2", "n"),
+        ("u3", "m"),
+        ("u4", "n"),
+        ("u5", "m"),
+    ] {
+        let r: Value = client
+            .post(format!("http://127.0.0.1:{cb}/easemob/callback"))
+            .json(&signed("roster:ban", from, to))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        ids.push(r["id"].as_str().unwrap().to_string());
+    }
+    std::fs::create_dir(dir.path().join("candidate")).unwrap();
+    std::fs::write(dir.path().join("candidate/rules.yaml"), candidate).unwrap();
+    let candidate = dir.path().join("candidate").display().to_string();
+    let (code, out, err) = run(
+        &config,
+        &["test", "--since", "1h", "--rules", &candidate, "--json"],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    let rows: Vec<(String, u64, u64)> = report["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["rule"].as_str().unwrap().to_string(),
+                r["in_force"].as_u64().unwrap(),
+                r["candidate"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    // In force: a digest per blocked user (two, still open); the candidate:
+    // one digest, and one firing at the third distinct blocker of m.
+    assert_eq!(
+        rows,
+        [("spam".to_string(), 0, 1), ("wave".to_string(), 2, 1)]
+    );
+    let spam = &report["deliveries"][0];
+    assert_eq!(spam["added"][0]["id"], ids[4].as_str(), "fired by u5's ban");
+    assert_eq!(spam["added"][0]["from"], "u5");
+    drop(app);
+}

@@ -139,9 +139,13 @@ fn replica_config(url: &str, sink: &str, extra: &str) -> (tempfile::TempDir, Pat
         "actions:\n  hook:\n    type: http\n    url: '{sink}/hook'\n    json: {{id: '{{{{callId}}}}'}}\n{extra}\
          rules:\n  - {{name: all, actions: [hook]}}\n"
     );
-    let (dir, config) = write_config(
-        &Options::rules(rules).config(format!("store:\n  type: postgres\n  url: '{url}'\n")),
-    );
+    // A generous attempt timeout: on a loaded host a slow answer from the
+    // sink would time out and be sent again (at least once, rightly), which
+    // this test would take for a duplicate of the kill's making.
+    let (dir, config) = write_config(&Options::rules(rules).config(format!(
+        "store:\n  type: postgres\n  url: '{url}'\n\
+         delivery:\n  initial_backoff: 50ms\n  max_backoff: 200ms\n  max_attempts: 50\n  timeout: 20s\n  shutdown_grace: 5s\n"
+    )));
     fixed_ports(&config);
     (dir, config)
 }
