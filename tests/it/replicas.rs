@@ -132,19 +132,26 @@ impl Drop for Nginx {
     }
 }
 
+/// A generous attempt timeout: on a loaded host a slow answer from the sink
+/// would time out and be sent again (at least once, rightly), which the
+/// kill test would take for a duplicate of the kill's making.
+const GENEROUS: &str = "delivery:\n  initial_backoff: 50ms\n  max_backoff: 200ms\n  max_attempts: 50\n  timeout: 20s\n  shutdown_grace: 5s\n";
+
 /// A replica's config: its own directory and ports, the shared database,
-/// an HTTP action to `sink` that names the callback.
-fn replica_config(url: &str, sink: &str, extra: &str) -> (tempfile::TempDir, PathBuf) {
+/// an HTTP action to `sink` that names the callback, and `delivery` (YAML,
+/// or empty for the tests' defaults).
+fn replica_config(
+    url: &str,
+    sink: &str,
+    extra: &str,
+    delivery: &str,
+) -> (tempfile::TempDir, PathBuf) {
     let rules = format!(
         "actions:\n  hook:\n    type: http\n    url: '{sink}/hook'\n    json: {{id: '{{{{callId}}}}'}}\n{extra}\
          rules:\n  - {{name: all, actions: [hook]}}\n"
     );
-    // A generous attempt timeout: on a loaded host a slow answer from the
-    // sink would time out and be sent again (at least once, rightly), which
-    // this test would take for a duplicate of the kill's making.
     let (dir, config) = write_config(&Options::rules(rules).config(format!(
-        "store:\n  type: postgres\n  url: '{url}'\n\
-         delivery:\n  initial_backoff: 50ms\n  max_backoff: 200ms\n  max_attempts: 50\n  timeout: 20s\n  shutdown_grace: 5s\n"
+        "store:\n  type: postgres\n  url: '{url}'\n{delivery}"
     )));
     fixed_ports(&config);
     (dir, config)
@@ -175,7 +182,7 @@ async fn three_replicas_behind_nginx_lose_nothing_when_one_is_killed_and_one_sto
     };
     let sink = HttpSink::start().await;
     let configs: Vec<_> = (0..3)
-        .map(|_| replica_config(&url, &sink.url(""), ""))
+        .map(|_| replica_config(&url, &sink.url(""), "", GENEROUS))
         .collect();
     let mut replicas = Vec::new();
     for (_, config) in &configs {
@@ -328,8 +335,8 @@ async fn a_replica_paused_past_its_lease_does_not_record_over_the_new_owner() {
         Answer::status(200),
     ]);
     let extra = "    timeout: 1s\n";
-    let (_da, ca) = replica_config(&url, &sink.url(""), extra);
-    let (_db, cb) = replica_config(&url, &sink.url(""), extra);
+    let (_da, ca) = replica_config(&url, &sink.url(""), extra, "");
+    let (_db, cb) = replica_config(&url, &sink.url(""), extra, "");
     let a = Daemon::start(&ca, &[]).await;
     let b = Daemon::start(&cb, &[]).await;
     let body = signed("roster:ban", "alice", "bob");
