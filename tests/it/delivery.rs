@@ -418,10 +418,13 @@ async fn a_burst_of_5000_for_a_10_per_second_action_is_delivered_in_full_at_the_
         span <= Duration::from_secs(560),
         "5000 at 10/s took {span:?}: slower than the limit"
     );
-    for w in reqs.windows(111) {
+    // At most a burst of 10 and 100 more in any 10 s (GCRA), as the
+    // dispatcher sends them; the sink times their arrival, which a stall of
+    // the loaded host can bunch by up to one more burst.
+    for w in reqs.windows(121) {
         assert!(
-            w[110].at - w[0].at >= Duration::from_secs(10),
-            "more than 110 in 10 s"
+            w[120].at - w[0].at >= Duration::from_secs(10),
+            "more than 120 in 10 s"
         );
     }
     eprintln!("rate limit: 5000 accepted in {accepted_in:?}, delivered over {span:?}");
