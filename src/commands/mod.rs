@@ -18,7 +18,6 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
 use crate::app::App;
-use crate::callback::Callback;
 use crate::cli::SimulateArgs;
 use crate::config::{self, expand::ProcessEnv};
 use crate::rules::samples;
@@ -433,11 +432,7 @@ pub fn deliveries(
 /// The users of a stored callback as rules see them (`from_user`,
 /// `to_user`): the API shows no signature, so a placeholder stands in for it.
 pub(crate) fn users(callback: &Value) -> (String, String) {
-    let mut raw = callback.clone();
-    if let Some(obj) = raw.as_object_mut() {
-        obj.insert("security".into(), json!("-"));
-    }
-    match Callback::from_value(raw) {
+    match crate::callback::unsigned(callback.clone()) {
         Ok(cb) => (cb.from_user.to_string(), cb.to_user.to_string()),
         Err(_) => Default::default(),
     }

@@ -47,17 +47,7 @@ pub fn recover(config_path: &Path, args: &RecoverArgs) -> anyhow::Result<ExitCod
         }
     };
     let now = crate::verify::now_ms();
-    let when = |s: &str| -> Option<u64> {
-        if let Ok(ms) = s.parse::<u64>() {
-            return Some(ms);
-        }
-        if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
-            return Some(t.timestamp_millis().max(0) as u64);
-        }
-        config::units::HumanDuration::parse(s)
-            .ok()
-            .map(|d| now.saturating_sub(d.0.as_millis() as u64))
-    };
+    let when = |s: &str| config::units::instant(s, now);
     let Some(since) = when(&args.since) else {
         eprintln!(
             "easehook: --since {:?} is not a duration (2h), an RFC 3339 time or ms",

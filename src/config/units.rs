@@ -54,6 +54,20 @@ impl<'de> Deserialize<'de> for HumanDuration {
     }
 }
 
+/// A moment as a command line or query gives it, in ms since the epoch:
+/// milliseconds, an RFC 3339 time, or a duration before `now_ms` (`24h`).
+pub fn instant(s: &str, now_ms: u64) -> Option<u64> {
+    if let Ok(ms) = s.parse::<u64>() {
+        return Some(ms);
+    }
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Some(t.timestamp_millis().max(0) as u64);
+    }
+    HumanDuration::parse(s)
+        .ok()
+        .map(|d| now_ms.saturating_sub(d.0.as_millis() as u64))
+}
+
 /// A size in bytes: a plain number or one with a unit (`64KiB`, `1MiB`, `1MB`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ByteSize(pub u64);

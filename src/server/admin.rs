@@ -63,6 +63,18 @@ fn limit(query: &HashMap<String, String>) -> Result<usize, &'static str> {
     }
 }
 
+/// `since=`: a duration before now (`1h`) or a time in ms; 0 when absent.
+fn since(query: &HashMap<String, String>) -> Result<u64, &'static str> {
+    match query.get("since").map(String::as_str) {
+        None | Some("") => Ok(0),
+        Some(s) if s.bytes().all(|b| b.is_ascii_digit()) => Ok(s.parse().unwrap_or(0)),
+        Some(s) => match crate::config::units::HumanDuration::parse(s) {
+            Ok(d) => Ok(crate::verify::now_ms().saturating_sub(d.0.as_millis() as u64)),
+            Err(_) => Err("since must be a duration like 1h or a time in ms"),
+        },
+    }
+}
+
 fn store_error(e: crate::store::StoreError) -> Response {
     tracing::error!(error = %e, "admin API: store failed");
     error_reply(StatusCode::SERVICE_UNAVAILABLE, "store unavailable")
@@ -96,17 +108,11 @@ async fn deliveries(state: &AppState, query: &HashMap<String, String>) -> Respon
 /// given the deliveries they do not have (SPEC §14).
 async fn replay(state: &AppState, query: &HashMap<String, String>) -> Response {
     let now = crate::verify::now_ms();
-    let since = match query.get("since").map(String::as_str) {
-        None | Some("") => return error_reply(StatusCode::BAD_REQUEST, "since is required"),
-        Some(s) if s.bytes().all(|b| b.is_ascii_digit()) => s.parse().unwrap_or(0),
-        Some(s) => match crate::config::units::HumanDuration::parse(s) {
-            Ok(d) => now.saturating_sub(d.0.as_millis() as u64),
-            Err(_) => {
-                return error_reply(
-                    StatusCode::BAD_REQUEST,
-                    "since must be a duration like 1h or a time in ms",
-                );
-            }
+    let since = match query.get("since").filter(|s| !s.is_empty()) {
+        None => return error_reply(StatusCode::BAD_REQUEST, "since is required"),
+        Some(_) => match since(query) {
+            Ok(s) => s,
+            Err(e) => return error_reply(StatusCode::BAD_REQUEST, e),
         },
     };
     let until = match query.get("until").map(|u| u.parse::<u64>()) {
@@ -184,18 +190,9 @@ async fn events(state: &AppState, query: &HashMap<String, String>) -> Response {
         Ok(l) => l,
         Err(e) => return error_reply(StatusCode::BAD_REQUEST, e),
     };
-    let since = match query.get("since").map(String::as_str) {
-        None | Some("") => 0,
-        Some(s) if s.bytes().all(|b| b.is_ascii_digit()) => s.parse().unwrap_or(0),
-        Some(s) => match crate::config::units::HumanDuration::parse(s) {
-            Ok(d) => crate::verify::now_ms().saturating_sub(d.0.as_millis() as u64),
-            Err(_) => {
-                return error_reply(
-                    StatusCode::BAD_REQUEST,
-                    "since must be a duration like 1h or a time in ms",
-                );
-            }
-        },
+    let since = match since(query) {
+        Ok(s) => s,
+        Err(e) => return error_reply(StatusCode::BAD_REQUEST, e),
     };
     let event = query.get("event").filter(|e| !e.is_empty()).cloned();
     let until = match query.get("until").map(String::as_str) {
