@@ -261,6 +261,8 @@ fn evaluate(rules: &RuleSet, events: &[Stored]) -> anyhow::Result<Tally> {
             event: cb.event.clone(),
             received_at_ms: e.received_at,
             body: cb.text(),
+            from_user: cb.from_user.clone(),
+            to_user: cb.to_user.clone(),
             rules: Vec::new(),
             deliveries: Vec::new(),
             lease_until: None,

@@ -191,6 +191,8 @@ impl Show<'_> {
                 event: cb.event.clone(),
                 received_at_ms: at,
                 body: cb.text(),
+                from_user: cb.from_user.clone(),
+                to_user: cb.to_user.clone(),
                 rules: Vec::new(),
                 deliveries: Vec::new(),
                 lease_until: None,

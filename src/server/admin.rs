@@ -7,11 +7,12 @@
 //! | `GET /metrics` | Prometheus metrics (OpenMetrics text) |
 //! | `POST /-/reload` | reload now; 400 with every problem when the new set is invalid |
 //! | `GET /api/v1/status` | version, uptime, counts, queue depth, last reload |
-//! | `GET /api/v1/deliveries?status=&limit=` | deliveries, newest first |
+//! | `GET /api/v1/deliveries?status=&action=&limit=&before=` | deliveries, newest first, a page at a time (`next`) |
 //! | `GET /api/v1/deliveries/{id}` | one delivery with every attempt made (`attempts_made`) |
 //! | `POST /api/v1/deliveries/{id}/retry` | put a dead delivery back in the queue |
 //! | `POST /api/v1/deliveries/retry-dead` | put every dead delivery back |
-//! | `GET /api/v1/events?since=&until=&event=&limit=&before=` | stored events with their rules and deliveries, a page at a time (`next`) |
+//! | `GET /api/v1/events?since=&until=&event=&user=&rule=&limit=&before=` | stored events with their rules and deliveries, a page at a time (`next`) |
+//! | `GET /api/v1/events/{id}` | one stored event |
 //! | `POST /api/v1/events/replay?since=&until=&event=&rule=&dry_run=` | give stored events the deliveries the rules in force make and they lack |
 //! | `GET /api/v1/digests` | open digests and threshold groups counting (SPEC §11) |
 //!
@@ -63,16 +64,78 @@ fn limit(query: &HashMap<String, String>) -> Result<usize, &'static str> {
     }
 }
 
-/// `since=`: a duration before now (`1h`) or a time in ms; 0 when absent.
+/// `since=`: a duration before now (`1h`), an RFC 3339 time or a time in
+/// ms; 0 when absent.
 fn since(query: &HashMap<String, String>) -> Result<u64, &'static str> {
-    match query.get("since").map(String::as_str) {
+    match query.get("since").map(|s| s.trim()) {
         None | Some("") => Ok(0),
-        Some(s) if s.bytes().all(|b| b.is_ascii_digit()) => Ok(s.parse().unwrap_or(0)),
-        Some(s) => match crate::config::units::HumanDuration::parse(s) {
-            Ok(d) => Ok(crate::verify::now_ms().saturating_sub(d.0.as_millis() as u64)),
-            Err(_) => Err("since must be a duration like 1h or a time in ms"),
-        },
+        Some(s) => crate::config::units::instant(s, crate::verify::now_ms())
+            .ok_or("since must be a duration like 1h, an RFC 3339 time or a time in ms"),
     }
+}
+
+/// `until=`, written as `since=`; `None` when absent.
+fn until(query: &HashMap<String, String>) -> Result<Option<u64>, &'static str> {
+    match query.get("until").map(|s| s.trim()) {
+        None | Some("") => Ok(None),
+        Some(s) => crate::config::units::instant(s, crate::verify::now_ms())
+            .map(Some)
+            .ok_or("until must be a duration like 1h, an RFC 3339 time or a time in ms"),
+    }
+}
+
+/// A parameter given and not empty, trimmed.
+fn given<'q>(query: &'q HashMap<String, String>, name: &str) -> Option<&'q str> {
+    query.get(name).map(|v| v.trim()).filter(|v| !v.is_empty())
+}
+
+/// The events filter of the API and the console: `since`, `until`,
+/// `event`, `user`, `rule`, `limit` and `before` (the `next` of the page
+/// before: `RECEIVED_AT:ID`).
+pub(crate) fn event_query(
+    query: &HashMap<String, String>,
+) -> Result<crate::store::EventQuery, &'static str> {
+    let before = match given(query, "before") {
+        None => None,
+        Some(s) => Some(
+            s.split_once(':')
+                .and_then(|(at, id)| Some((at.parse().ok()?, id.to_string())))
+                .ok_or("before must be the next of the page before")?,
+        ),
+    };
+    Ok(crate::store::EventQuery {
+        since_ms: since(query)?,
+        until_ms: until(query)?,
+        event: given(query, "event").map(str::to_string),
+        limit: limit(query)?,
+        before,
+        user: given(query, "user").map(str::to_string),
+        rule: given(query, "rule").map(str::to_string),
+    })
+}
+
+/// The deliveries filter of the API and the console: `status`, `action`,
+/// `limit` and `before` (a delivery id: the page after it).
+pub(crate) fn delivery_query(
+    query: &HashMap<String, String>,
+) -> Result<crate::store::DeliveryQuery, &'static str> {
+    let status = match given(query, "status") {
+        None => None,
+        Some(s) => Some(Status::parse(s).ok_or("status must be pending, sent or dead")?),
+    };
+    let before = match given(query, "before") {
+        None => None,
+        Some(b) => Some(
+            b.parse::<i64>()
+                .map_err(|_| "before must be a delivery id")?,
+        ),
+    };
+    Ok(crate::store::DeliveryQuery {
+        status,
+        action: given(query, "action").map(str::to_string),
+        before,
+        limit: limit(query)?,
+    })
 }
 
 fn store_error(e: crate::store::StoreError) -> Response {
@@ -81,24 +144,22 @@ fn store_error(e: crate::store::StoreError) -> Response {
 }
 
 async fn deliveries(state: &AppState, query: &HashMap<String, String>) -> Response {
-    let status = match query.get("status").map(String::as_str) {
-        None | Some("") => None,
-        Some(s) => match Status::parse(s) {
-            Some(st) => Some(st),
-            None => {
-                return error_reply(
-                    StatusCode::BAD_REQUEST,
-                    "status must be pending, sent or dead",
-                );
-            }
-        },
-    };
-    let limit = match limit(query) {
-        Ok(l) => l,
+    let q = match delivery_query(query) {
+        Ok(q) => q,
         Err(e) => return error_reply(StatusCode::BAD_REQUEST, e),
     };
-    match state.store.list_deliveries(status, limit).await {
-        Ok(list) => json_reply(StatusCode::OK, &serde_json::json!({"deliveries": list})),
+    let limit = q.limit;
+    match state.store.query_deliveries(q).await {
+        Ok(list) => {
+            // A full page may have more after it.
+            let next = (list.len() == limit)
+                .then(|| list.last().map(|d| d.id))
+                .flatten();
+            json_reply(
+                StatusCode::OK,
+                &serde_json::json!({"deliveries": list, "next": next}),
+            )
+        }
         Err(e) => store_error(e),
     }
 }
@@ -115,10 +176,9 @@ async fn replay(state: &AppState, query: &HashMap<String, String>) -> Response {
             Err(e) => return error_reply(StatusCode::BAD_REQUEST, e),
         },
     };
-    let until = match query.get("until").map(|u| u.parse::<u64>()) {
-        None => None,
-        Some(Ok(u)) => Some(u),
-        Some(Err(_)) => return error_reply(StatusCode::BAD_REQUEST, "until must be a time in ms"),
+    let until = match until(query) {
+        Ok(u) => u,
+        Err(e) => return error_reply(StatusCode::BAD_REQUEST, e),
     };
     let dry_run = matches!(query.get("dry_run").map(String::as_str), Some("true" | "1"));
     let snapshot = state.snapshot.load_full();
@@ -134,7 +194,7 @@ async fn replay(state: &AppState, query: &HashMap<String, String>) -> Response {
         until_ms: until,
         event: query.get("event").filter(|e| !e.is_empty()).cloned(),
         limit: 1000,
-        before: None,
+        ..crate::store::EventQuery::default()
     };
     let mut evaluated = 0;
     let mut items = Vec::new();
@@ -186,63 +246,18 @@ async fn replay(state: &AppState, query: &HashMap<String, String>) -> Response {
 }
 
 async fn events(state: &AppState, query: &HashMap<String, String>) -> Response {
-    let limit = match limit(query) {
-        Ok(l) => l,
+    let q = match event_query(query) {
+        Ok(q) => q,
         Err(e) => return error_reply(StatusCode::BAD_REQUEST, e),
     };
-    let since = match since(query) {
-        Ok(s) => s,
-        Err(e) => return error_reply(StatusCode::BAD_REQUEST, e),
-    };
-    let event = query.get("event").filter(|e| !e.is_empty()).cloned();
-    let until = match query.get("until").map(String::as_str) {
-        None | Some("") => None,
-        Some(s) => match s.parse::<u64>() {
-            Ok(t) => Some(t),
-            Err(_) => {
-                return error_reply(StatusCode::BAD_REQUEST, "until must be a time in ms");
-            }
-        },
-    };
-    // `before` is the `next` of the page before: `RECEIVED_AT:ID`.
-    let before = match query.get("before").map(String::as_str) {
-        None | Some("") => None,
-        Some(s) => match s
-            .split_once(':')
-            .and_then(|(at, id)| Some((at.parse().ok()?, id)))
-        {
-            Some((at, id)) => Some((at, id.to_string())),
-            None => {
-                return error_reply(
-                    StatusCode::BAD_REQUEST,
-                    "before must be the next of the page before",
-                );
-            }
-        },
-    };
-    let q = crate::store::EventQuery {
-        since_ms: since,
-        until_ms: until,
-        event,
-        limit,
-        before,
-    };
+    let limit = q.limit;
     match state.store.query_events(q).await {
         Ok(list) => {
             // A full page may have more after it.
             let next = (list.len() == limit)
                 .then(|| list.last().map(|e| format!("{}:{}", e.received_at, e.id)))
                 .flatten();
-            // The stored callback carries its signature; the API never shows it.
-            let list: Vec<_> = list
-                .into_iter()
-                .map(|mut e| {
-                    if let Some(o) = e.callback.as_object_mut() {
-                        o.remove("security");
-                    }
-                    e
-                })
-                .collect();
+            let list: Vec<_> = list.into_iter().map(unsigned).collect();
             json_reply(
                 StatusCode::OK,
                 &serde_json::json!({"events": list, "next": next}),
@@ -250,6 +265,15 @@ async fn events(state: &AppState, query: &HashMap<String, String>) -> Response {
         }
         Err(e) => store_error(e),
     }
+}
+
+/// The stored callback carries its signature; neither the API nor the
+/// console ever shows it.
+pub(crate) fn unsigned(mut e: crate::store::EventInfo) -> crate::store::EventInfo {
+    if let Some(o) = e.callback.as_object_mut() {
+        o.remove("security");
+    }
+    e
 }
 
 async fn metrics(state: &AppState) -> Response {
@@ -360,6 +384,14 @@ async fn handle(
         }
         ("/api/v1/deliveries/retry-dead", &Method::POST) => retry(&state, None).await,
         ("/api/v1/events/replay", &Method::POST) => replay(&state, &query).await,
+        (p, &Method::GET) if p.starts_with("/api/v1/events/") => {
+            let id = &p["/api/v1/events/".len()..];
+            match state.store.event(id.to_string()).await {
+                Ok(Some(e)) => json_reply(StatusCode::OK, &serde_json::json!(unsigned(e))),
+                Ok(None) => error_reply(StatusCode::NOT_FOUND, "no such event"),
+                Err(e) => store_error(e),
+            }
+        }
         (p, &Method::GET) if p.starts_with("/api/v1/deliveries/") => {
             let id = &p["/api/v1/deliveries/".len()..];
             match id.parse::<i64>() {

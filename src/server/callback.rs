@@ -358,6 +358,8 @@ where
         event: cb.event.clone(),
         received_at_ms: now,
         body: cb.text(),
+        from_user: cb.from_user.clone(),
+        to_user: cb.to_user.clone(),
         rules: rule_names,
         deliveries,
         lease_until: handoff.as_ref().map(|_| now + snapshot.lease_ms),

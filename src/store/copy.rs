@@ -96,10 +96,11 @@ pub async fn copy(state_dir: &Path, target: &PgStore) -> Result<Copied, CopyErro
     let mut after = String::new();
     loop {
         let mut stmt = conn.prepare_cached(
-            "SELECT id, dedup_key, event, received_at, rules, body FROM events
+            "SELECT id, dedup_key, event, received_at, rules, body, from_user, to_user FROM events
              WHERE id > ?1 ORDER BY id LIMIT ?2",
         )?;
-        type Event = (String, String, String, i64, String, String);
+        type Users = (Option<String>, Option<String>);
+        type Event = (String, String, String, i64, String, String, Users);
         let rows: Vec<Event> = stmt
             .query_map(rusqlite::params![after, BATCH], |r| {
                 Ok((
@@ -109,16 +110,20 @@ pub async fn copy(state_dir: &Path, target: &PgStore) -> Result<Copied, CopyErro
                     r.get(3)?,
                     r.get(4)?,
                     r.get(5)?,
+                    (r.get(6)?, r.get(7)?),
                 ))
             })?
             .collect::<rusqlite::Result<_>>()?;
         let Some(last) = rows.last() else { break };
         after = last.0.clone();
+        let from: Vec<Option<&str>> = rows.iter().map(|r| r.6.0.as_deref()).collect();
+        let to: Vec<Option<&str>> = rows.iter().map(|r| r.6.1.as_deref()).collect();
         let col = |f: fn(&Event) -> &str| rows.iter().map(f).collect::<Vec<&str>>();
         let at: Vec<i64> = rows.iter().map(|r| r.3).collect();
         tx.execute(
-            "INSERT INTO events(id, dedup_key, event, received_at, rules, body)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[])",
+            "INSERT INTO events(id, dedup_key, event, received_at, rules, body, from_user, to_user)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[],
+                                  $7::text[], $8::text[])",
             &[
                 &col(|r| &r.0),
                 &col(|r| &r.1),
@@ -126,6 +131,8 @@ pub async fn copy(state_dir: &Path, target: &PgStore) -> Result<Copied, CopyErro
                 &at,
                 &col(|r| &r.4),
                 &col(|r| &r.5),
+                &from,
+                &to,
             ],
         )
         .await?;

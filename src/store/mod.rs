@@ -103,6 +103,11 @@ pub struct NewEvent {
     /// The callback's JSON text as received (shared with the parsed
     /// callback: the request path holds it once).
     pub body: Arc<str>,
+    /// The callback's `from` and `to` users, normalized (SPEC §5
+    /// `from_user`, `to_user`): the console and the events API find an
+    /// event by either.
+    pub from_user: Text,
+    pub to_user: Text,
     /// Names of the matching rules, in order.
     pub rules: Vec<Text>,
     /// The deliveries its rules asked for, in order.
@@ -522,6 +527,96 @@ pub struct EventQuery {
     /// The page after this event, given by its received time and id: where
     /// the page before ended.
     pub before: Option<(u64, String)>,
+    /// The event's `from` or `to` user (normalized, as `from_user`).
+    pub user: Option<String>,
+    /// A rule the event matched.
+    pub rule: Option<String>,
+}
+
+/// How a backend's SQL spells what [`EventQuery::conditions`] needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// A value bound to a statement [`EventQuery::conditions`] wrote.
+#[derive(Debug, Clone)]
+pub(crate) enum Param {
+    Int(i64),
+    Text(String),
+}
+
+impl EventQuery {
+    /// The query's conditions on `events`, as `AND …` terms whose values
+    /// are bound from `first` on (`?N` or `$N`), and those values: one
+    /// definition of the filters for both backends. Each filter is in the
+    /// statement only when it is set, so that the plan can use the index
+    /// it has (`events_received`, `events_from`, `events_to`).
+    pub(crate) fn conditions(&self, d: Dialect, first: usize) -> (String, Vec<Param>) {
+        let mut sql = String::new();
+        let mut params: Vec<Param> = Vec::new();
+        let bind = |v: Param, params: &mut Vec<Param>| {
+            params.push(v);
+            match d {
+                Dialect::Sqlite => format!("?{}", first + params.len() - 1),
+                Dialect::Postgres => format!("${}", first + params.len() - 1),
+            }
+        };
+        let cast = match d {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => "::bigint",
+        };
+        let since = bind(Param::Int(self.since_ms as i64), &mut params);
+        sql += &format!(" AND received_at >= {since}{cast}");
+        if let Some(u) = self.until_ms {
+            let u = bind(Param::Int(u as i64), &mut params);
+            sql += &format!(" AND received_at < {u}{cast}");
+        }
+        if let Some((at, id)) = &self.before {
+            let at = bind(Param::Int(*at as i64), &mut params);
+            let id = bind(Param::Text(id.clone()), &mut params);
+            sql += &format!(
+                " AND (received_at < {at}{cast} OR (received_at = {at}{cast} AND id < {id}))"
+            );
+        }
+        if let Some(e) = &self.event {
+            // A name (`roster:ban`) or a family (`roster`, `roster:*`).
+            let name = e.strip_suffix(":*").unwrap_or(e);
+            let exact = bind(Param::Text(name.to_string()), &mut params);
+            let family = bind(Param::Text(format!("{name}:")), &mut params);
+            let prefix = match d {
+                Dialect::Sqlite => format!("substr(event, 1, length({family})) = {family}"),
+                Dialect::Postgres => format!("left(event, length({family})) = {family}"),
+            };
+            sql += &format!(" AND (event = {exact} OR {prefix})");
+        }
+        if let Some(u) = &self.user {
+            let u = bind(Param::Text(u.clone()), &mut params);
+            sql += &format!(" AND (from_user = {u} OR to_user = {u})");
+        }
+        if let Some(r) = &self.rule {
+            // `rules` holds the names as a JSON array: the quoted name is
+            // found whole, never as a part of a longer one.
+            let quoted = serde_json::to_string(r).unwrap_or_default();
+            let q = bind(Param::Text(quoted), &mut params);
+            sql += &match d {
+                Dialect::Sqlite => format!(" AND instr(rules, {q}) > 0"),
+                Dialect::Postgres => format!(" AND strpos(rules, {q}) > 0"),
+            };
+        }
+        (sql, params)
+    }
+}
+
+/// Which deliveries to list, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeliveryQuery {
+    pub status: Option<Status>,
+    pub action: Option<String>,
+    /// Deliveries with a smaller id than this: where the page before ended.
+    pub before: Option<i64>,
+    pub limit: usize,
 }
 
 /// An event as the admin API shows it.
@@ -642,14 +737,30 @@ pub trait Store: Send + Sync + 'static {
     /// when `ids` is `None`. Returns how many were requeued.
     fn retry(&self, ids: Option<Vec<i64>>, now_ms: u64) -> BoxFuture<'_, Result<u64, StoreError>>;
 
+    /// Deliveries, newest first.
+    fn query_deliveries(
+        &self,
+        q: DeliveryQuery,
+    ) -> BoxFuture<'_, Result<Vec<DeliveryInfo>, StoreError>>;
+
+    /// [`Store::query_deliveries`] of one status (or any), at most `limit`.
     fn list_deliveries(
         &self,
         status: Option<Status>,
         limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<DeliveryInfo>, StoreError>>;
+    ) -> BoxFuture<'_, Result<Vec<DeliveryInfo>, StoreError>> {
+        self.query_deliveries(DeliveryQuery {
+            status,
+            limit,
+            ..DeliveryQuery::default()
+        })
+    }
 
     /// Stored events, newest first, with their deliveries.
     fn query_events(&self, q: EventQuery) -> BoxFuture<'_, Result<Vec<EventInfo>, StoreError>>;
+
+    /// One stored event with its deliveries; `None` when there is none.
+    fn event(&self, id: String) -> BoxFuture<'_, Result<Option<EventInfo>, StoreError>>;
 
     /// [`Store::query_events`] received since `since_ms`, of `event` (a
     /// name or a family), at most `limit`.

@@ -229,6 +229,8 @@ async fn a_stopped_daemons_store(state_dir: &std::path::Path) -> Vec<serde_json:
             event: cb.event.clone(),
             received_at_ms: now + i,
             body: body.to_string().into(),
+            from_user: cb.from_user.clone(),
+            to_user: cb.to_user.clone(),
             rules: vec!["all".into()],
             deliveries: vec![NewDelivery {
                 action: "hook".into(),

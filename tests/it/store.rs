@@ -64,6 +64,8 @@ pub fn ev(id: &str, key: &str, actions: &[&str], at: u64) -> NewEvent {
         body: serde_json::json!({"callId": id, "security": "s", "timestamp": at})
             .to_string()
             .into(),
+        from_user: "alice".into(),
+        to_user: "bob".into(),
         rules: vec!["r".into()],
         deliveries: actions
             .iter()
@@ -161,6 +163,8 @@ conformance!(
     handed_off_deliveries_are_leased_at_accept,
     deliveries_done_at_accept_are_sent_and_never_claimed,
     events_are_listed_newest_first_by_family_or_name,
+    events_are_found_by_user_rule_time_and_id_a_page_at_a_time,
+    deliveries_are_listed_by_status_and_action_a_page_at_a_time,
     next_due_is_the_earliest_waiting_delivery,
     prune_removes_what_is_past_retention_only,
     writable_probe_and_ping,
@@ -477,6 +481,173 @@ pub mod behaviour {
         assert_eq!(e4.deliveries.len(), 1);
         assert_eq!(e4.deliveries[0].action, "a");
         assert_eq!(e4.deliveries[0].status, Status::Pending);
+    }
+
+    pub async fn events_are_found_by_user_rule_time_and_id_a_page_at_a_time(s: &dyn Store) {
+        use easehook::store::EventQuery;
+        let made = |id: &str, event: &str, from: &str, to: &str, rule: &str, at: u64| {
+            let mut e = ev(id, id, &["a"], at);
+            e.event = event.into();
+            e.from_user = from.into();
+            e.to_user = to.into();
+            e.rules = vec![rule.into(), "common".into()];
+            e
+        };
+        for e in [
+            made("e1", "roster:ban", "alice", "bob", "ban-to-product", 1000),
+            made("e2", "roster:ban", "carol", "alice", "ban-digest", 2000),
+            made("e3", "roster:add", "alice", "dave", "audit", 3000),
+            made("e4", "roster:ban", "bob", "carol", "ban", 4000),
+            made("e5", "roster:ban", "alice%", "bob", "ban", 5000),
+        ] {
+            s.accept(e, 60_000).await.unwrap();
+        }
+        let ids = |q: EventQuery| async move {
+            s.query_events(q)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| e.id)
+                .collect::<Vec<_>>()
+        };
+        let user = |u: &str| EventQuery {
+            user: Some(u.into()),
+            limit: 10,
+            ..EventQuery::default()
+        };
+        // From or to, exactly: `alice%` is another user, not a pattern.
+        assert_eq!(ids(user("alice")).await, ["e3", "e2", "e1"]);
+        assert_eq!(ids(user("alice%")).await, ["e5"]);
+        assert!(ids(user("ali")).await.is_empty());
+        // With an event filter, as the console's events page asks.
+        let q = EventQuery {
+            event: Some("roster:ban".into()),
+            ..user("alice")
+        };
+        assert_eq!(ids(q).await, ["e2", "e1"]);
+        // A rule by its whole name: `ban` is not part of `ban-digest`.
+        let rule = |r: &str| EventQuery {
+            rule: Some(r.into()),
+            limit: 10,
+            ..EventQuery::default()
+        };
+        assert_eq!(ids(rule("ban")).await, ["e5", "e4"]);
+        assert_eq!(ids(rule("ban-digest")).await, ["e2"]);
+        assert_eq!(ids(rule("common")).await.len(), 5);
+        // A family written with `:*`, and a time range.
+        let q = EventQuery {
+            event: Some("roster:*".into()),
+            since_ms: 2000,
+            until_ms: Some(4000),
+            limit: 10,
+            ..EventQuery::default()
+        };
+        assert_eq!(ids(q).await, ["e3", "e2"]);
+        // Pages of two, each after where the last ended.
+        let mut pages = Vec::new();
+        let mut before = None;
+        loop {
+            let page = s
+                .query_events(EventQuery {
+                    limit: 2,
+                    before: before.clone(),
+                    ..EventQuery::default()
+                })
+                .await
+                .unwrap();
+            before = page.last().map(|e| (e.received_at, e.id.clone()));
+            pages.push(page.into_iter().map(|e| e.id).collect::<Vec<_>>());
+            if before.is_none() {
+                break;
+            }
+        }
+        assert_eq!(
+            pages,
+            [vec!["e5", "e4"], vec!["e3", "e2"], vec!["e1"], vec![]]
+        );
+        // One event by its id, with its deliveries.
+        let e3 = s.event("e3".into()).await.unwrap().unwrap();
+        assert_eq!((e3.event.as_str(), e3.received_at), ("roster:add", 3000));
+        assert_eq!(e3.deliveries.len(), 1);
+        assert_eq!(e3.callback["callId"], "e3");
+        assert!(s.event("nope".into()).await.unwrap().is_none());
+    }
+
+    pub async fn deliveries_are_listed_by_status_and_action_a_page_at_a_time(s: &dyn Store) {
+        use easehook::store::DeliveryQuery;
+        for i in 0..5u64 {
+            s.accept(
+                ev(
+                    &format!("e{i}"),
+                    &format!("k{i}"),
+                    &["mail", "hook"],
+                    1000 + i,
+                ),
+                60_000,
+            )
+            .await
+            .unwrap();
+        }
+        // Two of the hooks die.
+        let claimed = s.claim_due(10_000, 100, 30_000).await.unwrap();
+        let dead: Vec<_> = claimed
+            .iter()
+            .filter(|c| c.action == "hook")
+            .take(2)
+            .map(|c| (c.lease(), Record::Dead { error: "x".into() }))
+            .collect();
+        s.record(dead).await.unwrap();
+        let list = |q: DeliveryQuery| async move {
+            s.query_deliveries(q)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|d| (d.action, d.status))
+                .collect::<Vec<_>>()
+        };
+        let hooks = list(DeliveryQuery {
+            action: Some("hook".into()),
+            limit: 100,
+            ..DeliveryQuery::default()
+        })
+        .await;
+        assert_eq!(hooks.len(), 5);
+        assert!(hooks.iter().all(|(a, _)| a == "hook"));
+        let dead = list(DeliveryQuery {
+            status: Some(Status::Dead),
+            action: Some("hook".into()),
+            limit: 100,
+            ..DeliveryQuery::default()
+        })
+        .await;
+        assert_eq!(dead.len(), 2);
+        let none = list(DeliveryQuery {
+            status: Some(Status::Dead),
+            action: Some("mail".into()),
+            limit: 100,
+            ..DeliveryQuery::default()
+        })
+        .await;
+        assert!(none.is_empty());
+        // Newest first, a page at a time.
+        let first = s
+            .query_deliveries(DeliveryQuery {
+                limit: 4,
+                ..DeliveryQuery::default()
+            })
+            .await
+            .unwrap();
+        let rest = s
+            .query_deliveries(DeliveryQuery {
+                limit: 100,
+                before: first.last().map(|d| d.id),
+                ..DeliveryQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(first.len() + rest.len(), 10);
+        assert!(first.windows(2).all(|w| w[0].id > w[1].id));
+        assert!(first.last().unwrap().id > rest[0].id);
     }
 
     pub async fn next_due_is_the_earliest_waiting_delivery(s: &dyn Store) {

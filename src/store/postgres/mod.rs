@@ -40,8 +40,8 @@ use tokio_postgres::Row;
 
 use super::{
     Accepted, Attempt, AttemptInfo, Callbacks, Claimed, Counts, DeliveryBrief, DeliveryDetail,
-    DeliveryInfo, EventInfo, EventQuery, Lease, NewEvent, OpenGroup, RateGrant, Record, Replayed,
-    Replica, Status, Store, StoreError,
+    DeliveryInfo, DeliveryQuery, Dialect, EventInfo, EventQuery, Lease, NewEvent, OpenGroup, Param,
+    RateGrant, Record, Replayed, Replica, Status, Store, StoreError,
 };
 use crate::config::PostgresSettings;
 
@@ -50,6 +50,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("migrations/0001_init.sql")),
     (2, include_str!("migrations/0002_aggregates.sql")),
     (3, include_str!("migrations/0003_attempts.sql")),
+    (4, include_str!("migrations/0004_users.sql")),
 ];
 
 /// The newest schema version this build knows.
@@ -293,19 +294,83 @@ async fn apply_migrations(client: &mut tokio_postgres::Client) -> Result<Vec<i32
     Ok(applied)
 }
 
+/// The events `conditions` select (`$1` is `first`, `$2`… are `rest`),
+/// each with its deliveries.
+async fn events_where(
+    c: &deadpool_postgres::Client,
+    conditions: &str,
+    first: Param,
+    rest: Vec<Param>,
+) -> Result<Vec<EventInfo>, StoreError> {
+    let values: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> = std::iter::once(first)
+        .chain(rest)
+        .map(|p| -> Box<dyn tokio_postgres::types::ToSql + Sync + Send> {
+            match p {
+                Param::Int(i) => Box::new(i),
+                Param::Text(t) => Box::new(t),
+            }
+        })
+        .collect();
+    let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = values
+        .iter()
+        .map(|v| v.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync))
+        .collect();
+    let rows = c
+        .query(
+            &format!("SELECT id, event, received_at, rules, body FROM events WHERE {conditions}"),
+            &refs,
+        )
+        .await?;
+    let ids: Vec<&str> = rows.iter().map(|r| r.get(0)).collect();
+    let ds = c
+        .query(
+            "SELECT event_id, id, action, status, attempts, rule FROM deliveries
+                         WHERE event_id = ANY($1) ORDER BY id",
+            &[&ids],
+        )
+        .await?;
+    let mut by_event: std::collections::HashMap<&str, Vec<DeliveryBrief>> =
+        std::collections::HashMap::new();
+    for d in &ds {
+        by_event.entry(d.get(0)).or_default().push(DeliveryBrief {
+            id: d.get(1),
+            action: d.get(2),
+            status: Status::parse(d.get(3)).unwrap_or(Status::Pending),
+            attempts: d.get::<_, i32>(4) as u32,
+            rule: d.get(5),
+        });
+    }
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let id: &str = r.get(0);
+            EventInfo {
+                id: id.to_string(),
+                event: r.get(1),
+                received_at: r.get::<_, i64>(2) as u64,
+                rules: serde_json::from_str(r.get(3)).unwrap_or_default(),
+                deliveries: by_event.remove(id).unwrap_or_default(),
+                callback: serde_json::from_str(r.get(4)).unwrap_or(serde_json::Value::Null),
+            }
+        })
+        .collect())
+}
+
 /// Store a batch of callbacks in one statement (so one round trip, and one
 /// commit of its own): claim each dedup key (a key held and not expired
 /// changes nothing, which makes its callback a duplicate), then the events
 /// whose keys were claimed and their deliveries, all or nothing. The
-/// events come as arrays (`$1`–`$6`, keys sorted, none twice), `$7` is the
+/// events come as arrays (`$1`–`$6`, keys sorted, none twice, and their
+/// users `$15`, `$16`), `$7` is the
 /// dedup window; the deliveries come as arrays too (`$8`–`$13`: event id,
 /// action, rule, done, time, the lease of a hand-off), `$14` is the replica
 /// that holds the hand-offs. Answers the claimed keys, and each delivery's
 /// id with its event.
 const ACCEPT_SQL: &str = "
 WITH input AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[])
-        AS t(key, id, event, received_at, rules, body)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[],
+                         $15::text[], $16::text[])
+        AS t(key, id, event, received_at, rules, body, from_user, to_user)
 ), k AS (
     INSERT INTO dedup(key, expires_at)
     SELECT key, received_at + $7::bigint FROM input
@@ -315,8 +380,8 @@ WITH input AS (
 ), claimed AS (
     SELECT i.* FROM input i JOIN k ON k.key = i.key
 ), e AS (
-    INSERT INTO events(id, dedup_key, event, received_at, rules, body)
-    SELECT id, key, event, received_at, rules, body FROM claimed
+    INSERT INTO events(id, dedup_key, event, received_at, rules, body, from_user, to_user)
+    SELECT id, key, event, received_at, rules, body, from_user, to_user FROM claimed
 ), d AS (
     INSERT INTO deliveries(event_id, action, rule, status, attempts, next_attempt_at,
                            leased_until, leased_by, created_at, updated_at)
@@ -789,6 +854,8 @@ async fn accept_statements(
                     &d_at,
                     &d_lease,
                     &replica,
+                    &ev(|a| a.event.from_user.as_str()),
+                    &ev(|a| a.event.to_user.as_str()),
                 ],
             )
             .await?;
@@ -1328,27 +1395,29 @@ impl Store for PgStore {
         })
     }
 
-    fn list_deliveries(
+    fn query_deliveries(
         &self,
-        status: Option<Status>,
-        limit: usize,
+        q: DeliveryQuery,
     ) -> BoxFuture<'_, Result<Vec<DeliveryInfo>, StoreError>> {
         self.with_client(move |c| {
             Box::pin(async move {
                 // The status is written into the statement, not passed: a
                 // partial index (the dead ones, the queue) is used only for
                 // a condition the plan can see.
-                let filter = match status {
+                let status = match q.status {
                     None => "",
-                    Some(Status::Pending) => "WHERE d.status = 'pending'",
-                    Some(Status::Sent) => "WHERE d.status = 'sent'",
-                    Some(Status::Dead) => "WHERE d.status = 'dead'",
+                    Some(Status::Pending) => "AND d.status = 'pending'",
+                    Some(Status::Sent) => "AND d.status = 'sent'",
+                    Some(Status::Dead) => "AND d.status = 'dead'",
                 };
                 let sql = format!(
                     "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id
-                     {filter} ORDER BY d.id DESC LIMIT $1"
+                     WHERE ($2::text IS NULL OR d.action = $2) AND ($3::bigint IS NULL OR d.id < $3)
+                     {status} ORDER BY d.id DESC LIMIT $1"
                 );
-                let rows = c.query(&sql, &[&(limit as i64)]).await?;
+                let rows = c
+                    .query(&sql, &[&(q.limit as i64), &q.action, &q.before])
+                    .await?;
                 Ok(rows.iter().map(delivery_row).collect())
             })
         })
@@ -1357,62 +1426,23 @@ impl Store for PgStore {
     fn query_events(&self, q: EventQuery) -> BoxFuture<'_, Result<Vec<EventInfo>, StoreError>> {
         self.with_client(move |c| {
             Box::pin(async move {
-                let until = q.until_ms.map(|u| u as i64);
-                let (before_at, before_id) = match q.before {
-                    Some((at, id)) => (Some(at as i64), Some(id)),
-                    None => (None, None),
-                };
-                let rows = c
-                    .query(
-                        "SELECT id, event, received_at, rules, body FROM events
-                         WHERE received_at >= $1 AND ($4::bigint IS NULL OR received_at < $4)
-                           AND ($5::bigint IS NULL OR (received_at, id) < ($5, $6::text))
-                           AND ($2::text IS NULL OR event = $2 OR left(event, length($2) + 1) = $2 || ':')
-                         ORDER BY received_at DESC, id DESC LIMIT $3",
-                        &[
-                            &(q.since_ms as i64),
-                            &q.event,
-                            &(q.limit as i64),
-                            &until,
-                            &before_at,
-                            &before_id,
-                        ],
-                    )
-                    .await?;
-                let ids: Vec<&str> = rows.iter().map(|r| r.get(0)).collect();
-                let ds = c
-                    .query(
-                        "SELECT event_id, id, action, status, attempts, rule FROM deliveries
-                         WHERE event_id = ANY($1) ORDER BY id",
-                        &[&ids],
-                    )
-                    .await?;
-                let mut by_event: std::collections::HashMap<&str, Vec<DeliveryBrief>> =
-                    std::collections::HashMap::new();
-                for d in &ds {
-                    by_event.entry(d.get(0)).or_default().push(DeliveryBrief {
-                        id: d.get(1),
-                        action: d.get(2),
-                        status: Status::parse(d.get(3)).unwrap_or(Status::Pending),
-                        attempts: d.get::<_, i32>(4) as u32,
-                        rule: d.get(5),
-                    });
-                }
-                Ok(rows
-                    .iter()
-                    .map(|r| {
-                        let id: &str = r.get(0);
-                        EventInfo {
-                            id: id.to_string(),
-                            event: r.get(1),
-                            received_at: r.get::<_, i64>(2) as u64,
-                            rules: serde_json::from_str(r.get(3)).unwrap_or_default(),
-                            deliveries: by_event.remove(id).unwrap_or_default(),
-                            callback: serde_json::from_str(r.get(4))
-                                .unwrap_or(serde_json::Value::Null),
-                        }
-                    })
-                    .collect())
+                let (conditions, params) = q.conditions(Dialect::Postgres, 2);
+                let sql = format!(
+                    "TRUE {conditions} ORDER BY received_at DESC, id DESC LIMIT $1::bigint"
+                );
+                events_where(c, &sql, Param::Int(q.limit as i64), params).await
+            })
+        })
+    }
+
+    fn event(&self, id: String) -> BoxFuture<'_, Result<Option<EventInfo>, StoreError>> {
+        self.with_client(move |c| {
+            Box::pin(async move {
+                Ok(
+                    events_where(c, "id = $1::text", Param::Text(id), Vec::new())
+                        .await?
+                        .pop(),
+                )
             })
         })
     }

@@ -32,8 +32,8 @@ use tokio::sync::oneshot;
 
 use super::{
     Accepted, Attempt, AttemptInfo, Callbacks, Claimed, Counts, DeliveryBrief, DeliveryDetail,
-    DeliveryInfo, EventInfo, EventQuery, Lease, NewEvent, OpenGroup, Record, Replayed, Status,
-    Store, StoreError, StoredAggregate,
+    DeliveryInfo, DeliveryQuery, Dialect, EventInfo, EventQuery, Lease, NewEvent, OpenGroup, Param,
+    Record, Replayed, Status, Store, StoreError, StoredAggregate,
 };
 
 impl From<rusqlite::Error> for StoreError {
@@ -148,6 +148,29 @@ CREATE TABLE IF NOT EXISTS attempts (
 ) WITHOUT ROWID;
 PRAGMA user_version = 1;
 "#;
+
+/// The columns and indexes the console's filters need, added to a store
+/// made before them: the users of an event (events stored earlier have
+/// none, and are not found by user), and the dead deliveries in id order
+/// (the dead-letter list, newest first, without sorting the queue).
+fn migrate_users(conn: &Connection) -> rusqlite::Result<()> {
+    let has: bool = conn.query_row(
+        "SELECT EXISTS(SELECT 1 FROM pragma_table_info('events') WHERE name = 'from_user')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has {
+        conn.execute_batch(
+            "ALTER TABLE events ADD COLUMN from_user TEXT;
+             ALTER TABLE events ADD COLUMN to_user TEXT;",
+        )?;
+    }
+    conn.execute_batch(
+        "CREATE INDEX IF NOT EXISTS events_from ON events(from_user, received_at);
+         CREATE INDEX IF NOT EXISTS events_to ON events(to_user, received_at);
+         CREATE INDEX IF NOT EXISTS deliveries_dead ON deliveries(id) WHERE status = 'dead';",
+    )
+}
 
 /// How a store finds an event's deliveries: by the range of ids its row
 /// holds (stores created by this version), or through the index
@@ -425,6 +448,7 @@ impl SqliteStore {
             .execute_batch(SCHEMA)
             .and_then(|()| writer.execute_batch(aggregate::SCHEMA))
             .and_then(|()| aggregate::migrate(&writer))
+            .and_then(|()| migrate_users(&writer))
             .with_context(|| format!("cannot create the schema in {}", path.display()))?;
         // This daemon owns the store: leases held by a previous process (which
         // crashed mid-attempt) are void, so those deliveries are due now.
@@ -739,10 +763,10 @@ impl<'c> Writer<'c> {
                  WHERE dedup.expires_at <= ?3",
             )?,
             insert_event: conn.prepare(match layout {
-                Layout::Ranges => "INSERT INTO events(id, dedup_key, event, received_at, rules, body, first_delivery, last_delivery)
+                Layout::Ranges => "INSERT INTO events(id, dedup_key, event, received_at, rules, body, from_user, to_user, first_delivery, last_delivery)
+                 VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                Layout::Indexed => "INSERT INTO events(id, dedup_key, event, received_at, rules, body, from_user, to_user)
                  VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                Layout::Indexed => "INSERT INTO events(id, dedup_key, event, received_at, rules, body)
-                 VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
             })?,
             insert_delivery: conn.prepare(
                 "INSERT INTO deliveries(event_id, action, rule, status, attempts, next_attempt_at, leased_until, created_at, updated_at)
@@ -879,20 +903,22 @@ impl<'c> Writer<'c> {
     fn store_event(&mut self, p: &Prepared, deliveries: &[i64]) -> rusqlite::Result<()> {
         let ev = &p.event;
         let (first, last) = (deliveries.first(), deliveries.last());
-        let values: [&dyn rusqlite::ToSql; 8] = [
+        let values: [&dyn rusqlite::ToSql; 10] = [
             &ev.id,
             &ev.dedup_key,
             &ev.event.as_str(),
             &(ev.received_at_ms as i64),
             &p.rules_json,
             &ev.body,
+            &ev.from_user.as_str(),
+            &ev.to_user.as_str(),
             &first,
             &last,
         ];
-        // The statement of an earlier layout takes the first six.
+        // The statement of an earlier layout takes the first eight.
         let n = match self.layout {
-            Layout::Ranges => 8,
-            Layout::Indexed => 6,
+            Layout::Ranges => 10,
+            Layout::Indexed => 8,
         };
         self.insert_event.execute(&values[..n]).map(drop)
     }
@@ -1190,6 +1216,75 @@ fn prune(conn: &Connection, layout: Layout, now: u64, retention: u64) -> rusqlit
 const DELIVERY_COLUMNS: &str = "d.id, d.event_id, e.event, d.action, d.rule, d.status, d.attempts,
      d.next_attempt_at, d.last_error, d.created_at, d.updated_at";
 
+/// The events `conditions` select (`?1` is `first`, `?2`… are `rest`),
+/// each with its deliveries.
+fn events_where(
+    c: &Connection,
+    layout: Layout,
+    conditions: &str,
+    first: Param,
+    rest: Vec<Param>,
+) -> rusqlite::Result<Vec<EventInfo>> {
+    let mut stmt = c.prepare_cached(&format!(
+        "SELECT id, event, received_at, rules, body, {} FROM events WHERE {conditions}",
+        layout.range_columns()
+    ))?;
+    let values: Vec<rusqlite::types::Value> = std::iter::once(first)
+        .chain(rest)
+        .map(|p| match p {
+            Param::Int(i) => rusqlite::types::Value::Integer(i),
+            Param::Text(t) => rusqlite::types::Value::Text(t),
+        })
+        .collect();
+    type Row = (
+        String,
+        String,
+        i64,
+        String,
+        String,
+        Option<i64>,
+        Option<i64>,
+    );
+    let rows = stmt
+        .query_map(rusqlite::params_from_iter(values), |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<Row>>>()?;
+    let mut ds = c.prepare_cached(layout.deliveries_of_event())?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (id, event, received_at, rules, body, first, last) in rows {
+        let deliveries = ds
+            .query_map(params![id, first, last], |r| {
+                let status: String = r.get(2)?;
+                Ok(DeliveryBrief {
+                    id: r.get(0)?,
+                    action: r.get(1)?,
+                    status: Status::parse(&status).unwrap_or(Status::Pending),
+                    attempts: r.get(3)?,
+                    rule: r.get(4)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        out.push(EventInfo {
+            id,
+            event,
+            received_at: received_at as u64,
+            rules: serde_json::from_str(&rules).unwrap_or_default(),
+            deliveries,
+            callback: serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+        });
+    }
+    Ok(out)
+}
+
 fn delivery_row(r: &rusqlite::Row) -> rusqlite::Result<DeliveryInfo> {
     let status: String = r.get(5)?;
     let status = Status::parse(&status).unwrap_or(Status::Pending);
@@ -1311,98 +1406,48 @@ impl Store for SqliteStore {
         self.send(|r| Command::Retry(ids, now, r))
     }
 
-    fn list_deliveries(
+    fn query_deliveries(
         &self,
-        status: Option<Status>,
-        limit: usize,
+        q: DeliveryQuery,
     ) -> BoxFuture<'_, Result<Vec<DeliveryInfo>, StoreError>> {
         self.read(move |c| {
+            // The status is written into the statement, not bound: the
+            // partial index of dead deliveries serves only a condition the
+            // planner can see.
+            let status = match q.status {
+                None => "",
+                Some(Status::Pending) => "AND d.status = 'pending'",
+                Some(Status::Sent) => "AND d.status = 'sent'",
+                Some(Status::Dead) => "AND d.status = 'dead'",
+            };
             let mut stmt = c.prepare_cached(&format!(
                 "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id
-                 WHERE (?1 IS NULL OR d.status = ?1) ORDER BY d.id DESC LIMIT ?2"
+                 WHERE (?2 IS NULL OR d.action = ?2) AND (?3 IS NULL OR d.id < ?3) {status}
+                 ORDER BY d.id DESC LIMIT ?1"
             ))?;
-            stmt.query_map(
-                params![status.map(Status::as_str), limit as i64],
-                delivery_row,
-            )?
-            .collect()
+            stmt.query_map(params![q.limit as i64, q.action, q.before], delivery_row)?
+                .collect()
         })
     }
 
     fn query_events(&self, q: EventQuery) -> BoxFuture<'_, Result<Vec<EventInfo>, StoreError>> {
         let layout = self.layout;
         self.read(move |c| {
-            let mut stmt = c.prepare_cached(&format!(
-                "SELECT id, event, received_at, rules, body, {} FROM events
-                 WHERE received_at >= ?1 AND (?4 IS NULL OR received_at < ?4)
-                   AND (?5 IS NULL OR received_at < ?5 OR (received_at = ?5 AND id < ?6))
-                   AND (?2 IS NULL OR event = ?2 OR substr(event, 1, length(?2) + 1) = ?2 || ':')
-                 ORDER BY received_at DESC, id DESC LIMIT ?3",
-                layout.range_columns()
-            ))?;
-            let (since, event, limit) = (q.since_ms, q.event, q.limit);
-            let until = q.until_ms.map(|u| u as i64);
-            let (before_at, before_id) = match q.before {
-                Some((at, id)) => (Some(at as i64), Some(id)),
-                None => (None, None),
-            };
-            type Row = (
-                String,
-                String,
-                i64,
-                String,
-                String,
-                Option<i64>,
-                Option<i64>,
-            );
-            let rows = stmt
-                .query_map(
-                    params![
-                        since as i64,
-                        event,
-                        limit as i64,
-                        until,
-                        before_at,
-                        before_id
-                    ],
-                    |r| {
-                        Ok((
-                            r.get(0)?,
-                            r.get(1)?,
-                            r.get(2)?,
-                            r.get(3)?,
-                            r.get(4)?,
-                            r.get(5)?,
-                            r.get(6)?,
-                        ))
-                    },
-                )?
-                .collect::<rusqlite::Result<Vec<Row>>>()?;
-            let mut ds = c.prepare_cached(layout.deliveries_of_event())?;
-            let mut out = Vec::with_capacity(rows.len());
-            for (id, event, received_at, rules, body, first, last) in rows {
-                let deliveries = ds
-                    .query_map(params![id, first, last], |r| {
-                        let status: String = r.get(2)?;
-                        Ok(DeliveryBrief {
-                            id: r.get(0)?,
-                            action: r.get(1)?,
-                            status: Status::parse(&status).unwrap_or(Status::Pending),
-                            attempts: r.get(3)?,
-                            rule: r.get(4)?,
-                        })
-                    })?
-                    .collect::<rusqlite::Result<Vec<_>>>()?;
-                out.push(EventInfo {
-                    id,
-                    event,
-                    received_at: received_at as u64,
-                    rules: serde_json::from_str(&rules).unwrap_or_default(),
-                    deliveries,
-                    callback: serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
-                });
-            }
-            Ok(out)
+            let (conditions, params) = q.conditions(Dialect::Sqlite, 2);
+            events_where(
+                c,
+                layout,
+                &format!("1 {conditions} ORDER BY received_at DESC, id DESC LIMIT ?1"),
+                Param::Int(q.limit as i64),
+                params,
+            )
+        })
+    }
+
+    fn event(&self, id: String) -> BoxFuture<'_, Result<Option<EventInfo>, StoreError>> {
+        let layout = self.layout;
+        self.read(move |c| {
+            Ok(events_where(c, layout, "id = ?1", Param::Text(id), Vec::new())?.pop())
         })
     }
 
@@ -1463,6 +1508,8 @@ mod tests {
             body: serde_json::json!({"callId": id, "security": "s", "timestamp": at})
                 .to_string()
                 .into(),
+            from_user: "alice".into(),
+            to_user: "bob".into(),
             rules: vec!["r".into()],
             deliveries: actions
                 .iter()
