@@ -219,6 +219,8 @@ impl App {
             heartbeat: AtomicU64::new(crate::verify::now_ms()),
             delivery_threads: delivery_threads.clone(),
             metrics: crate::metrics::Metrics::new(),
+            activity: crate::metrics::Activity::default(),
+            sessions: crate::server::console::Sessions::new(),
         });
         state.metrics.reloaded(true);
         let deliveries =

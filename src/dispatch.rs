@@ -416,6 +416,13 @@ impl Dispatcher {
         let kept_by = action.map(|a| &a.metrics);
         m.count_delivery(kept_by, &c.action, outcome);
         m.count_attempt(kept_by, &c.action, outcome);
+        if let Some((what, _)) = record.attempted() {
+            let happened = match what {
+                "sent" => crate::metrics::Happened::Sent,
+                _ => crate::metrics::Happened::Failed,
+            };
+            self.state.activity.add(happened, now_ms());
+        }
         m.observe_delivery(kept_by, &c.action, elapsed.as_secs_f64());
         if outcome == DeliveryOutcome::Sent
             && let Some(a) = &c.aggregate

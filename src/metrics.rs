@@ -12,7 +12,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::sync::OnceLock;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::callback::{Callback, ROSTER_OPERATIONS};
 
@@ -195,6 +195,16 @@ impl Metrics {
             rule: name.to_string(),
         })
         .inc();
+    }
+
+    /// How many accepted events matched rule `name` since the daemon
+    /// started (across reloads).
+    pub fn match_count(&self, name: &str) -> u64 {
+        self.rule_matches
+            .get(&RuleLabels {
+                rule: name.to_string(),
+            })
+            .map_or(0, |c| c.get())
     }
 
     /// Count one attempt of action `name`, with the metrics its action
@@ -461,5 +471,129 @@ mod tests {
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }
+    }
+}
+
+/// Callbacks accepted and delivery attempts made per minute over the last
+/// hour, by this daemon since it started: the console's chart. Sixty slots,
+/// one per minute of the hour; a slot still holding an older minute is
+/// cleared when its minute comes round again. Lock-free: the request path
+/// and the dispatcher each add with one atomic step (two when a minute
+/// begins).
+#[derive(Debug)]
+pub struct Activity {
+    slots: [ActivitySlot; 60],
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self {
+            slots: std::array::from_fn(|_| ActivitySlot::default()),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct ActivitySlot {
+    /// Which minute (since the epoch) the counts are of.
+    minute: AtomicU64,
+    callbacks: AtomicU64,
+    sent: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// One minute of [`Activity`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Minute {
+    /// Ms since the epoch when the minute began.
+    pub at_ms: u64,
+    pub callbacks: u64,
+    /// Attempts that delivered.
+    pub sent: u64,
+    /// Attempts that failed (to be retried, or dead).
+    pub failed: u64,
+}
+
+/// What [`Activity`] counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Happened {
+    Callback,
+    Sent,
+    Failed,
+}
+
+impl Activity {
+    /// Count one of `what` at `now_ms`.
+    pub fn add(&self, what: Happened, now_ms: u64) {
+        let minute = now_ms / 60_000;
+        let slot = &self.slots[(minute % 60) as usize];
+        let seen = slot.minute.load(Ordering::Acquire);
+        if seen != minute
+            && slot
+                .minute
+                .compare_exchange(seen, minute, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            // This minute's first count: the slot held one an hour (or
+            // more) older. A count racing the reset may be lost; the chart
+            // is a picture, the metrics are the record.
+            slot.callbacks.store(0, Ordering::Release);
+            slot.sent.store(0, Ordering::Release);
+            slot.failed.store(0, Ordering::Release);
+        }
+        let counter = match what {
+            Happened::Callback => &slot.callbacks,
+            Happened::Sent => &slot.sent,
+            Happened::Failed => &slot.failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The sixty minutes up to and including the one of `now_ms`, oldest
+    /// first.
+    pub fn last_hour(&self, now_ms: u64) -> Vec<Minute> {
+        let now = now_ms / 60_000;
+        (now.saturating_sub(59)..=now)
+            .map(|minute| {
+                let slot = &self.slots[(minute % 60) as usize];
+                let mut m = Minute {
+                    at_ms: minute * 60_000,
+                    ..Minute::default()
+                };
+                if slot.minute.load(Ordering::Acquire) == minute {
+                    m.callbacks = slot.callbacks.load(Ordering::Relaxed);
+                    m.sent = slot.sent.load(Ordering::Relaxed);
+                    m.failed = slot.failed.load(Ordering::Relaxed);
+                }
+                m
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod activity_tests {
+    use super::*;
+
+    #[test]
+    fn counts_per_minute_and_forgets_an_hour_later() {
+        let a = Activity::default();
+        let t0 = 1_000 * 60_000;
+        a.add(Happened::Callback, t0);
+        a.add(Happened::Callback, t0 + 59_999);
+        a.add(Happened::Sent, t0 + 60_000);
+        a.add(Happened::Failed, t0 + 60_000);
+        let hour = a.last_hour(t0 + 60_000);
+        assert_eq!(hour.len(), 60);
+        assert_eq!(hour[58].callbacks, 2);
+        assert_eq!((hour[59].sent, hour[59].failed), (1, 1));
+        assert_eq!(hour[59].at_ms, t0 + 60_000);
+        // An hour on, minute t0's slot is reused and starts from zero.
+        a.add(Happened::Callback, t0 + 3_600_000);
+        let later = a.last_hour(t0 + 3_600_000);
+        assert_eq!(later[59].callbacks, 1);
+        assert_eq!(later.iter().map(|m| m.callbacks).sum::<u64>(), 1);
+        // Minute t0 + 1 is still within the hour: its first slot.
+        assert_eq!(later[0].sent, 1);
     }
 }

@@ -48,4 +48,8 @@ pub struct AppState {
     /// The delivery threads and their scheduling priority.
     pub delivery_threads: Arc<crate::priority::DeliveryThreads>,
     pub metrics: crate::metrics::Metrics,
+    /// Callbacks and deliveries per minute, for the console's chart.
+    pub activity: crate::metrics::Activity,
+    /// The console's sign-in sessions.
+    pub sessions: crate::server::console::Sessions,
 }

@@ -18,6 +18,8 @@
 //!
 //! With `admin_token` set, every `/api/` and `/-/` call needs
 //! `Authorization: Bearer <token>`.
+//!
+//! Every other path is the web console's ([`super::console`]).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -30,6 +32,7 @@ use warp::Filter;
 use warp::http::{HeaderMap, Method, StatusCode};
 use warp::reply::Response;
 
+use super::console::i18n::{EN, Words};
 use super::{error_reply, json_reply};
 use crate::state::AppState;
 use crate::store::Status;
@@ -40,47 +43,91 @@ pub fn routes(
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     super::request_parts(state)
         .and(warp::query::<HashMap<String, String>>())
+        .and(warp::body::stream().map(boxed_body))
         .then(
             |state: Arc<AppState>,
              method: Method,
              path: warp::path::FullPath,
              headers: HeaderMap,
-             query: HashMap<String, String>| async move {
-                handle(state, method, path.as_str(), headers, query).await
+             query: HashMap<String, String>,
+             body: super::console::Body| async move {
+                handle(state, method, path.as_str(), headers, query, body).await
             },
         )
         .recover(super::rejected)
         .unify()
 }
 
+/// The request body as the console reads it: only by its forms, and
+/// only so far.
+fn boxed_body<S, B>(body: S) -> super::console::Body
+where
+    S: futures_util::Stream<Item = Result<B, warp::Error>> + Send + 'static,
+    B: bytes::Buf,
+{
+    use futures_util::TryStreamExt;
+    Box::pin(body.map_ok(|mut b| {
+        let n = b.remaining();
+        b.copy_to_bytes(n)
+    }))
+}
+
+/// What is wrong with a filter of the API or the console, said in the
+/// caller's language ([`Bad::say`]); the API speaks English.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Bad {
+    Limit,
+    Since,
+    Until,
+    Before,
+    Status,
+    DeliveryBefore,
+}
+
+impl Bad {
+    pub(crate) fn say(self, w: &Words) -> &'static str {
+        match self {
+            Bad::Limit => w.bad_limit,
+            Bad::Since => w.bad_since,
+            Bad::Until => w.bad_until,
+            Bad::Before => w.bad_before,
+            Bad::Status => w.bad_status,
+            Bad::DeliveryBefore => w.bad_delivery_before,
+        }
+    }
+
+    fn reply(self) -> Response {
+        error_reply(StatusCode::BAD_REQUEST, self.say(&EN))
+    }
+}
+
 /// `limit=`: default 50, at most 1000.
-fn limit(query: &HashMap<String, String>) -> Result<usize, &'static str> {
-    match query.get("limit") {
+fn limit(query: &HashMap<String, String>) -> Result<usize, Bad> {
+    match given(query, "limit") {
         None => Ok(50),
         Some(l) => match l.parse::<usize>() {
             Ok(n) if (1..=1000).contains(&n) => Ok(n),
-            _ => Err("limit must be a number from 1 to 1000"),
+            _ => Err(Bad::Limit),
         },
     }
 }
 
 /// `since=`: a duration before now (`1h`), an RFC 3339 time or a time in
 /// ms; 0 when absent.
-fn since(query: &HashMap<String, String>) -> Result<u64, &'static str> {
-    match query.get("since").map(|s| s.trim()) {
-        None | Some("") => Ok(0),
-        Some(s) => crate::config::units::instant(s, crate::verify::now_ms())
-            .ok_or("since must be a duration like 1h, an RFC 3339 time or a time in ms"),
+fn since(query: &HashMap<String, String>) -> Result<u64, Bad> {
+    match given(query, "since") {
+        None => Ok(0),
+        Some(s) => crate::config::units::instant(s, crate::verify::now_ms()).ok_or(Bad::Since),
     }
 }
 
 /// `until=`, written as `since=`; `None` when absent.
-fn until(query: &HashMap<String, String>) -> Result<Option<u64>, &'static str> {
-    match query.get("until").map(|s| s.trim()) {
-        None | Some("") => Ok(None),
+fn until(query: &HashMap<String, String>) -> Result<Option<u64>, Bad> {
+    match given(query, "until") {
+        None => Ok(None),
         Some(s) => crate::config::units::instant(s, crate::verify::now_ms())
             .map(Some)
-            .ok_or("until must be a duration like 1h, an RFC 3339 time or a time in ms"),
+            .ok_or(Bad::Until),
     }
 }
 
@@ -94,13 +141,13 @@ fn given<'q>(query: &'q HashMap<String, String>, name: &str) -> Option<&'q str> 
 /// before: `RECEIVED_AT:ID`).
 pub(crate) fn event_query(
     query: &HashMap<String, String>,
-) -> Result<crate::store::EventQuery, &'static str> {
+) -> Result<crate::store::EventQuery, Bad> {
     let before = match given(query, "before") {
         None => None,
         Some(s) => Some(
             s.split_once(':')
                 .and_then(|(at, id)| Some((at.parse().ok()?, id.to_string())))
-                .ok_or("before must be the next of the page before")?,
+                .ok_or(Bad::Before)?,
         ),
     };
     Ok(crate::store::EventQuery {
@@ -118,17 +165,14 @@ pub(crate) fn event_query(
 /// `limit` and `before` (a delivery id: the page after it).
 pub(crate) fn delivery_query(
     query: &HashMap<String, String>,
-) -> Result<crate::store::DeliveryQuery, &'static str> {
+) -> Result<crate::store::DeliveryQuery, Bad> {
     let status = match given(query, "status") {
         None => None,
-        Some(s) => Some(Status::parse(s).ok_or("status must be pending, sent or dead")?),
+        Some(s) => Some(Status::parse(s).ok_or(Bad::Status)?),
     };
     let before = match given(query, "before") {
         None => None,
-        Some(b) => Some(
-            b.parse::<i64>()
-                .map_err(|_| "before must be a delivery id")?,
-        ),
+        Some(b) => Some(b.parse::<i64>().map_err(|_| Bad::DeliveryBefore)?),
     };
     Ok(crate::store::DeliveryQuery {
         status,
@@ -146,7 +190,7 @@ fn store_error(e: crate::store::StoreError) -> Response {
 async fn deliveries(state: &AppState, query: &HashMap<String, String>) -> Response {
     let q = match delivery_query(query) {
         Ok(q) => q,
-        Err(e) => return error_reply(StatusCode::BAD_REQUEST, e),
+        Err(e) => return e.reply(),
     };
     let limit = q.limit;
     match state.store.query_deliveries(q).await {
@@ -173,12 +217,12 @@ async fn replay(state: &AppState, query: &HashMap<String, String>) -> Response {
         None => return error_reply(StatusCode::BAD_REQUEST, "since is required"),
         Some(_) => match since(query) {
             Ok(s) => s,
-            Err(e) => return error_reply(StatusCode::BAD_REQUEST, e),
+            Err(e) => return e.reply(),
         },
     };
     let until = match until(query) {
         Ok(u) => u,
-        Err(e) => return error_reply(StatusCode::BAD_REQUEST, e),
+        Err(e) => return e.reply(),
     };
     let dry_run = matches!(query.get("dry_run").map(String::as_str), Some("true" | "1"));
     let snapshot = state.snapshot.load_full();
@@ -248,7 +292,7 @@ async fn replay(state: &AppState, query: &HashMap<String, String>) -> Response {
 async fn events(state: &AppState, query: &HashMap<String, String>) -> Response {
     let q = match event_query(query) {
         Ok(q) => q,
-        Err(e) => return error_reply(StatusCode::BAD_REQUEST, e),
+        Err(e) => return e.reply(),
     };
     let limit = q.limit;
     match state.store.query_events(q).await {
@@ -335,6 +379,7 @@ async fn handle(
     path: &str,
     headers: HeaderMap,
     query: HashMap<String, String>,
+    body: super::console::Body,
 ) -> Response {
     let ok = serde_json::json!({"ok": true});
     let protected = path.starts_with("/api/") || path.starts_with("/-/");
@@ -448,6 +493,8 @@ async fn handle(
             | "/api/v1/events/replay",
             _,
         ) => error_reply(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
-        _ => error_reply(StatusCode::NOT_FOUND, "not found"),
+        _ if protected => error_reply(StatusCode::NOT_FOUND, "not found"),
+        // Everything else is the console's.
+        _ => super::console::handle(&state, method, path, headers, query, body).await,
     }
 }

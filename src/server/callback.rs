@@ -396,6 +396,9 @@ impl Ready {
         match committed {
             Ok(Accepted::New { id, .. }) => {
                 state.accepted.fetch_add(1, Ordering::Relaxed);
+                state
+                    .activity
+                    .add(crate::metrics::Happened::Callback, crate::verify::now_ms());
                 for rule in self.matched.rules() {
                     state.metrics.count_match(&rule.metrics, &rule.name);
                 }

@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod callback;
+pub mod console;
 
 use std::sync::Arc;
 use std::time::Duration;
