@@ -10,6 +10,7 @@ mod backtest;
 mod callbacks;
 mod chats;
 mod cli;
+mod console;
 mod crash;
 mod delivery;
 mod diskfull;

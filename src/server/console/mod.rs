@@ -342,7 +342,8 @@ pub async fn handle(
             None => see_other("/"),
             Some(_) => {
                 ctx.csrf = state.sessions.open_token.clone();
-                pages::login(&ctx, None, StatusCode::OK)
+                let next = local_path(query.get("next"));
+                pages::login(&ctx, &next, None, StatusCode::OK)
             }
         },
         ("/login", &Method::POST) => {
@@ -437,15 +438,21 @@ async fn login(
         return pages::refused(ctx);
     }
     let given = form.get("token").map(String::as_str).unwrap_or("");
+    let next = local_path(form.get("next"));
     if !bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
         // One wrong guess at a time, each a second long.
         let _gate = state.sessions.gate.lock().await;
         tokio::time::sleep(WRONG_TOKEN_DELAY).await;
         tracing::warn!("console: sign-in with a wrong admin token");
-        return pages::login(ctx, Some(ctx.w.wrong_token), StatusCode::UNAUTHORIZED);
+        return pages::login(
+            ctx,
+            &next,
+            Some(ctx.w.wrong_token),
+            StatusCode::UNAUTHORIZED,
+        );
     }
     let id = state.sessions.open(token);
-    let mut r = see_other(&local_path(form.get("next")));
+    let mut r = see_other(&next);
     set_cookie(
         &mut r,
         cookie::Cookie::build((SESSION_COOKIE, id))

@@ -105,9 +105,9 @@ pub(crate) fn refused(ctx: &Ctx) -> Response {
     )
 }
 
-pub(crate) fn login(ctx: &Ctx, error: Option<&str>, code: StatusCode) -> Response {
+/// The sign-in page; `next` is where to go once signed in.
+pub(crate) fn login(ctx: &Ctx, next: &str, error: Option<&str>, code: StatusCode) -> Response {
     let w = ctx.w;
-    let next = super::local_path(ctx.query.get("next"));
     html(
         code,
         layout(
