@@ -26,13 +26,19 @@ Scenarios:
       a socket held for the daemon as systemd's easehook.socket holds it,
       once with the daemon binding its own port: errors and the longest
       wait a client sees
+  (i) history: a store holding 1,000,000 events and 2,000,000 deliveries
+      (with their attempts), on the embedded store and on PostgreSQL: p50
+      and p99 of 100 requests each of the console's events page filtered
+      by event and user, a delivery's page and the dead-letter list, and
+      the matching API calls; the store's size per event; and (a)'s load on
+      that store beside an empty one, round by round
   (p) the PostgreSQL store (a server started here: initdb + pg_ctl, fsync
       and synchronous_commit on): (a)'s load on the embedded store, on
       PostgreSQL with one replica and with two replicas sharing the
       database, in turn; (b)'s p99 on PostgreSQL; (c)'s drain through two
       replicas, every delivery counted once at the sink
 
-usage: python3 benches/load.py [--duration SECONDS] [--rounds N] [--skip-build] [--only abcdefghp]
+usage: python3 benches/load.py [--duration SECONDS] [--rounds N] [--skip-build] [--only abcdefghip]
                               [--binary PATH] [--callgrind [--binary PATH,PATH…]]
 Run from the repository root. Installs wrk, webhook and PostgreSQL with
 apt-get when missing. Every request goes to 127.0.0.1.
@@ -798,6 +804,8 @@ def main():
         best = sorted(times)[1]
         print(f"\n(h) backtest of {events:,} stored events (of {stored:,} acknowledged) against 100 rules: "
               f"median {best:.2f} s of 3 ({events / best:,.0f} events/s)", flush=True)
+    if "i" in args.only:
+        history_scenarios(args, easehook_bin, calls, work, sink_port)
     if "p" in args.only:
         postgres_scenarios(args, easehook_bin, baseline_bin, calls, work, sink_port)
     sink.terminate()
@@ -887,6 +895,214 @@ def postgres_scenarios(args, easehook_bin, baseline_bin, calls, work, sink_port)
     finally:
         pg.stop()
 
+
+
+# (i): the history a store holds after weeks of traffic.
+HISTORY_EVENTS = 1_000_000
+HISTORY_USERS = 10_000
+HISTORY_DEAD_EVERY = 100  # one delivery in 100 is dead, after 3 attempts
+HISTORY_SPAN_MS = 2 * 86_400_000  # received over the last two days
+
+
+def history_rows(now_ms):
+    """The events of the history, oldest first: (id, key, event, at, rules,
+    body, from_user, to_user), each with two deliveries (ids 2i+1, 2i+2)."""
+    step = HISTORY_SPAN_MS / HISTORY_EVENTS
+    for i in range(HISTORY_EVENTS):
+        at = now_ms - HISTORY_SPAN_MS + int(i * step)
+        op = OPS[i % len(OPS)]
+        frm, to = f"u{(i * 7919) % HISTORY_USERS}", f"u{(i * 104729 + 13) % HISTORY_USERS}"
+        eid = f"{at:012x}"
+        eid = f"{eid[:8]}-{eid[8:12]}-7{i >> 48 & 0xfff:03x}-8{i >> 36 & 0xfff:03x}-{i & 0xffffffffffff:012x}"
+        call = f"{APPKEY}_h{i:017d}"
+        body = (f'{{"chat_type":"roster","callId":"{call}","security":"{"0" * 32}","payload":{{"operation":"{op}",'
+                f'"status":{{"error_code":"ok"}}}},"host":"msync@ebs-ali-beijing-msync43","appkey":"{APPKEY}",'
+                f'"from":"{APPKEY}_{frm}@easemob.com","to":"{to}","eventType":"chat","msg_id":"h{i:017d}","timestamp":{at}}}')
+        yield (eid, call, f"roster:{op}", at, '["ban-audit","roster-all"]', body, frm, to)
+
+
+def fill_sqlite(db, now_ms):
+    """Writes the history straight into the embedded store's tables (the
+    daemon made the schema and is stopped)."""
+    import sqlite3
+    c = sqlite3.connect(db)
+    c.execute("PRAGMA synchronous=OFF")
+    ev, de, at = [], [], []
+
+    def flush():
+        c.executemany("INSERT INTO events(id, dedup_key, event, received_at, rules, body, from_user, to_user, "
+                      "first_delivery, last_delivery) VALUES (?,?,?,?,?,?,?,?,?,?)", ev)
+        c.executemany("INSERT INTO deliveries(id, event_id, action, rule, status, attempts, next_attempt_at, "
+                      "last_error, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)", de)
+        c.executemany("INSERT INTO attempts(delivery_id, n, started_at, duration_ms, outcome, code, error) "
+                      "VALUES (?,?,?,?,?,?,?)", at)
+        ev.clear(); de.clear(); at.clear()
+
+    for i, row in enumerate(history_rows(now_ms)):
+        t = row[3]
+        d1, d2 = 2 * i + 1, 2 * i + 2
+        ev.append(row + (d1, d2))
+        for d, action in ((d1, "audit"), (d2, "note")):
+            if d % HISTORY_DEAD_EVERY == 0:
+                de.append((d, row[0], action, "ban-audit", "dead", 3, t, "HTTP 503: busy (gave up after 3 attempts)", t, t + 3000))
+                for n in (1, 2, 3):
+                    at.append((d, n, t + 1000 * (n - 1), 30, "dead" if n == 3 else "retry", 503, "HTTP 503: busy"))
+            else:
+                de.append((d, row[0], action, "ban-audit", "sent", 1, t, None, t, t + 5))
+                at.append((d, 1, t, 5, "sent", 200, None))
+        if len(ev) == 20_000:
+            flush()
+    flush()
+    # The index by user as the daemon's writer keeps it, a step behind.
+    c.execute("INSERT OR IGNORE INTO event_users(name, at, event_row) SELECT name, at, r FROM ("
+              "SELECT from_user AS name, received_at AS at, rowid AS r FROM events UNION "
+              "SELECT to_user, received_at, rowid FROM events) ORDER BY 1, 2, 3")
+    c.execute("INSERT OR REPLACE INTO meta(key, value) SELECT 'users_indexed', max(rowid) FROM events")
+    c.commit()
+    c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    c.close()
+
+
+FILL_PG_SQL = """
+INSERT INTO events(id, dedup_key, event, received_at, rules, body, from_user, to_user)
+SELECT id, call, 'roster:' || op, at, '["ban-audit","roster-all"]',
+       format('{"chat_type":"roster","callId":"%%s","security":"00000000000000000000000000000000","payload":{"operation":"%%s","status":{"error_code":"ok"}},"host":"msync@ebs-ali-beijing-msync43","appkey":"%%s","from":"%%s_%%s@easemob.com","to":"%%s","eventType":"chat","msg_id":"h%%s","timestamp":%%s}',
+              call, op, %(appkey)s, %(appkey)s, frm, too, lpad(i::text, 17, '0'), at),
+       frm, too
+FROM (SELECT i, %(now)s - %(span)s + (i * %(span)s / %(n)s) AS at,
+             (ARRAY['add','remove','accept','remote_accept','decline','remote_decline','ban','allow'])[i %% 8 + 1] AS op,
+             'u' || ((i * 7919) %% %(users)s) AS frm, 'u' || ((i * 104729 + 13) %% %(users)s) AS too,
+             %(appkey)s || '_h' || lpad(i::text, 17, '0') AS call,
+             lpad(to_hex(%(now)s - %(span)s + (i * %(span)s / %(n)s)), 12, '0') || '-' || lpad(to_hex(i), 12, '0') AS id
+      FROM generate_series(0::bigint, %(n)s - 1) AS i) s;
+INSERT INTO deliveries(id, event_id, action, rule, status, attempts, next_attempt_at, last_error, created_at, updated_at)
+OVERRIDING SYSTEM VALUE
+SELECT d, e.id, CASE WHEN d %% 2 = 1 THEN 'audit' ELSE 'note' END, 'ban-audit',
+       CASE WHEN d %% %(dead)s = 0 THEN 'dead' ELSE 'sent' END,
+       CASE WHEN d %% %(dead)s = 0 THEN 3 ELSE 1 END, e.received_at,
+       CASE WHEN d %% %(dead)s = 0 THEN 'HTTP 503: busy (gave up after 3 attempts)' END,
+       e.received_at, e.received_at + 5
+FROM (SELECT id, received_at, row_number() OVER (ORDER BY received_at, id) AS i FROM events) e,
+     LATERAL (VALUES (2 * e.i - 1), (2 * e.i)) AS x(d);
+SELECT setval(pg_get_serial_sequence('deliveries', 'id'), (SELECT max(id) FROM deliveries));
+INSERT INTO attempts(delivery_id, n, started_at, duration_ms, outcome, code, error)
+SELECT id, n, created_at + 1000 * (n - 1), CASE WHEN status = 'dead' THEN 30 ELSE 5 END,
+       CASE WHEN status = 'sent' THEN 'sent' WHEN n = 3 THEN 'dead' ELSE 'retry' END,
+       CASE WHEN status = 'sent' THEN 200 ELSE 503 END,
+       CASE WHEN status = 'dead' THEN 'HTTP 503: busy' END
+FROM deliveries, LATERAL generate_series(1, attempts) AS n;
+VACUUM ANALYZE;
+"""
+
+
+def fill_postgres(pg, name, now_ms):
+    sql = FILL_PG_SQL % {"appkey": f"'{APPKEY}'", "now": now_ms, "span": HISTORY_SPAN_MS,
+                         "n": HISTORY_EVENTS, "users": HISTORY_USERS, "dead": HISTORY_DEAD_EVERY}
+    subprocess.run([f"{pg.bin}/psql", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", str(pg.port),
+                    "-U", "easehook", "-d", name], input=sql, text=True, check=True, stdout=subprocess.DEVNULL)
+
+
+def pg_size(pg, name):
+    p = subprocess.run([f"{pg.bin}/psql", "-tA", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "easehook", "-d", name,
+                        "-c", "SELECT pg_database_size(current_database())"], capture_output=True, text=True, check=True)
+    return int(p.stdout.strip())
+
+
+def latencies(url_of, n=100):
+    """p50 and p99 (ms) of `n` GETs, one after another on one connection,
+    each of the URL `url_of(i)` gives; every answer must be 200."""
+    import http.client
+    from urllib.parse import urlsplit
+    first = urlsplit(url_of(0))
+    conn = http.client.HTTPConnection(first.hostname, first.port, timeout=30)
+    times = []
+    for i in range(n + 5):
+        u = urlsplit(url_of(i))
+        t0 = time.perf_counter()
+        conn.request("GET", u.path + ("?" + u.query if u.query else ""))
+        r = conn.getresponse()
+        body = r.read()
+        took = (time.perf_counter() - t0) * 1000
+        if r.status != 200:
+            raise RuntimeError(f"{u.path}?{u.query}: {r.status} {body[:200]!r}")
+        if i >= 5:  # the first few warm the caches and the connection
+            times.append(took)
+    conn.close()
+    times.sort()
+    return times[len(times) // 2], times[min(len(times) - 1, int(len(times) * 0.99))]
+
+
+def history_queries(admin):
+    """The requests of (i): name and URL by request number."""
+    base = f"http://127.0.0.1:{admin}"
+    user = lambda i: f"u{(i * 37) % HISTORY_USERS}"
+    delivery = lambda i: 1 + (i * 19_997) % (2 * HISTORY_EVENTS)
+    return [
+        ("console: events of roster:ban and a user", lambda i: f"{base}/events?event=roster:ban&user={user(i)}"),
+        ("API: the same", lambda i: f"{base}/api/v1/events?event=roster:ban&user={user(i)}"),
+        ("console: a delivery's page", lambda i: f"{base}/deliveries/{delivery(i)}"),
+        ("API: a delivery", lambda i: f"{base}/api/v1/deliveries/{delivery(i)}"),
+        ("console: the dead-letter list", lambda i: f"{base}/deliveries?status=dead"),
+        ("API: the dead-letter list", lambda i: f"{base}/api/v1/deliveries?status=dead"),
+    ]
+
+
+def history_scenarios(args, easehook_bin, calls, work, sink_port):
+    """(i): a store with 1,000,000 events and 2,000,000 deliveries."""
+    now_ms = int(time.time() * 1000)
+    rules = rules_yaml(100, f"http://127.0.0.1:{sink_port}")
+    keep = "retention: 30d\n"
+    # Calls of their own, so that no round's callback repeats an earlier
+    # round's on the history store (a repeat is absorbed, and cheaper):
+    # round r sends lines from 400,000 r on (wrk's two threads 200,000
+    # apart).
+    calls = os.path.join(work, "history-calls.txt")
+    signed_triples(calls, 400_000 * args.rounds)
+    pg = Postgres()
+    try:
+        for store in ("sqlite", "postgres"):
+            print(f"\n(i) history on {store}: {HISTORY_EVENTS:,} events, {2 * HISTORY_EVENTS:,} deliveries "
+                  f"(1 in {HISTORY_DEAD_EVERY} dead), {HISTORY_USERS:,} users", flush=True)
+            extra = keep + (pg_config(pg.database("history")) if store == "postgres" else "")
+            eh = Easehook(easehook_bin, os.path.join(work, f"i-{store}"), rules, extra)
+            eh.start()
+            eh.stop()
+            t0 = time.monotonic()
+            if store == "sqlite":
+                db = os.path.join(eh.dir, "data", "easehook.db")
+                fill_sqlite(db, now_ms)
+                size = os.path.getsize(db)
+            else:
+                empty = pg_size(pg, "history")
+                fill_postgres(pg, "history", now_ms)
+                size = pg_size(pg, "history") - empty
+            print(f"filled in {time.monotonic() - t0:.0f} s; store size {size / 1e6:,.0f} MB = "
+                  f"{size / HISTORY_EVENTS:,.0f} bytes per event (with its 2 deliveries and their attempts)", flush=True)
+            eh.start()
+            print("| request | p50 ms | p99 ms (100 requests) |")
+            print("|---------|--------|--------|")
+            for name, url_of in history_queries(eh.admin):
+                p50, p99 = latencies(url_of)
+                print(f"| {name} | {p50:.1f} | {p99:.1f} |", flush=True)
+            eh.stop()
+            # (a)'s load on this store and on an empty one, in turn.
+            ratios = []
+            for r in range(args.rounds):
+                empty_extra = keep + (pg_config(pg.database(f"empty{r}")) if store == "postgres" else "")
+                fresh = Easehook(easehook_bin, os.path.join(work, f"i-{store}-empty{r}"), rules, empty_extra)
+                fresh.start()
+                e = run_wrk(fresh.url, calls, args.duration, pid=fresh.proc.pid, offset=r * 400_000)
+                fresh.stop()
+                eh.start()
+                h = run_wrk(eh.url, calls, args.duration, pid=eh.proc.pid, offset=r * 400_000)
+                eh.stop()
+                ratios.append(h["rps"] / e["rps"])
+                print(f"round {r + 1}: (a) on the empty store {e['rps']:,.0f} req/s (p99 {e['p99_ms']:.1f} ms), "
+                      f"on the history {h['rps']:,.0f} req/s (p99 {h['p99_ms']:.1f} ms): {ratios[-1]:.2f}", flush=True)
+            print(f"(a) with the history / empty = {statistics.median(ratios):.2f} (median; rounds: "
+                  + " ".join(f"{x:.2f}" for x in ratios) + ")", flush=True)
+    finally:
+        pg.stop()
 
 if __name__ == "__main__":
     sys.exit(main())

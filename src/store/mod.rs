@@ -552,8 +552,20 @@ impl EventQuery {
     /// are bound from `first` on (`?N` or `$N`), and those values: one
     /// definition of the filters for both backends. Each filter is in the
     /// statement only when it is set, so that the plan can use the index
-    /// it has (`events_received`, `events_from`, `events_to`).
+    /// it has.
     pub(crate) fn conditions(&self, d: Dialect, first: usize) -> (String, Vec<Param>) {
+        self.conditions_on(d, first, "received_at")
+    }
+
+    /// [`EventQuery::conditions`] with the time conditions on `time`, a
+    /// column that holds the event's received time (that of an index the
+    /// statement walks).
+    pub(crate) fn conditions_on(
+        &self,
+        d: Dialect,
+        first: usize,
+        time: &str,
+    ) -> (String, Vec<Param>) {
         let mut sql = String::new();
         let mut params: Vec<Param> = Vec::new();
         let bind = |v: Param, params: &mut Vec<Param>| {
@@ -568,17 +580,15 @@ impl EventQuery {
             Dialect::Postgres => "::bigint",
         };
         let since = bind(Param::Int(self.since_ms as i64), &mut params);
-        sql += &format!(" AND received_at >= {since}{cast}");
+        sql += &format!(" AND {time} >= {since}{cast}");
         if let Some(u) = self.until_ms {
             let u = bind(Param::Int(u as i64), &mut params);
-            sql += &format!(" AND received_at < {u}{cast}");
+            sql += &format!(" AND {time} < {u}{cast}");
         }
         if let Some((at, id)) = &self.before {
             let at = bind(Param::Int(*at as i64), &mut params);
             let id = bind(Param::Text(id.clone()), &mut params);
-            sql += &format!(
-                " AND (received_at < {at}{cast} OR (received_at = {at}{cast} AND id < {id}))"
-            );
+            sql += &format!(" AND ({time} < {at}{cast} OR ({time} = {at}{cast} AND id < {id}))");
         }
         if let Some(e) = &self.event {
             // A name (`roster:ban`) or a family (`roster`, `roster:*`).

@@ -580,3 +580,76 @@ async fn bad_input_gets_a_page_that_says_so_and_never_a_500() {
     assert_eq!((status, ctype.as_str()), (200, "text/css"));
     assert!(!css.contains("http://") && !css.contains("https://") && !css.contains("@import"));
 }
+
+/// The API calls behind the console's pages: events by user and rule, one
+/// event by id, deliveries by action a page at a time.
+#[tokio::test]
+async fn the_api_finds_events_by_user_and_rule_and_pages_deliveries() {
+    let hook = HttpSink::start().await;
+    let app = spawn_app_with(Options::rules(rules(&hook, &hook))).await;
+    post(&app, &signed("roster:ban", "alice", "bob")).await;
+    post(&app, &signed("roster:ban", "carol", "alice")).await;
+    post(&app, &signed("roster:remove", "dave", "erin")).await;
+    let get = |path: &str| {
+        let url = format!("{}{path}", app.admin_url);
+        let client = app.client.clone();
+        async move {
+            let r = client.get(url).send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let users = |v: &Value| -> Vec<(String, String)> {
+        v["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let user = |k: &str| e["callback"][k].as_str().unwrap().to_string();
+                (user("from"), user("to"))
+            })
+            .collect()
+    };
+    let (status, alice) = get("/api/v1/events?user=alice").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        users(&alice),
+        [
+            (format!("{APPKEY}_carol@easemob.com"), "alice".to_string()),
+            (format!("{APPKEY}_alice@easemob.com"), "bob".to_string())
+        ]
+    );
+    let (_, removals) = get("/api/v1/events?rule=removals").await;
+    assert_eq!(removals["events"].as_array().unwrap().len(), 1);
+    assert_eq!(removals["events"][0]["event"], "roster:remove");
+    let id = removals["events"][0]["id"].as_str().unwrap();
+    let (status, one) = get(&format!("/api/v1/events/{id}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (one["id"].as_str(), one["event"].as_str()),
+        (Some(id), Some("roster:remove"))
+    );
+    assert!(one["callback"].get("security").is_none());
+    let (status, _) = get("/api/v1/events/no-such-event").await;
+    assert_eq!(status, 404);
+    // Two hooks and one fragile delivery: by action, one a page.
+    let (_, first) = get("/api/v1/deliveries?action=hook&limit=1").await;
+    assert_eq!(first["deliveries"].as_array().unwrap().len(), 1);
+    let next = first["next"].as_i64().unwrap();
+    let (_, second) = get(&format!(
+        "/api/v1/deliveries?action=hook&limit=1&before={next}"
+    ))
+    .await;
+    assert_eq!(second["deliveries"][0]["action"], "hook");
+    assert!(second["deliveries"][0]["id"].as_i64().unwrap() < next);
+    let (_, last) = get(&format!(
+        "/api/v1/deliveries?action=hook&limit=1&before={}",
+        second["next"].as_i64().unwrap()
+    ))
+    .await;
+    assert!(last["deliveries"].as_array().unwrap().is_empty());
+    let (status, bad) = get("/api/v1/deliveries?before=x").await;
+    assert_eq!(
+        (status, bad["error"].as_str()),
+        (400, Some("before must be a delivery id"))
+    );
+}

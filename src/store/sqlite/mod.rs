@@ -149,10 +149,23 @@ CREATE TABLE IF NOT EXISTS attempts (
 PRAGMA user_version = 1;
 "#;
 
-/// The columns and indexes the console's filters need, added to a store
+/// The columns and tables the console's filters need, added to a store
 /// made before them: the users of an event (events stored earlier have
-/// none, and are not found by user), and the dead deliveries in id order
-/// (the dead-letter list, newest first, without sorting the queue).
+/// none, and are not found by user), the index of events by user, and the
+/// dead deliveries in id order (the dead-letter list, newest first,
+/// without sorting the queue).
+///
+/// `event_users` holds (user, received at, the event's rowid) for the
+/// `from` and the `to` user of each event. The writer fills it in steps
+/// ([`index_users`]), about once a second, not in the commit of each
+/// callback: an index by user takes a page of its own for every user a
+/// commit names, which, written with every group commit, cost the request
+/// path more than a third of its throughput. A step writes each user's
+/// page once for all the events since the last. The events not yet indexed
+/// are those after the mark `users_indexed` (a rowid, kept in `meta`),
+/// and a query by user reads them directly. Stores of the earliest layout
+/// (events without a rowid) have no such index: a query by user reads the
+/// users of each event there.
 fn migrate_users(conn: &Connection) -> rusqlite::Result<()> {
     let has: bool = conn.query_row(
         "SELECT EXISTS(SELECT 1 FROM pragma_table_info('events') WHERE name = 'from_user')",
@@ -166,10 +179,67 @@ fn migrate_users(conn: &Connection) -> rusqlite::Result<()> {
         )?;
     }
     conn.execute_batch(
-        "CREATE INDEX IF NOT EXISTS events_from ON events(from_user, received_at);
-         CREATE INDEX IF NOT EXISTS events_to ON events(to_user, received_at);
+        "CREATE TABLE IF NOT EXISTS event_users (
+             name      TEXT NOT NULL,
+             at        INTEGER NOT NULL,
+             event_row INTEGER NOT NULL,
+             PRIMARY KEY (name, at, event_row)
+         ) WITHOUT ROWID;
+         CREATE INDEX IF NOT EXISTS event_users_at ON event_users(at);
          CREATE INDEX IF NOT EXISTS deliveries_dead ON deliveries(id) WHERE status = 'dead';",
     )
+}
+
+/// Events indexed by user in one step at most: a step holds the writer
+/// (and the callbacks waiting for it) for a few tens of milliseconds.
+const USERS_STEP: i64 = 50_000;
+
+/// How often the writer indexes the users of new events.
+const USERS_EVERY: Duration = Duration::from_secs(1);
+
+/// The last events rowid whose users are in `event_users`.
+fn users_indexed(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row(
+        "SELECT coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'users_indexed'), 0)",
+        [],
+        |r| r.get(0),
+    )
+}
+
+/// Index the users of the events stored since the last step (at most
+/// [`USERS_STEP`] of them), in one transaction, in key order. Returns how
+/// many events it took.
+fn index_users(conn: &Connection, layout: Layout) -> rusqlite::Result<i64> {
+    if layout == Layout::Indexed {
+        return Ok(0);
+    }
+    let from = users_indexed(conn)?;
+    let newest: i64 = conn.query_row("SELECT coalesce(max(rowid), 0) FROM events", [], |r| {
+        r.get(0)
+    })?;
+    let to = newest.min(from + USERS_STEP);
+    if to <= from {
+        return Ok(0);
+    }
+    let tx = conn.unchecked_transaction()?;
+    tx.prepare_cached(
+        "INSERT OR IGNORE INTO event_users(name, at, event_row)
+         SELECT name, at, event_row FROM (
+             SELECT from_user AS name, received_at AS at, rowid AS event_row FROM events
+             WHERE rowid > ?1 AND rowid <= ?2 AND from_user <> ''
+             UNION
+             SELECT to_user, received_at, rowid FROM events
+             WHERE rowid > ?1 AND rowid <= ?2 AND to_user <> '')
+         ORDER BY name, at, event_row",
+    )?
+    .execute([from, to])?;
+    tx.prepare_cached(
+        "INSERT INTO meta(key, value) VALUES('users_indexed', ?1)
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+    )?
+    .execute([to])?;
+    tx.commit()?;
+    Ok(to - from)
 }
 
 /// How a store finds an event's deliveries: by the range of ids its row
@@ -679,7 +749,21 @@ fn writer_loop(
             return;
         }
     };
-    while let Ok(first) = rx.recv() {
+    let mut indexed_at = std::time::Instant::now();
+    loop {
+        // At least once a second, between batches: the users of the
+        // events stored since the last step.
+        if indexed_at.elapsed() >= USERS_EVERY {
+            indexed_at = std::time::Instant::now();
+            if let Err(e) = index_users(&conn, layout) {
+                tracing::warn!(error = %e, "store: cannot index the users of new events; will try again");
+            }
+        }
+        let first = match rx.recv_timeout(USERS_EVERY) {
+            Ok(c) => c,
+            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -1208,29 +1292,51 @@ fn prune(conn: &Connection, layout: Layout, now: u64, retention: u64) -> rusqlit
     )? as u64;
     n += aggregate::prune(conn, now as i64, cutoff)?;
     n += conn.execute(layout.prune_events(), [cutoff])? as u64;
+    if layout == Layout::Ranges {
+        prune_users(conn, cutoff)?;
+    }
     conn.execute("DELETE FROM dedup WHERE expires_at <= ?1", [now as i64])?;
     Ok(n)
+}
+
+/// Remove the index rows of pruned events (see [`migrate_users`]).
+fn prune_users(conn: &Connection, cutoff: i64) -> rusqlite::Result<()> {
+    conn.execute(
+        "DELETE FROM event_users WHERE at < ?1
+         AND NOT EXISTS (SELECT 1 FROM events WHERE events.rowid = event_users.event_row)",
+        [cutoff],
+    )?;
+    // A new event takes the rowid after the largest one left: when pruning
+    // took the newest events, the mark comes back down to it, so that the
+    // next events are indexed.
+    conn.execute(
+        "UPDATE meta SET value = (SELECT coalesce(max(rowid), 0) FROM events)
+         WHERE key = 'users_indexed'
+           AND CAST(value AS INTEGER) > (SELECT coalesce(max(rowid), 0) FROM events)",
+        [],
+    )?;
+    Ok(())
 }
 
 /// The columns [`delivery_row`] reads.
 const DELIVERY_COLUMNS: &str = "d.id, d.event_id, e.event, d.action, d.rule, d.status, d.attempts,
      d.next_attempt_at, d.last_error, d.created_at, d.updated_at";
 
-/// The events `conditions` select (`?1` is `first`, `?2`… are `rest`),
-/// each with its deliveries.
+/// The events `from_where` selects (a `FROM … WHERE …` clause naming
+/// `events` as `e`, with `params` bound from `?1`), each with its
+/// deliveries.
 fn events_where(
     c: &Connection,
     layout: Layout,
-    conditions: &str,
-    first: Param,
-    rest: Vec<Param>,
+    from_where: &str,
+    params: Vec<Param>,
 ) -> rusqlite::Result<Vec<EventInfo>> {
     let mut stmt = c.prepare_cached(&format!(
-        "SELECT id, event, received_at, rules, body, {} FROM events WHERE {conditions}",
+        "SELECT e.id, e.event, e.received_at, e.rules, e.body, {} {from_where}",
         layout.range_columns()
     ))?;
-    let values: Vec<rusqlite::types::Value> = std::iter::once(first)
-        .chain(rest)
+    let values: Vec<rusqlite::types::Value> = params
+        .into_iter()
         .map(|p| match p {
             Param::Int(i) => rusqlite::types::Value::Integer(i),
             Param::Text(t) => rusqlite::types::Value::Text(t),
@@ -1420,8 +1526,15 @@ impl Store for SqliteStore {
                 Some(Status::Sent) => "AND d.status = 'sent'",
                 Some(Status::Dead) => "AND d.status = 'dead'",
             };
+            // The dead-letter list walks its own index newest first; left
+            // to itself the planner would take the queue's index and sort
+            // every dead delivery.
+            let index = match q.status {
+                Some(Status::Dead) => "INDEXED BY deliveries_dead",
+                _ => "",
+            };
             let mut stmt = c.prepare_cached(&format!(
-                "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id
+                "SELECT {DELIVERY_COLUMNS} FROM deliveries d {index} JOIN events e ON e.id = d.event_id
                  WHERE (?2 IS NULL OR d.action = ?2) AND (?3 IS NULL OR d.id < ?3) {status}
                  ORDER BY d.id DESC LIMIT ?1"
             ))?;
@@ -1433,21 +1546,68 @@ impl Store for SqliteStore {
     fn query_events(&self, q: EventQuery) -> BoxFuture<'_, Result<Vec<EventInfo>, StoreError>> {
         let layout = self.layout;
         self.read(move |c| {
-            let (conditions, params) = q.conditions(Dialect::Sqlite, 2);
-            events_where(
+            let limit = Param::Int(q.limit as i64);
+            // Stores of the earliest layout keep their events without a
+            // rowid, which the index by user points at: there the users'
+            // columns are read event by event.
+            let user = q.user.clone().filter(|_| layout == Layout::Ranges);
+            let Some(user) = user else {
+                let (conditions, mut params) = q.conditions(Dialect::Sqlite, 2);
+                params.insert(0, limit);
+                return events_where(
+                    c,
+                    layout,
+                    &format!(
+                        "FROM events e WHERE 1 {conditions} ORDER BY received_at DESC, id DESC LIMIT ?1"
+                    ),
+                    params,
+                );
+            };
+            // By user: the events indexed so far, walking the user's index
+            // newest first, and those stored since the last indexing step,
+            // read directly (by rowid, not through an index of time that
+            // would walk every event to find none); merged.
+            let mark = users_indexed(c)?;
+            let (conditions, mut params) = q.conditions_on(Dialect::Sqlite, 3, "u.at");
+            params.splice(0..0, [limit.clone(), Param::Text(user)]);
+            let mut found = events_where(
                 c,
                 layout,
-                &format!("1 {conditions} ORDER BY received_at DESC, id DESC LIMIT ?1"),
-                Param::Int(q.limit as i64),
+                &format!(
+                    "FROM event_users u JOIN events e ON e.rowid = u.event_row
+                     WHERE u.name = ?2 {conditions} ORDER BY u.at DESC, id DESC LIMIT ?1"
+                ),
                 params,
-            )
+            )?;
+            let (conditions, mut params) = q.conditions(Dialect::Sqlite, 3);
+            params.splice(0..0, [limit, Param::Int(mark)]);
+            found.extend(events_where(
+                c,
+                layout,
+                &format!(
+                    "FROM events e NOT INDEXED WHERE rowid > ?2 {conditions}
+                     ORDER BY received_at DESC, id DESC LIMIT ?1"
+                ),
+                params,
+            )?);
+            // A step between the two reads may have put an event in both.
+            found.sort_by(|a, b| (b.received_at, &b.id).cmp(&(a.received_at, &a.id)));
+            found.dedup_by(|a, b| a.id == b.id);
+            found.truncate(q.limit);
+            Ok(found)
         })
     }
 
     fn event(&self, id: String) -> BoxFuture<'_, Result<Option<EventInfo>, StoreError>> {
         let layout = self.layout;
         self.read(move |c| {
-            Ok(events_where(c, layout, "id = ?1", Param::Text(id), Vec::new())?.pop())
+            Ok(events_where(
+                c,
+                layout,
+                "FROM events e WHERE id = ?1",
+                vec![Param::Text(id)],
+            )?
+            .pop())
         })
     }
 
@@ -1924,8 +2084,12 @@ PRAGMA user_version = 1;
             .collect::<Result<_, _>>()
             .unwrap();
         // `deliveries_aggregate` holds only deliveries of digests and
-        // firings (it is partial): a plain delivery costs it nothing.
-        assert_eq!(indexes, ["deliveries_due", "deliveries_aggregate"]);
+        // firings, `deliveries_dead` only dead ones (they are partial): a
+        // plain delivery costs them nothing.
+        assert_eq!(
+            indexes,
+            ["deliveries_due", "deliveries_aggregate", "deliveries_dead"]
+        );
         for sql in [
             Layout::Ranges.deliveries_of_event(),
             Layout::Ranges.prune_events(),
@@ -2011,6 +2175,135 @@ PRAGMA user_version = 1;
             panic!("not stored")
         };
         assert!(next[0] > first[1], "{next:?} after {first:?}");
+    }
+
+    #[tokio::test]
+    async fn events_are_found_by_user_before_and_after_their_users_are_indexed() {
+        use crate::store::EventQuery;
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path()).unwrap();
+        let made = |id: &str, from: &str, to: &str, at: u64| NewEvent {
+            from_user: from.into(),
+            to_user: to.into(),
+            ..ev(id, id, &["a"], at)
+        };
+        for e in [
+            made("e1", "alice", "bob", 1000),
+            made("e2", "carol", "alice", 2000),
+            made("e3", "alice", "alice", 3000),
+        ] {
+            s.accept(e, 60_000).await.unwrap();
+        }
+        let of = |user: &str| EventQuery {
+            user: Some(user.into()),
+            limit: 10,
+            ..EventQuery::default()
+        };
+        let ids = |q: EventQuery| {
+            let s = &s;
+            async move {
+                let found = s.query_events(q).await.unwrap();
+                found.into_iter().map(|e| e.id).collect::<Vec<_>>()
+            }
+        };
+        // Not indexed yet: found all the same, from the events themselves.
+        assert_eq!(ids(of("alice")).await, ["e3", "e2", "e1"]);
+        let conn = Connection::open(s.path()).unwrap();
+        conn.busy_timeout(Duration::from_secs(5)).unwrap();
+        // (The writer's own step may come first: the mark says what is in.)
+        index_users(&conn, s.layout).unwrap();
+        assert_eq!(users_indexed(&conn).unwrap(), 3);
+        assert_eq!(index_users(&conn, s.layout).unwrap(), 0, "nothing new");
+        // e3 names alice twice and is one row of hers.
+        let rows: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM event_users WHERE name = 'alice'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(rows, 3);
+        s.accept(made("e4", "dave", "alice", 4000), 60_000)
+            .await
+            .unwrap();
+        // Indexed and not: merged, newest first, each once; pages go on.
+        assert_eq!(ids(of("alice")).await, ["e4", "e3", "e2", "e1"]);
+        let page = EventQuery {
+            limit: 2,
+            ..of("alice")
+        };
+        assert_eq!(ids(page.clone()).await, ["e4", "e3"]);
+        let after = EventQuery {
+            before: Some((3000, "e3".into())),
+            ..page
+        };
+        assert_eq!(ids(after).await, ["e2", "e1"]);
+        let since = EventQuery {
+            since_ms: 2000,
+            until_ms: Some(4000),
+            ..of("alice")
+        };
+        assert_eq!(ids(since).await, ["e3", "e2"]);
+        assert_eq!(ids(of("bob")).await, ["e1"]);
+        assert!(ids(of("nobody")).await.is_empty());
+        // Pruning takes the index rows of the events it removes.
+        let now = crate::verify::now_ms() + 10_000;
+        let claimed = s.claim_due(now, 100, 1000).await.unwrap();
+        s.record(claimed.iter().map(|c| (c.lease(), Record::Sent)).collect())
+            .await
+            .unwrap();
+        s.prune(now, 1000).await.unwrap();
+        let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+        assert_eq!(
+            count("SELECT count(*) FROM event_users WHERE name = 'bob'"),
+            0
+        );
+        assert_eq!(
+            count(
+                "SELECT count(*) FROM event_users
+                 WHERE NOT EXISTS (SELECT 1 FROM events WHERE rowid = event_row)"
+            ),
+            0
+        );
+    }
+
+    #[tokio::test]
+    async fn events_after_pruning_the_newest_are_indexed_by_user() {
+        use crate::store::EventQuery;
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path()).unwrap();
+        let conn = Connection::open(s.path()).unwrap();
+        conn.busy_timeout(Duration::from_secs(5)).unwrap();
+        let made = |id: &str, at: u64| NewEvent {
+            from_user: "alice".into(),
+            to_user: "bob".into(),
+            ..ev(id, id, &[], at)
+        };
+        for (id, at) in [("e1", 1000), ("e2", 2000)] {
+            s.accept(made(id, at), 1000).await.unwrap();
+        }
+        index_users(&conn, s.layout).unwrap();
+        assert_eq!(users_indexed(&conn).unwrap(), 2);
+        // Every event is pruned, the newest too: the next one takes its
+        // rowid again, and the mark comes down so that it is indexed.
+        let now = crate::verify::now_ms();
+        s.prune(now, 1000).await.unwrap();
+        assert_eq!(users_indexed(&conn).unwrap(), 0);
+        s.accept(made("e3", now), 1000).await.unwrap();
+        index_users(&conn, s.layout).unwrap();
+        assert_eq!(users_indexed(&conn).unwrap(), 1);
+        let found = s
+            .query_events(EventQuery {
+                user: Some("alice".into()),
+                limit: 10,
+                ..EventQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            found.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+            ["e3"]
+        );
     }
 
     #[tokio::test]
