@@ -935,6 +935,8 @@ pub mod behaviour {
         s.accept(agg_ev("e3", now - day - 1, vec![]), 1000)
             .await
             .unwrap();
+        // (A newer event: the embedded store always keeps the newest.)
+        s.accept(agg_ev("e9", now, vec![]), 1000).await.unwrap();
         // A day's retention: e3 goes, the open digest's events stay.
         s.prune(now, day).await.unwrap();
         let left: Vec<String> = s
@@ -944,7 +946,7 @@ pub mod behaviour {
             .into_iter()
             .map(|e| e.id)
             .collect();
-        assert_eq!(left, ["e2", "e1"]);
+        assert_eq!(left, ["e9", "e2", "e1"]);
         let c = s.claim_due(now + day, 10, 30_000).await.unwrap();
         assert_eq!(events_of(&c[0]), ["e1", "e2"]);
         s.record(c.iter().map(|d| (d.lease(), Record::Sent)).collect())
