@@ -156,6 +156,16 @@ impl DeliveryThreads {
     }
 }
 
+/// Lower the calling thread to nice 19: for work that may wait for any
+/// other (the embedded store's index by user). Lowering is always
+/// allowed; a sandbox that refuses it leaves the thread where it was.
+pub fn background_self() {
+    // SAFETY: as in `lower_self`.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) } != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower a background thread's priority");
+    }
+}
+
 /// Set the calling thread's niceness to [`DELIVERY_NICE`]. Failure (refused
 /// by a sandbox) leaves it at normal priority, which is merely slower under
 /// load.

@@ -178,7 +178,8 @@ fn migrate_users(conn: &Connection) -> rusqlite::Result<()> {
 /// off the writer: an index by user in the store itself takes a page for
 /// every user a commit names, written with every group commit, which cost
 /// the request path 40% of its throughput; and steps on the writer's
-/// thread, 13%. The events not yet indexed are those after the mark (a
+/// thread, 13%. The thread runs at nice 19: under a load that takes every
+/// core, it falls behind and catches up after. The events not yet indexed are those after the mark (a
 /// rowid), and a query by user reads them directly. The index is derived
 /// from the events: lost or behind, it is filled again from them, so it
 /// is written without waiting for the disk (`synchronous=NORMAL`).
@@ -193,8 +194,9 @@ const USERS_STEP: i64 = 50_000;
 /// How often the users of new events are indexed.
 const USERS_EVERY: Duration = Duration::from_secs(1);
 
-/// Steps between two removals of the index rows of pruned events.
-const USERS_PRUNE_EVERY: u64 = 60;
+/// Steps between two removals of the index rows of pruned events (ten
+/// minutes).
+const USERS_PRUNE_EVERY: u64 = 600;
 
 /// A connection to the store at `path` with the index by user attached
 /// (and made when it is not there).
@@ -214,7 +216,6 @@ fn with_users(path: &Path) -> rusqlite::Result<Connection> {
              event_row INTEGER NOT NULL,
              PRIMARY KEY (name, at, event_row)
          ) WITHOUT ROWID;
-         CREATE INDEX IF NOT EXISTS users.event_users_at ON event_users(at);
          CREATE TABLE IF NOT EXISTS users.mark (last INTEGER NOT NULL);
          INSERT INTO users.mark(last) SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM users.mark);",
     )?;
@@ -241,15 +242,15 @@ fn index_users(conn: &Connection) -> rusqlite::Result<i64> {
     }
     // Deferred: the store itself is only read, and its writer never waits.
     let tx = conn.unchecked_transaction()?;
+    // One pass over the events, two rows each (one when an event names
+    // the same user twice), inserted in key order: each user's last page
+    // is written once a step.
     tx.prepare_cached(
         "INSERT OR IGNORE INTO users.event_users(name, at, event_row)
-         SELECT name, at, event_row FROM (
-             SELECT from_user AS name, received_at AS at, rowid AS event_row FROM main.events
-             WHERE rowid > ?1 AND rowid <= ?2 AND from_user <> ''
-             UNION
-             SELECT to_user, received_at, rowid FROM main.events
-             WHERE rowid > ?1 AND rowid <= ?2 AND to_user <> '')
-         ORDER BY name, at, event_row",
+         SELECT CASE k WHEN 1 THEN from_user ELSE to_user END AS name, received_at, rowid
+         FROM main.events, (SELECT 1 AS k UNION ALL SELECT 2)
+         WHERE rowid > ?1 AND rowid <= ?2 AND name <> '' AND (k = 1 OR to_user IS NOT from_user)
+         ORDER BY name, received_at, rowid",
     )?
     .execute([from, to])?;
     tx.prepare_cached("UPDATE users.mark SET last = ?1")?
@@ -261,7 +262,9 @@ fn index_users(conn: &Connection) -> rusqlite::Result<i64> {
 /// Remove the index rows of events older than any the store still holds
 /// (pruning takes the oldest first). Rows of an event pruned while an
 /// older one waits for its deliveries stay until that one goes; a query
-/// joins them to no event.
+/// joins them to no event. A scan of the whole index, with no index of
+/// time to keep up on every step: it runs every [`USERS_PRUNE_EVERY`]
+/// steps, off the writer.
 fn prune_users(conn: &Connection) -> rusqlite::Result<usize> {
     conn.prepare_cached(
         "DELETE FROM users.event_users
@@ -273,13 +276,16 @@ fn prune_users(conn: &Connection) -> rusqlite::Result<usize> {
 /// The index's thread: a step every [`USERS_EVERY`] until the store is
 /// dropped (`stop` disconnects).
 fn users_indexer(conn: Connection, stop: mpsc::Receiver<()>) {
+    // The index may fall behind under load (queries read what it has not
+    // taken yet): it yields to the writer and the request path.
+    crate::priority::background_self();
     let mut steps = 0u64;
     loop {
         if let Err(e) = index_users(&conn) {
             tracing::warn!(error = %e, "store: cannot index the users of new events; will try again");
         }
         steps += 1;
-        if steps % USERS_PRUNE_EVERY == 0
+        if steps.is_multiple_of(USERS_PRUNE_EVERY)
             && let Err(e) = prune_users(&conn)
         {
             tracing::warn!(error = %e, "store: cannot prune the index by user; will try again");
