@@ -953,12 +953,15 @@ def fill_sqlite(db, now_ms):
         if len(ev) == 20_000:
             flush()
     flush()
-    # The index by user as the daemon's writer keeps it, a step behind.
-    c.execute("INSERT OR IGNORE INTO event_users(name, at, event_row) SELECT name, at, r FROM ("
+    c.commit()
+    # The index by user, as the daemon's indexer keeps it beside the store.
+    c.execute("ATTACH DATABASE ? AS users", (os.path.join(os.path.dirname(db), "easehook-users.db"),))
+    c.execute("INSERT OR IGNORE INTO users.event_users(name, at, event_row) SELECT name, at, r FROM ("
               "SELECT from_user AS name, received_at AS at, rowid AS r FROM events UNION "
               "SELECT to_user, received_at, rowid FROM events) ORDER BY 1, 2, 3")
-    c.execute("INSERT OR REPLACE INTO meta(key, value) SELECT 'users_indexed', max(rowid) FROM events")
+    c.execute("UPDATE users.mark SET last = (SELECT max(rowid) FROM events)")
     c.commit()
+    c.execute("PRAGMA users.wal_checkpoint(TRUNCATE)")
     c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     c.close()
 
@@ -1071,7 +1074,7 @@ def history_scenarios(args, easehook_bin, calls, work, sink_port):
             if store == "sqlite":
                 db = os.path.join(eh.dir, "data", "easehook.db")
                 fill_sqlite(db, now_ms)
-                size = os.path.getsize(db)
+                size = os.path.getsize(db) + os.path.getsize(os.path.join(eh.dir, "data", "easehook-users.db"))
             else:
                 empty = pg_size(pg, "history")
                 fill_postgres(pg, "history", now_ms)
