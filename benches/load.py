@@ -32,13 +32,16 @@ Scenarios:
       by event and user, a delivery's page and the dead-letter list, and
       the matching API calls; the store's size per event; and (a)'s load on
       that store beside an empty one, round by round
+  (v) (a)'s load with two builds in turn (--binary BEFORE,AFTER), round by
+      round, on the embedded store; (w) the same on PostgreSQL: what a
+      change costs the request path
   (p) the PostgreSQL store (a server started here: initdb + pg_ctl, fsync
       and synchronous_commit on): (a)'s load on the embedded store, on
       PostgreSQL with one replica and with two replicas sharing the
       database, in turn; (b)'s p99 on PostgreSQL; (c)'s drain through two
       replicas, every delivery counted once at the sink
 
-usage: python3 benches/load.py [--duration SECONDS] [--rounds N] [--skip-build] [--only abcdefghip]
+usage: python3 benches/load.py [--duration SECONDS] [--rounds N] [--skip-build] [--only abcdefghipvw]
                               [--binary PATH] [--callgrind [--binary PATH,PATH…]]
 Run from the repository root. Installs wrk, webhook and PostgreSQL with
 apt-get when missing. Every request goes to 127.0.0.1.
@@ -589,8 +592,8 @@ def main():
     ensure_tools()
     easehook_bin, baseline_bin = build(args.skip_build)
     binaries = [os.path.abspath(b) for b in args.binary.split(",")] if args.binary else [easehook_bin]
-    if len(binaries) > 1 and not args.callgrind:
-        sys.exit("several binaries are compared with --callgrind only")
+    if len(binaries) > 1 and not (args.callgrind or set(args.only) <= set("vw")):
+        sys.exit("several binaries are compared with --callgrind or --only v / w only")
     easehook_bin = binaries[0]
     work = tempfile.mkdtemp(prefix="easehook-load-")
     calls = os.path.join(work, "calls.txt")
@@ -806,6 +809,11 @@ def main():
               f"median {best:.2f} s of 3 ({events / best:,.0f} events/s)", flush=True)
     if "i" in args.only:
         history_scenarios(args, easehook_bin, calls, work, sink_port)
+    for store in ("v", "w"):
+        if store in args.only:
+            if len(binaries) != 2:
+                sys.exit(f"--only {store} compares two builds: --binary BEFORE,AFTER")
+            builds_scenario(args, binaries, store == "w", calls, work, sink_port)
     if "p" in args.only:
         postgres_scenarios(args, easehook_bin, baseline_bin, calls, work, sink_port)
     sink.terminate()
@@ -1106,6 +1114,32 @@ def history_scenarios(args, easehook_bin, calls, work, sink_port):
                   + " ".join(f"{x:.2f}" for x in ratios) + ")", flush=True)
     finally:
         pg.stop()
+
+
+def builds_scenario(args, binaries, postgres, calls, work, sink_port):
+    """(v), (w): (a)'s load with two builds in turn, which goes first
+    alternating round by round; each run on a new store."""
+    pg = Postgres() if postgres else None
+    rps = {b: [] for b in binaries}
+    try:
+        for r in range(args.rounds):
+            order = binaries if r % 2 == 0 else list(reversed(binaries))
+            for i, b in enumerate(order):
+                extra = pg_config(pg.database(f"v{r}x{i}")) if pg else ""
+                eh = Easehook(b, os.path.join(work, f"v{r}x{i}"), rules_yaml(100, f"http://127.0.0.1:{sink_port}"), extra)
+                eh.start()
+                rps[b].append(run_wrk(eh.url, calls, args.duration, pid=eh.proc.pid)["rps"])
+                eh.stop()
+    finally:
+        if pg:
+            pg.stop()
+    before, after = binaries
+    ratios = [a / b for a, b in zip(rps[after], rps[before])]
+    print(f"\n({'w' if postgres else 'v'}) (a)'s load on {'PostgreSQL' if postgres else 'the embedded store'}: "
+          f"{after} / {before} = {statistics.median(ratios):.2f} (median; rounds: "
+          + " ".join(f"{x:.2f}" for x in ratios) + "); req/s before "
+          + ", ".join(f"{x:,.0f}" for x in rps[before]) + "; after " + ", ".join(f"{x:,.0f}" for x in rps[after]), flush=True)
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -138,18 +138,8 @@ async fn post(app: &TestApp, body: &Value) {
 }
 
 async fn delivery_of(app: &TestApp, action: &str, status: &str) -> Option<i64> {
-    let list: Value = app
-        .client
-        .get(format!(
-            "{}/api/v1/deliveries?status={status}",
-            app.admin_url
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let url = format!("{}/api/v1/deliveries?status={status}", app.admin_url);
+    let (_, list) = get_json(&app.client, url).await;
     list["deliveries"]
         .as_array()?
         .iter()
@@ -561,15 +551,7 @@ async fn bad_input_gets_a_page_that_says_so_and_never_a_500() {
         "{list}"
     );
     assert!(!list.contains("<img src=x"));
-    let list: Value = app
-        .client
-        .get(format!("{admin}/api/v1/events"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, list) = get_json(&app.client, format!("{admin}/api/v1/events")).await;
     let id = list["events"][0]["id"].as_str().unwrap();
     let (status, _, page) = get(format!("{admin}/events/{id}")).await;
     assert_eq!(status, 200);
@@ -590,14 +572,7 @@ async fn the_api_finds_events_by_user_and_rule_and_pages_deliveries() {
     post(&app, &signed("roster:ban", "alice", "bob")).await;
     post(&app, &signed("roster:ban", "carol", "alice")).await;
     post(&app, &signed("roster:remove", "dave", "erin")).await;
-    let get = |path: &str| {
-        let url = format!("{}{path}", app.admin_url);
-        let client = app.client.clone();
-        async move {
-            let r = client.get(url).send().await.unwrap();
-            (r.status().as_u16(), r.json::<Value>().await.unwrap())
-        }
-    };
+    let get = |path: &str| get_json(&app.client, format!("{}{path}", app.admin_url));
     let users = |v: &Value| -> Vec<(String, String)> {
         v["events"]
             .as_array()

@@ -49,6 +49,13 @@ where
     }
 }
 
+/// GET `url`: the status and the JSON body.
+pub async fn get_json(client: &reqwest::Client, url: String) -> (u16, Value) {
+    let r = client.get(url).send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap())
+}
+
 /// How to start a test daemon.
 #[derive(Default, Clone)]
 pub struct Options {
