@@ -109,6 +109,9 @@ pub enum DeliveriesCommand {
         /// Only this status
         #[arg(long, value_parser = ["pending", "sent", "dead"])]
         status: Option<String>,
+        /// Only deliveries of this action
+        #[arg(long)]
+        action: Option<String>,
         /// At most this many
         #[arg(long, default_value_t = 50)]
         limit: usize,
@@ -145,6 +148,12 @@ pub enum EventsCommand {
         /// Only this event (roster:ban) or family (roster)
         #[arg(long)]
         event: Option<String>,
+        /// Only events whose from or to user is this one (alice)
+        #[arg(long)]
+        user: Option<String>,
+        /// Only events that matched this rule
+        #[arg(long)]
+        rule: Option<String>,
         /// At most this many
         #[arg(long, default_value_t = 50)]
         limit: usize,

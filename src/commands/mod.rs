@@ -321,12 +321,16 @@ pub fn deliveries(
     match cmd {
         DeliveriesCommand::List {
             status,
+            action,
             limit,
             json,
         } => {
             let mut q = vec![("limit", limit.to_string())];
             if let Some(s) = status {
                 q.push(("status", s.clone()));
+            }
+            if let Some(a) = action {
+                q.push(("action", a.clone()));
             }
             let body = client.call(reqwest::Method::GET, "/api/v1/deliveries", &q)?;
             if *json {
@@ -440,13 +444,15 @@ pub(crate) fn users(callback: &Value) -> (String, String) {
 
 /// `easehook events list`.
 pub fn events(config_path: &Path, cmd: &crate::cli::EventsCommand) -> anyhow::Result<ExitCode> {
-    let (since, event, limit, json) = match cmd {
+    let (since, event, user, rule, limit, json) = match cmd {
         crate::cli::EventsCommand::List {
             since,
             event,
+            user,
+            rule,
             limit,
             json,
-        } => (since, event, limit, json),
+        } => (since, event, user, rule, limit, json),
         crate::cli::EventsCommand::Replay {
             since,
             until,
@@ -514,8 +520,10 @@ pub fn events(config_path: &Path, cmd: &crate::cli::EventsCommand) -> anyhow::Re
     if let Some(s) = since {
         q.push(("since", s.clone()));
     }
-    if let Some(e) = event {
-        q.push(("event", e.clone()));
+    for (name, value) in [("event", event), ("user", user), ("rule", rule)] {
+        if let Some(v) = value {
+            q.push((name, v.clone()));
+        }
     }
     let body = client.call(reqwest::Method::GET, "/api/v1/events", &q)?;
     if *json {

@@ -343,6 +343,19 @@ async fn simulate_and_the_admin_commands_work_against_a_running_daemon() {
         out.contains("user:login") && out.contains("carol -> "),
         "{out}"
     );
+    // By user, from or to, and by rule.
+    let (code, out) = run(&["events", "list", "--user", "carol"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("user:login") && !out.contains("roster:ban"),
+        "{out}"
+    );
+    let (code, out) = run(&["events", "list", "--user", "bob", "--rule", "bans"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("alice -> bob") && out.contains("1 event(s)"),
+        "{out}"
+    );
 
     eventually(Duration::from_secs(10), "a dead delivery", || async {
         run(&["deliveries", "list", "--status", "dead"])
@@ -351,6 +364,13 @@ async fn simulate_and_the_admin_commands_work_against_a_running_daemon() {
             .contains("HTTP 410")
     })
     .await;
+    // By action.
+    let (code, out) = run(&["deliveries", "list", "--action", "hook"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("HTTP 410"), "{out}");
+    let (code, out) = run(&["deliveries", "list", "--action", "no-such-action"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("HTTP 410"), "{out}");
     let (code, out) = run(&["deliveries", "retry", "--dead"]).await;
     assert_eq!((code, out.trim()), (0, "1 dead deliveries requeued"));
     eventually(
