@@ -134,6 +134,8 @@ pub struct Words {
     pub no_attempts: &'static str,
     pub next_attempt: &'static str,
     pub outcome_retry: &'static str,
+    /// The chart's key: attempts that failed.
+    pub failed: &'static str,
 
     pub file: &'static str,
     pub kind: &'static str,
@@ -246,6 +248,7 @@ pub static EN: Words = Words {
     no_attempts: "No attempt made yet.",
     next_attempt: "Next attempt",
     outcome_retry: "failed, retried",
+    failed: "failed (to be retried, or dead)",
 
     file: "File",
     kind: "Kind",
@@ -358,6 +361,7 @@ pub static ZH: Words = Words {
     no_attempts: "尚未尝试。",
     next_attempt: "下次尝试",
     outcome_retry: "失败，将重试",
+    failed: "失败（将重试或已成死信）",
 
     file: "文件",
     kind: "类型",

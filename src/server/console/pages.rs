@@ -205,7 +205,7 @@ async fn overview(state: &AppState, ctx: &Ctx<'_>) -> Response {
     let body = page! {
         section.cards {
             div.card #queue-depth { span.label { (w.queue_depth) } span.value { (counts.pending) } }
-            a.card.dead href="/deliveries?status=dead" #dead-count {
+            a.card.dead.some[counts.dead > 0] href="/deliveries?status=dead" #dead-count {
                 span.label { (w.dead) } span.value { (counts.dead) }
             }
             div.card { span.label { (w.digests_open) } span.value { (counts.digests_open) } }
@@ -218,8 +218,8 @@ async fn overview(state: &AppState, ctx: &Ctx<'_>) -> Response {
             (chart(ctx, w.chart_callbacks, &hour, "callbacks", |m| [m.callbacks, 0]))
             (chart(ctx, w.chart_deliveries, &hour, "deliveries", |m| [m.sent, m.failed]))
             p.note {
-                span.key.sent {} " " (w.sent) "  "
-                span.key.failed {} " " (w.outcome_retry) " / " (w.dead) " — " (w.chart_note)
+                span.key.sent {} " " (w.sent) " · "
+                span.key.failed {} " " (w.failed) " — " (w.chart_note)
             }
         }
         section {
