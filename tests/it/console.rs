@@ -628,3 +628,68 @@ async fn the_api_finds_events_by_user_and_rule_and_pages_deliveries() {
         (400, Some("before must be a delivery id"))
     );
 }
+
+/// On PostgreSQL: the overview lists the replicas sharing the store, and
+/// the pages find events by user and show a delivery's attempts, from the
+/// shared database.
+#[tokio::test]
+async fn on_postgres_the_overview_lists_replicas_and_the_pages_read_the_shared_store() {
+    let Some(url) = crate::pg::database().await else {
+        return;
+    };
+    let hook = HttpSink::start().await;
+    hook.script([Answer::status(502), Answer::status(200)]);
+    let store = format!("store:\n  type: postgres\n  url: '{url}'\n  pool: 4\n");
+    let opts = Options::rules(rules(&hook, &hook)).config(store);
+    let one = spawn_app_with(opts.clone()).await;
+    let two = spawn_app_with(opts).await;
+    post(&one, &signed("roster:ban", "alice", "bob")).await;
+    post(&two, &signed("roster:ban", "carol", "dave")).await;
+    eventually(Duration::from_secs(20), "both hooks sent", || async {
+        let url = format!("{}/api/v1/deliveries?status=sent", one.admin_url);
+        get_json(&one.client, url).await.1["deliveries"]
+            .as_array()
+            .is_some_and(|d| d.len() == 2)
+    })
+    .await;
+    let page = |app: &TestApp, path: &str| {
+        let url = format!("{}{path}", app.admin_url);
+        let client = app.client.clone();
+        async move {
+            let r = client.get(url).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let (status, overview) = page(&one, "/").await;
+    assert_eq!(status, 200);
+    assert!(overview.contains("<table id=\"replicas\">"), "{overview}");
+    assert!(overview.contains("Replicas (2)"), "{overview}");
+    // Each replica's console reads the shared store: alice's event, taken
+    // by the other one.
+    let (status, events) = page(&two, "/events?user=alice").await;
+    assert_eq!(status, 200);
+    assert!(
+        events.contains("alice → bob") && !events.contains("carol"),
+        "{events}"
+    );
+    let (_, list) = get_json(&two.client, format!("{}/api/v1/deliveries", two.admin_url)).await;
+    for d in list["deliveries"].as_array().unwrap() {
+        let (status, delivery) = page(&one, &format!("/deliveries/{}", d["id"])).await;
+        assert_eq!(status, 200);
+        assert!(delivery.contains("data-outcome=\"sent\""), "{delivery}");
+    }
+    // The 502 and then the 200, on whichever delivery the sink failed.
+    let (_, all) = page(&two, "/deliveries").await;
+    assert_eq!(all.matches("data-status=\"sent\"").count(), 2, "{all}");
+    let retried = list["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["attempts"] == 2)
+        .expect("one delivery took two attempts");
+    let (_, delivery) = page(&two, &format!("/deliveries/{}", retried["id"])).await;
+    assert!(
+        delivery.contains(">502<") && delivery.contains(">200<"),
+        "{delivery}"
+    );
+}
