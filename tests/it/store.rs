@@ -499,6 +499,7 @@ pub mod behaviour {
             made("e3", "roster:add", "alice", "dave", "audit", 3000),
             made("e4", "roster:ban", "bob", "carol", "ban", 4000),
             made("e5", "roster:ban", "alice%", "bob", "ban", 5000),
+            made("e6", "roster:add", "zed", "zed", "audit", 6000),
         ] {
             s.accept(e, 60_000).await.unwrap();
         }
@@ -519,6 +520,8 @@ pub mod behaviour {
         assert_eq!(ids(user("alice")).await, ["e3", "e2", "e1"]);
         assert_eq!(ids(user("alice%")).await, ["e5"]);
         assert!(ids(user("ali")).await.is_empty());
+        // An event that names its user twice is listed once.
+        assert_eq!(ids(user("zed")).await, ["e6"]);
         // With an event filter, as the console's events page asks.
         let q = EventQuery {
             event: Some("roster:ban".into()),
@@ -533,7 +536,7 @@ pub mod behaviour {
         };
         assert_eq!(ids(rule("ban")).await, ["e5", "e4"]);
         assert_eq!(ids(rule("ban-digest")).await, ["e2"]);
-        assert_eq!(ids(rule("common")).await.len(), 5);
+        assert_eq!(ids(rule("common")).await.len(), 6);
         // A family written with `:*`, and a time range.
         let q = EventQuery {
             event: Some("roster:*".into()),
@@ -563,7 +566,7 @@ pub mod behaviour {
         }
         assert_eq!(
             pages,
-            [vec!["e5", "e4"], vec!["e3", "e2"], vec!["e1"], vec![]]
+            [vec!["e6", "e5"], vec!["e4", "e3"], vec!["e2", "e1"], vec![]]
         );
         // One event by its id, with its deliveries.
         let e3 = s.event("e3".into()).await.unwrap().unwrap();

@@ -294,11 +294,11 @@ async fn apply_migrations(client: &mut tokio_postgres::Client) -> Result<Vec<i32
     Ok(applied)
 }
 
-/// The events `conditions` select (`$1` is `first`, `$2`… are `rest`),
-/// each with its deliveries.
+/// The events `from_where` selects (a `FROM … WHERE …` clause; `$1` is
+/// `first`, `$2`… are `rest`), each with its deliveries.
 async fn events_where(
     c: &deadpool_postgres::Client,
-    conditions: &str,
+    from_where: &str,
     first: Param,
     rest: Vec<Param>,
 ) -> Result<Vec<EventInfo>, StoreError> {
@@ -317,7 +317,7 @@ async fn events_where(
         .collect();
     let rows = c
         .query(
-            &format!("SELECT id, event, received_at, rules, body FROM events WHERE {conditions}"),
+            &format!("SELECT id, event, received_at, rules, body {from_where}"),
             &refs,
         )
         .await?;
@@ -1426,11 +1426,37 @@ impl Store for PgStore {
     fn query_events(&self, q: EventQuery) -> BoxFuture<'_, Result<Vec<EventInfo>, StoreError>> {
         self.with_client(move |c| {
             Box::pin(async move {
-                let (conditions, params) = q.conditions(Dialect::Postgres, 2);
+                let limit = Param::Int(q.limit as i64);
+                let Some(user) = q.user.clone() else {
+                    let (conditions, params) = q.conditions(Dialect::Postgres, 2);
+                    let sql = format!(
+                        "FROM events WHERE TRUE {conditions}
+                         ORDER BY received_at DESC, id DESC LIMIT $1::bigint"
+                    );
+                    return events_where(c, &sql, limit, params).await;
+                };
+                // By user: the newest of each side, each walking its own
+                // index (`events_from`, `events_to`) and stopping at a
+                // page, then merged; a user with many events costs no more
+                // than one with a page of them.
+                let others = EventQuery {
+                    user: None,
+                    ..q.clone()
+                };
+                let (conditions, mut params) = others.conditions(Dialect::Postgres, 3);
+                params.insert(0, Param::Text(user));
+                let side = |column: &str| {
+                    format!(
+                        "(SELECT * FROM events WHERE {column} = $2::text {conditions}
+                          ORDER BY received_at DESC, id DESC LIMIT $1::bigint)"
+                    )
+                };
                 let sql = format!(
-                    "TRUE {conditions} ORDER BY received_at DESC, id DESC LIMIT $1::bigint"
+                    "FROM ({} UNION {}) AS e ORDER BY received_at DESC, id DESC LIMIT $1::bigint",
+                    side("from_user"),
+                    side("to_user")
                 );
-                events_where(c, &sql, Param::Int(q.limit as i64), params).await
+                events_where(c, &sql, limit, params).await
             })
         })
     }
@@ -1438,11 +1464,14 @@ impl Store for PgStore {
     fn event(&self, id: String) -> BoxFuture<'_, Result<Option<EventInfo>, StoreError>> {
         self.with_client(move |c| {
             Box::pin(async move {
-                Ok(
-                    events_where(c, "id = $1::text", Param::Text(id), Vec::new())
-                        .await?
-                        .pop(),
+                Ok(events_where(
+                    c,
+                    "FROM events WHERE id = $1::text",
+                    Param::Text(id),
+                    Vec::new(),
                 )
+                .await?
+                .pop())
             })
         })
     }
