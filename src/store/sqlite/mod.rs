@@ -1338,21 +1338,60 @@ fn retry(conn: &Connection, ids: Option<&[i64]>, now: u64) -> rusqlite::Result<u
 /// `sqlite_sequence` on every insert.)
 fn prune(conn: &Connection, layout: Layout, now: u64, retention: u64) -> rusqlite::Result<u64> {
     let cutoff = now.saturating_sub(retention) as i64;
-    let gone = "SELECT id FROM deliveries WHERE status IN ('sent', 'dead') AND updated_at < ?1
-                AND id < (SELECT max(id) FROM deliveries)";
-    // Attempts go with their delivery.
-    conn.execute(
-        &format!("DELETE FROM attempts WHERE delivery_id IN ({gone})"),
-        [cutoff],
-    )?;
-    let mut n = conn.execute(
-        &format!("DELETE FROM deliveries WHERE id IN ({gone})"),
-        [cutoff],
-    )? as u64;
+    let mut n = 0;
+    // Only deliveries created before the cutoff can have been done before
+    // it: they are the ids up to `bound`, and the rest of the table (all of
+    // it, in a store younger than its retention) is not read.
+    if let Some(bound) = created_before(conn, cutoff)? {
+        let gone = "SELECT id FROM deliveries WHERE id <= ?2
+                    AND status IN ('sent', 'dead') AND updated_at < ?1
+                    AND id < (SELECT max(id) FROM deliveries)";
+        // Attempts go with their delivery.
+        conn.execute(
+            &format!("DELETE FROM attempts WHERE delivery_id IN ({gone})"),
+            [cutoff, bound],
+        )?;
+        n += conn.execute(
+            &format!("DELETE FROM deliveries WHERE id IN ({gone})"),
+            [cutoff, bound],
+        )? as u64;
+    }
     n += aggregate::prune(conn, now as i64, cutoff)?;
     n += conn.execute(layout.prune_events(), [cutoff])? as u64;
     conn.execute("DELETE FROM dedup WHERE expires_at <= ?1", [now as i64])?;
     Ok(n)
+}
+
+/// The largest delivery id created before `cutoff`; `None` when there is
+/// none. Ids are given in the order deliveries are created, so they grow
+/// with `created_at`: the ids are bisected, each step one lookup of the
+/// primary key (about 21 for two million deliveries), where a condition on
+/// `created_at` would read the whole table, under the writer, every
+/// pruning.
+fn created_before(conn: &Connection, cutoff: i64) -> rusqlite::Result<Option<i64>> {
+    let mut at = conn.prepare_cached(
+        "SELECT id, created_at FROM deliveries WHERE id >= ?1 ORDER BY id LIMIT 1",
+    )?;
+    let mut first_from = |id: i64| -> rusqlite::Result<Option<(i64, i64)>> {
+        at.query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+    };
+    let Some((mut lo, created)) = first_from(i64::MIN)? else {
+        return Ok(None);
+    };
+    if created >= cutoff {
+        return Ok(None);
+    }
+    let mut hi: i64 = conn.query_row("SELECT max(id) FROM deliveries", [], |r| r.get(0))?;
+    // `lo` was created before the cutoff; no id above `hi` was.
+    while lo < hi {
+        let mid = lo + (hi - lo + 1) / 2;
+        match first_from(mid)? {
+            Some((id, created)) if created < cutoff => lo = id.min(hi),
+            _ => hi = mid - 1,
+        }
+    }
+    Ok(Some(lo))
 }
 
 /// The columns [`delivery_row`] reads.
@@ -2339,6 +2378,43 @@ PRAGMA user_version = 1;
             .unwrap();
         let ids: Vec<_> = found.iter().map(|e| e.id.as_str()).collect();
         assert_eq!(ids, ["e3", "e2"]);
+    }
+
+    #[test]
+    fn the_last_delivery_created_before_a_time_is_found_by_bisecting_ids() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE deliveries (id INTEGER PRIMARY KEY, created_at INTEGER)")
+            .unwrap();
+        assert_eq!(created_before(&conn, 100).unwrap(), None);
+        // Ids with gaps, created in their order.
+        for (id, at) in [
+            (3, 10),
+            (4, 20),
+            (9, 30),
+            (10, 40),
+            (25, 50),
+            (26, 60),
+            (40, 70),
+        ] {
+            conn.execute("INSERT INTO deliveries VALUES (?1, ?2)", [id, at])
+                .unwrap();
+        }
+        for (cutoff, bound) in [
+            (5, None),
+            (10, None),
+            (11, Some(3)),
+            (31, Some(9)),
+            (50, Some(10)),
+            (51, Some(25)),
+            (70, Some(26)),
+            (1000, Some(40)),
+        ] {
+            assert_eq!(
+                created_before(&conn, cutoff).unwrap(),
+                bound,
+                "cutoff {cutoff}"
+            );
+        }
     }
 
     #[tokio::test]
