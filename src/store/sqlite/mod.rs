@@ -174,7 +174,8 @@ fn migrate_users(conn: &Connection) -> rusqlite::Result<()> {
 /// (`easehook-users.db`), attached as `users`, holding (user, received
 /// at, the event's rowid) for the `from` and the `to` user of each event.
 ///
-/// A thread of its own fills it about once a second ([`index_users`]),
+/// A thread of its own fills it about once a second ([`index_users`]; in
+/// steps of [`USERS_STEP`] events, one after another while it is behind),
 /// off the writer: an index by user in the store itself takes a page for
 /// every user a commit names, written with every group commit, which cost
 /// the request path 40% of its throughput; and steps on the writer's
@@ -188,15 +189,17 @@ fn migrate_users(conn: &Connection) -> rusqlite::Result<()> {
 /// have no such index, and a query by user reads the users of each event.
 const USERS_DB: &str = "easehook-users.db";
 
-/// Events indexed by user in one step at most.
-const USERS_STEP: i64 = 50_000;
+/// Events indexed by user in one step at most. A step reads the store in
+/// one transaction, and while it reads, the store's WAL cannot start over:
+/// small steps keep the WAL short (and the writer fast) while the index
+/// catches up after a burst, step after step.
+const USERS_STEP: i64 = 5_000;
 
 /// How often the users of new events are indexed.
 const USERS_EVERY: Duration = Duration::from_secs(1);
 
-/// Steps between two removals of the index rows of pruned events (ten
-/// minutes).
-const USERS_PRUNE_EVERY: u64 = 600;
+/// How often the index rows of pruned events are removed.
+const USERS_PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 /// A connection to the store at `path` with the index by user attached
 /// (and made when it is not there).
@@ -263,8 +266,8 @@ fn index_users(conn: &Connection) -> rusqlite::Result<i64> {
 /// (pruning takes the oldest first). Rows of an event pruned while an
 /// older one waits for its deliveries stay until that one goes; a query
 /// joins them to no event. A scan of the whole index, with no index of
-/// time to keep up on every step: it runs every [`USERS_PRUNE_EVERY`]
-/// steps, off the writer.
+/// time to keep up on every step: it runs every [`USERS_PRUNE_EVERY`], off
+/// the writer.
 fn prune_users(conn: &Connection) -> rusqlite::Result<usize> {
     conn.prepare_cached(
         "DELETE FROM users.event_users
@@ -279,18 +282,24 @@ fn users_indexer(conn: Connection, stop: mpsc::Receiver<()>) {
     // The index may fall behind under load (queries read what it has not
     // taken yet): it yields to the writer and the request path.
     crate::priority::background_self();
-    let mut steps = 0u64;
+    let mut pruned = std::time::Instant::now();
     loop {
-        if let Err(e) = index_users(&conn) {
-            tracing::warn!(error = %e, "store: cannot index the users of new events; will try again");
+        let behind = match index_users(&conn) {
+            Ok(n) => n == USERS_STEP,
+            Err(e) => {
+                tracing::warn!(error = %e, "store: cannot index the users of new events; will try again");
+                false
+            }
+        };
+        if pruned.elapsed() >= USERS_PRUNE_EVERY {
+            pruned = std::time::Instant::now();
+            if let Err(e) = prune_users(&conn) {
+                tracing::warn!(error = %e, "store: cannot prune the index by user; will try again");
+            }
         }
-        steps += 1;
-        if steps.is_multiple_of(USERS_PRUNE_EVERY)
-            && let Err(e) = prune_users(&conn)
-        {
-            tracing::warn!(error = %e, "store: cannot prune the index by user; will try again");
-        }
-        match stop.recv_timeout(USERS_EVERY) {
+        // Behind: the next step at once.
+        let wait = if behind { Duration::ZERO } else { USERS_EVERY };
+        match stop.recv_timeout(wait) {
             Err(mpsc::RecvTimeoutError::Timeout) => continue,
             _ => break,
         }
