@@ -182,6 +182,14 @@ pub(crate) fn delivery_query(
     })
 }
 
+/// The `before` of the page after `page` (its last item's `cursor`), when
+/// the page is full: a full page may have more after it.
+pub(crate) fn next_page<T, C>(page: &[T], limit: usize, cursor: impl Fn(&T) -> C) -> Option<C> {
+    (page.len() == limit)
+        .then(|| page.last().map(cursor))
+        .flatten()
+}
+
 fn store_error(e: crate::store::StoreError) -> Response {
     tracing::error!(error = %e, "admin API: store failed");
     error_reply(StatusCode::SERVICE_UNAVAILABLE, "store unavailable")
@@ -195,10 +203,7 @@ async fn deliveries(state: &AppState, query: &HashMap<String, String>) -> Respon
     let limit = q.limit;
     match state.store.query_deliveries(q).await {
         Ok(list) => {
-            // A full page may have more after it.
-            let next = (list.len() == limit)
-                .then(|| list.last().map(|d| d.id))
-                .flatten();
+            let next = next_page(&list, limit, |d| d.id);
             json_reply(
                 StatusCode::OK,
                 &serde_json::json!({"deliveries": list, "next": next}),
@@ -213,7 +218,7 @@ async fn deliveries(state: &AppState, query: &HashMap<String, String>) -> Respon
 /// given the deliveries they do not have (SPEC §14).
 async fn replay(state: &AppState, query: &HashMap<String, String>) -> Response {
     let now = crate::verify::now_ms();
-    let since = match query.get("since").filter(|s| !s.is_empty()) {
+    let since = match given(query, "since") {
         None => return error_reply(StatusCode::BAD_REQUEST, "since is required"),
         Some(_) => match since(query) {
             Ok(s) => s,
@@ -227,16 +232,16 @@ async fn replay(state: &AppState, query: &HashMap<String, String>) -> Response {
     let dry_run = matches!(query.get("dry_run").map(String::as_str), Some("true" | "1"));
     let snapshot = state.snapshot.load_full();
     let rules = &snapshot.rules;
-    let only = query.get("rule").filter(|r| !r.is_empty());
+    let only = given(query, "rule");
     if let Some(r) = only
-        && !rules.rules.iter().any(|x| &x.name == r)
+        && !rules.rules.iter().any(|x| x.name == r)
     {
         return error_reply(StatusCode::BAD_REQUEST, "unknown rule");
     }
     let mut q = crate::store::EventQuery {
         since_ms: since,
         until_ms: until,
-        event: query.get("event").filter(|e| !e.is_empty()).cloned(),
+        event: given(query, "event").map(str::to_string),
         limit: 1000,
         ..crate::store::EventQuery::default()
     };
@@ -297,10 +302,7 @@ async fn events(state: &AppState, query: &HashMap<String, String>) -> Response {
     let limit = q.limit;
     match state.store.query_events(q).await {
         Ok(list) => {
-            // A full page may have more after it.
-            let next = (list.len() == limit)
-                .then(|| list.last().map(|e| format!("{}:{}", e.received_at, e.id)))
-                .flatten();
+            let next = next_page(&list, limit, |e| format!("{}:{}", e.received_at, e.id));
             let list: Vec<_> = list.into_iter().map(unsigned).collect();
             json_reply(
                 StatusCode::OK,
@@ -429,7 +431,7 @@ async fn handle(
         }
         ("/api/v1/deliveries/retry-dead", &Method::POST) => retry(&state, None).await,
         ("/api/v1/events/replay", &Method::POST) => replay(&state, &query).await,
-        (p, &Method::GET) if p.starts_with("/api/v1/events/") => {
+        (p, &Method::GET) if p.starts_with("/api/v1/events/") && p != "/api/v1/events/replay" => {
             let id = &p["/api/v1/events/".len()..];
             match state.store.event(id.to_string()).await {
                 Ok(Some(e)) => json_reply(StatusCode::OK, &serde_json::json!(unsigned(e))),

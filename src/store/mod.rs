@@ -629,6 +629,21 @@ pub struct DeliveryQuery {
     pub limit: usize,
 }
 
+impl DeliveryQuery {
+    /// The status condition on `deliveries d`, as `AND …` (empty for any
+    /// status). Written into the statement, not bound: a partial index
+    /// (the dead ones, the queue) serves only a condition the planner can
+    /// see.
+    pub(crate) fn status_condition(&self) -> &'static str {
+        match self.status {
+            None => "",
+            Some(Status::Pending) => "AND d.status = 'pending'",
+            Some(Status::Sent) => "AND d.status = 'sent'",
+            Some(Status::Dead) => "AND d.status = 'dead'",
+        }
+    }
+}
+
 /// An event as the admin API shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct EventInfo {

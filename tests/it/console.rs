@@ -606,6 +606,9 @@ async fn the_api_finds_events_by_user_and_rule_and_pages_deliveries() {
     assert!(one["callback"].get("security").is_none());
     let (status, _) = get("/api/v1/events/no-such-event").await;
     assert_eq!(status, 404);
+    // The replay is a POST, not an event called "replay".
+    let (status, _) = get("/api/v1/events/replay").await;
+    assert_eq!(status, 405);
     // Two hooks and one fragile delivery: by action, one a page.
     let (_, first) = get("/api/v1/deliveries?action=hook&limit=1").await;
     assert_eq!(first["deliveries"].as_array().unwrap().len(), 1);

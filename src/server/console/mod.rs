@@ -160,21 +160,30 @@ pub(crate) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    /// This page in the other language.
-    pub fn lang_link(&self, lang: Lang) -> String {
-        let mut pairs: Vec<(&str, &str)> = self
+    /// A link to this page with `changes` made to its query (a value of
+    /// `None` removes its parameter). The language stays in its cookie and
+    /// a notice is shown once, so `lang` and `requeued` are not carried on.
+    pub fn link(&self, changes: &[(&str, Option<&str>)]) -> String {
+        let mut q: Vec<(&str, &str)> = self
             .query
             .iter()
-            .filter(|(k, _)| k.as_str() != "lang")
             .map(|(k, v)| (k.as_str(), v.as_str()))
+            .filter(|(k, _)| {
+                *k != "lang" && *k != "requeued" && !changes.iter().any(|(c, _)| c == k)
+            })
             .collect();
-        pairs.sort();
-        pairs.push(("lang", lang.code()));
+        q.extend(changes.iter().filter_map(|(k, v)| Some((*k, (*v)?))));
+        q.sort();
         format!(
             "{}?{}",
             self.path,
-            serde_urlencoded::to_string(&pairs).unwrap_or_default()
+            serde_urlencoded::to_string(&q).unwrap_or_default()
         )
+    }
+
+    /// This page in the other language.
+    pub fn lang_link(&self, lang: Lang) -> String {
+        self.link(&[("lang", Some(lang.code()))])
     }
 
     /// A time in the configured zone.

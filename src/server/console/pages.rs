@@ -9,7 +9,7 @@ use warp::reply::Response;
 
 use super::{Ctx, html, see_other};
 use crate::metrics::Minute;
-use crate::server::admin::{delivery_query, event_query, unsigned};
+use crate::server::admin::{delivery_query, event_query, next_page, unsigned};
 use crate::state::AppState;
 use crate::store::{DeliveryInfo, EventInfo, Status, StoreError};
 
@@ -307,29 +307,6 @@ fn chart(
     }
 }
 
-/// A link to this page with `changes` made to its query.
-fn with_query(ctx: &Ctx, changes: &[(&str, Option<&str>)]) -> String {
-    let mut q: Vec<(String, String)> = ctx
-        .query
-        .iter()
-        .filter(|(k, _)| {
-            k.as_str() != "lang" && k.as_str() != "requeued" && !changes.iter().any(|(c, _)| c == k)
-        })
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    for (k, v) in changes {
-        if let Some(v) = v {
-            q.push((k.to_string(), v.to_string()));
-        }
-    }
-    q.sort();
-    format!(
-        "{}?{}",
-        ctx.path,
-        serde_urlencoded::to_string(&q).unwrap_or_default()
-    )
-}
-
 fn field(query: &HashMap<String, String>, name: &str) -> String {
     query.get(name).cloned().unwrap_or_default()
 }
@@ -342,9 +319,7 @@ async fn events(state: &AppState, ctx: &Ctx<'_>) -> Response {
             let limit = eq.limit;
             match state.store.query_events(eq).await {
                 Ok(l) => {
-                    let next = (l.len() == limit)
-                        .then(|| l.last().map(|e| format!("{}:{}", e.received_at, e.id)))
-                        .flatten();
+                    let next = next_page(&l, limit, |e| format!("{}:{}", e.received_at, e.id));
                     ((l, next), None, StatusCode::OK)
                 }
                 Err(e) => return store_down(ctx, e),
@@ -393,8 +368,8 @@ async fn events(state: &AppState, ctx: &Ctx<'_>) -> Response {
             }
         }
         nav.pages {
-            @if q.get("before").is_some_and(|b| !b.is_empty()) { a #newest href=(with_query(ctx, &[("before", None)])) { (w.newest) } " " }
-            @if let Some(n) = &next { a #older href=(with_query(ctx, &[("before", Some(n))])) { (w.older) } }
+            @if q.get("before").is_some_and(|b| !b.is_empty()) { a #newest href=(ctx.link(&[("before", None)])) { (w.newest) } " " }
+            @if let Some(n) = &next { a #older href=(ctx.link(&[("before", Some(n))])) { (w.older) } }
         }
     };
     html(code, layout(ctx, w.events, body))
@@ -451,7 +426,7 @@ async fn deliveries(state: &AppState, ctx: &Ctx<'_>) -> Response {
             let limit = dq.limit;
             match state.store.query_deliveries(dq).await {
                 Ok(l) => {
-                    let next = (l.len() == limit).then(|| l.last().map(|d| d.id)).flatten();
+                    let next = next_page(&l, limit, |d| d.id);
                     (l, next, None, StatusCode::OK)
                 }
                 Err(e) => return store_down(ctx, e),
@@ -492,8 +467,8 @@ async fn deliveries(state: &AppState, ctx: &Ctx<'_>) -> Response {
             (deliveries_table(ctx, &list))
         }
         nav.pages {
-            @if q.get("before").is_some_and(|b| !b.is_empty()) { a #newest href=(with_query(ctx, &[("before", None)])) { (w.newest) } " " }
-            @if let Some(n) = next { a #older href=(with_query(ctx, &[("before", Some(&n.to_string()))])) { (w.older) } }
+            @if q.get("before").is_some_and(|b| !b.is_empty()) { a #newest href=(ctx.link(&[("before", None)])) { (w.newest) } " " }
+            @if let Some(n) = next { a #older href=(ctx.link(&[("before", Some(&n.to_string()))])) { (w.older) } }
         }
     };
     html(code, layout(ctx, w.deliveries, body))

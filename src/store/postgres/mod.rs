@@ -294,16 +294,15 @@ async fn apply_migrations(client: &mut tokio_postgres::Client) -> Result<Vec<i32
     Ok(applied)
 }
 
-/// The events `from_where` selects (a `FROM … WHERE …` clause; `$1` is
-/// `first`, `$2`… are `rest`), each with its deliveries.
+/// The events `from_where` selects (a `FROM … WHERE …` clause, with
+/// `params` bound from `$1`), each with its deliveries.
 async fn events_where(
     c: &deadpool_postgres::Client,
     from_where: &str,
-    first: Param,
-    rest: Vec<Param>,
+    params: Vec<Param>,
 ) -> Result<Vec<EventInfo>, StoreError> {
-    let values: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> = std::iter::once(first)
-        .chain(rest)
+    let values: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> = params
+        .into_iter()
         .map(|p| -> Box<dyn tokio_postgres::types::ToSql + Sync + Send> {
             match p {
                 Param::Int(i) => Box::new(i),
@@ -1401,15 +1400,7 @@ impl Store for PgStore {
     ) -> BoxFuture<'_, Result<Vec<DeliveryInfo>, StoreError>> {
         self.with_client(move |c| {
             Box::pin(async move {
-                // The status is written into the statement, not passed: a
-                // partial index (the dead ones, the queue) is used only for
-                // a condition the plan can see.
-                let status = match q.status {
-                    None => "",
-                    Some(Status::Pending) => "AND d.status = 'pending'",
-                    Some(Status::Sent) => "AND d.status = 'sent'",
-                    Some(Status::Dead) => "AND d.status = 'dead'",
-                };
+                let status = q.status_condition();
                 let sql = format!(
                     "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id
                      WHERE ($2::text IS NULL OR d.action = $2) AND ($3::bigint IS NULL OR d.id < $3)
@@ -1428,12 +1419,13 @@ impl Store for PgStore {
             Box::pin(async move {
                 let limit = Param::Int(q.limit as i64);
                 let Some(user) = q.user.clone() else {
-                    let (conditions, params) = q.conditions(Dialect::Postgres, 2);
+                    let (conditions, mut params) = q.conditions(Dialect::Postgres, 2);
+                    params.insert(0, limit);
                     let sql = format!(
                         "FROM events WHERE TRUE {conditions}
                          ORDER BY received_at DESC, id DESC LIMIT $1::bigint"
                     );
-                    return events_where(c, &sql, limit, params).await;
+                    return events_where(c, &sql, params).await;
                 };
                 // By user: the newest of each side, each walking its own
                 // index (`events_from`, `events_to`) and stopping at a
@@ -1444,7 +1436,7 @@ impl Store for PgStore {
                     ..q.clone()
                 };
                 let (conditions, mut params) = others.conditions(Dialect::Postgres, 3);
-                params.insert(0, Param::Text(user));
+                params.splice(0..0, [limit, Param::Text(user)]);
                 let side = |column: &str| {
                     format!(
                         "(SELECT * FROM events WHERE {column} = $2::text {conditions}
@@ -1456,7 +1448,7 @@ impl Store for PgStore {
                     side("from_user"),
                     side("to_user")
                 );
-                events_where(c, &sql, limit, params).await
+                events_where(c, &sql, params).await
             })
         })
     }
@@ -1464,14 +1456,11 @@ impl Store for PgStore {
     fn event(&self, id: String) -> BoxFuture<'_, Result<Option<EventInfo>, StoreError>> {
         self.with_client(move |c| {
             Box::pin(async move {
-                Ok(events_where(
-                    c,
-                    "FROM events WHERE id = $1::text",
-                    Param::Text(id),
-                    Vec::new(),
+                Ok(
+                    events_where(c, "FROM events WHERE id = $1::text", vec![Param::Text(id)])
+                        .await?
+                        .pop(),
                 )
-                .await?
-                .pop())
             })
         })
     }

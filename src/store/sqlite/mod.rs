@@ -175,15 +175,15 @@ fn migrate_users(conn: &Connection) -> rusqlite::Result<()> {
 /// at, the event's rowid) for the `from` and the `to` user of each event.
 ///
 /// A thread of its own fills it once a second ([`index_users`], at most
-/// [`USERS_STEP`] events a step),
-/// off the writer: an index by user in the store itself takes a page for
+/// [`USERS_STEP`] events a step), off the writer: an index by user in the store itself takes a page for
 /// every user a commit names, written with every group commit, which cost
 /// the request path 40% of its throughput; and steps on the writer's
 /// thread, 13%. The thread runs at nice 19: under a load that takes every
-/// core, it falls behind and catches up after. The events not yet indexed are those after the mark (a
-/// rowid), and a query by user reads them directly. The index is derived
-/// from the events: lost or behind, it is filled again from them, so it
-/// is written without waiting for the disk (`synchronous=NORMAL`).
+/// core, it falls behind and catches up after. The events not yet indexed
+/// are those after the mark (a rowid), and a query by user reads them
+/// directly. The index is derived from the events: lost, behind or left
+/// from a store that was removed, it is filled again from them, so it is
+/// written without waiting for the disk (`synchronous=NORMAL`).
 ///
 /// Stores of the earliest layout keep their events without a rowid: they
 /// have no such index, and a query by user reads the users of each event.
@@ -236,12 +236,22 @@ fn index_users(conn: &Connection) -> rusqlite::Result<i64> {
         conn.query_row("SELECT coalesce(max(rowid), 0) FROM main.events", [], |r| {
             r.get(0)
         })?;
-    let to = newest.min(from + USERS_STEP);
-    if to <= from {
-        return Ok(0);
-    }
     // Deferred: the store itself is only read, and its writer never waits.
     let tx = conn.unchecked_transaction()?;
+    // A mark past the newest event (the newest is never pruned) is of a
+    // store that is no longer there (`easehook.db` removed or replaced and
+    // the index left): the index starts over.
+    let from = if from > newest {
+        tx.execute_batch("DELETE FROM users.event_users")?;
+        0
+    } else {
+        from
+    };
+    let to = newest.min(from + USERS_STEP);
+    if to <= from {
+        tx.commit()?;
+        return Ok(0);
+    }
     // One pass over the events, two rows each (one when an event names
     // the same user twice), inserted in key order: each user's last page
     // is written once a step.
@@ -1596,15 +1606,7 @@ impl Store for SqliteStore {
         q: DeliveryQuery,
     ) -> BoxFuture<'_, Result<Vec<DeliveryInfo>, StoreError>> {
         self.read(move |c| {
-            // The status is written into the statement, not bound: the
-            // partial index of dead deliveries serves only a condition the
-            // planner can see.
-            let status = match q.status {
-                None => "",
-                Some(Status::Pending) => "AND d.status = 'pending'",
-                Some(Status::Sent) => "AND d.status = 'sent'",
-                Some(Status::Dead) => "AND d.status = 'dead'",
-            };
+            let status = q.status_condition();
             // The dead-letter list walks its own index newest first; left
             // to itself the planner would take the queue's index and sort
             // every dead delivery.
@@ -1643,9 +1645,11 @@ impl Store for SqliteStore {
                 );
             };
             // By user: the events indexed so far, walking the user's index
-            // newest first, and those stored since the last indexing step,
-            // read directly (by rowid, not through an index of time that
-            // would walk every event to find none); merged.
+            // newest first (each row checked against its event: the index
+            // is derived, the event is the record), and those stored since
+            // the last indexing step, read directly (by rowid, not through
+            // an index of time that would walk every event to find none);
+            // merged.
             let mark = users_indexed(c)?;
             let (conditions, mut params) = q.conditions_on(Dialect::Sqlite, 3, "u.at");
             params.splice(0..0, [limit.clone(), Param::Text(user)]);
@@ -1654,7 +1658,8 @@ impl Store for SqliteStore {
                 layout,
                 &format!(
                     "FROM users.event_users u JOIN events e ON e.rowid = u.event_row
-                     WHERE u.name = ?2 {conditions} ORDER BY u.at DESC, id DESC LIMIT ?1"
+                     WHERE u.name = ?2 AND (e.from_user = ?2 OR e.to_user = ?2) {conditions}
+                     ORDER BY u.at DESC, id DESC LIMIT ?1"
                 ),
                 params,
             )?;
@@ -2343,6 +2348,53 @@ PRAGMA user_version = 1;
         );
         assert_eq!(count("SELECT count(*) FROM users.event_users"), 2);
         assert_eq!(ids(of("alice")).await, ["e4"]);
+    }
+
+    #[tokio::test]
+    async fn an_index_left_from_a_removed_store_starts_over() {
+        use crate::store::EventQuery;
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path()).unwrap();
+        let conn = with_users(s.path()).unwrap();
+        conn.busy_timeout(Duration::from_secs(5)).unwrap();
+        let made = |id: &str, from: &str, at: u64| NewEvent {
+            from_user: from.into(),
+            to_user: "bob".into(),
+            ..ev(id, id, &[], at)
+        };
+        for (id, from, at) in [("e1", "alice", 1000), ("e2", "carol", 2000)] {
+            s.accept(made(id, from, at), 1000).await.unwrap();
+        }
+        index_users(&conn).unwrap();
+        // As if easehook.db had been removed beside an index that marks
+        // (and points at) events of the store before.
+        conn.execute_batch(
+            "UPDATE users.mark SET last = 1000;
+             INSERT INTO users.event_users VALUES ('carol', 1000, 1);",
+        )
+        .unwrap();
+        let carol = EventQuery {
+            user: Some("carol".into()),
+            limit: 10,
+            ..EventQuery::default()
+        };
+        let ids = |q: EventQuery| {
+            let s = &s;
+            async move {
+                let found = s.query_events(q).await.unwrap();
+                found.into_iter().map(|e| e.id).collect::<Vec<_>>()
+            }
+        };
+        // A row that names another user than its event's is not taken.
+        assert_eq!(ids(carol.clone()).await, ["e2"]);
+        index_users(&conn).unwrap();
+        assert_eq!(users_indexed(&conn).unwrap(), 2);
+        let alice = EventQuery {
+            user: Some("alice".into()),
+            ..carol.clone()
+        };
+        assert_eq!(ids(alice).await, ["e1"]);
+        assert_eq!(ids(carol).await, ["e2"]);
     }
 
     #[tokio::test]
