@@ -64,22 +64,6 @@ fn delivery_runtime(threads: &Arc<DeliveryThreads>) -> std::io::Result<tokio::ru
         .build()
 }
 
-/// Tell systemd about a state change; a no-op outside systemd.
-pub fn notify_systemd(states: &[sd_notify::NotifyState]) {
-    let mut all: Vec<sd_notify::NotifyState> = states.to_vec();
-    // systemd ≥ 253 requires a timestamp with RELOADING=1.
-    if states
-        .iter()
-        .any(|s| matches!(s, sd_notify::NotifyState::Reloading))
-        && let Ok(ts) = sd_notify::NotifyState::monotonic_usec_now()
-    {
-        all.push(ts);
-    }
-    if let Err(e) = sd_notify::notify(&all) {
-        tracing::debug!(error = %e, "sd_notify failed");
-    }
-}
-
 /// Ping systemd's watchdog at half its interval, but only while the
 /// dispatcher loop runs and the store writer answers: a daemon that still
 /// takes callbacks but can no longer deliver or store them gets restarted.
@@ -95,14 +79,13 @@ async fn watchdog(state: Arc<AppState>, interval: std::time::Duration, shutdown:
             _ = tokio::time::sleep(period) => {}
         }
         let beat = state.heartbeat.load(std::sync::atomic::Ordering::Relaxed);
-        let dispatcher_alive =
-            crate::verify::now_ms().saturating_sub(beat) < interval.as_millis() as u64;
+        let dispatcher_alive = crate::now_ms().saturating_sub(beat) < interval.as_millis() as u64;
         let store_alive = matches!(
             tokio::time::timeout(period, state.store.ping()).await,
             Ok(Ok(()))
         );
         if dispatcher_alive && store_alive {
-            notify_systemd(&[sd_notify::NotifyState::Watchdog]);
+            crate::sockets::notify_systemd(&[sd_notify::NotifyState::Watchdog]);
         } else {
             tracing::error!(
                 dispatcher_alive,
@@ -199,7 +182,7 @@ impl App {
         let drain = settings.delivery.shutdown_grace;
         let (reload_tx, reload_rx) = mpsc::channel(8);
         // As many hand-offs as attempts can run at once, which bounds how
-        // long a hand-off waits for a slot (see `dispatch::lease_ms`).
+        // long a hand-off waits for a slot (see `snapshot::lease_ms`).
         let (handoff_tx, handoff_rx) = mpsc::channel(settings.delivery.concurrency);
         let delivery_threads = DeliveryThreads::new();
         let state = Arc::new(AppState {
@@ -208,7 +191,7 @@ impl App {
             started: Instant::now(),
             reload_status: std::sync::Mutex::new(ReloadStatus {
                 ok: true,
-                at: crate::verify::now_ms() / 1000,
+                at: crate::now_ms() / 1000,
                 errors: Vec::new(),
             }),
             reload_tx,
@@ -216,11 +199,11 @@ impl App {
             accepted: AtomicU64::new(0),
             wake: Arc::new(tokio::sync::Notify::new()),
             handoff: handoff_tx,
-            heartbeat: AtomicU64::new(crate::verify::now_ms()),
+            heartbeat: AtomicU64::new(crate::now_ms()),
             delivery_threads: delivery_threads.clone(),
             metrics: crate::metrics::Metrics::new(),
             activity: crate::metrics::Activity::default(),
-            sessions: crate::server::console::Sessions::new(),
+            sessions: crate::sessions::Sessions::new(),
         });
         state.metrics.reloaded(true);
         let deliveries =
@@ -258,8 +241,10 @@ impl App {
             }
         });
         tasks.spawn(crate::dispatch::maintain(state.clone(), shutdown.clone()));
+        let settings = state.clone();
         tasks.spawn(crate::priority::steer(
-            state.clone(),
+            state.store.clone(),
+            move || settings.snapshot.load().settings.delivery.yield_for,
             delivery_threads,
             shutdown.clone(),
         ));
@@ -274,7 +259,7 @@ impl App {
             actions = snap.rules.actions.len(),
             "easehook ready"
         );
-        notify_systemd(&[sd_notify::NotifyState::Ready]);
+        crate::sockets::notify_systemd(&[sd_notify::NotifyState::Ready]);
         Ok(App {
             callback_addr,
             admin_addr,

@@ -76,6 +76,15 @@ pub const ROSTER_OPERATIONS: [&str; 8] = [
     "allow",
 ];
 
+/// The users of a stored callback as rules see them (`from_user`,
+/// `to_user`): the API shows no signature, so a placeholder stands in for it.
+pub fn users(callback: &Value) -> (String, String) {
+    match unsigned(callback.clone()) {
+        Ok(cb) => (cb.from_user.to_string(), cb.to_user.to_string()),
+        Err(_) => Default::default(),
+    }
+}
+
 /// A callback written by hand (a dry run, a rule test), with what only
 /// verification needs filled in where it is missing: a placeholder
 /// `security`, `timestamp` now, and a `callId` from the appkey.
@@ -86,7 +95,7 @@ pub fn unsigned(mut raw: Value) -> Result<Callback, String> {
     obj.entry("security")
         .or_insert_with(|| Value::String("unsigned".into()));
     obj.entry("timestamp")
-        .or_insert_with(|| Value::from(crate::verify::now_ms()));
+        .or_insert_with(|| Value::from(crate::now_ms()));
     if !obj.contains_key("callId") {
         let appkey = obj
             .get("appkey")

@@ -20,11 +20,11 @@ use tracing::Instrument;
 use crate::actions::{Action, Answer, Outcome, RateLimit, Senders};
 use crate::callback::Text;
 use crate::metrics::DeliveryOutcome;
+use crate::now_ms;
 use crate::shutdown::Shutdown;
 use crate::state::AppState;
 use crate::store::{Attempt, Claimed, Lease, Record};
 use crate::template;
-use crate::verify::now_ms;
 
 /// The delay before retry number `failures` (1 after the first failure):
 /// uniformly random between `initial` and `min(max, initial · 2^(failures-1))`.
@@ -310,7 +310,7 @@ impl Dispatcher {
         let mut shared: HashMap<Text, (RateLimit, crate::store::RateGrant, u32)> = HashMap::new();
         for (action, (limit, n)) in asked {
             let interval = (limit.per / limit.count).as_micros() as u64;
-            let now_us = crate::verify::now_ms() * 1000;
+            let now_us = crate::now_ms() * 1000;
             match self
                 .state
                 .store
@@ -337,9 +337,7 @@ impl Dispatcher {
                         (k >= grant.allowed).then(|| {
                             let spacing = limit.per / limit.count;
                             let first = Duration::from_micros(
-                                grant
-                                    .next_at_us
-                                    .saturating_sub(crate::verify::now_ms() * 1000),
+                                grant.next_at_us.saturating_sub(crate::now_ms() * 1000),
                             );
                             first + spacing * (k - grant.allowed)
                         })
@@ -584,43 +582,6 @@ async fn record_outcomes(
             wake.notify_one();
         }
     }
-}
-
-/// How long a hand-off holds a delivery: longer than any attempt can take
-/// plus the time a hand-off can wait for a free slot, so that only a dead
-/// process's hand-offs ever run out. A full hand-off queue holds as many
-/// deliveries as there are slots, and they get at least half of the slots
-/// that free up, each within one attempt's time: two attempts of waiting.
-///
-/// Computed once per snapshot ([`Snapshot::lease_ms`]), not per request.
-///
-/// [`Snapshot::lease_ms`]: crate::snapshot::Snapshot::lease_ms
-pub fn lease_ms(settings: &crate::config::Settings, rules: &crate::rules::RuleSet) -> u64 {
-    let longest = longest_timeout(settings, rules);
-    (longest * 3 + LEASE_MARGIN).as_millis() as u64
-}
-
-/// How long a claim from the store holds a delivery: its attempt starts at
-/// once (a claim asks for no more than the free slots), so the longest
-/// attempt plus a margin for recording the outcome. A replica that dies
-/// leaves its claims to the others this long after it took them (SPEC §9).
-pub fn claim_lease_ms(settings: &crate::config::Settings, rules: &crate::rules::RuleSet) -> u64 {
-    (longest_timeout(settings, rules) + LEASE_MARGIN).as_millis() as u64
-}
-
-/// What a lease allows beyond the attempts themselves.
-const LEASE_MARGIN: Duration = Duration::from_secs(60);
-
-/// The longest time one attempt may take: `delivery.timeout`, or an
-/// action's own `timeout` when longer.
-fn longest_timeout(settings: &crate::config::Settings, rules: &crate::rules::RuleSet) -> Duration {
-    rules
-        .actions
-        .iter()
-        .filter_map(|a| a.timeout)
-        .chain(std::iter::once(settings.delivery.timeout))
-        .max()
-        .unwrap_or_default()
 }
 
 /// Housekeeping: prune past `retention` every minute, and while the store is

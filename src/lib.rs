@@ -32,6 +32,7 @@
 //! | [`shutdown`] | one signal that reaches every long-lived task |
 //! | [`telemetry`] | logs (stderr or journald) |
 //! | [`metrics`] | Prometheus metrics of one daemon |
+//! | [`sessions`] | the console's sign-in sessions |
 //! | [`state`] | what the listeners, the dispatcher and reload share |
 //! | [`app`] | wiring: start everything, run until shutdown |
 //! | [`commands`] | `check`, `test`, `simulate`, the admin API clients, `store migrate` and `store copy` |
@@ -49,6 +50,7 @@ pub mod priority;
 pub mod reload;
 pub mod rules;
 pub mod server;
+pub mod sessions;
 pub mod shutdown;
 pub mod snapshot;
 pub mod sockets;
@@ -62,3 +64,11 @@ pub mod verify;
 /// a callback's fields, and the names of rules and actions that go with
 /// each event and delivery. Most of them fit.
 pub type Text = compact_str::CompactString;
+
+/// Milliseconds since the epoch, now: the one clock of callbacks, leases,
+/// windows and the console.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -377,7 +377,7 @@ impl Metrics {
         self.reload_successful.set(i64::from(ok));
         if ok {
             self.reload_success_timestamp
-                .set(crate::verify::now_ms() as f64 / 1000.0);
+                .set(crate::now_ms() as f64 / 1000.0);
         }
     }
 

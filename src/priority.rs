@@ -24,9 +24,9 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use crate::now_ms;
 use crate::shutdown::Shutdown;
-use crate::state::AppState;
-use crate::verify::now_ms;
+use crate::store::Store;
 
 /// Niceness of the delivery threads when they do not yield: below the
 /// request path, above nothing else the host runs at the default.
@@ -156,16 +156,6 @@ impl DeliveryThreads {
     }
 }
 
-/// Lower the calling thread to nice 19: for work that may wait for any
-/// other (the embedded store's index by user). Lowering is always
-/// allowed; a sandbox that refuses it leaves the thread where it was.
-pub fn background_self() {
-    // SAFETY: as in `lower_self`.
-    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) } != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower a background thread's priority");
-    }
-}
-
 /// Set the calling thread's niceness to [`DELIVERY_NICE`]. Failure (refused
 /// by a sandbox) leaves it at normal priority, which is merely slower under
 /// load.
@@ -210,9 +200,14 @@ fn probe() -> bool {
 /// Until shutdown, every [`STEER_EVERY`]: look at how long the oldest due
 /// delivery has waited and move the threads accordingly. Runs on the
 /// request path's runtime, so that it is not itself starved along with the
-/// threads it is to rescue. `yield_for` is read at each look, so a reload
-/// changes it.
-pub async fn steer(state: Arc<AppState>, threads: Arc<DeliveryThreads>, shutdown: Shutdown) {
+/// threads it is to rescue. `yield_for` (the setting in force) is read at
+/// each look, so a reload changes it.
+pub async fn steer(
+    store: Arc<dyn Store>,
+    yield_for: impl Fn() -> Duration + Send,
+    threads: Arc<DeliveryThreads>,
+    shutdown: Shutdown,
+) {
     let mut tick = tokio::time::interval(STEER_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -220,11 +215,11 @@ pub async fn steer(state: Arc<AppState>, threads: Arc<DeliveryThreads>, shutdown
             _ = shutdown.wait() => return,
             _ = tick.tick() => {}
         }
-        let yield_for = state.snapshot.load().settings.delivery.yield_for;
+        let yield_for = yield_for();
         // Leased deliveries are not counted: they are in flight, or handed
         // off, at most `delivery.concurrency` of them. A store that cannot
         // be read leaves the threads as they are.
-        let Ok(due) = state.store.next_due().await else {
+        let Ok(due) = store.next_due().await else {
             continue;
         };
         let lag = due.map_or(0, |due| now_ms().saturating_sub(due));

@@ -25,7 +25,7 @@ pub fn reload_now(state: &AppState) -> Result<(), Diagnostics> {
     let old = state.snapshot.load_full();
     let path = old.settings.path.clone();
     let result = crate::snapshot::load(&path, state.env.as_ref());
-    let at = crate::verify::now_ms() / 1000;
+    let at = crate::now_ms() / 1000;
     match result {
         Ok(new) => {
             for (what, old_v, new_v) in [
@@ -115,7 +115,7 @@ pub async fn run(
                 None
             }
         };
-        crate::app::notify_systemd(&[sd_notify::NotifyState::Reloading]);
+        crate::sockets::notify_systemd(&[sd_notify::NotifyState::Reloading]);
         let state2 = state.clone();
         let result = tokio::task::spawn_blocking(move || reload_now(&state2))
             .await
@@ -124,7 +124,7 @@ pub async fn run(
                 d.push("reload", "", format!("reload task failed: {e}"));
                 Err(d)
             });
-        crate::app::notify_systemd(&[sd_notify::NotifyState::Ready]);
+        crate::sockets::notify_systemd(&[sd_notify::NotifyState::Ready]);
         if let Some(reply) = reply {
             let _ = reply.send(result);
         }

@@ -1,5 +1,5 @@
-//! Listening sockets passed by systemd (SPEC §10), and what `check` says
-//! about the socket units.
+//! Listening sockets passed by systemd (SPEC §10), what `check` says
+//! about the socket units, and the state changes the daemon tells systemd.
 //!
 //! Under socket activation systemd binds the sockets itself and passes them
 //! to the daemon as descriptors 3, 4, … (`LISTEN_FDS`, `LISTEN_PID`, and
@@ -211,6 +211,22 @@ fn same_address(stream: &str, addr: SocketAddr) -> bool {
         return port == addr.port() && addr.ip().is_unspecified();
     }
     stream.parse::<SocketAddr>() == Ok(addr)
+}
+
+/// Tell systemd about a state change; a no-op outside systemd.
+pub fn notify_systemd(states: &[sd_notify::NotifyState]) {
+    let mut all: Vec<sd_notify::NotifyState> = states.to_vec();
+    // systemd ≥ 253 requires a timestamp with RELOADING=1.
+    if states
+        .iter()
+        .any(|s| matches!(s, sd_notify::NotifyState::Reloading))
+        && let Ok(ts) = sd_notify::NotifyState::monotonic_usec_now()
+    {
+        all.push(ts);
+    }
+    if let Err(e) = sd_notify::notify(&all) {
+        tracing::debug!(error = %e, "sd_notify failed");
+    }
 }
 
 #[cfg(test)]

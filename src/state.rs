@@ -51,5 +51,5 @@ pub struct AppState {
     /// Callbacks and deliveries per minute, for the console's chart.
     pub activity: crate::metrics::Activity,
     /// The console's sign-in sessions.
-    pub sessions: crate::server::console::Sessions,
+    pub sessions: crate::sessions::Sessions,
 }

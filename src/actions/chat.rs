@@ -248,7 +248,7 @@ pub(super) async fn send(
     m: &ChatMessage,
     timeout: Duration,
 ) -> super::Answer {
-    let (url, body) = match m.signed(crate::verify::now_ms()) {
+    let (url, body) = match m.signed(crate::now_ms()) {
         Ok(v) => v,
         Err(e) => return Outcome::Permanent(e).into(),
     };

@@ -18,7 +18,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use serde_json::{Value, json};
 
-use super::{AdminClient, users, when};
+use super::{AdminClient, when};
+use crate::callback::users;
 use crate::cli::TestArgs;
 use crate::config::{self, expand::ProcessEnv};
 use crate::rules::RuleSet;
@@ -54,7 +55,7 @@ pub fn backtest(config_path: &Path, args: &TestArgs) -> anyhow::Result<ExitCode>
         eprintln!("easehook: a backtest takes at most one --event PATTERN and no --send");
         return Ok(ExitCode::from(2));
     }
-    let now = crate::verify::now_ms();
+    let now = crate::now_ms();
     let since = instant(args.since.as_deref().unwrap_or_default(), now)?;
     let until = args.until.as_deref().map(|u| instant(u, now)).transpose()?;
     let mut settings = match config::load(config_path, &ProcessEnv) {

@@ -61,7 +61,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
         let trigger = shutdown.clone();
         tokio::spawn(async move {
             shutdown::signal().await;
-            crate::app::notify_systemd(&[sd_notify::NotifyState::Stopping]);
+            crate::sockets::notify_systemd(&[sd_notify::NotifyState::Stopping]);
             trigger.trigger();
         });
         app.wait().await;
@@ -126,7 +126,7 @@ pub fn simulate(config_path: &Path, args: &SimulateArgs) -> anyhow::Result<ExitC
     } else {
         None
     };
-    let now = crate::verify::now_ms();
+    let now = crate::now_ms();
     let mut body: Value = match &args.file {
         Some(f) => {
             let text = std::fs::read_to_string(f)
@@ -433,15 +433,6 @@ pub fn deliveries(
     Ok(ExitCode::SUCCESS)
 }
 
-/// The users of a stored callback as rules see them (`from_user`,
-/// `to_user`): the API shows no signature, so a placeholder stands in for it.
-pub(crate) fn users(callback: &Value) -> (String, String) {
-    match crate::callback::unsigned(callback.clone()) {
-        Ok(cb) => (cb.from_user.to_string(), cb.to_user.to_string()),
-        Err(_) => Default::default(),
-    }
-}
-
 /// `easehook events list`.
 pub fn events(config_path: &Path, cmd: &crate::cli::EventsCommand) -> anyhow::Result<ExitCode> {
     let (since, event, user, rule, limit, json) = match cmd {
@@ -550,7 +541,7 @@ pub fn events(config_path: &Path, cmd: &crate::cli::EventsCommand) -> anyhow::Re
                     .collect()
             })
             .unwrap_or_default();
-        let (from_user, to_user) = users(&e["callback"]);
+        let (from_user, to_user) = crate::callback::users(&e["callback"]);
         println!(
             "{}  {:<22} {} -> {}  rules [{}]  deliveries [{}]  id {}",
             when(e["received_at"].as_u64().unwrap_or(0)),

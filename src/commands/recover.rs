@@ -46,7 +46,7 @@ pub fn recover(config_path: &Path, args: &RecoverArgs) -> anyhow::Result<ExitCod
             return Ok(ExitCode::from(1));
         }
     };
-    let now = crate::verify::now_ms();
+    let now = crate::now_ms();
     let when = |s: &str| config::units::instant(s, now);
     let Some(since) = when(&args.since) else {
         eprintln!(

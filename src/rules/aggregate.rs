@@ -24,8 +24,6 @@ use super::matcher::Field;
 
 /// Events kept for a digest's templates unless `max_events` says otherwise.
 pub const DEFAULT_MAX_EVENTS: u32 = 50;
-/// A firing's events kept for its templates (SPEC §11).
-pub const THRESHOLD_EVENTS: u32 = 50;
 /// Upper bounds that keep a group's stored state small.
 const MAX_KEPT: u32 = 1000;
 const MAX_COUNT: u32 = 10_000;

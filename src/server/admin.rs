@@ -32,10 +32,10 @@ use warp::Filter;
 use warp::http::{HeaderMap, Method, StatusCode};
 use warp::reply::Response;
 
-use super::console::i18n::{EN, Words};
+use super::console::i18n::EN;
+use super::query::{Bad, delivery_query, event_query, given, next_page, since, unsigned, until};
 use super::{error_reply, json_reply};
 use crate::state::AppState;
-use crate::store::Status;
 
 /// Every route of the admin listener.
 pub fn routes(
@@ -72,122 +72,10 @@ where
     }))
 }
 
-/// What is wrong with a filter of the API or the console, said in the
-/// caller's language ([`Bad::say`]); the API speaks English.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Bad {
-    Limit,
-    Since,
-    Until,
-    Before,
-    Status,
-    DeliveryBefore,
-}
-
 impl Bad {
-    pub(crate) fn say(self, w: &Words) -> &'static str {
-        match self {
-            Bad::Limit => w.bad_limit,
-            Bad::Since => w.bad_since,
-            Bad::Until => w.bad_until,
-            Bad::Before => w.bad_before,
-            Bad::Status => w.bad_status,
-            Bad::DeliveryBefore => w.bad_delivery_before,
-        }
-    }
-
     fn reply(self) -> Response {
         error_reply(StatusCode::BAD_REQUEST, self.say(&EN))
     }
-}
-
-/// `limit=`: default 50, at most 1000.
-fn limit(query: &HashMap<String, String>) -> Result<usize, Bad> {
-    match given(query, "limit") {
-        None => Ok(50),
-        Some(l) => match l.parse::<usize>() {
-            Ok(n) if (1..=1000).contains(&n) => Ok(n),
-            _ => Err(Bad::Limit),
-        },
-    }
-}
-
-/// `since=`: a duration before now (`1h`), an RFC 3339 time or a time in
-/// ms; 0 when absent.
-fn since(query: &HashMap<String, String>) -> Result<u64, Bad> {
-    match given(query, "since") {
-        None => Ok(0),
-        Some(s) => crate::config::units::instant(s, crate::verify::now_ms()).ok_or(Bad::Since),
-    }
-}
-
-/// `until=`, written as `since=`; `None` when absent.
-fn until(query: &HashMap<String, String>) -> Result<Option<u64>, Bad> {
-    match given(query, "until") {
-        None => Ok(None),
-        Some(s) => crate::config::units::instant(s, crate::verify::now_ms())
-            .map(Some)
-            .ok_or(Bad::Until),
-    }
-}
-
-/// A parameter given and not empty, trimmed.
-fn given<'q>(query: &'q HashMap<String, String>, name: &str) -> Option<&'q str> {
-    query.get(name).map(|v| v.trim()).filter(|v| !v.is_empty())
-}
-
-/// The events filter of the API and the console: `since`, `until`,
-/// `event`, `user`, `rule`, `limit` and `before` (the `next` of the page
-/// before: `RECEIVED_AT:ID`).
-pub(crate) fn event_query(
-    query: &HashMap<String, String>,
-) -> Result<crate::store::EventQuery, Bad> {
-    let before = match given(query, "before") {
-        None => None,
-        Some(s) => Some(
-            s.split_once(':')
-                .and_then(|(at, id)| Some((at.parse().ok()?, id.to_string())))
-                .ok_or(Bad::Before)?,
-        ),
-    };
-    Ok(crate::store::EventQuery {
-        since_ms: since(query)?,
-        until_ms: until(query)?,
-        event: given(query, "event").map(str::to_string),
-        limit: limit(query)?,
-        before,
-        user: given(query, "user").map(str::to_string),
-        rule: given(query, "rule").map(str::to_string),
-    })
-}
-
-/// The deliveries filter of the API and the console: `status`, `action`,
-/// `limit` and `before` (a delivery id: the page after it).
-pub(crate) fn delivery_query(
-    query: &HashMap<String, String>,
-) -> Result<crate::store::DeliveryQuery, Bad> {
-    let status = match given(query, "status") {
-        None => None,
-        Some(s) => Some(Status::parse(s).ok_or(Bad::Status)?),
-    };
-    let before = match given(query, "before") {
-        None => None,
-        Some(b) => Some(b.parse::<i64>().map_err(|_| Bad::DeliveryBefore)?),
-    };
-    Ok(crate::store::DeliveryQuery {
-        status,
-        action: given(query, "action").map(str::to_string),
-        before,
-        limit: limit(query)?,
-    })
-}
-
-/// The `before` of the page after `page` (its last item's `cursor`), when
-/// the page is full: a full page may have more after it.
-pub(crate) fn next_page<T, C>(page: &[T], limit: usize, cursor: impl Fn(&T) -> C) -> Option<C> {
-    (page.len() == limit)
-        .then(|| page.last().map(cursor))
-        .flatten()
 }
 
 fn store_error(e: crate::store::StoreError) -> Response {
@@ -217,7 +105,7 @@ async fn deliveries(state: &AppState, query: &HashMap<String, String>) -> Respon
 /// stored events of the period evaluated against the rules in force, and
 /// given the deliveries they do not have (SPEC §14).
 async fn replay(state: &AppState, query: &HashMap<String, String>) -> Response {
-    let now = crate::verify::now_ms();
+    let now = crate::now_ms();
     let since = match given(query, "since") {
         None => return error_reply(StatusCode::BAD_REQUEST, "since is required"),
         Some(_) => match since(query) {
@@ -313,15 +201,6 @@ async fn events(state: &AppState, query: &HashMap<String, String>) -> Response {
     }
 }
 
-/// The stored callback carries its signature; neither the API nor the
-/// console ever shows it.
-pub(crate) fn unsigned(mut e: crate::store::EventInfo) -> crate::store::EventInfo {
-    if let Some(o) = e.callback.as_object_mut() {
-        o.remove("security");
-    }
-    e
-}
-
 async fn metrics(state: &AppState) -> Response {
     let m = &state.metrics;
     // Gauges that live in the store are read at scrape time.
@@ -347,7 +226,7 @@ async fn metrics(state: &AppState) -> Response {
 
 async fn retry(state: &AppState, ids: Option<Vec<i64>>) -> Response {
     let single = ids.as_ref().map(|v| v[0]);
-    match state.store.retry(ids, crate::verify::now_ms()).await {
+    match state.store.retry(ids, crate::now_ms()).await {
         Ok(0) if single.is_some() => {
             error_reply(StatusCode::NOT_FOUND, "no dead delivery with that id")
         }
@@ -423,12 +302,10 @@ async fn handle(
         ("/metrics", &Method::GET) => metrics(&state).await,
         ("/api/v1/deliveries", &Method::GET) => deliveries(&state, &query).await,
         ("/api/v1/events", &Method::GET) => events(&state, &query).await,
-        ("/api/v1/digests", &Method::GET) => {
-            match state.store.list_groups(crate::verify::now_ms()).await {
-                Ok(list) => json_reply(StatusCode::OK, &serde_json::json!({"groups": list})),
-                Err(e) => store_error(e),
-            }
-        }
+        ("/api/v1/digests", &Method::GET) => match state.store.list_groups(crate::now_ms()).await {
+            Ok(list) => json_reply(StatusCode::OK, &serde_json::json!({"groups": list})),
+            Err(e) => store_error(e),
+        },
         ("/api/v1/deliveries/retry-dead", &Method::POST) => retry(&state, None).await,
         ("/api/v1/events/replay", &Method::POST) => replay(&state, &query).await,
         (p, &Method::GET) if p.starts_with("/api/v1/events/") && p != "/api/v1/events/replay" => {

@@ -310,7 +310,7 @@ where
             ));
         }
     };
-    let now = verify::now_ms();
+    let now = crate::now_ms();
     if let Err(e) = verify::check(&cb, &settings.secrets, settings.max_event_age, now) {
         let mut o = Outcome::error(StatusCode::UNAUTHORIZED, "unauthorized", &e.to_string());
         o.event_label = crate::metrics::event_label(Some(&cb));
@@ -398,7 +398,7 @@ impl Ready {
                 state.accepted.fetch_add(1, Ordering::Relaxed);
                 state
                     .activity
-                    .add(crate::metrics::Happened::Callback, crate::verify::now_ms());
+                    .add(crate::metrics::Happened::Callback, crate::now_ms());
                 for rule in self.matched.rules() {
                     state.metrics.count_match(&rule.metrics, &rule.name);
                 }

@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod callback;
 pub mod console;
+mod query;
 
 use std::sync::Arc;
 use std::time::Duration;

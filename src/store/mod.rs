@@ -345,6 +345,9 @@ pub struct Lease {
     pub until: u64,
 }
 
+/// A threshold firing's events kept for its templates (SPEC §11).
+pub const THRESHOLD_EVENTS: u32 = 50;
+
 /// The end of a lease taken at `now_ms` for `lease_ms`, which is also the
 /// claim's token. Never `now_ms` itself: a claim may be taken over only
 /// once the old lease has ended (`leased_until <= now`), so the new token is
@@ -731,7 +734,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         outcomes: Vec<(Lease, Record)>,
     ) -> BoxFuture<'_, Result<Vec<i64>, StoreError>> {
-        let now = crate::verify::now_ms();
+        let now = crate::now_ms();
         let attempt = Attempt {
             started_at_ms: now,
             ..Attempt::default()

@@ -44,7 +44,7 @@ async fn a_changed_rule_set_is_compared_with_what_the_rules_in_force_made() {
     let client = reqwest::Client::new();
     // A day of events: each callback's timestamp chosen across it.
     let day = 86_400_000;
-    let now = easehook::verify::now_ms();
+    let now = easehook::now_ms();
     let sent: Vec<(&str, &str, &str)> = vec![
         ("roster:ban", "u1", "x"),
         ("roster:ban", "u2", "vip"),

@@ -81,7 +81,7 @@ async fn accept_and_remote_accept_share_a_call_id_but_are_two_events() {
 async fn unknown_families_are_accepted_verified_and_stored() {
     let app = spawn_app().await;
     let mut login = json!({"callId": format!("{APPKEY}_{}", unique_id()), "reason": "login", "status": "online",
-        "user": "org#app_alice/android", "appkey": APPKEY, "timestamp": easehook::verify::now_ms(), "security": ""});
+        "user": "org#app_alice/android", "appkey": APPKEY, "timestamp": easehook::now_ms(), "security": ""});
     sign(&mut login, SECRET);
     let (status, answer) = app.post(&login).await;
     assert_eq!(status, 200, "{answer}");
@@ -91,7 +91,7 @@ async fn unknown_families_are_accepted_verified_and_stored() {
     assert_eq!(app.post(&msg).await.0, 200);
     // A family nothing names.
     let mut odd = json!({"callId": format!("{APPKEY}_{}", unique_id()), "appkey": APPKEY,
-        "novel": {"x": 1}, "timestamp": easehook::verify::now_ms(), "security": ""});
+        "novel": {"x": 1}, "timestamp": easehook::now_ms(), "security": ""});
     sign(&mut odd, SECRET);
     assert_eq!(app.post(&odd).await.0, 200);
     let events = app.events().await;
@@ -153,7 +153,7 @@ async fn bad_signatures_unknown_appkeys_and_old_events_get_401_without_echoing_s
     );
 
     let mut body = signed("roster:ban", "a", "b");
-    body["timestamp"] = json!(easehook::verify::now_ms() - 10 * 60 * 1000);
+    body["timestamp"] = json!(easehook::now_ms() - 10 * 60 * 1000);
     sign(&mut body, SECRET);
     let (status, answer) = app.post(&body).await;
     assert_eq!(
@@ -394,7 +394,7 @@ async fn login_and_group_callbacks_get_event_names_rules_can_match() {
             from,
             "",
             &unique_id(),
-            easehook::verify::now_ms(),
+            easehook::now_ms(),
         );
         sign(&mut body, SECRET);
         let (status, answer) = app.post(&body).await;

@@ -94,7 +94,7 @@ fn answer(
     body: &Value,
     throttle: &Mutex<VecDeque<()>>,
 ) -> Value {
-    let now_ms = easehook::verify::now_ms() as i64;
+    let now_ms = easehook::now_ms() as i64;
     match kind {
         Kind::DingTalk => {
             if path != "/robot/send" || q.get("access_token").map(String::as_str) != Some(TOKEN) {

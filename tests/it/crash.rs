@@ -125,10 +125,7 @@ async fn five_sigkills_under_load_lose_no_acknowledged_event() {
                             |r| r.get(0),
                         )
                         .unwrap();
-                    eprintln!(
-                        "missing delivery row: {row} (now {})",
-                        easehook::verify::now_ms()
-                    );
+                    eprintln!("missing delivery row: {row} (now {})", easehook::now_ms());
                     for (n, l) in logs.iter().enumerate() {
                         for line in l.lock().unwrap().iter() {
                             if line.contains(eid)

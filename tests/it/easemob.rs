@@ -63,7 +63,7 @@ fn reply(status: StatusCode, body: Value) -> warp::reply::Response {
 fn easemob_error(status: StatusCode, error: &str, description: &str) -> warp::reply::Response {
     reply(
         status,
-        json!({"error": error, "exception": "EasemobException", "timestamp": easehook::verify::now_ms(),
+        json!({"error": error, "exception": "EasemobException", "timestamp": easehook::now_ms(),
                "duration": 0, "error_description": description}),
     )
 }
@@ -196,7 +196,7 @@ impl FakeEasemob {
             StatusCode::OK,
             json!({"action": method.to_lowercase(), "application": "app-uuid", "path": rest,
                    "uri": format!("https://a1.easemob.com/org/app{rest}"), "data": {},
-                   "timestamp": easehook::verify::now_ms(), "duration": 0,
+                   "timestamp": easehook::now_ms(), "duration": 0,
                    "organization": "org", "applicationName": "app"}),
         )
     }
@@ -215,7 +215,7 @@ impl FakeEasemob {
         }
         let envelope = |action: &str, data: Value| {
             json!({"path": "/callbacks", "uri": "https://a1.easemob.com/org/app/callbacks",
-                   "timestamp": easehook::verify::now_ms(), "organization": "org",
+                   "timestamp": easehook::now_ms(), "organization": "org",
                    "application": "8dfb1641-0000-0000-bbe9-d8d45a3be39f", "action": action,
                    "data": data, "duration": 3, "applicationName": "app"})
         };

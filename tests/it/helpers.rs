@@ -167,8 +167,7 @@ fn tracing_subscriber_init() {
 /// A callback body for `event`, signed with the test secret.
 pub fn signed(event: &str, from: &str, to: &str) -> Value {
     let id = unique_id();
-    let mut body =
-        easehook::rules::samples::body(event, APPKEY, from, to, &id, easehook::verify::now_ms());
+    let mut body = easehook::rules::samples::body(event, APPKEY, from, to, &id, easehook::now_ms());
     sign(&mut body, SECRET);
     body
 }
@@ -197,7 +196,7 @@ pub fn unique_id() -> String {
     let n = N.fetch_add(1, Ordering::Relaxed);
     format!(
         "{}{:06}",
-        easehook::verify::now_ms() % 1_000_000_000_000,
+        easehook::now_ms() % 1_000_000_000_000,
         n % 1_000_000
     )
 }

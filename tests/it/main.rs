@@ -3,6 +3,7 @@
 //! and SMTP servers on loopback.
 
 mod helpers;
+mod house;
 
 mod aggregates;
 mod attempts;

@@ -219,7 +219,7 @@ async fn a_stopped_daemons_store(state_dir: &std::path::Path) -> Vec<serde_json:
     use easehook::store::{NewDelivery, NewEvent, Record, Store};
     let store = easehook::store::sqlite::SqliteStore::open(state_dir).unwrap();
     let mut bodies = Vec::new();
-    let now = easehook::verify::now_ms();
+    let now = easehook::now_ms();
     for i in 0..3 {
         let body = signed("roster:ban", &format!("u{i}"), "bob");
         let cb = easehook::callback::Callback::parse(body.to_string().as_bytes()).unwrap();

@@ -679,7 +679,7 @@ pub mod behaviour {
     }
 
     pub async fn prune_removes_what_is_past_retention_only(s: &dyn Store) {
-        let now = easehook::verify::now_ms();
+        let now = easehook::now_ms();
         // e2: sent only; e3: no deliveries; e1: one sent, one pending (the
         // newest delivery, which the embedded store always keeps).
         s.accept(ev("e2", "k2", &["a"], now), 1000).await.unwrap();
@@ -921,7 +921,7 @@ pub mod behaviour {
 
     pub async fn prune_keeps_what_open_digests_need(s: &dyn Store) {
         let day = 86_400_000;
-        let now = easehook::verify::now_ms();
+        let now = easehook::now_ms();
         let open = NewAggregate {
             spec: AggregateSpec::Digest {
                 window_ms: 2 * day,
@@ -1056,7 +1056,7 @@ pub mod behaviour {
         assert!(s.delivery(id + 1000).await.unwrap().is_none());
         // Pruned with the delivery (a newer one stays: the embedded store
         // always keeps the newest).
-        let now = easehook::verify::now_ms();
+        let now = easehook::now_ms();
         s.accept(ev("e2", "k2", &["a"], now), 60_000).await.unwrap();
         s.prune(now + 10_000, 1000).await.unwrap();
         assert!(s.delivery(id).await.unwrap().is_none());
@@ -1247,7 +1247,7 @@ async fn prune_runs_on_one_replica_at_a_time() {
             .execute("SELECT pg_advisory_lock($1)", &[&key])
             .await
             .unwrap();
-        let later = easehook::verify::now_ms() + 86_400_000;
+        let later = easehook::now_ms() + 86_400_000;
         assert_eq!(b.prune(later, 1000).await.unwrap(), 0);
         assert_eq!(b.list_events(0, None, 10).await.unwrap().len(), 1);
         client
@@ -1358,7 +1358,7 @@ async fn a_replica_restarted_after_a_crash_takes_its_claims_back_at_once() {
         e.to_string().contains("is in use by another easehook"),
         "{e}"
     );
-    let now = easehook::verify::now_ms();
+    let now = easehook::now_ms();
     // A hand-off and a claim in flight when the replica dies; another
     // replica's claim too.
     let mut handed = ev("e1", "k1", &["a"], now);

@@ -9,7 +9,7 @@ use warp::reply::Response;
 
 use super::{Ctx, html, see_other};
 use crate::metrics::Minute;
-use crate::server::admin::{delivery_query, event_query, next_page, unsigned};
+use crate::server::query::{delivery_query, event_query, next_page, unsigned};
 use crate::state::AppState;
 use crate::store::{DeliveryInfo, EventInfo, Status, StoreError};
 
@@ -152,7 +152,7 @@ pub(crate) async fn get(state: &AppState, ctx: &Ctx<'_>) -> Response {
 
 /// The POSTs: the retry buttons.
 pub(crate) async fn post(state: &AppState, ctx: &Ctx<'_>) -> Response {
-    let now = crate::verify::now_ms();
+    let now = crate::now_ms();
     if ctx.path == "/deliveries/retry-dead" {
         return match state.store.retry(None, now).await {
             Ok(n) => {
@@ -200,7 +200,7 @@ async fn overview(state: &AppState, ctx: &Ctx<'_>) -> Response {
     };
     let replicas = state.store.replicas().await.ok().flatten();
     let reload = state.reload_status.lock().map(|r| r.clone()).ok();
-    let now = crate::verify::now_ms();
+    let now = crate::now_ms();
     let hour = state.activity.last_hour(now);
     let body = page! {
         section.cards {
@@ -353,7 +353,7 @@ async fn events(state: &AppState, ctx: &Ctx<'_>) -> Response {
                 thead { tr { th { (w.received) } th { (w.event) } th { (w.from_to) } th { (w.matched_rules) } th { (w.deliveries) } } }
                 tbody {
                     @for e in &list {
-                        @let (from, to) = crate::commands::users(&e.callback);
+                        @let (from, to) = crate::callback::users(&e.callback);
                         tr.event data-event=(e.event) {
                             td { a href={"/events/" (e.id)} { (ctx.time(e.received_at)) } }
                             td { code { (e.event) } }
@@ -481,7 +481,7 @@ async fn event(state: &AppState, ctx: &Ctx<'_>, id: &str) -> Response {
         Ok(None) => return not_found(ctx),
         Err(e) => return store_down(ctx, e),
     };
-    let (from, to) = crate::commands::users(&e.callback);
+    let (from, to) = crate::callback::users(&e.callback);
     let pretty = serde_json::to_string_pretty(&e.callback).unwrap_or_default();
     let body = page! {
         dl.facts {
@@ -571,7 +571,7 @@ async fn delivery(state: &AppState, ctx: &Ctx<'_>, id: i64) -> Response {
 
 async fn rules(state: &AppState, ctx: &Ctx<'_>) -> Response {
     let w = ctx.w;
-    let groups = match state.store.list_groups(crate::verify::now_ms()).await {
+    let groups = match state.store.list_groups(crate::now_ms()).await {
         Ok(g) => g,
         Err(e) => return store_down(ctx, e),
     };

@@ -284,7 +284,7 @@ async fn apply_migrations(client: &mut tokio_postgres::Client) -> Result<Vec<i32
             .map_err(|e| OpenError::Schema(format!("migration {version}: {}", pg_message(&e))))?;
         tx.execute(
             "INSERT INTO easehook_schema(version, applied_at) VALUES ($1, $2)",
-            &[version, &(crate::verify::now_ms() as i64)],
+            &[version, &(crate::now_ms() as i64)],
         )
         .await
         .map_err(schema)?;
@@ -559,7 +559,7 @@ impl PgStore {
                 .map_err(|e| OpenError::Connect(StoreError::from(e).0))?;
             migrate_on(&mut client).await?;
         }
-        let now = crate::verify::now_ms();
+        let now = crate::now_ms();
         let replica = Replica {
             id,
             host: hostname(),
@@ -679,7 +679,7 @@ impl Inner {
     async fn heartbeat(&self) -> Result<(), StoreError> {
         let client = self.pool.get().await?;
         let r = &self.replica;
-        let now = crate::verify::now_ms() as i64;
+        let now = crate::now_ms() as i64;
         client
             .execute(
                 "INSERT INTO replicas(id, host, version, started_at, last_seen) VALUES ($1, $2, $3, $4, $5)
@@ -1275,7 +1275,7 @@ impl Store for PgStore {
                     errors.push(error);
                 }
                 let stmt = c.prepare_cached(RECORD_SQL).await?;
-                let now = crate::verify::now_ms() as i64;
+                let now = crate::now_ms() as i64;
                 let rows = c
                     .query(
                         &stmt,
@@ -1540,7 +1540,7 @@ impl Store for PgStore {
                 c.execute(
                     "INSERT INTO meta(key, value) VALUES ('probe', $1)
                      ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    &[&crate::verify::now_ms().to_string()],
+                    &[&crate::now_ms().to_string()],
                 )
                 .await?;
                 Ok(())
@@ -1599,7 +1599,7 @@ impl Store for PgStore {
     fn replicas(&self) -> BoxFuture<'_, Result<Option<Vec<Replica>>, StoreError>> {
         self.with_client(|c| {
             Box::pin(async move {
-                let since = crate::verify::now_ms().saturating_sub(REPLICA_SEEN) as i64;
+                let since = crate::now_ms().saturating_sub(REPLICA_SEEN) as i64;
                 let rows = c
                     .query(
                         "SELECT id, host, version, started_at, last_seen FROM replicas

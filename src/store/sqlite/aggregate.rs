@@ -224,7 +224,7 @@ fn threshold(
     if n < i64::from(t.count) || cooldown_until > now {
         return Ok(false);
     }
-    let keep = crate::rules::aggregate::THRESHOLD_EVENTS;
+    let keep = crate::store::THRESHOLD_EVENTS;
     let id = insert_aggregate(
         conn,
         &Opened {

@@ -283,12 +283,23 @@ fn prune_users(conn: &Connection) -> rusqlite::Result<usize> {
     .execute([])
 }
 
+/// Lower the calling thread to nice 19: for work that may wait for any
+/// other (the embedded store's index by user). Lowering is always
+/// allowed; a sandbox that refuses it leaves the thread where it was.
+pub fn background_self() {
+    // SAFETY: setpriority has no memory effects; on Linux, `who = 0` with
+    // PRIO_PROCESS names the calling thread only.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) } != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower a background thread's priority");
+    }
+}
+
 /// The index's thread: a step every [`USERS_EVERY`] until the store is
 /// dropped (`stop` disconnects).
 fn users_indexer(conn: Connection, stop: mpsc::Receiver<()>) {
     // The index may fall behind under load (queries read what it has not
     // taken yet): it yields to the writer and the request path.
-    crate::priority::background_self();
+    background_self();
     let mut pruned = std::time::Instant::now();
     loop {
         if let Err(e) = index_users(&conn) {
@@ -1098,7 +1109,7 @@ impl<'c> Writer<'c> {
             }
             Command::Ping(_) => Done::Unit(Ok(())),
             Command::Probe(_) => Done::Unit(
-                set_meta(conn, "probe", &crate::verify::now_ms().to_string()).map_err(Into::into),
+                set_meta(conn, "probe", &crate::now_ms().to_string()).map_err(Into::into),
             ),
         }
     }
@@ -1207,7 +1218,7 @@ fn decode(rows: Vec<ClaimedRow>) -> Vec<Claimed> {
 /// lease is no longer the one the attempt was made under is left alone,
 /// and its id returned.
 fn record(conn: &Connection, outcomes: &[(Lease, Record, Attempt)]) -> rusqlite::Result<Vec<i64>> {
-    let now = crate::verify::now_ms() as i64;
+    let now = crate::now_ms() as i64;
     let mut stale = Vec::new();
     for (lease, r, attempt) in outcomes {
         let (id, token) = (lease.id, lease.until as i64);
@@ -1847,7 +1858,7 @@ mod tests {
         // Long after: the sent delivery goes; e1 keeps its pending one, and
         // e3, left without any, stays as the newest event (a rowid is
         // never taken twice).
-        let later = crate::verify::now_ms() + 86_400_000;
+        let later = crate::now_ms() + 86_400_000;
         assert_eq!(s.prune(later, 1000).await.unwrap(), 1);
         let events = s.list_events(0, None, 10).await.unwrap();
         let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
@@ -2250,7 +2261,7 @@ PRAGMA user_version = 1;
         assert_eq!(s.record(done).await.unwrap(), Vec::<i64>::new());
         // Everything is past retention: the older delivery goes, the newest
         // stays, and so does its event.
-        let now = crate::verify::now_ms() + 60_000;
+        let now = crate::now_ms() + 60_000;
         assert_eq!(s.prune(now, 10_000).await.unwrap(), 1);
         assert_eq!(event_ids(&s).await, ["e1"]);
         let Accepted::New {
@@ -2333,7 +2344,7 @@ PRAGMA user_version = 1;
         assert!(ids(of("nobody")).await.is_empty());
         // Pruning takes the index rows of the events it removes.
         index_users(&conn).unwrap();
-        let now = crate::verify::now_ms() + 10_000;
+        let now = crate::now_ms() + 10_000;
         let claimed = s.claim_due(now, 100, 1000).await.unwrap();
         s.record(claimed.iter().map(|c| (c.lease(), Record::Sent)).collect())
             .await
@@ -2416,7 +2427,7 @@ PRAGMA user_version = 1;
         assert_eq!(users_indexed(&conn).unwrap(), 2);
         // Both are past retention; the newest stays, so the next event
         // takes a rowid after every one the index has seen.
-        let now = crate::verify::now_ms();
+        let now = crate::now_ms();
         s.prune(now, 1000).await.unwrap();
         assert_eq!(event_ids(&s).await, ["e2"]);
         assert_eq!(prune_users(&conn).unwrap(), 2, "e1's two users");
@@ -2480,7 +2491,7 @@ PRAGMA user_version = 1;
         s.accept(ev("pending", "k2", &["a"], 1000), 1000)
             .await
             .unwrap();
-        let now = crate::verify::now_ms();
+        let now = crate::now_ms();
         s.accept(ev("new", "k3", &[], now), 1000).await.unwrap();
         s.prune(now, 10_000).await.unwrap();
         let ids = event_ids(&s).await;
