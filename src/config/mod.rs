@@ -765,7 +765,7 @@ pub fn schema() -> serde_json::Value {
         o.insert("title".into(), "easehook.yaml".into());
         o.insert(
             "description".into(),
-            "easehook's configuration; see README.md, Configuration".into(),
+            "easehook's configuration; see docs/configuration.md".into(),
         );
     }
     schema

@@ -745,7 +745,7 @@ pub fn schema() -> serde_json::Value {
         o.insert("title".into(), "easehook rule file".into());
         o.insert(
             "description".into(),
-            "actions, rules and tests; see README.md, Rules".into(),
+            "actions, rules and tests; see docs/rules.md".into(),
         );
     }
     schema

@@ -346,3 +346,19 @@ fn a_missing_chapter_or_heading_is_caught() {
     assert!(broken[0].ends_with("c.md (no such file)"));
     assert!(broken[1].ends_with("b.md#nope (no such heading)"));
 }
+
+/// README.md is the front door, the reference lives in the chapters: a
+/// README that grows back into a manual fails here.
+#[test]
+fn the_front_door_stays_short() {
+    for readme in ["README.md", "README.zh-CN.md"] {
+        let lines = std::fs::read_to_string(root().join(readme))
+            .unwrap()
+            .lines()
+            .count();
+        assert!(
+            lines <= 330,
+            "{readme} has {lines} lines; move reference into docs/"
+        );
+    }
+}
