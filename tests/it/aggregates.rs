@@ -78,16 +78,7 @@ async fn wave(urls: &[String], to: &str, n: usize) {
             let client = client.clone();
             let url = urls[i % urls.len()].clone();
             let body = signed("roster:ban", &format!("u{i:03}"), to);
-            async move {
-                client
-                    .post(url)
-                    .json(&body)
-                    .send()
-                    .await
-                    .unwrap()
-                    .status()
-                    .as_u16()
-            }
+            async move { post_json(&client, &url, &body).await.0 }
         })
         .buffer_unordered(16)
         .collect()
@@ -229,17 +220,13 @@ async fn five_distinct_blockers_fire_one_delivery_and_a_sixth_rests() {
     five_distinct_blockers_fire_once(&[&app], &sink).await;
 }
 
-fn pg_config(url: &str) -> String {
-    format!("store:\n  type: postgres\n  url: '{url}'\n  pool: 8\n")
-}
-
 #[tokio::test]
 async fn two_replicas_on_postgres_share_a_wave_one_digest_per_group() {
-    let Some(url) = crate::pg::database().await else {
+    let Some(url) = crate::helpers::pg::database().await else {
         return;
     };
     let smtp = SmtpServer::start();
-    let opts = digest_options(&smtp, "10s").config(pg_config(&url));
+    let opts = digest_options(&smtp, "10s").config(crate::helpers::pg::store_config(&url, 8));
     let a = spawn_app_with(opts.clone()).await;
     let b = spawn_app_with(opts).await;
     one_digest_email_per_group(&[&a, &b], &smtp).await;
@@ -247,11 +234,12 @@ async fn two_replicas_on_postgres_share_a_wave_one_digest_per_group() {
 
 #[tokio::test]
 async fn two_replicas_on_postgres_fire_one_threshold() {
-    let Some(url) = crate::pg::database().await else {
+    let Some(url) = crate::helpers::pg::database().await else {
         return;
     };
     let sink = HttpSink::start().await;
-    let opts = Options::rules(threshold_rules(&sink.url("/spam"))).config(pg_config(&url));
+    let opts = Options::rules(threshold_rules(&sink.url("/spam")))
+        .config(crate::helpers::pg::store_config(&url, 8));
     let a = spawn_app_with(opts.clone()).await;
     let b = spawn_app_with(opts).await;
     five_distinct_blockers_fire_once(&[&a, &b], &sink).await;
@@ -259,12 +247,12 @@ async fn two_replicas_on_postgres_fire_one_threshold() {
 
 #[tokio::test]
 async fn a_digest_open_across_kill_9_is_delivered_once_with_every_event() {
-    use crate::process::Daemon;
+    use crate::helpers::Daemon;
     use nix::sys::signal::Signal;
     let smtp = SmtpServer::start();
     let opts = digest_options(&smtp, "6s");
     let (_dir, config) = write_config(&opts);
-    crate::process::fixed_ports(&config);
+    crate::helpers::fixed_ports(&config);
     let env = [("SMTP_PASSWORD", SMTP_PASSWORD)];
     let mut first = Daemon::start(&config, &env).await;
     let url = [first.callback_url.clone()];
@@ -291,17 +279,12 @@ async fn a_digest_open_across_kill_9_is_delivered_once_with_every_event() {
     // Recorded as sent, and never sent again.
     let client = reqwest::Client::new();
     eventually(Duration::from_secs(10), "the digest recorded", || async {
-        let d: Value = client
-            .get(format!(
-                "{}/api/v1/deliveries?status=sent",
-                second.admin_url
-            ))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let d: Value = get_json(
+            &client,
+            &format!("{}/api/v1/deliveries?status=sent", second.admin_url),
+        )
+        .await
+        .1;
         d["deliveries"].as_array().unwrap().len() == 1
     })
     .await;
@@ -325,7 +308,7 @@ async fn a_digest_open_across_kill_9_is_delivered_once_with_every_event() {
 
 #[tokio::test]
 async fn check_test_and_digests_list_show_digests_and_thresholds() {
-    use crate::cli::easehook;
+    use crate::helpers::easehook;
     let sink = HttpSink::start().await;
     let rules = format!(
         r#"
@@ -349,7 +332,7 @@ rules:
     );
     let opts = Options::rules(rules);
     let (dir, config) = write_config(&opts);
-    crate::process::fixed_ports(&config);
+    crate::helpers::fixed_ports(&config);
     let (code, out, err) = easehook(&config, &["check"]);
     assert_eq!(code, 0, "{out}{err}");
 
@@ -383,7 +366,7 @@ rules:
 
     // The running daemon lists its open digest and counting group.
     let app = start_from(&config, &opts).await;
-    let (cb, _) = crate::process::config_ports(&config);
+    let (cb, _) = crate::helpers::config_ports(&config);
     let client = reqwest::Client::new();
     for from in ["alice", "bob"] {
         let r = client

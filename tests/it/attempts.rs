@@ -25,10 +25,13 @@ async fn a_delivery_shows_each_attempt_with_its_code_in_the_api_cli_and_metrics(
     let opts = Options::rules(rules)
         .config(smtp_config(&smtp))
         .env("SMTP_PASSWORD", SMTP_PASSWORD);
-    let (_dir, config) = write_config(&opts);
-    crate::process::fixed_ports(&config);
-    let _app = start_from(&config, &opts).await;
-    let (cb, admin) = crate::process::config_ports(&config);
+    let OnFixedPorts {
+        dir: _dir,
+        config,
+        app: _app,
+        cb,
+        admin,
+    } = start_on_fixed_ports(&opts).await;
     let client = reqwest::Client::new();
     let status = client
         .post(format!("http://127.0.0.1:{cb}/easemob/callback"))
@@ -100,7 +103,7 @@ async fn a_delivery_shows_each_attempt_with_its_code_in_the_api_cli_and_metrics(
     assert_eq!(get("/api/v1/deliveries/abc".into()).await.0, 404);
 
     let id = id_of("hook").to_string();
-    let (code, out, _) = crate::cli::easehook_with(
+    let (code, out, _) = crate::helpers::easehook_with(
         &config,
         &["deliveries", "show", &id],
         &[("SMTP_PASSWORD", SMTP_PASSWORD)],
@@ -114,14 +117,7 @@ async fn a_delivery_shows_each_attempt_with_its_code_in_the_api_cli_and_metrics(
     assert!(rows[1].contains("sent") && rows[1].contains("200"));
     assert!(out.ends_with("2 attempt(s)\n"), "{out}");
 
-    let metrics = client
-        .get(format!("http://127.0.0.1:{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&client, &format!("http://127.0.0.1:{admin}/metrics")).await;
     for line in [
         "easehook_delivery_attempts_total{action=\"hook\",outcome=\"retry\"} 1",
         "easehook_delivery_attempts_total{action=\"hook\",outcome=\"sent\"} 1",

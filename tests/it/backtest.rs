@@ -28,18 +28,17 @@ fn rules(sink: &HttpSink, set: &str) -> String {
     format!("{actions}{rules}")
 }
 
-async fn run(config: &std::path::Path, args: &[&str]) -> (i32, String, String) {
-    crate::cli::easehook_with(config, args, &[]).await
-}
-
 #[tokio::test]
 async fn a_changed_rule_set_is_compared_with_what_the_rules_in_force_made() {
     let sink = HttpSink::start().await;
     let opts = Options::rules(rules(&sink, "in force"));
-    let (dir, config) = write_config(&opts);
-    crate::process::fixed_ports(&config);
-    let app = start_from(&config, &opts).await;
-    let (cb, _) = crate::process::config_ports(&config);
+    let OnFixedPorts {
+        dir,
+        config,
+        app,
+        cb,
+        ..
+    } = start_on_fixed_ports(&opts).await;
     let url = format!("http://127.0.0.1:{cb}/easemob/callback");
     let client = reqwest::Client::new();
     // A day of events: each callback's timestamp chosen across it.
@@ -69,15 +68,7 @@ async fn a_changed_rule_set_is_compared_with_what_the_rules_in_force_made() {
             now - day + (i as u64) * day / 12,
         );
         sign(&mut body, SECRET);
-        let r: Value = client
-            .post(&url)
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let r: Value = post_json(&client, &url, &body).await.1;
         ids.insert(*from, r["id"].as_str().unwrap().to_string());
     }
     eventually(
@@ -93,9 +84,10 @@ async fn a_changed_rule_set_is_compared_with_what_the_rules_in_force_made() {
     )
     .unwrap();
     let candidate = dir.path().join("candidate").display().to_string();
-    let (code, out, err) = run(
+    let (code, out, err) = easehook_with(
         &config,
         &["test", "--since", "2d", "--rules", &candidate, "--json"],
+        &[],
     )
     .await;
     assert_eq!(code, 0, "{out}{err}");
@@ -142,7 +134,12 @@ async fn a_changed_rule_set_is_compared_with_what_the_rules_in_force_made() {
     assert_eq!(row("removes")["added"][1]["from"], "u9");
     assert_eq!(row("bans")["added"], json!([]));
     // The text report says the same.
-    let (code, out, _) = run(&config, &["test", "--since", "2d", "--rules", &candidate]).await;
+    let (code, out, _) = easehook_with(
+        &config,
+        &["test", "--since", "2d", "--rules", &candidate],
+        &[],
+    )
+    .await;
     assert_eq!(code, 0, "{out}");
     assert!(out.starts_with("11 stored event(s) received"), "{out}");
     assert!(
@@ -157,7 +154,7 @@ async fn a_changed_rule_set_is_compared_with_what_the_rules_in_force_made() {
         "{out}"
     );
     // Only bans: the other families are left out.
-    let (_, out, _) = run(
+    let (_, out, _) = easehook_with(
         &config,
         &[
             "test",
@@ -169,26 +166,26 @@ async fn a_changed_rule_set_is_compared_with_what_the_rules_in_force_made() {
             &candidate,
             "--json",
         ],
+        &[],
     )
     .await;
     let report: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["events"], 6);
     // Nothing was sent or stored.
     assert_eq!(sink.count(), 11);
-    let events: Value = client
-        .get(format!("http://{}/api/v1/events?limit=100", app.admin_addr))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let events: Value = get_json(
+        &client,
+        &format!("http://{}/api/v1/events?limit=100", app.admin_addr),
+    )
+    .await
+    .1;
     assert_eq!(events["events"].as_array().unwrap().len(), 11);
 
     // Bad input: a period with nothing, a candidate set with a problem, a
     // usage error, an admin API that does not answer.
     // (The period is of the time events were received, here all today.)
-    let (code, out, _) = run(&config, &["test", "--since", "2d", "--until", "1d"]).await;
+    let (code, out, _) =
+        easehook_with(&config, &["test", "--since", "2d", "--until", "1d"], &[]).await;
     assert_eq!(code, 1, "{out}");
     assert!(out.starts_with("no stored events between"), "{out}");
     std::fs::write(
@@ -196,18 +193,23 @@ async fn a_changed_rule_set_is_compared_with_what_the_rules_in_force_made() {
         "rules:\n  - {name: r, actions: [ghost]}\n",
     )
     .unwrap();
-    let (code, out, _) = run(&config, &["test", "--since", "2d", "--rules", &candidate]).await;
+    let (code, out, _) = easehook_with(
+        &config,
+        &["test", "--since", "2d", "--rules", &candidate],
+        &[],
+    )
+    .await;
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("rule r: unknown action `ghost`"), "{out}");
     assert!(
         out.contains("problem(s) found in the candidate rules"),
         "{out}"
     );
-    let (code, _, err) = run(&config, &["test", "--until", "1d"]).await;
+    let (code, _, err) = easehook_with(&config, &["test", "--until", "1d"], &[]).await;
     assert_eq!(code, 2, "{err}");
     app.shutdown();
     let _ = app.wait().await;
-    let (code, _, err) = run(&config, &["test", "--since", "2d"]).await;
+    let (code, _, err) = easehook_with(&config, &["test", "--since", "2d"], &[]).await;
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("cannot reach the admin API"), "{err}");
 }
@@ -226,10 +228,13 @@ async fn digests_and_thresholds_are_replayed_in_order() {
          - {{name: spam, when: {{event: roster:ban}}, threshold: {{count: 3, within: 1h, by: [to], distinct: from}}, actions: [a]}}\n"
     );
     let opts = Options::rules(in_force);
-    let (dir, config) = write_config(&opts);
-    crate::process::fixed_ports(&config);
-    let app = start_from(&config, &opts).await;
-    let (cb, _) = crate::process::config_ports(&config);
+    let OnFixedPorts {
+        dir,
+        config,
+        app,
+        cb,
+        ..
+    } = start_on_fixed_ports(&opts).await;
     let client = reqwest::Client::new();
     let mut ids = Vec::new();
     for (from, to) in [
@@ -239,23 +244,22 @@ async fn digests_and_thresholds_are_replayed_in_order() {
         ("u4", "n"),
         ("u5", "m"),
     ] {
-        let r: Value = client
-            .post(format!("http://127.0.0.1:{cb}/easemob/callback"))
-            .json(&signed("roster:ban", from, to))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let r: Value = post_json(
+            &client,
+            &format!("http://127.0.0.1:{cb}/easemob/callback"),
+            &signed("roster:ban", from, to),
+        )
+        .await
+        .1;
         ids.push(r["id"].as_str().unwrap().to_string());
     }
     std::fs::create_dir(dir.path().join("candidate")).unwrap();
     std::fs::write(dir.path().join("candidate/rules.yaml"), candidate).unwrap();
     let candidate = dir.path().join("candidate").display().to_string();
-    let (code, out, err) = run(
+    let (code, out, err) = easehook_with(
         &config,
         &["test", "--since", "1h", "--rules", &candidate, "--json"],
+        &[],
     )
     .await;
     assert_eq!(code, 0, "{out}{err}");

@@ -193,14 +193,7 @@ async fn rotated_secrets_and_the_star_fallback_verify() {
         let mut body = signed("roster:ban", "a", "b");
         body["appkey"] = json!(appkey);
         sign(&mut body, secret);
-        let status = client
-            .post(&url)
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16();
+        let status = post_json(&client, &url, &body).await.0;
         assert_eq!(status, 200, "{appkey} {secret}");
     }
     app.shutdown();

@@ -5,47 +5,6 @@ use std::time::Duration;
 
 use crate::helpers::*;
 
-/// Run the built binary with `config`: its exit code, stdout and stderr.
-pub fn easehook(config: &std::path::Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_easehook"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env("IT_SECRET", SECRET)
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
-}
-
-/// The same from async code, with more of the environment: exit code,
-/// stdout, stderr.
-pub async fn easehook_with(
-    config: &std::path::Path,
-    args: &[&str],
-    env: &[(&str, &str)],
-) -> (i32, String, String) {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_easehook"));
-    cmd.arg("--config")
-        .arg(config)
-        .args(args)
-        .env("IT_SECRET", SECRET)
-        .env_remove("RUST_LOG");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().await.unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
-}
-
 #[test]
 fn check_accepts_the_repository_examples() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -283,7 +242,7 @@ async fn simulate_and_the_admin_commands_work_against_a_running_daemon() {
         .config("admin_token: ${ADMIN_TOKEN}")
         .env("ADMIN_TOKEN", "cli-admin-token-1");
     let (_dir, config) = write_config(&opts);
-    crate::process::fixed_ports(&config);
+    crate::helpers::fixed_ports(&config);
     let app = start_from(&config, &opts).await;
     let run = |args: &'static [&'static str]| {
         let config = config.clone();

@@ -637,12 +637,12 @@ async fn the_api_finds_events_by_user_and_rule_and_pages_deliveries() {
 /// shared database.
 #[tokio::test]
 async fn on_postgres_the_overview_lists_replicas_and_the_pages_read_the_shared_store() {
-    let Some(url) = crate::pg::database().await else {
+    let Some(url) = crate::helpers::pg::database().await else {
         return;
     };
     let hook = HttpSink::start().await;
     hook.script([Answer::status(502), Answer::status(200)]);
-    let store = format!("store:\n  type: postgres\n  url: '{url}'\n  pool: 4\n");
+    let store = crate::helpers::pg::store_config(&url, 4);
     let opts = Options::rules(rules(&hook, &hook)).config(store);
     let one = spawn_app_with(opts.clone()).await;
     let two = spawn_app_with(opts).await;

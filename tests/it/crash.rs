@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::helpers::*;
-use crate::process::{Daemon, fixed_ports};
+use crate::helpers::{Daemon, fixed_ports};
 
 #[tokio::test]
 async fn five_sigkills_under_load_lose_no_acknowledged_event() {

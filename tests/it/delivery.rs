@@ -285,7 +285,7 @@ async fn test_send_really_sends() {
 
 #[tokio::test]
 async fn kill_9_loses_no_acknowledged_event() {
-    use crate::process::{Daemon, fixed_ports};
+    use crate::helpers::{Daemon, fixed_ports};
     // The destination is down: its port is reserved but nothing listens.
     let reserved = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let sink_addr = reserved.local_addr().unwrap();

@@ -447,7 +447,7 @@ async fn wrong_credentials_are_dead_with_the_token_error() {
 
 #[tokio::test]
 async fn the_token_and_the_client_secret_appear_nowhere() {
-    use crate::process::{Daemon, fixed_ports};
+    use crate::helpers::{Daemon, fixed_ports};
     let fake = FakeEasemob::start().await;
     let opts = options(&fake, THREE_CALLS, "tell, block, ban");
     let (_dir, config) = write_config(&opts);
@@ -461,7 +461,7 @@ async fn the_token_and_the_client_secret_appear_nowhere() {
     let client = reqwest::Client::new();
     let get = |path: &'static str| {
         let (c, url) = (client.clone(), format!("{}{path}", d.admin_url));
-        async move { c.get(url).send().await.unwrap().text().await.unwrap() }
+        async move { get_text(&c, &url).await }
     };
     eventually(Duration::from_secs(10), "three calls sent", || async {
         fake.calls().len() == 3
@@ -520,10 +520,13 @@ fn date_key(ago: Duration) -> String {
 async fn recover_asks_easemob_to_resend_each_key_of_the_period_once() {
     let fake = FakeEasemob::start().await;
     let opts = options(&fake, "  noop: {type: log, message: x}", "noop");
-    let (_dir, config) = write_config(&opts);
-    crate::process::fixed_ports(&config);
-    let app = start_from(&config, &opts).await;
-    let (cb, admin) = crate::process::config_ports(&config);
+    let OnFixedPorts {
+        dir: _dir,
+        config,
+        app,
+        cb,
+        admin,
+    } = start_on_fixed_ports(&opts).await;
     let target = format!("http://127.0.0.1:{cb}/easemob/callback");
     // One callback the daemon got before the outage, then failed ones.
     let seen = signed("roster:ban", "a", "b");
@@ -560,7 +563,8 @@ async fn recover_asks_easemob_to_resend_each_key_of_the_period_once() {
         async move {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             let (code, out, _) =
-                crate::cli::easehook_with(&config, &args, &[("EM_SECRET", CLIENT_SECRET)]).await;
+                crate::helpers::easehook_with(&config, &args, &[("EM_SECRET", CLIENT_SECRET)])
+                    .await;
             (code, out)
         }
     };

@@ -20,7 +20,6 @@ mod email;
 mod hostile;
 mod interop;
 mod ops;
-mod pg;
 mod postgres;
 mod process;
 mod props;

@@ -6,7 +6,7 @@ use nix::sys::signal::Signal;
 use serde_json::json;
 
 use crate::helpers::*;
-use crate::process::{Daemon, fixed_ports};
+use crate::helpers::{Daemon, fixed_ports};
 
 fn metric(text: &str, series: &str) -> f64 {
     text.lines()

@@ -5,12 +5,8 @@
 
 use std::time::Duration;
 
-use crate::cli::easehook;
+use crate::helpers::easehook;
 use crate::helpers::*;
-
-fn store_config(url: &str) -> String {
-    format!("store:\n  type: postgres\n  url: '{url}'\n  pool: 8\n")
-}
 
 fn hook_rules(url: &str) -> String {
     format!(
@@ -21,12 +17,13 @@ fn hook_rules(url: &str) -> String {
 
 #[tokio::test]
 async fn a_daemon_on_postgres_delivers_and_shows_its_store() {
-    let Some(url) = crate::pg::database().await else {
+    let Some(url) = crate::helpers::pg::database().await else {
         return;
     };
     let sink = HttpSink::start().await;
     let app =
-        spawn_app_with(Options::rules(hook_rules(&sink.url(""))).config(store_config(&url))).await;
+        spawn_app_with(Options::rules(hook_rules(&sink.url(""))).config(pg::store_config(&url, 8)))
+            .await;
     let body = signed("roster:ban", "alice", "bob");
     let (status, answer) = app.post(&body).await;
     assert_eq!(status, 200, "{answer}");
@@ -44,7 +41,7 @@ async fn a_daemon_on_postgres_delivers_and_shows_its_store() {
     assert_eq!(replicas.len(), 1);
     assert_eq!(replicas[0]["version"], env!("CARGO_PKG_VERSION"));
     let text = serde_json::to_string(&status).unwrap();
-    assert!(!text.contains(crate::pg::PASSWORD), "{text}");
+    assert!(!text.contains(crate::helpers::pg::PASSWORD), "{text}");
     let metrics = app.metrics().await;
     assert!(metrics.contains("easehook_store_up 1"), "{metrics}");
     assert!(metrics.contains("easehook_replicas 1"), "{metrics}");
@@ -61,11 +58,11 @@ async fn a_daemon_on_postgres_delivers_and_shows_its_store() {
 
 #[tokio::test]
 async fn two_daemons_share_one_queue() {
-    let Some(url) = crate::pg::database().await else {
+    let Some(url) = crate::helpers::pg::database().await else {
         return;
     };
     let sink = HttpSink::start().await;
-    let opts = Options::rules(hook_rules(&sink.url(""))).config(store_config(&url));
+    let opts = Options::rules(hook_rules(&sink.url(""))).config(pg::store_config(&url, 8));
     let a = spawn_app_with(opts.clone()).await;
     let b = spawn_app_with(opts).await;
     // Each callback sent to both: stored once, delivered once.
@@ -116,11 +113,11 @@ async fn two_daemons_share_one_queue() {
 
 #[tokio::test]
 async fn the_database_restarted_under_load_loses_no_acknowledged_callback() {
-    let Some(server) = crate::pg::own_server() else {
+    let Some(server) = crate::helpers::pg::own_server() else {
         return;
     };
     let url = server.database().await;
-    let app = spawn_app_with(Options::rules("").config(store_config(&url))).await;
+    let app = spawn_app_with(Options::rules("").config(pg::store_config(&url, 8))).await;
     let ready = |app: &TestApp| {
         let r = app.client.get(format!("{}/readyz", app.admin_url)).send();
         async move { r.await.map(|r| r.status().as_u16()).unwrap_or(0) }
@@ -183,15 +180,15 @@ async fn the_database_restarted_under_load_loses_no_acknowledged_callback() {
 
 #[tokio::test]
 async fn a_wrong_password_stops_start_up_with_the_password_masked() {
-    let Some(server) = crate::pg::server() else {
+    let Some(server) = crate::helpers::pg::server() else {
         return;
     };
     let url = format!(
         "postgres://{}:wrong-password-4321@127.0.0.1:{}/postgres",
-        crate::pg::USER,
+        crate::helpers::pg::USER,
         server.port
     );
-    let opts = Options::rules("").config(store_config(&url));
+    let opts = Options::rules("").config(pg::store_config(&url, 8));
     let (_dir, config) = write_config(&opts);
     let Err(e) = easehook::app::App::start(
         &config,
@@ -262,7 +259,7 @@ async fn a_stopped_daemons_store(state_dir: &std::path::Path) -> Vec<serde_json:
 
 #[tokio::test]
 async fn store_copy_moves_the_embedded_store_and_a_daemon_on_the_target_takes_over() {
-    let Some(url) = crate::pg::database().await else {
+    let Some(url) = crate::helpers::pg::database().await else {
         return;
     };
     let sink = HttpSink::start().await;
@@ -278,7 +275,7 @@ async fn store_copy_moves_the_embedded_store_and_a_daemon_on_the_target_takes_ov
         ),
         "{out}"
     );
-    assert!(!out.contains(crate::pg::PASSWORD), "{out}");
+    assert!(!out.contains(crate::helpers::pg::PASSWORD), "{out}");
     // A second copy finds the target full and changes nothing.
     let (code, out, err) = easehook(&config, &["store", "copy", "--to", &url]);
     assert_eq!(code, 1, "{out}{err}");
@@ -286,10 +283,10 @@ async fn store_copy_moves_the_embedded_store_and_a_daemon_on_the_target_takes_ov
         err.contains("the target database is not empty (3 event(s), 3 delivery(ies))"),
         "{err}"
     );
-    assert!(!err.contains(crate::pg::PASSWORD), "{err}");
+    assert!(!err.contains(crate::helpers::pg::PASSWORD), "{err}");
 
     // A daemon on the target sends the pending delivery and lists the rest.
-    let app = spawn_app_with(opts.config(store_config(&url))).await;
+    let app = spawn_app_with(opts.config(pg::store_config(&url, 8))).await;
     eventually(
         Duration::from_secs(15),
         "the pending delivery sent",
@@ -329,10 +326,10 @@ async fn store_copy_moves_the_embedded_store_and_a_daemon_on_the_target_takes_ov
 
 #[tokio::test]
 async fn store_migrate_applies_the_schema_once_and_refuses_a_newer_one() {
-    let Some(url) = crate::pg::database().await else {
+    let Some(url) = crate::helpers::pg::database().await else {
         return;
     };
-    let (_dir, config) = write_config(&Options::rules("").config(store_config(&url)));
+    let (_dir, config) = write_config(&Options::rules("").config(pg::store_config(&url, 8)));
     let (code, out, err) = easehook(&config, &["store", "migrate"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("applied schema version 1"), "{out}");
@@ -340,7 +337,7 @@ async fn store_migrate_applies_the_schema_once_and_refuses_a_newer_one() {
     let (code, out, _) = easehook(&config, &["store", "migrate"]);
     assert_eq!(code, 0);
     assert!(out.contains("nothing to do"), "{out}");
-    crate::pg::sql(&url, "INSERT INTO easehook_schema VALUES (999, 0)").await;
+    crate::helpers::pg::sql(&url, "INSERT INTO easehook_schema VALUES (999, 0)").await;
     let (code, out, err) = easehook(&config, &["store", "migrate"]);
     assert_eq!(code, 1, "{out}{err}");
     assert!(
@@ -361,7 +358,7 @@ async fn store_migrate_applies_the_schema_once_and_refuses_a_newer_one() {
 
 #[tokio::test]
 async fn a_rate_limit_holds_for_two_daemons_together_and_drops_nothing() {
-    let Some(url) = crate::pg::database().await else {
+    let Some(url) = crate::helpers::pg::database().await else {
         return;
     };
     let sink = HttpSink::start().await;
@@ -370,7 +367,7 @@ async fn a_rate_limit_holds_for_two_daemons_together_and_drops_nothing() {
          rules:\n  - {{name: all, actions: [hook]}}\n",
         sink.url("")
     );
-    let opts = Options::rules(rules).config(store_config(&url));
+    let opts = Options::rules(rules).config(pg::store_config(&url, 8));
     let a = spawn_app_with(opts.clone()).await;
     let b = spawn_app_with(opts).await;
     for i in 0..20 {
@@ -407,10 +404,10 @@ async fn a_rate_limit_holds_for_two_daemons_together_and_drops_nothing() {
 
 #[tokio::test]
 async fn an_exhausted_pool_queues_callers_rather_than_failing_them() {
-    let Some(url) = crate::pg::database().await else {
+    let Some(url) = crate::helpers::pg::database().await else {
         return;
     };
-    let config = format!("store:\n  type: postgres\n  url: '{url}'\n  pool: 2\n");
+    let config = pg::store_config(&url, 2);
     let app = std::sync::Arc::new(spawn_app_with(Options::rules("").config(config)).await);
     let mut tasks = Vec::new();
     for i in 0..60 {
@@ -436,7 +433,7 @@ async fn an_exhausted_pool_queues_callers_rather_than_failing_them() {
 #[tokio::test]
 async fn tls_to_the_database_is_verified_against_the_system_roots_and_ca_file() {
     let (ca, cert, key) = test_certificates();
-    let Some(server) = crate::pg::own_server_with_tls(&cert, &key) else {
+    let Some(server) = crate::helpers::pg::own_server_with_tls(&cert, &key) else {
         return;
     };
     let url = format!("{}?sslmode=require", server.database().await);
@@ -468,15 +465,15 @@ async fn tls_to_the_database_is_verified_against_the_system_roots_and_ca_file() 
     };
     let msg = e.to_string();
     assert!(msg.contains("certificate"), "{msg}");
-    assert!(!msg.contains(crate::pg::PASSWORD), "{msg}");
+    assert!(!msg.contains(crate::helpers::pg::PASSWORD), "{msg}");
 }
 
 #[test]
 fn check_validates_the_store_without_connecting_and_masks_the_password() {
     // Nothing listens there: check does not try.
-    let port = crate::process::free_port();
+    let port = crate::helpers::free_port();
     let url = format!("postgres://app:check-pw-4242@127.0.0.1:{port}/easehook");
-    let (_dir, config) = write_config(&Options::rules("").config(store_config(&url)));
+    let (_dir, config) = write_config(&Options::rules("").config(pg::store_config(&url, 8)));
     let (code, out, err) = easehook(&config, &["check"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
@@ -487,8 +484,9 @@ fn check_validates_the_store_without_connecting_and_masks_the_password() {
     );
     assert!(!out.contains("check-pw-4242") && !err.contains("check-pw-4242"));
     // A URL that is not one: file: store.url: message, exit 1.
-    let (_dir, config) =
-        write_config(&Options::rules("").config(store_config("mysql://root:check-pw-4242@db/x")));
+    let (_dir, config) = write_config(
+        &Options::rules("").config(pg::store_config("mysql://root:check-pw-4242@db/x", 8)),
+    );
     let (code, out, _) = easehook(&config, &["check"]);
     assert_eq!(code, 1, "{out}");
     assert!(

@@ -24,19 +24,17 @@ fn to(sink: &HttpSink, path: &str) -> usize {
     sink.requests().iter().filter(|r| r.path == path).count()
 }
 
-async fn run(config: &std::path::Path, args: &[&str]) -> (i32, String) {
-    let (code, out, err) = crate::cli::easehook_with(config, args, &[]).await;
-    (code, format!("{out}{err}"))
-}
-
 #[tokio::test]
 async fn a_new_rule_replayed_twice_delivers_each_event_once() {
     let sink = HttpSink::start().await;
     let opts = Options::rules(rules(&sink, false));
-    let (dir, config) = write_config(&opts);
-    crate::process::fixed_ports(&config);
-    let app = start_from(&config, &opts).await;
-    let (cb, admin) = crate::process::config_ports(&config);
+    let OnFixedPorts {
+        dir,
+        config,
+        app,
+        cb,
+        admin,
+    } = start_on_fixed_ports(&opts).await;
     let client = reqwest::Client::new();
     let mut adds = Vec::new();
     for (event, from) in [
@@ -45,15 +43,13 @@ async fn a_new_rule_replayed_twice_delivers_each_event_once() {
         ("roster:ban", "u3"),
         ("roster:add", "u4"),
     ] {
-        let r: Value = client
-            .post(format!("http://127.0.0.1:{cb}/easemob/callback"))
-            .json(&signed(event, from, "bob"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let r: Value = post_json(
+            &client,
+            &format!("http://127.0.0.1:{cb}/easemob/callback"),
+            &signed(event, from, "bob"),
+        )
+        .await
+        .1;
         if event == "roster:add" {
             adds.push(r["id"].as_str().unwrap().to_string());
         }
@@ -71,7 +67,7 @@ async fn a_new_rule_replayed_twice_delivers_each_event_once() {
         .unwrap();
     assert_eq!(reload.status(), 200);
 
-    let (code, out) = run(&config, &["events", "replay", "--since", "1h", "--dry-run"]).await;
+    let (code, out) = run_cli(&config, &["events", "replay", "--since", "1h", "--dry-run"]).await;
     assert_eq!(code, 0, "{out}");
     for id in &adds {
         assert!(
@@ -83,13 +79,13 @@ async fn a_new_rule_replayed_twice_delivers_each_event_once() {
         out.contains("4 event(s) evaluated; 2 deliveries would be created (dry run"),
         "{out}"
     );
-    let (code, out) = run(&config, &["events", "replay", "--since", "1h"]).await;
+    let (code, out) = run_cli(&config, &["events", "replay", "--since", "1h"]).await;
     assert_eq!(code, 0, "{out}");
     assert!(
         out.contains("4 event(s) evaluated; 2 deliveries created"),
         "{out}"
     );
-    let (code, out) = run(&config, &["events", "replay", "--since", "1h"]).await;
+    let (code, out) = run_cli(&config, &["events", "replay", "--since", "1h"]).await;
     assert_eq!(code, 0, "{out}");
     assert!(
         out.contains("4 event(s) evaluated; 0 deliveries created"),
@@ -101,16 +97,12 @@ async fn a_new_rule_replayed_twice_delivers_each_event_once() {
         || async { to(&sink, "/b") == 2 },
     )
     .await;
-    let deliveries: Value = client
-        .get(format!(
-            "http://127.0.0.1:{admin}/api/v1/deliveries?limit=100"
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let deliveries: Value = get_json(
+        &client,
+        &format!("http://127.0.0.1:{admin}/api/v1/deliveries?limit=100"),
+    )
+    .await
+    .1;
     let b = deliveries["deliveries"]
         .as_array()
         .unwrap()
@@ -121,14 +113,14 @@ async fn a_new_rule_replayed_twice_delivers_each_event_once() {
     assert_eq!(to(&sink, "/a"), 2, "the bans, which had theirs, not again");
 
     // Bad input: an unknown rule, a period with no events.
-    let (code, out) = run(
+    let (code, out) = run_cli(
         &config,
         &["events", "replay", "--since", "1h", "--rule", "nope"],
     )
     .await;
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("HTTP 400: unknown rule"), "{out}");
-    let (code, out) = run(
+    let (code, out) = run_cli(
         &config,
         &["events", "replay", "--since", "1h", "--until", "1000"],
     )
@@ -140,11 +132,11 @@ async fn a_new_rule_replayed_twice_delivers_each_event_once() {
 
 #[tokio::test]
 async fn two_replicas_replaying_at_once_deliver_each_event_once() {
-    let Some(url) = crate::pg::database().await else {
+    let Some(url) = crate::helpers::pg::database().await else {
         return;
     };
     let sink = HttpSink::start().await;
-    let store = format!("store:\n  type: postgres\n  url: '{url}'\n  pool: 8\n");
+    let store = crate::helpers::pg::store_config(&url, 8);
     let first = spawn_app_with(Options::rules(rules(&sink, false)).config(store.clone())).await;
     for i in 0..10 {
         assert_eq!(

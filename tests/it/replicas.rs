@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::helpers::*;
-use crate::process::{Daemon, fixed_ports, free_port};
+use crate::helpers::{Daemon, fixed_ports, free_port};
 
 /// A real nginx (Debian's) serving `deploy/nginx.conf` on a free loopback
 /// port, its upstreams the given callback ports.
@@ -177,7 +177,7 @@ fn received(sink: &HttpSink) -> HashMap<String, Vec<Instant>> {
 
 #[tokio::test]
 async fn three_replicas_behind_nginx_lose_nothing_when_one_is_killed_and_one_stopped() {
-    let Some(url) = crate::pg::database().await else {
+    let Some(url) = crate::helpers::pg::database().await else {
         return;
     };
     let sink = HttpSink::start().await;
@@ -190,7 +190,7 @@ async fn three_replicas_behind_nginx_lose_nothing_when_one_is_killed_and_one_sto
     }
     let ports: Vec<u16> = configs
         .iter()
-        .map(|(_, c)| crate::process::config_ports(c).0)
+        .map(|(_, c)| crate::helpers::config_ports(c).0)
         .collect();
     let Some(nginx) = Nginx::start(&ports) else {
         return;
@@ -324,7 +324,7 @@ async fn three_replicas_behind_nginx_lose_nothing_when_one_is_killed_and_one_sto
 #[tokio::test]
 #[ignore = "waits out a 61 s lease; .ci/run runs it"]
 async fn a_replica_paused_past_its_lease_does_not_record_over_the_new_owner() {
-    let Some(url) = crate::pg::database().await else {
+    let Some(url) = crate::helpers::pg::database().await else {
         return;
     };
     let sink = HttpSink::start().await;

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::helpers::*;
-use crate::process::{Daemon, config_ports, fixed_ports};
+use crate::helpers::{Daemon, config_ports, fixed_ports};
 
 /// A listening socket on a free loopback port with room for a burst in
 /// its backlog, as the socket unit's `Backlog=` gives.
@@ -329,11 +329,11 @@ fn fixed_ports_again(config: &std::path::Path) {
     let text = text
         .replace(
             &format!("listen: 127.0.0.1:{cb}\n"),
-            &format!("listen: 127.0.0.1:{}\n", crate::process::free_port()),
+            &format!("listen: 127.0.0.1:{}\n", crate::helpers::free_port()),
         )
         .replace(
             &format!("admin_listen: 127.0.0.1:{admin}\n"),
-            &format!("admin_listen: 127.0.0.1:{}\n", crate::process::free_port()),
+            &format!("admin_listen: 127.0.0.1:{}\n", crate::helpers::free_port()),
         );
     std::fs::write(config, text).unwrap();
 }

@@ -1,7 +1,7 @@
 //! Rule tests (SPEC §14): `tests:` in a rule file run with `check`, at
 //! start-up and on reload; a failing one is a problem like any other.
 
-use crate::cli::easehook;
+use crate::helpers::easehook;
 use crate::helpers::*;
 
 const RULES: &str = r#"

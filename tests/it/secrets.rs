@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::helpers::*;
-use crate::process::{Daemon, fixed_ports};
+use crate::helpers::{Daemon, fixed_ports};
 
 #[tokio::test]
 async fn no_output_of_a_full_run_contains_a_secret() {
@@ -93,14 +93,7 @@ async fn no_output_of_a_full_run_contains_a_secret() {
             .text()
             .await
             .unwrap();
-        seen += &client
-            .get(format!("{}{path}", d.admin_url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        seen += &get_text(&client, &format!("{}{path}", d.admin_url)).await;
     }
     // The CLI: check (valid and broken), test, simulate --print is the one
     // place a signature is printed (its purpose), so it is not searched.

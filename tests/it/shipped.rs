@@ -64,17 +64,7 @@ async fn the_shipped_ban_notifications_reach_email_and_slack() {
         1_642_648_046_912,
     );
     sign(&mut ban, SECRET);
-    assert_eq!(
-        client
-            .post(&url)
-            .json(&ban)
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16(),
-        200
-    );
+    assert_eq!(post_json(&client, &url, &ban).await.0, 200);
     eventually(
         Duration::from_secs(20),
         "the email and the Slack message",
@@ -137,30 +127,13 @@ async fn the_shipped_ban_notifications_reach_email_and_slack() {
         1_642_648_046_912,
     );
     sign(&mut test_ban, SECRET);
-    assert_eq!(
-        client
-            .post(&url)
-            .json(&test_ban)
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16(),
-        200
-    );
+    assert_eq!(post_json(&client, &url, &test_ban).await.0, 200);
     let admin = format!("http://{}/api/v1/deliveries?status=sent", app.admin_addr);
     eventually(
         Duration::from_secs(10),
         "the test user's ban logged",
         || async {
-            let v: serde_json::Value = client
-                .get(&admin)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let v: serde_json::Value = get_json(&client, &admin).await.1;
             v["deliveries"].as_array().unwrap().len() == 4
         },
     )

@@ -46,7 +46,7 @@ pub async fn connect_pg(url: &str) -> (PgStore, tempfile::TempDir) {
 /// A PostgreSQL store on a new database; `None` where no server is
 /// installed (a failure under `CI=true`).
 pub async fn open_postgres() -> Option<Opened> {
-    let url = crate::pg::database().await?;
+    let url = crate::helpers::pg::database().await?;
     let (store, dir) = connect_pg(&url).await;
     Some(Opened {
         store: Arc::new(store),
@@ -1128,7 +1128,7 @@ where
     F: FnOnce(String, PgStore, PgStore) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let Some(url) = crate::pg::database().await else {
+    let Some(url) = crate::helpers::pg::database().await else {
         return;
     };
     let settings = pg_settings(&url);
@@ -1202,7 +1202,7 @@ async fn replicas_are_listed_and_migrations_run_once() {
                 .iter()
                 .all(|r| r.version == env!("CARGO_PKG_VERSION"))
         );
-        let versions = crate::pg::sql(&url, "SELECT version FROM easehook_schema").await;
+        let versions = crate::helpers::pg::sql(&url, "SELECT version FROM easehook_schema").await;
         assert_eq!(
             versions.len(),
             easehook::store::postgres::SCHEMA_VERSION as usize
@@ -1218,11 +1218,11 @@ async fn replicas_are_listed_and_migrations_run_once() {
 
 #[tokio::test]
 async fn a_schema_newer_than_the_daemon_is_refused() {
-    let Some(url) = crate::pg::database().await else {
+    let Some(url) = crate::helpers::pg::database().await else {
         return;
     };
     drop(connect_pg(&url).await);
-    crate::pg::sql(&url, "INSERT INTO easehook_schema VALUES (999, 0)").await;
+    crate::helpers::pg::sql(&url, "INSERT INTO easehook_schema VALUES (999, 0)").await;
     let Err(e) = PgStore::connect_tool(&pg_settings(&url)).await else {
         panic!("a newer schema was accepted")
     };
@@ -1262,12 +1262,12 @@ async fn prune_runs_on_one_replica_at_a_time() {
 
 #[tokio::test]
 async fn bad_urls_get_clear_errors_without_the_password() {
-    let Some(server) = crate::pg::server() else {
+    let Some(server) = crate::helpers::pg::server() else {
         return;
     };
     let wrong = format!(
         "postgres://{}:not-the-password-99@127.0.0.1:{}/postgres",
-        crate::pg::USER,
+        crate::helpers::pg::USER,
         server.port
     );
     let Err(e) = PgStore::connect_tool(&pg_settings(&wrong)).await else {
@@ -1342,7 +1342,7 @@ async fn a_rate_limit_is_shared_by_the_replicas() {
 
 #[tokio::test]
 async fn a_replica_restarted_after_a_crash_takes_its_claims_back_at_once() {
-    let Some(url) = crate::pg::database().await else {
+    let Some(url) = crate::helpers::pg::database().await else {
         return;
     };
     let settings = pg_settings(&url);
@@ -1407,7 +1407,7 @@ async fn a_replica_restarted_after_a_crash_takes_its_claims_back_at_once() {
 /// and its window goes on counting.
 #[tokio::test]
 async fn store_copy_takes_digests_and_windows_along() {
-    let Some(url) = crate::pg::database().await else {
+    let Some(url) = crate::helpers::pg::database().await else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

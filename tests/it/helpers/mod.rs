@@ -14,6 +14,13 @@ use easehook::shutdown::Shutdown;
 use serde_json::{Value, json};
 use warp::Filter;
 
+mod cli;
+mod daemon;
+pub mod pg;
+
+pub use cli::*;
+pub use daemon::*;
+
 pub const SECRET: &str = "it-secret-0123456789";
 pub const APPKEY: &str = "org#app";
 
@@ -50,10 +57,32 @@ where
 }
 
 /// GET `url`: the status and the JSON body.
-pub async fn get_json(client: &reqwest::Client, url: String) -> (u16, Value) {
+pub async fn get_json(client: &reqwest::Client, url: impl reqwest::IntoUrl) -> (u16, Value) {
     let r = client.get(url).send().await.unwrap();
     let status = r.status().as_u16();
     (status, r.json().await.unwrap())
+}
+
+/// GET `url`: the body as text (a page, `/metrics`).
+pub async fn get_text(client: &reqwest::Client, url: impl reqwest::IntoUrl) -> String {
+    client.get(url).send().await.unwrap().text().await.unwrap()
+}
+
+/// POST `body` as JSON to `url` (a signed callback to a daemon's callback
+/// listener, most often): the status and the JSON answer, or
+/// `{"raw": text}` when the answer is not JSON.
+pub async fn post_json(
+    client: &reqwest::Client,
+    url: impl reqwest::IntoUrl,
+    body: &Value,
+) -> (u16, Value) {
+    let resp = client.post(url).json(body).send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(json!({"raw": text})),
+    )
 }
 
 /// How to start a test daemon.

@@ -305,3 +305,9 @@ pub async fn sql(url: &str, query: &str) -> Vec<tokio_postgres::Row> {
     let _ = task.await;
     rows
 }
+
+/// The `store:` section of a daemon's config on the database at `url`,
+/// with `pool` connections.
+pub fn store_config(url: &str, pool: usize) -> String {
+    format!("store:\n  type: postgres\n  url: '{url}'\n  pool: {pool}\n")
+}
