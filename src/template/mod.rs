@@ -24,16 +24,17 @@
 //! put in their data (a friend request's `payload.reason` containing `{{`,
 //! quotes or Chinese) is data, never evaluated as a template.
 
+mod helpers;
+
+use helpers::*;
+
 use std::borrow::Cow;
 use std::path::Path;
 use std::sync::Arc;
 
 use chrono::{DateTime, TimeZone, Utc};
 use handlebars::template::{HelperTemplate, Parameter, TemplateElement};
-use handlebars::{
-    Context, Handlebars, Helper, HelperDef, Path as JsonPath, PathSeg, RenderContext, RenderError,
-    RenderErrorReason, ScopedJson,
-};
+use handlebars::{Handlebars, Path as JsonPath, PathSeg, RenderError, RenderErrorReason};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
 use serde_json::{Map, Value};
 
@@ -657,179 +658,6 @@ fn with_names(mut base: Value, rule: &str, action: &str) -> TemplateData {
 /// Handlebars takes it as it is; handing it a `Value` instead would make it
 /// copy the whole context again for each template rendered.
 pub type TemplateData = handlebars::Context;
-
-fn param<'a>(h: &'a Helper, idx: usize, helper: &'static str) -> Result<&'a Value, RenderError> {
-    match h.param(idx) {
-        Some(p) if !p.is_value_missing() => Ok(p.value()),
-        Some(p) => Err(RenderErrorReason::MissingVariable(p.relative_path().cloned()).into()),
-        None => Err(RenderErrorReason::ParamNotFoundForIndex(helper, idx).into()),
-    }
-}
-
-fn text_of(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => String::new(),
-        other => other.to_string(),
-    }
-}
-
-/// `{{datetime ms [format="%Y-%m-%d %H:%M:%S"] [tz="Asia/Shanghai"]}}`: a time
-/// given as milliseconds (number or digits) or an RFC 3339 string.
-struct DateTimeHelper {
-    tz: chrono_tz::Tz,
-}
-
-impl HelperDef for DateTimeHelper {
-    fn call_inner<'reg: 'rc, 'rc>(
-        &self,
-        h: &Helper<'rc>,
-        _: &'reg Handlebars<'reg>,
-        _: &'rc Context,
-        _: &mut RenderContext<'reg, 'rc>,
-    ) -> Result<ScopedJson<'rc>, RenderError> {
-        let v = param(h, 0, "datetime")?;
-        let when: DateTime<Utc> = match v {
-            Value::Number(n) => n
-                .as_i64()
-                .and_then(|ms| Utc.timestamp_millis_opt(ms).single()),
-            Value::String(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => s
-                .parse::<i64>()
-                .ok()
-                .and_then(|ms| Utc.timestamp_millis_opt(ms).single()),
-            Value::String(s) => DateTime::parse_from_rfc3339(s)
-                .ok()
-                .map(|d| d.with_timezone(&Utc)),
-            _ => None,
-        }
-        .ok_or_else(|| {
-            RenderErrorReason::Other(format!(
-                "datetime: {v} is not a time in milliseconds or RFC 3339"
-            ))
-        })?;
-        let format = match h.hash_get("format") {
-            Some(f) => text_of(f.value()),
-            None => "%Y-%m-%d %H:%M:%S".to_string(),
-        };
-        let tz = match h.hash_get("tz") {
-            Some(t) => {
-                let name = text_of(t.value());
-                name.parse::<chrono_tz::Tz>().map_err(|_| {
-                    RenderErrorReason::Other(format!("datetime: unknown time zone {name:?}"))
-                })?
-            }
-            None => self.tz,
-        };
-        let items = chrono::format::StrftimeItems::new(&format)
-            .parse()
-            .map_err(|_| {
-                RenderErrorReason::Other(format!("datetime: invalid format {format:?}"))
-            })?;
-        let mut out = String::new();
-        use std::fmt::Write;
-        write!(
-            out,
-            "{}",
-            when.with_timezone(&tz).format_with_items(items.iter())
-        )
-        .map_err(|_| RenderErrorReason::Other(format!("datetime: invalid format {format:?}")))?;
-        Ok(ScopedJson::Derived(Value::String(out)))
-    }
-}
-
-/// `{{json VALUE}}`: the value as compact JSON text.
-struct JsonHelper;
-
-impl HelperDef for JsonHelper {
-    fn call_inner<'reg: 'rc, 'rc>(
-        &self,
-        h: &Helper<'rc>,
-        _: &'reg Handlebars<'reg>,
-        _: &'rc Context,
-        _: &mut RenderContext<'reg, 'rc>,
-    ) -> Result<ScopedJson<'rc>, RenderError> {
-        let v = param(h, 0, "json")?;
-        Ok(ScopedJson::Derived(Value::String(v.to_string())))
-    }
-}
-
-/// `{{default VALUE FALLBACK}}`: FALLBACK when VALUE is missing, null or empty.
-/// The one helper that accepts a missing value in strict mode.
-struct DefaultHelper;
-
-impl HelperDef for DefaultHelper {
-    fn call_inner<'reg: 'rc, 'rc>(
-        &self,
-        h: &Helper<'rc>,
-        _: &'reg Handlebars<'reg>,
-        _: &'rc Context,
-        _: &mut RenderContext<'reg, 'rc>,
-    ) -> Result<ScopedJson<'rc>, RenderError> {
-        let value = h
-            .param(0)
-            .filter(|p| !p.is_value_missing())
-            .map(|p| p.value());
-        let fallback = param(h, 1, "default")?;
-        let chosen = match value {
-            None | Some(Value::Null) => fallback,
-            Some(Value::String(s)) if s.is_empty() => fallback,
-            Some(v) => v,
-        };
-        Ok(ScopedJson::Derived(chosen.clone()))
-    }
-}
-
-/// `{{upper TEXT}}` and `{{lower TEXT}}`.
-struct CaseHelper {
-    upper: bool,
-}
-
-impl HelperDef for CaseHelper {
-    fn call_inner<'reg: 'rc, 'rc>(
-        &self,
-        h: &Helper<'rc>,
-        _: &'reg Handlebars<'reg>,
-        _: &'rc Context,
-        _: &mut RenderContext<'reg, 'rc>,
-    ) -> Result<ScopedJson<'rc>, RenderError> {
-        let t = text_of(param(h, 0, if self.upper { "upper" } else { "lower" })?);
-        Ok(ScopedJson::Derived(Value::String(if self.upper {
-            t.to_uppercase()
-        } else {
-            t.to_lowercase()
-        })))
-    }
-}
-
-/// `{{truncate TEXT N}}`: at most N characters; a cut text ends with `…`,
-/// which counts as one of the N.
-struct TruncateHelper;
-
-impl HelperDef for TruncateHelper {
-    fn call_inner<'reg: 'rc, 'rc>(
-        &self,
-        h: &Helper<'rc>,
-        _: &'reg Handlebars<'reg>,
-        _: &'rc Context,
-        _: &mut RenderContext<'reg, 'rc>,
-    ) -> Result<ScopedJson<'rc>, RenderError> {
-        let t = text_of(param(h, 0, "truncate")?);
-        let n = param(h, 1, "truncate")?
-            .as_u64()
-            .ok_or_else(|| RenderErrorReason::Other("truncate: N must be a whole number".into()))?
-            as usize;
-        let out = if t.chars().count() <= n {
-            t
-        } else if n == 0 {
-            String::new()
-        } else {
-            let mut s: String = t.chars().take(n - 1).collect();
-            s.push('…');
-            s
-        };
-        Ok(ScopedJson::Derived(Value::String(out)))
-    }
-}
 
 #[cfg(test)]
 mod tests;
