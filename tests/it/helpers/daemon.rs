@@ -114,14 +114,9 @@ impl Daemon {
 
     /// POST a callback to the daemon; the status of its answer.
     pub async fn post(&self, body: &serde_json::Value) -> u16 {
-        reqwest::Client::new()
-            .post(&self.callback_url)
-            .json(body)
-            .send()
+        super::post_json(&reqwest::Client::new(), &self.callback_url, body)
             .await
-            .unwrap()
-            .status()
-            .as_u16()
+            .0
     }
 
     pub fn signal(&self, sig: Signal) {

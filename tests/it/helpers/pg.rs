@@ -114,14 +114,6 @@ fn command(bin: &Path, run_as: Option<&str>, tool: &str) -> Command {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 extern "C" fn stop_at_exit() {
     if let Some(Ok(server)) = SERVER.get() {
         server.stop_now();
@@ -203,7 +195,7 @@ fn launch(owned: bool, tls: Option<(&str, &str)>) -> Result<PgServer, String> {
             String::from_utf8_lossy(&out.stderr)
         ));
     }
-    let port = free_port();
+    let port = super::free_port();
     // Settings of a small test server; fsync stays on (commits are durable,
     // as the tests of acknowledged callbacks assume).
     let conf = format!(
