@@ -46,6 +46,7 @@ pub mod config;
 pub mod diag;
 pub mod dispatch;
 pub mod metrics;
+pub mod moderation;
 pub mod priority;
 pub mod reload;
 pub mod rules;

@@ -24,7 +24,7 @@ const DEBOUNCE: Duration = Duration::from_millis(300);
 pub fn reload_now(state: &AppState) -> Result<(), Diagnostics> {
     let old = state.snapshot.load_full();
     let path = old.settings.path.clone();
-    let result = crate::snapshot::load(&path, state.env.as_ref());
+    let result = crate::snapshot::load_after(&path, state.env.as_ref(), Some(&old));
     let at = crate::now_ms() / 1000;
     match result {
         Ok(new) => {

@@ -8,12 +8,15 @@ use std::time::Duration;
 
 use crate::config::{self, Settings, expand::Env};
 use crate::diag::Diagnostics;
+use crate::moderation::Moderation;
 use crate::rules::RuleSet;
 
 #[derive(Debug)]
 pub struct Snapshot {
     pub settings: Settings,
     pub rules: RuleSet,
+    /// The pre-send endpoint's moderation rules and word lists.
+    pub moderation: Moderation,
     /// How long a hand-off holds a delivery under these settings and
     /// actions (see [`lease_ms`]).
     pub lease_ms: u64,
@@ -25,13 +28,33 @@ pub struct Snapshot {
 /// Load the config file and compile its rule set: the one code path shared
 /// by `check`, `test`, start-up and reload.
 pub fn load(path: &Path, env: &dyn Env) -> Result<Arc<Snapshot>, Diagnostics> {
+    load_after(path, env, None)
+}
+
+/// [`load`], for a reload: the moderation thresholds of `previous` carry
+/// their counts over to the rules that still exist.
+pub fn load_after(
+    path: &Path,
+    env: &dyn Env,
+    previous: Option<&Snapshot>,
+) -> Result<Arc<Snapshot>, Diagnostics> {
     let settings = config::load(path, env)?;
     let rules = RuleSet::load(&settings, env)?;
+    let mut diags = Diagnostics::new();
+    let moderation = Moderation::load(
+        &settings,
+        &rules,
+        previous.map(|p| &p.moderation),
+        &mut diags,
+    );
+    diags.redact(&rules.redactor);
+    diags.into_result()?;
     let lease_ms = lease_ms(&settings, &rules);
     let claim_lease_ms = claim_lease_ms(&settings, &rules);
     Ok(Arc::new(Snapshot {
         settings,
         rules,
+        moderation,
         lease_ms,
         claim_lease_ms,
     }))

@@ -8,12 +8,15 @@
 
 pub mod expand;
 
+mod presend;
 mod store;
 #[cfg(test)]
 mod tests;
 pub mod units;
 mod yaml;
 
+pub use presend::{OnError, PresendSettings, WordListSpec};
+use presend::{RawPresend, compile_presend};
 pub use store::{PostgresSettings, StoreKind, StoreSettings, mask_postgres_url};
 use store::{RawStore, compile_store};
 pub(crate) use yaml::{deserialize_keys, read_yaml, strip_location};
@@ -123,6 +126,11 @@ struct RawConfig {
     /// key.
     #[schemars(with = "Option<RawStore>")]
     store: Option<Value>,
+    /// The pre-send callback's moderation endpoint (SPEC §16); without
+    /// this section there is none and its path answers 404. Read key by
+    /// key.
+    #[schemars(with = "Option<RawPresend>")]
+    presend: Option<Value>,
 }
 
 /// How log lines are written.
@@ -351,6 +359,8 @@ pub struct Settings {
     pub easemob: BTreeMap<String, EasemobApp>,
     /// Where events and deliveries are kept.
     pub store: StoreSettings,
+    /// `presend:`, when the pre-send endpoint is on.
+    pub presend: Option<PresendSettings>,
     /// Masks every secret of this configuration in any text.
     pub redactor: Redactor,
     /// Things worth telling the operator that do not stop the daemon.
@@ -706,6 +716,12 @@ fn compile(
         diags,
     );
 
+    // `presend:` written alone turns the endpoint on with its defaults.
+    let presend = raw.presend.map(|v| {
+        let p: RawPresend = section(Some(v), file, "presend", diags);
+        compile_presend(p, base, &callback_path, file, diags)
+    });
+
     Settings {
         path: path.to_path_buf(),
         listen,
@@ -729,6 +745,7 @@ fn compile(
         smtp,
         easemob,
         store,
+        presend,
         redactor: Redactor::new(secret_values),
         warnings,
     }

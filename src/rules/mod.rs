@@ -9,7 +9,8 @@
 
 pub mod aggregate;
 pub mod matcher;
-mod ruletest;
+pub mod moderation;
+pub mod ruletest;
 pub mod samples;
 
 use std::collections::HashMap;
@@ -98,6 +99,10 @@ struct RawFile {
     /// reload.
     #[schemars(with = "Vec<ruletest::RawTest>")]
     tests: Vec<Value>,
+    /// Moderation rules for the pre-send callback (SPEC §16), evaluated in
+    /// order (files by name) until one passes or rejects.
+    #[schemars(with = "Vec<moderation::RawModerationRule>")]
+    moderation: Vec<Value>,
 }
 
 /// One delivery an event asks for: an action and the first rule that named it.
@@ -255,6 +260,11 @@ pub struct RuleSet {
     pub warnings: Vec<String>,
     /// Masks the secrets of the configuration and of the rule files.
     pub redactor: crate::diag::Redactor,
+    /// The `moderation:` entries of every file, in order, for
+    /// `crate::moderation` to compile.
+    pub moderation: Vec<moderation::ModerationSource>,
+    /// The tests with a `verdict:`: they check the moderation rules.
+    pub moderation_tests: Vec<ruletest::Pending>,
 }
 
 impl RuleSet {
@@ -360,6 +370,8 @@ impl RuleSet {
             redactor: settings
                 .redactor
                 .with(std::mem::take(&mut expanded.secrets)),
+            moderation: Vec::new(),
+            moderation_tests: Vec::new(),
         };
         // Actions first, from every file: a rule may name an action that a
         // later file defines.
@@ -394,18 +406,42 @@ impl RuleSet {
             }
         }
         let mut rule_files: HashMap<String, String> = HashMap::new();
+        let mut moderation_files: HashMap<String, String> = HashMap::new();
         let mut tests = Vec::new();
         for (file, raw) in parsed {
-            tests.extend(
-                raw.tests
-                    .into_iter()
-                    .enumerate()
-                    .map(|(index, raw)| ruletest::Pending {
-                        file: file.clone(),
-                        index,
-                        raw,
-                    }),
-            );
+            for (index, raw) in raw.tests.into_iter().enumerate() {
+                let pending = ruletest::Pending {
+                    file: file.clone(),
+                    index,
+                    raw,
+                };
+                if pending.raw.get("verdict").is_some() {
+                    set.moderation_tests.push(pending);
+                } else {
+                    tests.push(pending);
+                }
+            }
+            for (i, value) in raw.moderation.into_iter().enumerate() {
+                let label = value.get("name").and_then(Value::as_str).map_or_else(
+                    || format!("moderation[{i}]"),
+                    |n| format!("moderation rule {n}"),
+                );
+                match serde_path_to_error::deserialize::<_, moderation::RawModerationRule>(value) {
+                    Ok(r) => {
+                        if let Some(first) = moderation_files.get(&r.name) {
+                            diags.push(&file, &label, format!("is already defined in {first}"));
+                            continue;
+                        }
+                        moderation_files.insert(r.name.clone(), file.clone());
+                        set.moderation.push(moderation::ModerationSource {
+                            file: file.clone(),
+                            label,
+                            raw: r,
+                        });
+                    }
+                    Err(e) => push_shape_error(&file, label, e, &mut diags),
+                }
+            }
             for (i, value) in raw.rules.into_iter().enumerate() {
                 let label = value
                     .get("name")
@@ -414,13 +450,7 @@ impl RuleSet {
                 let raw: RawRule = match serde_path_to_error::deserialize(value) {
                     Ok(r) => r,
                     Err(e) => {
-                        let path = e.path().to_string();
-                        let loc = if path == "." {
-                            label
-                        } else {
-                            format!("{label}: {path}")
-                        };
-                        diags.push(&file, loc, strip_location(&e.into_inner().to_string()));
+                        push_shape_error(&file, label, e, &mut diags);
                         continue;
                     }
                 };
@@ -673,8 +703,30 @@ fn compile_conditions(
     label: &str,
     diags: &mut Diagnostics,
 ) -> Vec<Condition> {
+    conditions(map.as_ref(), part, file, label, diags, |name| {
+        let field = Field::parse(name)?;
+        let event = field == Field::Event;
+        Ok((field, event))
+    })
+    .into_iter()
+    .map(|(field, matcher)| Condition { field, matcher })
+    .collect()
+}
+
+/// Compile the `field: matcher` pairs of a `when` or `unless`, with the
+/// fields that `parse` knows (it says whether the field is `event`, whose
+/// plain names are families). Shared with the moderation rules, which know
+/// more fields.
+pub fn conditions<F>(
+    map: Option<&Mapping>,
+    part: &str,
+    file: &str,
+    label: &str,
+    diags: &mut Diagnostics,
+    parse: impl Fn(&str) -> Result<(F, bool), String>,
+) -> Vec<(F, Matcher)> {
     let mut out = Vec::new();
-    for (k, v) in map.unwrap_or_default() {
+    for (k, v) in map.into_iter().flatten() {
         let Some(name) = k.as_str() else {
             diags.push(
                 file,
@@ -683,19 +735,36 @@ fn compile_conditions(
             );
             continue;
         };
-        let field = match Field::parse(name) {
+        let loc = format!("{label}: {part}.{name}");
+        let (field, event) = match parse(name) {
             Ok(f) => f,
             Err(e) => {
-                diags.push(file, format!("{label}: {part}.{name}"), e);
+                diags.push(file, loc, e);
                 continue;
             }
         };
-        match Matcher::compile(&v, field == Field::Event) {
-            Ok(matcher) => out.push(Condition { field, matcher }),
-            Err(e) => diags.push(file, format!("{label}: {part}.{name}"), e),
+        match Matcher::compile(v, event) {
+            Ok(matcher) => out.push((field, matcher)),
+            Err(e) => diags.push(file, loc, e),
         }
     }
     out
+}
+
+/// A rule that is not of its shape, at the path inside it that is wrong.
+fn push_shape_error(
+    file: &str,
+    label: String,
+    e: serde_path_to_error::Error<serde_yaml::Error>,
+    diags: &mut Diagnostics,
+) {
+    let path = e.path().to_string();
+    let loc = if path == "." {
+        label
+    } else {
+        format!("{label}: {path}")
+    };
+    diags.push(file, loc, strip_location(&e.into_inner().to_string()));
 }
 
 fn list_rule_files(dir: &Path, diags: &mut Diagnostics) -> Vec<PathBuf> {

@@ -32,12 +32,12 @@ use crate::diag::Diagnostics;
 pub struct RawTest {
     /// Shown with a failure.
     #[serde(default)]
-    name: Option<String>,
+    pub name: Option<String>,
     /// The callback: `{file: PATH}` (relative to the rule file's folder),
     /// or the callback's JSON written as YAML. `security`, `timestamp` and
     /// `callId` may be left out.
     #[schemars(with = "serde_json::Value")]
-    event: serde_yaml::Value,
+    pub event: serde_yaml::Value,
     /// The rules that must match, in order (all of them).
     #[serde(default)]
     rules: Option<Vec<String>>,
@@ -54,45 +54,70 @@ pub struct RawTest {
     #[serde(default)]
     #[schemars(with = "std::collections::BTreeMap<String, serde_json::Value>")]
     expect: Mapping,
+    /// A moderation test: the event is a pre-send request, sent through
+    /// the `moderation:` rules, and this is the verdict it must get
+    /// (`pass`, `reject` or `rewrite`).
+    #[serde(default)]
+    pub verdict: Option<String>,
+    /// A moderation test: the rule that must decide.
+    #[serde(default)]
+    pub rule: Option<String>,
+    /// A moderation test: the `code` the answer must carry.
+    #[serde(default)]
+    pub code: Option<String>,
+    /// A moderation test: the rewritten text the answer must carry.
+    #[serde(default)]
+    pub text: Option<String>,
 }
 
 /// A test, its file and its place in the file.
+#[derive(Debug)]
 pub struct Pending {
     pub file: String,
     pub index: usize,
     pub raw: serde_yaml::Value,
 }
 
+/// Run each test with `run`, which says what is wrong with its outcome;
+/// each problem, and each test not of a test's shape, goes into `diags`.
+pub fn run_each(
+    tests: &[Pending],
+    diags: &mut Diagnostics,
+    mut run: impl FnMut(&str, &RawTest) -> Vec<String>,
+) {
+    for t in tests {
+        let raw: RawTest = match serde_path_to_error::deserialize(t.raw.clone()) {
+            Ok(r) => r,
+            Err(e) => {
+                let path = e.path().to_string();
+                let loc = if path == "." {
+                    format!("tests[{}]", t.index)
+                } else {
+                    format!("tests[{}]: {path}", t.index)
+                };
+                diags.push(
+                    &t.file,
+                    loc,
+                    crate::config::strip_location(&e.into_inner().to_string()),
+                );
+                continue;
+            }
+        };
+        let label = match &raw.name {
+            Some(n) => format!("tests[{}] ({n})", t.index),
+            None => format!("tests[{}]", t.index),
+        };
+        for problem in run(&t.file, &raw) {
+            diags.push(&t.file, &label, problem);
+        }
+    }
+}
+
 impl RuleSet {
     /// Run every test against this (otherwise valid) set; each failure is a
     /// problem in `diags`.
     pub(super) fn run_tests(&self, tests: &[Pending], diags: &mut Diagnostics) {
-        for t in tests {
-            let raw: RawTest = match serde_path_to_error::deserialize(t.raw.clone()) {
-                Ok(r) => r,
-                Err(e) => {
-                    let path = e.path().to_string();
-                    let loc = if path == "." {
-                        format!("tests[{}]", t.index)
-                    } else {
-                        format!("tests[{}]: {path}", t.index)
-                    };
-                    diags.push(
-                        &t.file,
-                        loc,
-                        crate::config::strip_location(&e.into_inner().to_string()),
-                    );
-                    continue;
-                }
-            };
-            let label = match &raw.name {
-                Some(n) => format!("tests[{}] ({n})", t.index),
-                None => format!("tests[{}]", t.index),
-            };
-            for problem in self.run_test(&t.file, &raw) {
-                diags.push(&t.file, &label, problem);
-            }
-        }
+        run_each(tests, diags, |file, raw| self.run_test(file, raw));
     }
 
     /// What is wrong with one test's outcome (nothing: it passes).
@@ -162,6 +187,14 @@ impl RuleSet {
 
 /// The test's callback, from its file or written inline.
 fn event(file: &str, v: &serde_yaml::Value) -> Result<Callback, String> {
+    let raw = event_json(file, v)?;
+    // A test needs no signature.
+    crate::callback::unsigned(raw).map_err(|e| format!("event: {e}"))
+}
+
+/// A test's `event:` as JSON: `{file: PATH}` relative to the rule file,
+/// or the value written inline.
+pub fn event_json(file: &str, v: &serde_yaml::Value) -> Result<Value, String> {
     let raw: Value = match v.get("file") {
         Some(serde_yaml::Value::String(path)) if v.as_mapping().is_some_and(|m| m.len() == 1) => {
             let dir = Path::new(file).parent().unwrap_or(Path::new("."));
@@ -173,8 +206,7 @@ fn event(file: &str, v: &serde_yaml::Value) -> Result<Callback, String> {
         }
         _ => serde_json::to_value(v).map_err(|e| format!("event: {e}"))?,
     };
-    // A test needs no signature.
-    crate::callback::unsigned(raw).map_err(|e| format!("event: {e}"))
+    Ok(raw)
 }
 
 /// Compare the names that must follow with those that did, in order.
