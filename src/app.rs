@@ -185,6 +185,14 @@ impl App {
         // long a hand-off waits for a slot (see `snapshot::lease_ms`).
         let (handoff_tx, handoff_rx) = mpsc::channel(settings.delivery.concurrency);
         let delivery_threads = DeliveryThreads::new();
+        // Sized at start; a reload that changes `presend.queue` takes
+        // effect on restart.
+        let (presend_tx, presend_rx) = mpsc::channel(
+            settings
+                .presend
+                .as_ref()
+                .map_or(crate::config::DEFAULT_PRESEND_QUEUE, |p| p.queue),
+        );
         let state = Arc::new(AppState {
             snapshot: ArcSwap::new(snap.clone()),
             store,
@@ -204,7 +212,12 @@ impl App {
             metrics: crate::metrics::Metrics::new(),
             activity: crate::metrics::Activity::default(),
             sessions: crate::sessions::Sessions::new(),
+            presend_records: presend_tx,
         });
+        state
+            .metrics
+            .presend
+            .set_words(snap.moderation.lists.counts());
         state.metrics.reloaded(true);
         let deliveries =
             delivery_runtime(&delivery_threads).context("cannot start the delivery threads")?;
@@ -241,6 +254,12 @@ impl App {
             }
         });
         tasks.spawn(crate::dispatch::maintain(state.clone(), shutdown.clone()));
+        tasks.spawn(server::presend::record(
+            state.clone(),
+            presend_rx,
+            shutdown.clone(),
+            drain,
+        ));
         let settings = state.clone();
         tasks.spawn(crate::priority::steer(
             state.store.clone(),

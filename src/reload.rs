@@ -54,6 +54,10 @@ pub fn reload_now(state: &AppState) -> Result<(), Diagnostics> {
                 actions = new.rules.actions.len(),
                 "configuration reloaded"
             );
+            state
+                .metrics
+                .presend
+                .set_words(new.moderation.lists.counts());
             state.snapshot.store(new);
             state.metrics.reloaded(true);
             if let Ok(mut s) = state.reload_status.lock() {

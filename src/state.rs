@@ -52,4 +52,7 @@ pub struct AppState {
     pub activity: crate::metrics::Activity,
     /// The console's sign-in sessions.
     pub sessions: crate::sessions::Sessions,
+    /// Pre-send verdicts waiting to be stored (bounded: a full queue
+    /// drops, it never makes an answer wait).
+    pub presend_records: mpsc::Sender<crate::moderation::Record>,
 }

@@ -64,6 +64,9 @@ pub struct Callback {
     pub dedup_key: String,
 }
 
+/// The family of recorded pre-send verdicts: `presend:reject`, … .
+pub const PRESEND_PREFIX: &str = "presend:";
+
 /// The eight roster operations, in the order samples are shown.
 pub const ROSTER_OPERATIONS: [&str; 8] = [
     "add",
@@ -144,6 +147,14 @@ impl Callback {
         Ok(cb)
     }
 
+    /// The same callback, seen as `raw` from now on (a recorded pre-send
+    /// verdict is the request plus what was decided).
+    pub fn with_raw(mut self, raw: Value) -> Self {
+        self.raw = OnceLock::from(raw);
+        self.body = None;
+        self
+    }
+
     /// The whole callback as received.
     pub fn raw(&self) -> &Value {
         self.raw.get_or_init(|| {
@@ -198,7 +209,13 @@ impl Callback {
             .as_deref()
             .map_or_else(Text::default, |t| normalize_user(t, appkey.as_deref()));
         let body_event = optional_str(obj, "event");
+        // A recorded pre-send verdict names its event (SPEC §16).
+        let presend = body_event
+            .as_deref()
+            .filter(|e| e.starts_with(PRESEND_PREFIX))
+            .map(Text::new);
         let event = match other_family(obj, chat_type.is_some(), body_event.as_deref()) {
+            _ if presend.is_some() => presend.clone().expect("checked"),
             Some(f) => {
                 if let Some(user) = f.user {
                     from_user = normalize_user(&user, appkey.as_deref());
@@ -215,7 +232,7 @@ impl Callback {
                 event_type.as_deref(),
             ),
         };
-        let dedup_key = dedup_key(
+        let mut dedup_key = dedup_key(
             &call_id,
             chat_type.as_deref(),
             event_type.as_deref(),
@@ -223,6 +240,10 @@ impl Callback {
             to.as_deref(),
             operation.as_deref(),
         );
+        if presend.is_some() {
+            // Apart from the post-send callback of the same message.
+            dedup_key.insert_str(0, PRESEND_PREFIX);
+        }
         Ok(Callback {
             call_id,
             security,

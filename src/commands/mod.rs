@@ -103,6 +103,17 @@ pub fn check(config_path: &Path) -> anyhow::Result<ExitCode> {
                 rules.actions.iter().filter(|a| !a.enabled).count(),
                 rules.templates.files().len()
             );
+            if let Some(presend) = &snap.settings.presend {
+                println!(
+                    "presend: POST {} on the callback listener, {} moderation rule(s), budget {} ms",
+                    presend.path,
+                    snap.moderation.rules.len(),
+                    presend.budget.as_millis()
+                );
+                for (list, words) in snap.moderation.lists.counts() {
+                    println!("word list {list}: {words} word(s)");
+                }
+            }
             match &snap.settings.store {
                 config::StoreSettings::Sqlite => {
                     println!("store: sqlite in {}", snap.settings.state_dir.display())

@@ -15,7 +15,7 @@ mod tests;
 pub mod units;
 mod yaml;
 
-pub use presend::{OnError, PresendSettings, WordListSpec};
+pub use presend::{DEFAULT_QUEUE as DEFAULT_PRESEND_QUEUE, OnError, PresendSettings, WordListSpec};
 use presend::{RawPresend, compile_presend};
 pub use store::{PostgresSettings, StoreKind, StoreSettings, mask_postgres_url};
 use store::{RawStore, compile_store};

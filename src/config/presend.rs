@@ -15,6 +15,9 @@ use super::resolve;
 use super::units::{HumanDuration, Num};
 use crate::diag::Diagnostics;
 
+/// Verdicts waiting to be stored, at most, unless `presend.queue` says.
+pub const DEFAULT_QUEUE: usize = 10_000;
+
 /// `presend:` as written.
 #[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -131,7 +134,7 @@ pub(super) fn compile_presend(
     let record = raw
         .record
         .unwrap_or_else(|| vec![RecordVerdict::Reject, RecordVerdict::Rewrite]);
-    let queue = raw.queue.map_or(10_000, |n| n.0);
+    let queue = raw.queue.map_or(DEFAULT_QUEUE, |n| n.0);
     if queue == 0 {
         diags.push(file, "presend.queue", "must be at least 1");
     }

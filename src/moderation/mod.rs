@@ -183,6 +183,14 @@ impl Decision {
     }
 }
 
+/// A verdict on its way to the store: the request and what was decided.
+#[derive(Debug)]
+pub struct Record {
+    pub callback: Callback,
+    pub decision: Decision,
+    pub received_at_ms: u64,
+}
+
 /// `pass`, `reject` or `rewrite`.
 pub fn verdict_name(v: Verdict) -> &'static str {
     match v {

@@ -122,6 +122,17 @@ impl RuleSet {
 
     /// What is wrong with one test's outcome (nothing: it passes).
     fn run_test(&self, file: &str, t: &RawTest) -> Vec<String> {
+        for (key, given) in [
+            ("rule", t.rule.is_some()),
+            ("code", t.code.is_some()),
+            ("text", t.text.is_some()),
+        ] {
+            if given {
+                return vec![format!(
+                    "`{key}` checks a moderation verdict: give `verdict:` too"
+                )];
+            }
+        }
         let cb = match event(file, &t.event) {
             Ok(cb) => cb,
             Err(e) => return vec![e],

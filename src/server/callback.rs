@@ -56,9 +56,9 @@ pub fn routes(
 }
 
 /// How one callback ended, for the log line.
-struct Outcome {
-    status: StatusCode,
-    result: &'static str,
+pub(super) struct Outcome {
+    pub(super) status: StatusCode,
+    pub(super) result: &'static str,
     event: Text,
     /// The matching rules.
     rules: Matched,
@@ -102,6 +102,11 @@ where
 {
     let snapshot = state.snapshot.load_full();
     let settings = &snapshot.settings;
+    if let Some(presend) = &settings.presend
+        && path == presend.path
+    {
+        return super::presend::handle(state.clone(), snapshot.clone(), method, length, body).await;
+    }
     if path != settings.callback_path {
         if path == "/healthz" && (method == Method::GET || method == Method::HEAD) {
             return json_reply(StatusCode::OK, &serde_json::json!({"ok": true}));
@@ -109,10 +114,7 @@ where
         return error_reply(StatusCode::NOT_FOUND, "not found");
     }
     if method != Method::POST {
-        let mut r = error_reply(StatusCode::METHOD_NOT_ALLOWED, "use POST");
-        r.headers_mut()
-            .insert("allow", warp::http::HeaderValue::from_static("POST"));
-        return r;
+        return super::use_post();
     }
     let started = Instant::now();
     let accepted = match accept(&state, snapshot, length, body).await {
@@ -205,7 +207,7 @@ fn record(state: &AppState, out: Outcome, started: Instant) -> Response {
 }
 
 /// A callback read, verified and matched, ready to be committed.
-struct Ready {
+pub(super) struct Ready {
     new: NewEvent,
     window: u64,
     handoff: Option<Vec<OwnedPermit<Claimed>>>,
@@ -317,6 +319,20 @@ where
         o.event = cb.event;
         return Err(o);
     }
+    let body = cb.text();
+    Ok(ready(state, snapshot, cb, body, now))
+}
+
+/// A verified callback (or a recorded pre-send verdict), matched against
+/// the rules: what is left is to commit it. `body` is what is stored.
+pub(super) fn ready(
+    state: &AppState,
+    snapshot: Arc<Snapshot>,
+    cb: Callback,
+    body: std::sync::Arc<str>,
+    now: u64,
+) -> Ready {
+    let settings = &snapshot.settings;
     let rules = &snapshot.rules;
     let evaluation = rules.evaluate(&cb);
     // Shared with the deliveries handed to the dispatcher.
@@ -357,7 +373,7 @@ where
         dedup_key: cb.dedup_key.clone(),
         event: cb.event.clone(),
         received_at_ms: now,
-        body: cb.text(),
+        body,
         from_user: cb.from_user.clone(),
         to_user: cb.to_user.clone(),
         rules: rule_names,
@@ -366,7 +382,7 @@ where
         aggregates,
     };
     let window = settings.dedup_window.as_millis() as u64;
-    Ok(Ready {
+    Ready {
         new,
         window,
         handoff,
@@ -376,12 +392,12 @@ where
             snapshot: Some(snapshot),
         },
         event_label,
-    })
+    }
 }
 
 impl Ready {
     /// Commit, hand off, count: how the callback ended.
-    async fn finish(self, state: &AppState) -> Outcome {
+    pub(super) async fn finish(self, state: &AppState) -> Outcome {
         let event = self.callback.event.clone();
         let rules = self.matched.snapshot.as_ref().map(|s| &s.rules);
         let committed = commit(
@@ -529,14 +545,18 @@ fn done_at_once(
         .count_delivery(action.map(|a| &a.metrics), &d.action, DeliveryOutcome::Sent);
 }
 
-enum ReadError {
+pub(super) enum ReadError {
     TooLarge,
     Io,
 }
 
 /// Read a body, giving up as soon as it exceeds `limit` bytes (chunked
 /// bodies have no length to check up front).
-async fn read_limited<S, B>(mut body: S, limit: u64, capacity: usize) -> Result<BytesMut, ReadError>
+pub(super) async fn read_limited<S, B>(
+    mut body: S,
+    limit: u64,
+    capacity: usize,
+) -> Result<BytesMut, ReadError>
 where
     S: Stream<Item = Result<B, warp::Error>> + Unpin,
     B: Buf,

@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod callback;
 pub mod console;
+pub mod presend;
 mod query;
 
 use std::sync::Arc;
@@ -93,6 +94,14 @@ pub async fn rejected(
 }
 
 /// `{"ok":false,"error":…}` with a status code.
+/// 405, with the `allow: POST` that says what would do.
+pub fn use_post() -> warp::reply::Response {
+    let mut r = error_reply(StatusCode::METHOD_NOT_ALLOWED, "use POST");
+    r.headers_mut()
+        .insert("allow", warp::http::HeaderValue::from_static("POST"));
+    r
+}
+
 pub fn error_reply(status: StatusCode, message: &str) -> warp::reply::Response {
     json_reply(status, &serde_json::json!({"ok": false, "error": message}))
 }

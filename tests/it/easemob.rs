@@ -661,3 +661,45 @@ async fn recover_asks_easemob_to_resend_each_key_of_the_period_once() {
     assert_eq!(code, 2);
     drop(app);
 }
+
+#[tokio::test]
+async fn a_threshold_over_presend_rejects_deactivates_the_repeat_spammer() {
+    let fake = FakeEasemob::start().await;
+    let rules = format!(
+        "{}actions:\n  ban:\n    type: easemob\n    call: deactivate\n    user: '{{{{from_user}}}}'\n\
+         rules:\n  - name: repeat-spammer\n    when: {{event: 'presend:reject'}}\n    threshold: {{count: 3, within: 1h, by: [from]}}\n    actions: [ban]\n",
+        crate::presend::MODERATION
+    );
+    let opts = Options::rules(rules)
+        .config(crate::presend::PRESEND)
+        .config(format!(
+            "easemob:\n  \"{APPKEY}\":\n    api: {}\n    client_id: {CLIENT_ID}\n    client_secret: ${{EM_SECRET}}\n",
+            fake.url
+        ))
+        .env("EM_SECRET", CLIENT_SECRET);
+    let app = spawn_app_with(opts).await;
+    for _ in 0..3 {
+        let (_, answer) = app.presend(&presend_txt("spambot", "加微信 123")).await;
+        assert_eq!(answer, r#"{"valid":false,"code":"HX:10001"}"#);
+    }
+    // Another sender's rejects count apart.
+    app.presend(&presend_txt("someone", "vx")).await;
+    eventually(Duration::from_secs(10), "a deactivation", || async {
+        !fake.calls().is_empty()
+    })
+    .await;
+    assert_eq!(
+        fake.calls()[0].path,
+        "/users/spambot/deactivate",
+        "{:?}",
+        fake.calls()
+    );
+    assert!(
+        !fake
+            .calls()
+            .iter()
+            .any(|c| c.path == "/users/someone/deactivate"),
+        "{:?}",
+        fake.calls()
+    );
+}

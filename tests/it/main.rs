@@ -21,6 +21,7 @@ mod hostile;
 mod interop;
 mod ops;
 mod postgres;
+mod presend;
 mod process;
 mod props;
 mod reload;

@@ -72,7 +72,7 @@ fn passing_tests_pass_check_and_wrong_expectations_fail_it_located() {
     // A missing event file, and a test of an unknown shape.
     std::fs::write(
         dir.path().join("rules/10-test.yaml"),
-        "rules: []\ntests:\n  - {event: {file: nope.json}}\n  - {event: {}, rule: [x]}\n",
+        "rules: []\ntests:\n  - {event: {file: nope.json}}\n  - {event: {}, expects: [x]}\n  - {event: {}, code: X}\n",
     )
     .unwrap();
     let (code, out, _) = easehook(&config, &["check"]);
@@ -82,7 +82,15 @@ fn passing_tests_pass_check_and_wrong_expectations_fail_it_located() {
         "{out}"
     );
     assert!(
-        out.contains(&format!("{file}: tests[1]: rule: unknown field `rule`")),
+        out.contains(&format!(
+            "{file}: tests[1]: expects: unknown field `expects`"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "{file}: tests[2]: `code` checks a moderation verdict: give `verdict:` too"
+        )),
         "{out}"
     );
 }

@@ -51,6 +51,7 @@ fn every_shipped_file_validates_against_the_printed_schema() {
         "store",
         "delivery",
         "smtp",
+        "presend",
     ] {
         let d = config["properties"][field]["description"]
             .as_str()

@@ -143,3 +143,70 @@ async fn the_shipped_ban_notifications_reach_email_and_slack() {
     app.shutdown();
     drop(dir);
 }
+
+/// The shipped moderation: the commented `presend:` section of the
+/// development config, uncommented, with the example rule file and the
+/// word lists of `words/`. Its rule tests run at start-up; a contact ad
+/// spelled apart is blocked, abuse masked, staff passed.
+#[tokio::test]
+async fn the_shipped_moderation_example_answers_as_documented() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let shipped = std::fs::read_to_string(root.join("easehook.yaml")).unwrap();
+    let section: String = shipped
+        .lines()
+        .skip_while(|l| !l.starts_with("# presend:"))
+        .take_while(|l| l.starts_with('#'))
+        .map(|l| format!("{}\n", l.strip_prefix("# ").unwrap_or("")))
+        .collect();
+    assert!(section.contains("word_lists:"), "{section}");
+    let opts = Options::rules("").config(section);
+    let (dir, config) = write_config(&opts);
+    std::fs::remove_file(dir.path().join("rules/10-test.yaml")).unwrap();
+    std::fs::copy(
+        root.join("rules/30-moderation.yaml.example"),
+        dir.path().join("rules/30-moderation.yaml"),
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("words")).unwrap();
+    for list in ["contact.txt", "abuse.txt"] {
+        std::fs::copy(
+            root.join("words").join(list),
+            dir.path().join("words").join(list),
+        )
+        .unwrap();
+    }
+    let (code, out, err) = easehook(&config, &["check"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("word list contact:"), "{out}");
+    let app = start_from(&config, &opts).await;
+    let url = format!("http://{}/easemob/presend", app.callback_addr);
+    let client = reqwest::Client::new();
+    for (from, text, want) in [
+        (
+            "alice",
+            "加 我 微 信: abc",
+            r#"{"valid":false,"code":"HX:10001"}"#,
+        ),
+        (
+            "alice",
+            "打 13812345678 找我",
+            r#"{"valid":false,"code":"HX:10002"}"#,
+        ),
+        (
+            "alice",
+            "你个傻逼",
+            r#"{"valid":true,"payload":{"msg":"你个**","type":"txt"}}"#,
+        ),
+        ("staff_li", "加微信", r#"{"valid":true}"#),
+        ("alice", "明天见", r#"{"valid":true}"#),
+    ] {
+        let r = client
+            .post(&url)
+            .json(&presend_txt(from, text))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), want, "{from}: {text}");
+    }
+}

@@ -201,6 +201,28 @@ pub fn signed(event: &str, from: &str, to: &str) -> Value {
     body
 }
 
+/// A pre-send request (SPEC §16) from `from` to `to` with `payload`,
+/// signed with the test secret.
+pub fn presend_request(from: &str, to: &str, payload: Value) -> Value {
+    let mut body = json!({
+        "callId": format!("{APPKEY}_{}", unique_id()),
+        "timestamp": easehook::now_ms(),
+        "chat_type": "chat",
+        "from": from,
+        "to": to,
+        "msg_id": unique_id(),
+        "securityVersion": "1.0.0",
+        "payload": payload,
+    });
+    sign(&mut body, SECRET);
+    body
+}
+
+/// A signed pre-send request of a txt message.
+pub fn presend_txt(from: &str, text: &str) -> Value {
+    presend_request(from, "bob", json!({"msg": text, "type": "txt"}))
+}
+
 /// (Re)sign a body in place.
 pub fn sign(body: &mut Value, secret: &str) {
     let call_id = body["callId"].as_str().unwrap().to_string();
@@ -266,21 +288,43 @@ impl TestApp {
     }
 
     pub async fn post_bytes(&self, body: impl Into<reqwest::Body>) -> (u16, Value) {
+        let (status, text) = self.post_text(&self.callback_url, body).await;
+        assert!(text.len() < 200, "every body is under 200 bytes: {text}");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(json!({"raw": text})),
+        )
+    }
+
+    /// `POST /easemob/presend`: the status and the exact answer body.
+    pub async fn presend(&self, body: &Value) -> (u16, String) {
+        self.presend_bytes(body.to_string()).await
+    }
+
+    pub async fn presend_bytes(&self, body: impl Into<reqwest::Body>) -> (u16, String) {
+        let url = self
+            .callback_url
+            .replace("/easemob/callback", "/easemob/presend");
+        let (status, text) = self.post_text(&url, body).await;
+        assert!(
+            text.len() <= 1000,
+            "every answer is at most 1,000 bytes: {text}"
+        );
+        (status, text)
+    }
+
+    /// POST a JSON body to `url`: the status and the answer's text.
+    async fn post_text(&self, url: &str, body: impl Into<reqwest::Body>) -> (u16, String) {
         let resp = self
             .client
-            .post(&self.callback_url)
+            .post(url)
             .header("content-type", "application/json")
             .body(body)
             .send()
             .await
             .unwrap();
         let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        assert!(text.len() < 200, "every body is under 200 bytes: {text}");
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(json!({"raw": text})),
-        )
+        (status, resp.text().await.unwrap())
     }
 
     pub async fn admin(&self, method: reqwest::Method, path: &str) -> (u16, Value) {

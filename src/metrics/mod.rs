@@ -16,6 +16,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::callback::{Callback, ROSTER_OPERATIONS};
 
+mod presend;
+pub use presend::PresendMetrics;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CallbackLabels {
     pub result: &'static str,
@@ -123,6 +126,8 @@ pub struct Metrics {
     /// `easehook_delivery_attempts_total{action,outcome}` (SPEC §15):
     /// attempts kept, by how they ended (`sent`, `retry`, `dead`).
     pub attempts: Family<DeliveryLabels, Counter>,
+    /// The pre-send endpoint's series (SPEC §16).
+    pub presend: PresendMetrics,
 }
 
 impl Default for Metrics {
@@ -257,6 +262,7 @@ impl Metrics {
             digest_deliveries: Family::default(),
             threshold_fired: Family::default(),
             attempts: Family::default(),
+            presend: PresendMetrics::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -339,6 +345,7 @@ impl Metrics {
             "Delivery attempts kept with their deliveries, by action and outcome (sent, retry, dead)",
             m.attempts.clone(),
         );
+        m.presend.register(&mut registry);
         Metrics { registry, ..m }
     }
 
