@@ -210,9 +210,15 @@ pub struct TestArgs {
     /// Backtest: the candidate rules [default: rules_dir as it is on disk]
     #[arg(long, value_name = "DIR", requires = "since")]
     pub rules: Option<PathBuf>,
-    /// Backtest: print the comparison as JSON
-    #[arg(long, requires = "since")]
+    /// Print the comparison (backtest) or the verdicts (--presend) as JSON
+    #[arg(long)]
     pub json: bool,
+    /// Send the events, pre-send requests, through the moderation rules:
+    /// the verdict, the deciding rule, the hits and the exact answer. With
+    /// --since: what the moderation rules would have done to the stored
+    /// message callbacks of the period
+    #[arg(long, conflicts_with = "send")]
+    pub presend: bool,
 }
 
 #[derive(Debug, Args)]

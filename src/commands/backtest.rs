@@ -28,20 +28,20 @@ use crate::store::{NewEvent, Store};
 /// Events read per request.
 const PAGE: usize = 1000;
 /// Example events shown per difference.
-const EXAMPLES: usize = 3;
+pub(super) const EXAMPLES: usize = 3;
 
 /// One stored event, as the backtest needs it.
-struct Stored {
-    id: String,
-    event: String,
+pub(super) struct Stored {
+    pub(super) id: String,
+    pub(super) event: String,
     received_at: u64,
-    callback: Value,
+    pub(super) callback: Value,
     /// (rule, action) of each delivery it got.
     made: Vec<(String, String)>,
 }
 
 /// When `--since` or `--until` says ([`config::units::instant`]).
-fn instant(s: &str, now: u64) -> anyhow::Result<u64> {
+pub(super) fn instant(s: &str, now: u64) -> anyhow::Result<u64> {
     config::units::instant(s, now).ok_or_else(|| {
         anyhow::anyhow!("{s:?} is not a duration (24h), an RFC 3339 time or milliseconds")
     })
@@ -157,7 +157,7 @@ pub fn backtest(config_path: &Path, args: &TestArgs) -> anyhow::Result<ExitCode>
 }
 
 /// Read the period's events through the admin API, oldest first.
-fn read(
+pub(super) fn read(
     config_path: &Path,
     since: u64,
     until: Option<u64>,

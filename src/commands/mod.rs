@@ -3,6 +3,7 @@
 //! and `run`'s start-up around [`crate::app::App`].
 
 mod backtest;
+mod presend;
 mod recover;
 pub mod store;
 mod test;

@@ -24,7 +24,7 @@ use crate::template;
 
 /// Read the callback of one `--event` (a file, or `-` for standard input),
 /// filling in what only verification needs.
-fn read_event(arg: &str) -> anyhow::Result<Callback> {
+pub(super) fn read_event(arg: &str) -> anyhow::Result<Callback> {
     let text = if arg == "-" {
         let mut s = String::new();
         std::io::stdin()
@@ -258,6 +258,9 @@ fn when(ms: u64) -> String {
 /// what each action would send, fully rendered; digests and thresholds over
 /// the whole sequence. Nothing is sent (without `--send`) or stored.
 pub fn test(config_path: &Path, args: &TestArgs) -> anyhow::Result<ExitCode> {
+    if args.presend {
+        return super::presend::test(config_path, args);
+    }
     if args.since.is_some() {
         return super::backtest::backtest(config_path, args);
     }

@@ -382,3 +382,160 @@ async fn reload_swaps_the_moderation_set_and_keeps_it_when_the_new_one_fails() {
     let (_, answer) = app.presend(&presend_txt("alice", "hello")).await;
     assert_eq!(answer, r#"{"valid":false,"code":"HELLO"}"#);
 }
+
+#[tokio::test]
+async fn test_presend_shows_verdict_rule_hits_and_the_exact_answer() {
+    let opts = Options::rules(MODERATION).config(PRESEND);
+    let (dir, config) = write_config(&opts);
+    let ad = dir.path().join("ad.json");
+    std::fs::write(&ad, presend_txt("alice", "加 微 信 abc").to_string()).unwrap();
+    let abuse = dir.path().join("abuse.json");
+    std::fs::write(
+        &abuse,
+        json!({"from": "alice", "to": "bob", "chat_type": "chat",
+        "payload": {"msg": "fuck", "type": "txt"}})
+        .to_string(),
+    )
+    .unwrap();
+    let (code, out, err) = easehook(
+        &config,
+        &[
+            "test",
+            "--presend",
+            "--event",
+            ad.to_str().unwrap(),
+            "--event",
+            abuse.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    for line in [
+        "verdict reject by rule no-contact-ads",
+        "code HX:10001",
+        "hits 加微信",
+        r#"answer {"valid":false,"code":"HX:10001"}"#,
+        "verdict rewrite by rule mask-abuse",
+        r#"answer {"valid":true,"payload":{"msg":"****","type":"txt"}}"#,
+    ] {
+        assert!(out.contains(line), "{line} in\n{out}");
+    }
+    let (code, out, _) = easehook(
+        &config,
+        &[
+            "test",
+            "--presend",
+            "--json",
+            "--event",
+            ad.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v[0]["presend"]["rule"], "no-contact-ads");
+    assert_eq!(v[0]["answer"], r#"{"valid":false,"code":"HX:10001"}"#);
+}
+
+#[tokio::test]
+async fn test_presend_since_shows_what_a_list_would_do_to_stored_messages() {
+    let opts = Options::rules("").config(PRESEND);
+    let OnFixedPorts {
+        dir,
+        config,
+        app,
+        cb,
+        ..
+    } = start_on_fixed_ports(&opts).await;
+    let url = format!("http://127.0.0.1:{cb}/easemob/callback");
+    let client = reqwest::Client::new();
+    // Post-send message callbacks, as Easemob sends them after delivery.
+    for (i, (family, from, text)) in [
+        ("chat", "u1", "hello"),
+        ("chat", "u2", "加微信 123"),
+        ("groupchat", "u3", "vx: abc"),
+        ("chat", "u4", "fuck off"),
+        ("chat", "u5", "白色情人节快乐"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut body = easehook::rules::samples::body(
+            family,
+            APPKEY,
+            from,
+            "bob",
+            &unique_id(),
+            easehook::now_ms() - 1000 * i as u64,
+        );
+        body["payload"]["bodies"][0]["msg"] = json!(text);
+        sign(&mut body, SECRET);
+        assert_eq!(post_json(&client, &url, &body).await.0, 200);
+    }
+    // A roster event is no message.
+    let mut ban = easehook::rules::samples::body(
+        "roster:ban",
+        APPKEY,
+        "u6",
+        "bob",
+        &unique_id(),
+        easehook::now_ms(),
+    );
+    sign(&mut ban, SECRET);
+    assert_eq!(post_json(&client, &url, &ban).await.0, 200);
+    // The candidate moderation rules, not yet live.
+    std::fs::create_dir(dir.path().join("candidate")).unwrap();
+    std::fs::write(dir.path().join("candidate/m.yaml"), MODERATION).unwrap();
+    let candidate = dir.path().join("candidate").display().to_string();
+    let (code, out, err) = easehook_with(
+        &config,
+        &[
+            "test",
+            "--presend",
+            "--since",
+            "1h",
+            "--rules",
+            &candidate,
+            "--json",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["messages"], 5, "{report}");
+    assert_eq!(
+        (report["rejected"].as_u64(), report["rewritten"].as_u64()),
+        (Some(2), Some(1))
+    );
+    let rule = |name: &str| {
+        report["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["rule"] == name)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(rule("no-contact-ads")["rejected"], 2);
+    assert_eq!(rule("mask-abuse")["rewritten"], 1);
+    assert_eq!(rule("mask-abuse")["examples"][0]["rewritten"], "**** off");
+    assert_eq!(rule("staff-pass")["rejected"], 0);
+    // The table says the same; nothing was stored.
+    let (code, out, _) = easehook_with(
+        &config,
+        &["test", "--presend", "--since", "1h", "--rules", &candidate],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("5 stored message(s)") && out.contains("2 would be rejected, 1 rewritten"),
+        "{out}"
+    );
+    let (status, events) = get_json(
+        &client,
+        format!("http://127.0.0.1:{}/api/v1/events", app.admin_addr.port()),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(events["events"].as_array().unwrap().len(), 6);
+}
