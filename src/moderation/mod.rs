@@ -230,6 +230,11 @@ impl Moderation {
         let mut rewriters: Vec<usize> = Vec::new();
         let mut marks_lists: Vec<ListId> = Vec::new();
         let mut decided: Option<(Verdict, usize)> = None;
+        // The scan of the text as it now stands, made when a rule first
+        // looks for words and kept until a rewrite changes the text; the
+        // scan of the text as it came, for the marks.
+        let mut scan: Option<words::Scan> = None;
+        let mut original_scan: Option<words::Scan> = None;
         for (i, rule) in self.rules.iter().enumerate() {
             if rule.verdict == Verdict::Rewrite && !m.rewritable() {
                 continue;
@@ -242,15 +247,14 @@ impl Moderation {
             let hits = if rule.contains.is_empty() {
                 Vec::new()
             } else {
-                let hits = m
-                    .text
-                    .as_deref()
-                    .map(|t| self.lists.hits(t, &rule.contains))
-                    .unwrap_or_default();
-                if hits.is_empty() {
+                let Some(text) = m.text.as_deref() else {
+                    continue;
+                };
+                let scanned = scan.get_or_insert_with(|| self.lists.scan(text));
+                if !scanned.hits_any(&rule.contains) {
                     continue;
                 }
-                hits
+                scanned.hits(&self.lists, &rule.contains)
             };
             if let Some(t) = &rule.threshold {
                 let key = group_key(&t.by, cb, &m);
@@ -274,6 +278,11 @@ impl Moderation {
                         && !hits.is_empty()
                     {
                         m.text = Some(words::mask(text, &hits, &rule.mask));
+                        // Later rules scan the text as rewritten.
+                        let before = scan.take();
+                        if original_scan.is_none() {
+                            original_scan = before;
+                        }
                     }
                     if !rule.ext.is_empty() {
                         let ext = m.ext.get_or_insert_with(Map::new);
@@ -290,7 +299,12 @@ impl Moderation {
         marks_lists.sort_unstable();
         marks_lists.dedup();
         let all_hits = match (&original_text, marks_lists.is_empty()) {
-            (Some(t), false) => self.lists.hits(t, &marks_lists),
+            // The first rewrite of the text kept the scan of the text as
+            // it came; without one, the scan is of that text.
+            (Some(t), false) => match original_scan.or(scan) {
+                Some(s) => s.hits(&self.lists, &marks_lists),
+                None => self.lists.hits(t, &marks_lists),
+            },
             _ => Vec::new(),
         };
         let marks = original_text

@@ -60,20 +60,16 @@ struct Automaton {
 
 impl Automaton {
     fn build(patterns: Vec<(ListId, String, String)>) -> Result<Self, String> {
+        // The contiguous NFA: a list of 100,000 words compiles in a
+        // fraction of a second and takes a few megabytes, where a DFA
+        // takes seconds and many times the memory for a search that is
+        // only a little faster.
         let ac = AhoCorasickBuilder::new()
             // Overlapping search: a hit inside an allowed phrase must not
             // hide another one beside it.
             .match_kind(MatchKind::Standard)
-            .kind(Some(AhoCorasickKind::DFA))
+            .kind(Some(AhoCorasickKind::ContiguousNFA))
             .build(patterns.iter().map(|(_, n, _)| n.as_bytes()))
-            .or_else(|_| {
-                // A DFA of very many words can exceed its size limit: the
-                // contiguous NFA is a little slower and far smaller.
-                AhoCorasickBuilder::new()
-                    .match_kind(MatchKind::Standard)
-                    .kind(Some(AhoCorasickKind::ContiguousNFA))
-                    .build(patterns.iter().map(|(_, n, _)| n.as_bytes()))
-            })
             .map_err(|e| format!("cannot compile the word lists: {e}"))?;
         let (list, written) = patterns.into_iter().map(|(l, _, w)| (l, w)).unzip();
         Ok(Self { ac, list, written })
@@ -112,6 +108,13 @@ fn push_normalized(c: char, mut push: impl FnMut(char)) {
         if c.is_ascii_alphanumeric() {
             push(c.to_ascii_lowercase());
         }
+        return;
+    }
+    // CJK Unified Ideographs and Hangul syllables are letters that NFKC
+    // and case folding leave as they are: most of a Chinese text skips the
+    // normalizer.
+    if ('\u{4E00}'..='\u{9FFF}').contains(&c) || ('\u{AC00}'..='\u{D7A3}').contains(&c) {
+        push(c);
         return;
     }
     for n in std::iter::once(c).nfkc() {
@@ -227,24 +230,28 @@ impl WordLists {
         if of.is_empty() || text.is_empty() {
             return Vec::new();
         }
+        self.scan(text).hits(self, of)
+    }
+
+    /// Every list's hits in `text`, found in one pass of the automaton
+    /// over one normalized copy: an evaluation scans a text once however
+    /// many rules look for words in it.
+    pub fn scan(&self, text: &str) -> Scan {
         let norm = Normalized::of(text);
-        let mut found: Vec<(ListId, usize, Range<usize>)> = Vec::new();
-        for m in self.words.ac.find_overlapping_iter(norm.text.as_bytes()) {
-            let p = m.pattern().as_usize();
-            let list = self.words.list[p];
-            if of.contains(&list) {
-                found.push((list, p, m.range()));
-            }
-        }
-        if found.is_empty() {
-            return Vec::new();
-        }
-        if let Some(allow) = &self.allow {
+        let mut found: Vec<(ListId, usize, Range<usize>)> = self
+            .words
+            .ac
+            .find_overlapping_iter(norm.text.as_bytes())
+            .map(|m| {
+                let p = m.pattern().as_usize();
+                (self.words.list[p], p, m.range())
+            })
+            .collect();
+        if let Some(allow) = self.allow.as_ref().filter(|_| !found.is_empty()) {
             let allowed: Vec<(ListId, Range<usize>)> = allow
                 .ac
                 .find_overlapping_iter(norm.text.as_bytes())
                 .map(|m| (allow.list[m.pattern().as_usize()], m.range()))
-                .filter(|(l, _)| of.contains(l))
                 .collect();
             if !allowed.is_empty() {
                 found.retain(|(list, _, r)| {
@@ -255,14 +262,33 @@ impl WordLists {
             }
         }
         found.sort_by_key(|(_, _, r)| (r.start, r.end));
-        found
-            .into_iter()
+        Scan { norm, found }
+    }
+}
+
+/// One text's hits of every list (see [`WordLists::scan`]).
+pub struct Scan {
+    norm: Normalized,
+    found: Vec<(ListId, usize, Range<usize>)>,
+}
+
+impl Scan {
+    /// The hits of the lists `of`, in the order of the text.
+    pub fn hits(&self, lists: &WordLists, of: &[ListId]) -> Vec<Hit> {
+        self.found
+            .iter()
+            .filter(|(list, _, _)| of.contains(list))
             .map(|(list, p, r)| Hit {
-                list,
-                word: self.words.written[p].clone(),
-                span: norm.original(r),
+                list: *list,
+                word: lists.words.written[*p].clone(),
+                span: self.norm.original(r.clone()),
             })
             .collect()
+    }
+
+    /// Whether any of the lists `of` hits.
+    pub fn hits_any(&self, of: &[ListId]) -> bool {
+        self.found.iter().any(|(list, _, _)| of.contains(list))
     }
 }
 
