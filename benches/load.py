@@ -41,7 +41,14 @@ Scenarios:
       database, in turn; (b)'s p99 on PostgreSQL; (c)'s drain through two
       replicas, every delivery counted once at the sink
 
-usage: python3 benches/load.py [--duration SECONDS] [--rounds N] [--skip-build] [--only abcdefghipvw]
+  (m) the pre-send endpoint (SPEC §16) with a 10,000-word list and the
+      example moderation rules beside the bare pre-send server (examples/
+      baseline with BASELINE_PRESEND_SECRET: the signature checked,
+      {"valid":true}), in turn: saturation at 64 connections, p99 at 16,
+      answers over budget; a 100,000-word list's start-up beside none;
+      callbacks at a fixed rate alone and beside a saturating pre-send load
+
+usage: python3 benches/load.py [--duration SECONDS] [--rounds N] [--skip-build] [--only abcdefghimpvw]
                               [--binary PATH] [--callgrind [--binary PATH,PATH…]]
 Run from the repository root. Installs wrk, webhook and PostgreSQL with
 apt-get when missing. Every request goes to 127.0.0.1.
@@ -220,11 +227,52 @@ end
 """
 
 
-def run_wrk(url, calls, duration, connections=64, threads=2, delay_ms=0, pid=None, offset=0):
+PRESEND_LUA = r"""
+local lines = {}
+local i = 0
+for line in io.lines(os.getenv("WRK_CALLS")) do lines[#lines + 1] = line end
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+-- One message in twenty is a contact ad, one in twenty is masked abuse.
+local texts = {}
+for k = 1, 20 do texts[k] = "明天下午三点在公司楼下见面，记得带上合同和发票，谢谢 ok " .. k end
+texts[7] = "想了解详情请加 微 信 abc123 联系我"
+texts[13] = "你这个傻逼 别再发了"
+function init(args)
+  i = (offset or 0) % #lines
+end
+request = function()
+  i = i + 1
+  if i > #lines then i = 1 end
+  local call_id, sec, ts, msg_id = lines[i]:match("(%S+) (%S+) (%S+) (%S+)")
+  -- As many senders as a busy app has in ten seconds: the flood rule
+  -- holds the odd fast one, not everyone.
+  local body = '{"callId":"' .. call_id .. '","timestamp":' .. ts .. ',"chat_type":"chat","from":"user' ..
+    (i % 100003) .. '","to":"peer' .. (i % 991) .. '","msg_id":"' .. msg_id ..
+    '","securityVersion":"1.0.0","security":"' .. sec .. '","payload":{"msg":"' .. texts[(i % 20) + 1] .. '","type":"txt"}}'
+  return wrk.format(nil, nil, nil, body)
+end
+local base = tonumber(os.getenv("WRK_OFFSET") or "0")
+local started = 0
+setup = function(thread)
+  thread:set("offset", base + started * 200000)
+  started = started + 1
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("RESULT %d %f %d %d %d %d %d %d %d %d\n",
+    summary.requests, summary.duration / 1e6,
+    latency:percentile(50), latency:percentile(99), latency.max,
+    e.connect, e.read, e.write, e.status, e.timeout))
+end
+"""
+
+
+def run_wrk(url, calls, duration, connections=64, threads=2, delay_ms=0, pid=None, offset=0, lua=None):
     """Runs wrk; returns a dict of figures. Samples the server's peak RSS."""
     env = dict(os.environ, WRK_CALLS=calls, WRK_DELAY_MS=str(delay_ms), WRK_OFFSET=str(offset))
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(LUA)
+        f.write(lua or LUA)
         script = f.name
     written_before = written(pid) if pid else 0
     cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration}s", "--timeout", "10s", "-s", script, url]
@@ -814,10 +862,116 @@ def main():
             if len(binaries) != 2:
                 sys.exit(f"--only {store} compares two builds: --binary BEFORE,AFTER")
             builds_scenario(args, binaries, store == "w", calls, work, sink_port)
+    if "m" in args.only:
+        presend_scenarios(args, easehook_bin, baseline_bin, calls, work, sink_port)
     if "p" in args.only:
         postgres_scenarios(args, easehook_bin, baseline_bin, calls, work, sink_port)
     sink.terminate()
     shutil.rmtree(work, ignore_errors=True)
+
+
+def word_list(path, n):
+    """`n` words, as a list file: three-character Chinese words and one in
+    eight an ASCII word, with the contact words of the example rules."""
+    import random
+    g = random.Random(7)
+    with open(path, "w") as f:
+        f.write("加微信\nvx\n")
+        for i in range(n):
+            if i % 8 == 0:
+                f.write("".join(chr(97 + g.randrange(26)) for _ in range(6)) + "\n")
+            else:
+                f.write("".join(chr(0x4E00 + g.randrange(0x51A5)) for _ in range(3)) + "\n")
+
+
+PRESEND_RULES = """moderation:
+  - {name: staff-pass, when: {from: "staff_*"}, verdict: pass}
+  - {name: no-contact-ads, when: {chat_type: [chat, groupchat, group], message.type: txt}, contains: contact, verdict: reject, code: "HX:10001"}
+  - {name: no-phone-numbers, when: {message.text: {regex: '.*1[3-9][0-9]{9}.*'}}, verdict: reject, code: "HX:10002"}
+  - {name: mask-abuse, contains: abuse, verdict: rewrite}
+  - {name: flood, threshold: {count: 20, within: 10s, by: [from]}, verdict: reject, code: TOO_FAST}
+"""
+
+
+def presend_config(words_file):
+    return ("presend:\n  budget: 150ms\n  word_lists:\n"
+            f"    contact: {{file: {words_file}}}\n    abuse: {{words: ['傻逼', 'fuck']}}\n")
+
+
+def metric(admin, name):
+    text = urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=10).read().decode()
+    return sum(float(l.split()[-1]) for l in text.splitlines() if l.startswith(name + " ") or l.startswith(name + "{"))
+
+
+def presend_scenarios(args, easehook_bin, baseline_bin, calls, work, sink_port):
+    words10k = os.path.join(work, "words10k.txt")
+    word_list(words10k, 10_000)
+    words100k = os.path.join(work, "words100k.txt")
+    word_list(words100k, 100_000)
+    rules = rules_yaml(100, f"http://127.0.0.1:{sink_port}") + PRESEND_RULES
+    # (p1) saturation, (p2) p99 at 16 connections: the two servers in turn.
+    rounds = []
+    for r in range(args.rounds):
+        res = {}
+        env = dict(os.environ, BASELINE_PRESEND_SECRET=SECRET)
+        port = free_port()
+        base = subprocess.Popen([baseline_bin, str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(port)
+        res["baseline"] = run_wrk(f"http://127.0.0.1:{port}/", calls, args.duration, pid=base.pid, lua=PRESEND_LUA)
+        base.terminate()
+        base.wait()
+        eh = Easehook(easehook_bin, os.path.join(work, f"m{r}"), rules, presend_config(words10k))
+        eh.start()
+        url = f"http://127.0.0.1:{eh.port}/easemob/presend"
+        res["easehook"] = run_wrk(url, calls, args.duration, pid=eh.proc.pid, lua=PRESEND_LUA)
+        res["easehook16"] = run_wrk(url, calls, args.duration, connections=16, pid=eh.proc.pid, lua=PRESEND_LUA, offset=150_000)
+        res["over_budget"] = metric(eh.admin, "easehook_presend_over_budget_total")
+        res["errors_counted"] = metric(eh.admin, 'easehook_presend_requests_total{verdict="error"}')
+        res["dropped"] = metric(eh.admin, "easehook_presend_records_dropped_total")
+        eh.stop()
+        rounds.append(res)
+    print("\n(m) the pre-send endpoint, 10,000-word list and the example rules; the servers in turn")
+    print("| round | server            |     req/s | p50 ms  | p99 ms  | max ms   | errors | peak RSS MB |")
+    print("|-------|-------------------|-----------|---------|---------|----------|--------|---------|")
+    for i, res in enumerate(rounds):
+        for k, label in (("baseline", "bare presend"), ("easehook", "easehook"), ("easehook16", "easehook, 16 conn")):
+            print(f"| {i + 1:>5} | {label:<17} |" + fmt_row(k, res[k]).split("|", 2)[2])
+    ratios = [res["easehook"]["rps"] / res["baseline"]["rps"] for res in rounds]
+    each = lambda xs: " ".join(f"{x:.2f}" for x in xs)
+    print(f"(p1) easehook/bare presend = {statistics.median(ratios):.2f} (median; rounds: {each(ratios)}); "
+          f"errors {sum(r['easehook']['errors'] for r in rounds)}")
+    print(f"(p2) p99 at 16 connections: {each([r['easehook16']['p99_ms'] for r in rounds])} ms; "
+          f"max at 64: {each([r['easehook']['max_ms'] for r in rounds])} ms; answers over budget: "
+          f"{sum(r['over_budget'] for r in rounds):.0f}, error answers: {sum(r['errors_counted'] for r in rounds):.0f}, "
+          f"records dropped: {sum(r['dropped'] for r in rounds):.0f}", flush=True)
+    # (p4) start to ready with a 100,000-word list and with none, in turn.
+    none, big = [], []
+    for r in range(3):
+        for kind, times in (("none", none), ("100k", big)):
+            d = os.path.join(work, f"start-{kind}-{r}")
+            cfg = presend_config(words100k) if kind == "100k" else ""
+            eh = Easehook(easehook_bin, d, rules if kind == "100k" else rules_yaml(100, f"http://127.0.0.1:{sink_port}"), cfg)
+            times.append(eh.start())
+            eh.stop()
+    print(f"(p4) start to ready: no list {statistics.median(none):.3f} s, 100,000 words {statistics.median(big):.3f} s "
+          f"(medians of 3): {statistics.median(big) - statistics.median(none):+.3f} s", flush=True)
+    # (p5) callbacks at a fixed rate (32 connections, 10 ms apart each), alone
+    # and while a pre-send load saturates the same listener.
+    eh = Easehook(easehook_bin, os.path.join(work, "mixed"), rules, presend_config(words10k))
+    eh.start()
+    purl = f"http://127.0.0.1:{eh.port}/easemob/presend"
+    alone = run_wrk(eh.url, calls, args.duration, connections=32, delay_ms=10, pid=eh.proc.pid)
+    box = {}
+    t = threading.Thread(target=lambda: box.update(p=run_wrk(purl, calls, args.duration + 2, connections=16,
+                                                             pid=eh.proc.pid, lua=PRESEND_LUA, offset=300_000)))
+    t.start()
+    time.sleep(1)
+    mixed = run_wrk(eh.url, calls, args.duration, connections=32, delay_ms=10, pid=eh.proc.pid, offset=100_000)
+    t.join()
+    eh.stop()
+    print(f"(p5) callbacks at a fixed rate: alone {alone['rps']:,.0f} req/s p99 {alone['p99_ms']:.2f} ms; "
+          f"beside {box['p']['rps']:,.0f} pre-send req/s: {mixed['rps']:,.0f} req/s p99 {mixed['p99_ms']:.2f} ms "
+          f"(throughput {mixed['rps'] / alone['rps']:.2f} of alone; errors {mixed['errors']})", flush=True)
 
 
 def postgres_scenarios(args, easehook_bin, baseline_bin, calls, work, sink_port):

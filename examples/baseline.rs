@@ -6,6 +6,12 @@
 //! `cargo run --release --example baseline -- PORT [DELAY_MS [JOURNAL]]`
 //! `GET /stats` answers `{"count":N,"first_ms":…,"last_ms":…}` (POSTs only).
 //!
+//! With `BASELINE_PRESEND_SECRET` set, it plays the bare pre-send server
+//! (SPEC §16) instead: it checks each request's signature,
+//! `md5(callId + secret + timestamp)`, as easehook does, and answers
+//! `{"valid":true}` (401 for a bad signature): the ceiling of a pre-send
+//! answer on this stack.
+//!
 //! With `JOURNAL` (a file path), each body is written to that file and on
 //! disk (`fdatasync`) before the answer, group-committed by one thread as
 //! easehook's store does: the floor of a durable acknowledgement on the
@@ -21,7 +27,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use md5::{Digest, Md5};
 use warp::Filter;
+use warp::Reply;
 
 #[derive(Default)]
 struct Stats {
@@ -84,6 +92,30 @@ fn journal(file: std::fs::File, rx: std::sync::mpsc::Receiver<(bytes::Bytes, Ack
     }
 }
 
+/// The bare pre-send answer: the signature checked, `{"valid":true}`.
+fn presend_answer(body: &[u8], secret: &str) -> warp::reply::Response {
+    let status = |code| warp::reply::with_status("{}", code).into_response();
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return status(warp::http::StatusCode::BAD_REQUEST);
+    };
+    let text = |k: &str| match &v[k] {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let mut h = Md5::new();
+    h.update(text("callId").as_bytes());
+    h.update(secret.as_bytes());
+    h.update(text("timestamp").as_bytes());
+    let want: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    if want != text("security") {
+        return status(warp::http::StatusCode::UNAUTHORIZED);
+    }
+    warp::http::Response::builder()
+        .header("content-type", "application/json")
+        .body(r#"{"valid":true}"#.into())
+        .expect("a valid response")
+}
+
 #[tokio::main]
 async fn main() {
     let mut args = std::env::args().skip(1);
@@ -98,6 +130,9 @@ async fn main() {
         std::thread::spawn(move || journal(file, rx));
         tx
     });
+    let presend: Option<Arc<str>> = std::env::var("BASELINE_PRESEND_SECRET")
+        .ok()
+        .map(Into::into);
     let stats = Arc::new(Stats::default());
     let s = stats.clone();
     let post = warp::post()
@@ -106,7 +141,12 @@ async fn main() {
         .then(move |body: bytes::Bytes| {
             let s = s.clone();
             let journal_tx = journal_tx.clone();
+            let presend = presend.clone();
             async move {
+                if let Some(secret) = presend.as_deref() {
+                    s.count.fetch_add(1, Ordering::Relaxed);
+                    return presend_answer(&body, secret);
+                }
                 let ok = serde_json::from_slice::<serde_json::Value>(&body).is_ok();
                 if let Some(tx) = journal_tx {
                     let (ack, done) = tokio::sync::oneshot::channel();
@@ -127,6 +167,7 @@ async fn main() {
                     warp::http::StatusCode::BAD_REQUEST
                 };
                 warp::reply::with_status(warp::reply::json(&serde_json::json!({"ok": ok})), status)
+                    .into_response()
             }
         });
     let s = stats.clone();

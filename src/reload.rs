@@ -135,8 +135,8 @@ pub async fn run(
     }
 }
 
-/// Watch the rules and templates directories and the config file. Returns the
-/// watcher, which must be kept alive.
+/// Watch the rules and templates directories, the config file and the
+/// word lists' files. Returns the watcher, which must be kept alive.
 fn watch(state: &AppState, changed: mpsc::Sender<()>) -> Option<Box<dyn std::any::Any + Send>> {
     let snapshot = state.snapshot.load();
     let settings = &snapshot.settings;
@@ -148,7 +148,18 @@ fn watch(state: &AppState, changed: mpsc::Sender<()>) -> Option<Box<dyn std::any
         .filter(|d| d.is_dir())
         .collect();
     let watched_dirs = dirs.clone();
-    let config_file = config.clone();
+    // The config file and the word lists' files (as configured at start).
+    let files: Vec<PathBuf> = std::iter::once(config.clone())
+        .chain(
+            settings
+                .presend
+                .iter()
+                .flat_map(|p| &p.word_lists)
+                .filter_map(|l| l.file.as_deref())
+                .map(abs),
+        )
+        .collect();
+    let watched_files = files.clone();
     let handler = move |result: notify_debouncer_full::DebounceEventResult| {
         let Ok(events) = result else { return };
         // Reading the files (our own reload does) is not a change.
@@ -158,7 +169,7 @@ fn watch(state: &AppState, changed: mpsc::Sender<()>) -> Option<Box<dyn std::any
             .flat_map(|e| e.paths.iter())
             .any(|p| {
                 let in_dirs = watched_dirs.iter().any(|d| p.starts_with(d));
-                (in_dirs || *p == config_file) && !is_editor_noise(p)
+                (in_dirs || watched_files.contains(p)) && !is_editor_noise(p)
             });
         if relevant {
             // A full channel means a reload is already queued.
@@ -172,14 +183,21 @@ fn watch(state: &AppState, changed: mpsc::Sender<()>) -> Option<Box<dyn std::any
             return None;
         }
     };
-    // The config file is watched through its directory, so that editors and
-    // tools that replace the file (rename over it) are still seen.
-    let config_dir = config
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .to_path_buf();
-    for dir in dirs.iter().chain(std::iter::once(&config_dir)) {
+    // Files are watched through their directories, so that editors and
+    // tools that replace a file (rename over it) are still seen.
+    let mut file_dirs: Vec<PathBuf> = files
+        .iter()
+        .map(|f| {
+            f.parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+                .to_path_buf()
+        })
+        .filter(|d| !dirs.contains(d))
+        .collect();
+    file_dirs.sort();
+    file_dirs.dedup();
+    for dir in dirs.iter().chain(&file_dirs) {
         if let Err(e) = debouncer.watch(dir, RecursiveMode::NonRecursive) {
             tracing::warn!(dir = %dir.display(), error = %e, "cannot watch directory");
         }

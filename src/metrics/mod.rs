@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::callback::{Callback, ROSTER_OPERATIONS};
 
-mod presend;
+pub mod presend;
 pub use presend::PresendMetrics;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -41,6 +41,8 @@ pub struct PresendMetrics {
     pub records_dropped: Counter,
     /// `easehook_word_list_words{list}`: words of each list in force.
     pub words: Family<ListLabels, Gauge>,
+    /// Verdicts per minute, for the console.
+    pub activity: VerdictActivity,
 }
 
 impl Default for PresendMetrics {
@@ -54,6 +56,7 @@ impl Default for PresendMetrics {
             over_budget: Counter::default(),
             records_dropped: Counter::default(),
             words: Family::default(),
+            activity: VerdictActivity::default(),
         }
     }
 }
@@ -118,5 +121,75 @@ impl PresendMetrics {
                 })
                 .set(n as i64);
         }
+    }
+}
+
+/// One minute of pre-send verdicts, for the console's moderation page.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerdictMinute {
+    /// Ms since the epoch when the minute began.
+    pub at_ms: u64,
+    /// pass, reject, rewrite, over all requests.
+    pub all: [u64; 3],
+    /// The same by the rule that decided (rewrites: by each rewriting rule).
+    pub by_rule: std::collections::BTreeMap<String, [u64; 3]>,
+}
+
+/// Pre-send verdicts per minute over the last hour, in memory.
+///
+/// One short lock per answer: the verdict and its rules are added to the
+/// current minute. The page reads a copy.
+#[derive(Debug, Default)]
+pub struct VerdictActivity {
+    minutes: std::sync::Mutex<std::collections::VecDeque<VerdictMinute>>,
+}
+
+impl VerdictActivity {
+    /// Count a verdict (`0` pass, `1` reject, `2` rewrite) decided by
+    /// `rules` at `now_ms`.
+    pub fn add<'a>(&self, verdict: usize, rules: impl Iterator<Item = &'a str>, now_ms: u64) {
+        let at_ms = now_ms - now_ms % 60_000;
+        let Ok(mut minutes) = self.minutes.lock() else {
+            return;
+        };
+        if minutes.back().is_none_or(|m| m.at_ms < at_ms) {
+            minutes.push_back(VerdictMinute {
+                at_ms,
+                ..Default::default()
+            });
+            while minutes.len() > 60 {
+                minutes.pop_front();
+            }
+        }
+        let Some(m) = minutes.back_mut() else { return };
+        m.all[verdict] += 1;
+        for rule in rules {
+            match m.by_rule.get_mut(rule) {
+                Some(c) => c[verdict] += 1,
+                None => {
+                    let mut c = [0; 3];
+                    c[verdict] = 1;
+                    m.by_rule.insert(rule.to_string(), c);
+                }
+            }
+        }
+    }
+
+    /// The 60 minutes up to `now_ms`, oldest first, empty ones included.
+    pub fn last_hour(&self, now_ms: u64) -> Vec<VerdictMinute> {
+        let now = now_ms - now_ms % 60_000;
+        let kept = self.minutes.lock().map(|m| m.clone()).unwrap_or_default();
+        (0..60u64)
+            .map(|i| now - (59 - i) * 60_000)
+            .map(|at_ms| {
+                kept.iter()
+                    .find(|m| m.at_ms == at_ms)
+                    .cloned()
+                    .unwrap_or(VerdictMinute {
+                        at_ms,
+                        ..Default::default()
+                    })
+            })
+            .collect()
     }
 }

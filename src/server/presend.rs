@@ -153,6 +153,20 @@ where
         );
     }
     let verdict = verdict_name(decision.verdict);
+    let index = match decision.verdict {
+        Verdict::Pass => 0,
+        Verdict::Reject => 1,
+        Verdict::Rewrite => 2,
+    };
+    m.activity.add(
+        index,
+        decision
+            .rule
+            .as_deref()
+            .into_iter()
+            .flat_map(|r| r.split(',')),
+        now,
+    );
     let response = raw_json_reply(StatusCode::OK, decision.answer.clone());
     let record = match decision.verdict {
         Verdict::Pass => presend.record_pass,
@@ -180,26 +194,41 @@ fn on_error(on_error: OnError) -> Response {
     }
 }
 
-/// Take recorded verdicts into the store, one at a time, until shutdown;
-/// then what is already queued, for at most `grace`.
+/// Records stored at once: enough for the store's group commit to take
+/// them in batches, as it takes concurrent callbacks.
+const RECORDS_IN_FLIGHT: usize = 32;
+
+/// Take recorded verdicts into the store until shutdown, up to
+/// [`RECORDS_IN_FLIGHT`] at a time; then what is already queued, for at
+/// most `grace`.
 pub async fn record(
     state: Arc<AppState>,
     mut records: mpsc::Receiver<Record>,
     shutdown: Shutdown,
     grace: Duration,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(RECORDS_IN_FLIGHT));
     loop {
         let r = tokio::select! {
             r = records.recv() => r,
             () = shutdown.wait() => break,
         };
-        let Some(r) = r else { return };
-        store(&state, r).await;
+        let Some(r) = r else { break };
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            store(&state, r).await;
+            drop(slot);
+        });
     }
     let _ = tokio::time::timeout(grace, async {
         while let Ok(r) = records.try_recv() {
             store(&state, r).await;
         }
+        // The records in flight finish too.
+        let _ = slots.acquire_many(RECORDS_IN_FLIGHT as u32).await;
     })
     .await;
 }

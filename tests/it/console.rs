@@ -692,3 +692,91 @@ async fn on_postgres_the_overview_lists_replicas_and_the_pages_read_the_shared_s
         "{delivery}"
     );
 }
+
+#[tokio::test]
+async fn the_moderation_page_shows_verdicts_per_minute_and_the_hits_marked() {
+    let Some(b) = browser("en").await else {
+        return;
+    };
+    let c = &b.client;
+    let app =
+        spawn_app_with(Options::rules(crate::presend::MODERATION).config(crate::presend::PRESEND))
+            .await;
+    let admin = &app.admin_url;
+    for (from, text) in [
+        ("alice", "请加 微 信 abc123"),
+        ("carol", "你个傻 逼, ＦＵＣＫ"),
+        ("dave", "明天见"),
+    ] {
+        assert_eq!(app.presend(&presend_txt(from, text)).await.0, 200);
+    }
+    eventually(Duration::from_secs(10), "two verdicts recorded", || async {
+        app.events().await.len() == 2
+    })
+    .await;
+
+    c.goto(&format!("{admin}/moderation")).await.unwrap();
+    assert_eq!(text(c, "main h1").await, "Moderation");
+    assert_eq!(text(c, "#presend-requests .value").await, "3");
+    assert_eq!(text(c, "#presend-rejected .value").await, "1");
+    assert_eq!(text(c, "#presend-rewritten .value").await, "1");
+    // The chart of the hour, and one per rule that decided.
+    assert_eq!(
+        c.find_all(Locator::Css("figure#verdicts-chart rect.hit"))
+            .await
+            .unwrap()
+            .len(),
+        60
+    );
+    let captions: Vec<String> = {
+        let mut v = Vec::new();
+        for f in c
+            .find_all(Locator::Css("#by-rule figcaption"))
+            .await
+            .unwrap()
+        {
+            v.push(f.text().await.unwrap());
+        }
+        v
+    };
+    assert!(
+        captions.iter().any(|t| t.starts_with("no-contact-ads")),
+        "{captions:?}"
+    );
+    assert!(
+        captions.iter().any(|t| t.starts_with("mask-abuse")),
+        "{captions:?}"
+    );
+    // The latest rejects and rewrites, newest first, hits marked.
+    assert_eq!(
+        all_attr(c, "#verdicts tbody tr", "data-verdict").await,
+        ["rewrite", "reject"]
+    );
+    let marks: Vec<String> = {
+        let mut v = Vec::new();
+        for m in c
+            .find_all(Locator::Css("#verdicts tbody mark"))
+            .await
+            .unwrap()
+        {
+            v.push(m.text().await.unwrap());
+        }
+        v
+    };
+    assert_eq!(marks, ["傻 逼", "ＦＵＣＫ", "加 微 信"]);
+    assert_eq!(
+        text(c, "#verdicts tbody tr:first-child td.rewritten").await,
+        "你个***, ****"
+    );
+    assert_eq!(
+        text(c, "#verdicts tbody tr:last-child code").await,
+        "HX:10001"
+    );
+    screenshot(c, "console-moderation.png").await;
+    // In Chinese.
+    c.goto(&format!("{admin}/moderation?lang=zh"))
+        .await
+        .unwrap();
+    assert_eq!(text(c, "main h1").await, "审核");
+    assert_eq!(text(c, "#verdicts thead th:nth-child(2)").await, "结果");
+}

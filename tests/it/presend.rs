@@ -539,3 +539,27 @@ async fn test_presend_since_shows_what_a_list_would_do_to_stored_messages() {
     assert_eq!(status, 200);
     assert_eq!(events["events"].as_array().unwrap().len(), 6);
 }
+
+#[tokio::test]
+async fn an_edited_word_list_file_is_picked_up_without_restart() {
+    let opts = Options::rules(MODERATION).config(
+        "presend:\n  word_lists:\n    contact: { file: words/contact.txt }\n    abuse: { words: [fuck] }\n    adult: { words: [色情] }\n",
+    );
+    let (dir, config) = write_config(&opts);
+    std::fs::create_dir(dir.path().join("words")).unwrap();
+    let list = dir.path().join("words/contact.txt");
+    std::fs::write(&list, "加微信\n").unwrap();
+    let app = start_from(&config, &opts).await;
+    let url = format!("http://{}/easemob/presend", app.callback_addr);
+    let client = reqwest::Client::new();
+    let ask = |text: &str| {
+        let r = client.post(&url).json(&presend_txt("alice", text)).send();
+        async move { r.await.unwrap().text().await.unwrap() }
+    };
+    assert_eq!(ask("加我qq").await, r#"{"valid":true}"#);
+    std::fs::write(&list, "加微信\n加我qq\n").unwrap();
+    eventually(Duration::from_secs(10), "the new word in force", || async {
+        ask("加我qq").await == r#"{"valid":false,"code":"HX:10001"}"#
+    })
+    .await;
+}

@@ -9,6 +9,7 @@
 //! | `GET /deliveries/{id}` | one delivery with every attempt |
 //! | `POST /deliveries/{id}/retry`, `POST /deliveries/retry-dead` | put dead deliveries back in the queue |
 //! | `GET /rules` | the rules in force, their matches, open digests and thresholds |
+//! | `GET /moderation` | pre-send verdicts per minute over the last hour, per rule; the latest rejects and rewrites |
 //! | `GET /login`, `POST /login`, `POST /logout` | the session, when `admin_token` is set |
 //! | `GET /console.css` | the one stylesheet |
 //!
@@ -31,6 +32,7 @@
 //! is open) that a page of another origin cannot read.
 
 pub mod i18n;
+mod moderation;
 mod pages;
 
 use std::collections::HashMap;

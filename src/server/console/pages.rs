@@ -14,7 +14,7 @@ use crate::state::AppState;
 use crate::store::{DeliveryInfo, EventInfo, Status, StoreError};
 
 /// The page frame: title, navigation, language switch.
-fn layout(ctx: &Ctx, title: &str, body: Markup) -> Markup {
+pub(super) fn layout(ctx: &Ctx, title: &str, body: Markup) -> Markup {
     let w = ctx.w;
     let here = |p: &str| {
         if (p == "/" && ctx.path == "/") || (p != "/" && ctx.path.starts_with(p)) {
@@ -40,6 +40,7 @@ fn layout(ctx: &Ctx, title: &str, body: Markup) -> Markup {
                         a class=(here("/events")) href="/events" { (w.events) }
                         a class=(here("/deliveries")) href="/deliveries" { (w.deliveries) }
                         a class=(here("/rules")) href="/rules" { (w.rules) }
+                        a class=(here("/moderation")) href="/moderation" { (w.moderation) }
                     }
                     div.tools {
                         span.langs title=(w.language) {
@@ -79,7 +80,7 @@ fn problem(text: &str, detail: &str) -> Markup {
     page! { p.problem role="alert" { strong { (text) } ": " (detail) } }
 }
 
-fn store_down(ctx: &Ctx, e: StoreError) -> Response {
+pub(super) fn store_down(ctx: &Ctx, e: StoreError) -> Response {
     tracing::error!(error = %e, "console: store failed");
     html(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -136,6 +137,7 @@ pub(crate) async fn get(state: &AppState, ctx: &Ctx<'_>) -> Response {
         "/events" => events(state, ctx).await,
         "/deliveries" => deliveries(state, ctx).await,
         "/rules" => rules(state, ctx).await,
+        "/moderation" => super::moderation::page(state, ctx).await,
         p => {
             if let Some(id) = p.strip_prefix("/events/") {
                 return event(state, ctx, id).await;
@@ -215,8 +217,8 @@ async fn overview(state: &AppState, ctx: &Ctx<'_>) -> Response {
             }
         }
         section.charts {
-            (chart(ctx, w.chart_callbacks, &hour, "callbacks", |m| [m.callbacks, 0]))
-            (chart(ctx, w.chart_deliveries, &hour, "deliveries", |m| [m.sent, m.failed]))
+            (chart(ctx, w.chart_callbacks, &hour, "callbacks", |m: &Minute| m.at_ms, |m| [m.callbacks, 0]))
+            (chart(ctx, w.chart_deliveries, &hour, "deliveries", |m: &Minute| m.at_ms, |m| [m.sent, m.failed]))
             p.note {
                 span.key.sent {} " " (w.sent) " · "
                 span.key.failed {} " " (w.failed) " — " (w.chart_note)
@@ -263,12 +265,13 @@ async fn overview(state: &AppState, ctx: &Ctx<'_>) -> Response {
 /// A bar chart of the last hour, drawn as SVG: one bar a minute, each of
 /// up to two stacked parts (`part` gives them), with the minute's counts in
 /// its tooltip.
-fn chart(
+pub(super) fn chart<T>(
     ctx: &Ctx,
     title: &str,
-    hour: &[Minute],
+    hour: &[T],
     id: &str,
-    part: impl Fn(&Minute) -> [u64; 2],
+    at_ms: impl Fn(&T) -> u64,
+    part: impl Fn(&T) -> [u64; 2],
 ) -> Markup {
     const W: u64 = 600;
     const H: u64 = 100;
@@ -290,7 +293,7 @@ fn chart(
                     @let x = i as u64 * bar;
                     g {
                         title {
-                            (ctx.time(m.at_ms)) ": " (a)
+                            (ctx.time(at_ms(m))) ": " (a)
                             @if b > 0 { " + " (b) }
                         }
                         @if ha > 0 { rect.a x=(x) y=(H - ha) width=(bar - 1) height=(ha) {} }
