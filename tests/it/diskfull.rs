@@ -34,8 +34,11 @@ async fn a_full_disk_answers_503_loses_nothing_and_recovers_by_itself() {
     }
     let _mount = Mount(state.clone());
     let rules = "actions:\n  n: {type: log, level: debug, message: '{{msg_id}}'}\nrules:\n  - {name: all, actions: [n]}\n";
+    let rules = format!("{rules}{}", crate::presend::MODERATION);
     let app = spawn_app_with(
-        Options::rules(rules).config(format!("state_dir: {}\nmax_body: 1MiB", state.display())),
+        Options::rules(rules)
+            .config(format!("state_dir: {}\nmax_body: 1MiB", state.display()))
+            .config(crate::presend::PRESEND),
     )
     .await;
     let mut acknowledged = Vec::new();
@@ -91,6 +94,25 @@ async fn a_full_disk_answers_503_loses_nothing_and_recovers_by_itself() {
     .await;
     let (status, _) = app.post(&signed("roster:ban", "a", "b")).await;
     assert_eq!(status, 503, "still full");
+    // The pre-send endpoint never waits for the store: it keeps answering,
+    // and the verdicts it cannot record are counted.
+    for _ in 0..20 {
+        let (status, answer) = app.presend(&presend_txt("alice", "加微信")).await;
+        assert_eq!(
+            (status, answer.as_str()),
+            (200, r#"{"valid":false,"code":"HX:10001"}"#)
+        );
+    }
+    eventually(
+        Duration::from_secs(10),
+        "records counted as dropped",
+        || async {
+            app.metrics().await.lines().any(|l| {
+                l.starts_with("easehook_presend_records_dropped_total ") && !l.ends_with(" 0")
+            })
+        },
+    )
+    .await;
     // Space returns: the daemon notices by itself.
     std::fs::remove_file(&filler).unwrap();
     eventually(Duration::from_secs(15), "ready again", || async {
