@@ -60,8 +60,12 @@ pub struct Callback {
     pub to_user: Text,
     /// `roster:ban`, `chat`, … (see [`event_name`]).
     pub event: Text,
-    /// Identifies a repeat of the same event (see [`Callback::dedup_key`]).
-    pub dedup_key: String,
+    /// Whether this is a recorded pre-send verdict (its body's `event` is
+    /// `presend:…`).
+    presend: bool,
+    /// [`Callback::dedup_key`], made when first asked for: a pre-send
+    /// answer never needs it.
+    dedup: OnceLock<String>,
 }
 
 /// The family of recorded pre-send verdicts: `presend:reject`, … .
@@ -123,18 +127,31 @@ impl Callback {
         let text: Arc<str> = std::str::from_utf8(body)
             .map_err(|_| ParseError::Malformed)?
             .into();
+        Self::parse_text(text, Signature::Required)
+    }
+
+    /// [`Callback::parse`] of a recorded pre-send verdict, which is stored
+    /// without the request's signature (SPEC §16): a missing `security`
+    /// reads as a placeholder, as in [`unsigned`].
+    pub fn parse_unsigned(text: Arc<str>) -> Result<Self, ParseError> {
+        Self::parse_text(text, Signature::Optional)
+    }
+
+    fn parse_text(text: Arc<str>, signature: Signature) -> Result<Self, ParseError> {
         // A struct also deserializes from a JSON array, field by field:
         // only an object may take the narrow path.
         let object = text
             .trim_start_matches([' ', '\t', '\n', '\r'])
             .starts_with('{');
         if object && let Some(fields) = Narrow::read(&text) {
-            let mut cb = Self::build(&fields)?;
+            let mut cb = Self::build(&fields, signature)?;
             cb.body = Some(text);
             return Ok(cb);
         }
         let raw: Value = serde_json::from_str(&text).map_err(|_| ParseError::Malformed)?;
-        let mut cb = Self::from_value(raw)?;
+        let obj = raw.as_object().ok_or(ParseError::NotObject)?;
+        let mut cb = Self::build(obj, signature)?;
+        // The text is the body: `raw` is parsed again when asked for.
         cb.body = Some(text);
         Ok(cb)
     }
@@ -142,17 +159,18 @@ impl Callback {
     /// Build from already-parsed JSON (dry runs, tests).
     pub fn from_value(raw: Value) -> Result<Self, ParseError> {
         let obj = raw.as_object().ok_or(ParseError::NotObject)?;
-        let mut cb = Self::build(obj)?;
+        let mut cb = Self::build(obj, Signature::Required)?;
         cb.raw = OnceLock::from(raw);
         Ok(cb)
     }
 
-    /// The same callback, seen as `raw` from now on (a recorded pre-send
-    /// verdict is the request plus what was decided).
-    pub fn with_raw(mut self, raw: Value) -> Self {
-        self.raw = OnceLock::from(raw);
-        self.body = None;
-        self
+    /// The whole callback as received, taken: no copy when it was parsed
+    /// already.
+    pub fn into_raw(mut self) -> Value {
+        match self.raw.take() {
+            Some(raw) => raw,
+            None => self.raw().clone(),
+        }
     }
 
     /// The whole callback as received.
@@ -176,9 +194,12 @@ impl Callback {
     }
 
     /// Everything but `raw` and `body`, from the callback's fields.
-    fn build(obj: &impl Fields) -> Result<Self, ParseError> {
+    fn build(obj: &impl Fields, signature: Signature) -> Result<Self, ParseError> {
         let call_id = required_str(obj, "callId")?;
-        let security = required_str(obj, "security")?;
+        let security = match (required_str(obj, "security"), signature) {
+            (Err(ParseError::Missing(_)), Signature::Optional) => Text::new("unsigned"),
+            (security, _) => security?,
+        };
         let (timestamp, timestamp_text) = match obj.get("timestamp") {
             None | Some(Scalar::Null) => return Err(ParseError::Missing("timestamp")),
             Some(Scalar::Num(n)) => {
@@ -232,18 +253,6 @@ impl Callback {
                 event_type.as_deref(),
             ),
         };
-        let mut dedup_key = dedup_key(
-            &call_id,
-            chat_type.as_deref(),
-            event_type.as_deref(),
-            from.as_deref(),
-            to.as_deref(),
-            operation.as_deref(),
-        );
-        if presend.is_some() {
-            // Apart from the post-send callback of the same message.
-            dedup_key.insert_str(0, PRESEND_PREFIX);
-        }
         Ok(Callback {
             call_id,
             security,
@@ -260,9 +269,29 @@ impl Callback {
             from_user,
             to_user,
             event,
-            dedup_key,
+            presend: presend.is_some(),
+            dedup: OnceLock::new(),
             raw: OnceLock::new(),
             body: None,
+        })
+    }
+
+    /// Identifies a repeat of the same event (see [`dedup_key`]).
+    pub fn dedup_key(&self) -> &str {
+        self.dedup.get_or_init(|| {
+            let mut key = dedup_key(
+                &self.call_id,
+                self.chat_type.as_deref(),
+                self.event_type.as_deref(),
+                self.from.as_deref(),
+                self.to.as_deref(),
+                self.operation.as_deref(),
+            );
+            if self.presend {
+                // Apart from the post-send callback of the same message.
+                key.insert_str(0, PRESEND_PREFIX);
+            }
+            key
         })
     }
 
@@ -277,6 +306,13 @@ impl Callback {
             _ => "",
         }
     }
+}
+
+/// Whether a callback must carry its `security`.
+#[derive(Clone, Copy)]
+enum Signature {
+    Required,
+    Optional,
 }
 
 /// A field as [`Callback::build`] reads it: the text of a string or a

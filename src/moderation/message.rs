@@ -4,6 +4,9 @@
 //! "txt", "msg": "…"}], "ext": {…}}`) — and the rewritten payload, in the
 //! shape it came in.
 
+use std::borrow::Cow;
+
+use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 /// How the payload was written.
@@ -31,49 +34,17 @@ pub struct Message {
 impl Message {
     /// The message of the request `request` (its `payload`).
     pub fn of(request: &Value) -> Self {
-        let Some(payload) = request.get("payload").and_then(Value::as_object) else {
-            return Self::unknown();
-        };
-        let ext = payload.get("ext").and_then(Value::as_object).cloned();
-        let (shape, body) = match payload.get("bodies") {
-            Some(Value::Array(bodies)) => match bodies.first().and_then(Value::as_object) {
-                Some(first) => (Shape::Bodies, first),
-                None => {
-                    return Self {
-                        ext,
-                        ..Self::unknown()
-                    };
-                }
-            },
-            Some(_) => {
-                return Self {
-                    ext,
-                    ..Self::unknown()
-                };
-            }
-            None => (Shape::Flat, payload),
-        };
-        let kind = body
-            .get("type")
-            .or_else(|| payload.get("type").filter(|_| shape == Shape::Flat))
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .or_else(|| {
-                // A combined message may come with no type, only its subType.
-                let sub = |o: &Map<String, Value>| {
-                    o.get("subType").and_then(Value::as_str) == Some("sub_combine")
-                };
-                (sub(body) || sub(payload)).then(|| "combine".to_string())
-            });
-        let text = (kind.as_deref() == Some("txt"))
-            .then(|| body.get("msg").and_then(Value::as_str).map(str::to_string))
-            .flatten();
-        Self {
-            shape,
-            kind,
-            text,
-            ext,
-        }
+        Parts::of(request).message()
+    }
+
+    /// The message of a request's body, read straight from its text; the
+    /// same as [`Message::of`] on the parsed body, without building a
+    /// [`Value`] of it. The whole body is checked to be valid JSON, every
+    /// string decoded: an invalid escape anywhere in it, a lone surrogate
+    /// included, is an error, as it is for a `Value`.
+    pub fn read(body: &str) -> Result<Self, serde_json::Error> {
+        let Top(parts) = serde_json::from_str(body)?;
+        Ok(parts.message())
     }
 
     fn unknown() -> Self {
@@ -126,6 +97,335 @@ impl Message {
                 Value::Object(out)
             }
         }
+    }
+}
+
+/// What a message is made of, read from a [`Value`] or from the body's
+/// text: the fields of `payload`, and of the first of its `bodies`.
+#[derive(Default)]
+struct Parts<'a> {
+    /// Whether `payload` is an object; nothing else counts when it is not.
+    object: bool,
+    /// `payload`'s own fields: the message of the flat shape.
+    flat: BodyFields<'a>,
+    /// `payload.ext`, when it is an object.
+    ext: Option<Map<String, Value>>,
+    bodies: Bodies<'a>,
+}
+
+/// The fields of a message body that moderation reads.
+#[derive(Default)]
+struct BodyFields<'a> {
+    /// `type`, when it is a string.
+    kind: Option<Cow<'a, str>>,
+    /// `msg`, when it is a string.
+    msg: Option<Cow<'a, str>>,
+    /// Whether `subType` is `sub_combine`.
+    sub_combine: bool,
+}
+
+/// `payload.bodies`.
+#[derive(Default)]
+enum Bodies<'a> {
+    #[default]
+    Absent,
+    /// Not an array, an empty one, or one whose first item is no object.
+    Unusable,
+    First(BodyFields<'a>),
+}
+
+impl<'a> Parts<'a> {
+    fn of(request: &'a Value) -> Self {
+        let Some(payload) = request.get("payload").and_then(Value::as_object) else {
+            return Self::default();
+        };
+        let bodies = match payload.get("bodies") {
+            None => Bodies::Absent,
+            Some(Value::Array(b)) => match b.first().and_then(Value::as_object) {
+                Some(first) => Bodies::First(BodyFields::of(first)),
+                None => Bodies::Unusable,
+            },
+            Some(_) => Bodies::Unusable,
+        };
+        Self {
+            object: true,
+            flat: BodyFields::of(payload),
+            ext: payload.get("ext").and_then(Value::as_object).cloned(),
+            bodies,
+        }
+    }
+
+    fn message(self) -> Message {
+        if !self.object {
+            return Message::unknown();
+        }
+        let (shape, body) = match &self.bodies {
+            Bodies::Absent => (Shape::Flat, &self.flat),
+            Bodies::First(first) => (Shape::Bodies, first),
+            Bodies::Unusable => {
+                return Message {
+                    ext: self.ext,
+                    ..Message::unknown()
+                };
+            }
+        };
+        let kind = match &body.kind {
+            Some(k) => Some(k.to_string()),
+            // A combined message may come with no type, only its subType.
+            None => (body.sub_combine || self.flat.sub_combine).then(|| "combine".to_string()),
+        };
+        let text = match (kind.as_deref(), &body.msg) {
+            (Some("txt"), Some(msg)) => Some(msg.to_string()),
+            _ => None,
+        };
+        Message {
+            shape,
+            kind,
+            text,
+            ext: self.ext,
+        }
+    }
+}
+
+impl<'a> BodyFields<'a> {
+    fn of(o: &'a Map<String, Value>) -> Self {
+        Self {
+            kind: o.get("type").and_then(Value::as_str).map(Cow::Borrowed),
+            msg: o.get("msg").and_then(Value::as_str).map(Cow::Borrowed),
+            sub_combine: o.get("subType").and_then(Value::as_str) == Some("sub_combine"),
+        }
+    }
+}
+
+// Reading the parts from the body's text: a visitor for each level, and
+// `Checked` for everything else, so that a key given twice counts as in a
+// `Value` (the last one) and all of the body is checked.
+
+/// The visitor methods of the values a level does not read: any scalar
+/// (a string's escapes already decoded by the parser) is `$value`.
+macro_rules! scalars {
+    ($value:expr) => {
+        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        scalars!(not strings: $value);
+    };
+    (not strings: $value:expr) => {
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+    };
+}
+
+/// Any JSON value, walked to its end and kept nowhere. Unlike
+/// `IgnoredAny`, which skips strings without decoding their escapes, every
+/// string is decoded, so an invalid one anywhere is an error.
+struct Checked;
+
+impl<'de> Deserialize<'de> for Checked {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(CheckedVisitor)
+    }
+}
+
+struct CheckedVisitor;
+
+impl<'de> Visitor<'de> for CheckedVisitor {
+    type Value = Checked;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    scalars!(Checked);
+    fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Checked, A::Error> {
+        while a.next_element::<Checked>()?.is_some() {}
+        Ok(Checked)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Checked, A::Error> {
+        while a.next_entry::<Checked, Checked>()?.is_some() {}
+        Ok(Checked)
+    }
+}
+
+/// A string, borrowed from the body when it has no escapes; `None` for
+/// any other value (checked all the same).
+struct MaybeStr<'a>(Option<Cow<'a, str>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for MaybeStr<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = MaybeStr<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Self::Value, E> {
+                Ok(MaybeStr(Some(Cow::Borrowed(s))))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(MaybeStr(Some(Cow::Owned(s.to_owned()))))
+            }
+            fn visit_string<E>(self, s: String) -> Result<Self::Value, E> {
+                Ok(MaybeStr(Some(Cow::Owned(s))))
+            }
+            scalars!(not strings: MaybeStr(None));
+            fn visit_seq<A: SeqAccess<'de>>(self, a: A) -> Result<Self::Value, A::Error> {
+                CheckedVisitor.visit_seq(a).map(|_| MaybeStr(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, a: A) -> Result<Self::Value, A::Error> {
+                CheckedVisitor.visit_map(a).map(|_| MaybeStr(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The keys read at some level of the body, told apart without copying.
+#[derive(serde::Deserialize)]
+#[serde(field_identifier)]
+enum Key {
+    #[serde(rename = "payload")]
+    Payload,
+    #[serde(rename = "type")]
+    Type,
+    #[serde(rename = "msg")]
+    Msg,
+    #[serde(rename = "subType")]
+    SubType,
+    #[serde(rename = "ext")]
+    Ext,
+    #[serde(rename = "bodies")]
+    Bodies,
+    #[serde(other)]
+    Other,
+}
+
+/// The body: its `payload`, and every other field checked.
+struct Top<'a>(Parts<'a>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Top<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Top<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+                let mut parts = Parts::default();
+                while let Some(key) = a.next_key::<Key>()? {
+                    match key {
+                        Key::Payload => parts = a.next_value::<Object>()?.0,
+                        _ => {
+                            a.next_value::<Checked>()?;
+                        }
+                    }
+                }
+                Ok(Top(parts))
+            }
+            // Not an object: no message (and no callback either).
+            fn visit_seq<A: SeqAccess<'de>>(self, a: A) -> Result<Self::Value, A::Error> {
+                CheckedVisitor.visit_seq(a).map(|_| Top(Parts::default()))
+            }
+            scalars!(Top(Parts::default()));
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A payload, or a message body: [`Parts`] with `object` set when it is an
+/// object (a body uses only its `flat` fields).
+struct Object<'a>(Parts<'a>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Object<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Object<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+                let mut p = Parts {
+                    object: true,
+                    ..Parts::default()
+                };
+                while let Some(key) = a.next_key::<Key>()? {
+                    match key {
+                        Key::Type => p.flat.kind = a.next_value::<MaybeStr>()?.0,
+                        Key::Msg => p.flat.msg = a.next_value::<MaybeStr>()?.0,
+                        Key::SubType => {
+                            let sub = a.next_value::<MaybeStr>()?.0;
+                            p.flat.sub_combine = sub.as_deref() == Some("sub_combine");
+                        }
+                        Key::Ext => {
+                            p.ext = match a.next_value::<Value>()? {
+                                Value::Object(o) => Some(o),
+                                _ => None,
+                            }
+                        }
+                        Key::Bodies => p.bodies = a.next_value::<BodiesField>()?.0,
+                        Key::Payload | Key::Other => {
+                            a.next_value::<Checked>()?;
+                        }
+                    }
+                }
+                Ok(Object(p))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, a: A) -> Result<Self::Value, A::Error> {
+                CheckedVisitor
+                    .visit_seq(a)
+                    .map(|_| Object(Parts::default()))
+            }
+            scalars!(Object(Parts::default()));
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `payload.bodies`: the first item's fields, the rest checked.
+struct BodiesField<'a>(Bodies<'a>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for BodiesField<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = BodiesField<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+                let first = match a.next_element::<Object>()? {
+                    Some(Object(p)) if p.object => Bodies::First(p.flat),
+                    _ => Bodies::Unusable,
+                };
+                while a.next_element::<Checked>()?.is_some() {}
+                Ok(BodiesField(first))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, a: A) -> Result<Self::Value, A::Error> {
+                CheckedVisitor
+                    .visit_map(a)
+                    .map(|_| BodiesField(Bodies::Unusable))
+            }
+            scalars!(BodiesField(Bodies::Unusable));
+        }
+        d.deserialize_any(V)
     }
 }
 

@@ -207,7 +207,11 @@ pub const PASS_ANSWER: &str = r#"{"valid":true}"#;
 pub fn reject_answer(code: Option<&str>) -> String {
     match code {
         None => r#"{"valid":false}"#.to_string(),
-        Some(c) => json!({"valid": false, "code": c}).to_string(),
+        // Written out directly: a reject is answered often in a flood.
+        Some(c) => format!(
+            r#"{{"valid":false,"code":{}}}"#,
+            Value::String(c.to_string())
+        ),
     }
 }
 
@@ -222,10 +226,21 @@ impl Moderation {
 
     /// Evaluate the rules, in order, for the request `cb`.
     pub fn evaluate(&self, cb: &Callback, now_ms: u64, counting: Counting) -> Decision {
-        let request = cb.raw();
-        let mut m = Message::of(request);
+        self.evaluate_message(cb, Message::of(cb.raw()), now_ms, counting)
+    }
+
+    /// [`Moderation::evaluate`] with the request's message already read
+    /// (the endpoint reads it from the body's text, [`Message::read`]).
+    pub fn evaluate_message(
+        &self,
+        cb: &Callback,
+        mut m: Message,
+        now_ms: u64,
+        counting: Counting,
+    ) -> Decision {
         let original_text = m.text.clone();
-        let original_ext = m.ext.clone();
+        // Kept only once a rule is about to change it.
+        let mut original_ext: Option<Option<Map<String, Value>>> = None;
         let mut fired = Vec::new();
         let mut rewriters: Vec<usize> = Vec::new();
         let mut marks_lists: Vec<ListId> = Vec::new();
@@ -285,6 +300,7 @@ impl Moderation {
                         }
                     }
                     if !rule.ext.is_empty() {
+                        original_ext.get_or_insert_with(|| m.ext.clone());
                         let ext = m.ext.get_or_insert_with(Map::new);
                         for (k, v) in &rule.ext {
                             ext.insert(k.clone(), Value::String(v.clone()));
@@ -332,7 +348,7 @@ impl Moderation {
             too_long: false,
             answer: PASS_ANSWER.to_string(),
         };
-        let changed = m.text != original_text || m.ext != original_ext;
+        let changed = m.text != original_text || original_ext.is_some_and(|before| before != m.ext);
         match decided {
             Some((Verdict::Reject, i)) => {
                 d.verdict = Verdict::Reject;
@@ -348,7 +364,7 @@ impl Moderation {
                 if m.text != original_text {
                     d.rewritten = m.text.clone();
                 }
-                let answer = json!({"valid": true, "payload": m.payload(request)}).to_string();
+                let answer = json!({"valid": true, "payload": m.payload(cb.raw())}).to_string();
                 if answer.len() > MAX_ANSWER {
                     // A masked word must not get through unmasked.
                     let last = &self.rules[*rewriters.last().expect("a rewrite")];

@@ -370,7 +370,7 @@ pub(super) fn ready(
     };
     let new = NewEvent {
         id,
-        dedup_key: cb.dedup_key.clone(),
+        dedup_key: cb.dedup_key().to_string(),
         event: cb.event.clone(),
         received_at_ms: now,
         body,

@@ -23,6 +23,7 @@ use super::callback::{ReadError, read_limited, ready};
 use super::{error_reply, raw_json_reply};
 use crate::callback::{Callback, PRESEND_PREFIX};
 use crate::config::{OnError, PresendSettings};
+use crate::moderation::message::Message;
 use crate::moderation::{Counting, PASS_ANSWER, Record, Verdict, reject_answer, verdict_name};
 use crate::shutdown::Shutdown;
 use crate::snapshot::Snapshot;
@@ -102,14 +103,17 @@ where
         }
         Ok(Ok(b)) => b,
     };
-    // Parsed whole: moderation reads the payload of every request, and a
-    // body with an invalid escape anywhere in it is refused, not evaluated
-    // without the part that would not parse.
-    let parsed = serde_json::from_slice::<Value>(&body)
-        .map_err(|_| crate::callback::ParseError::Malformed)
-        .and_then(Callback::from_value);
-    let cb = match parsed {
-        Ok(cb) => cb,
+    // Checked whole: a body with an invalid escape anywhere in it is
+    // refused, not evaluated without the part that would not parse. The
+    // message and the callback's fields are read from the text; nothing
+    // on the way to the answer builds the body's `Value`.
+    let parsed = std::str::from_utf8(&body)
+        .ok()
+        .and_then(|text| Message::read(text).ok())
+        .ok_or(crate::callback::ParseError::Malformed)
+        .and_then(|message| Ok((message, Callback::parse(&body)?)));
+    let (message, cb) = match parsed {
+        Ok(read) => read,
         Err(e) => {
             return (
                 "bad_request",
@@ -128,7 +132,7 @@ where
     // A panic in evaluation is a bug; the sender must still get an answer.
     let moderation = &snapshot.moderation;
     let evaluated = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        moderation.evaluate(&cb, now, Counting::Count)
+        moderation.evaluate_message(&cb, message, now, Counting::Count)
     }));
     let decision = match evaluated {
         Ok(d) => d,
@@ -241,8 +245,8 @@ async fn store(state: &AppState, r: Record) {
         received_at_ms,
     } = r;
     let verdict = verdict_name(decision.verdict);
-    let mut body = cb.raw().clone();
     let appkey = cb.signing_appkey().to_string();
+    let mut body = cb.into_raw();
     if let Some(o) = body.as_object_mut() {
         o.remove("security");
         // Pre-send requests name their app only in `callId`; the record
@@ -258,17 +262,17 @@ async fn store(state: &AppState, r: Record) {
     }
     // Read back as the store will read it: the event is `presend:reject`,
     // … , apart from the post-send callback of the same message.
-    let cb = match crate::callback::unsigned(body.clone()) {
+    let text: Arc<str> = body.to_string().into();
+    drop(body);
+    let cb = match Callback::parse_unsigned(text.clone()) {
         Ok(c) => c,
         Err(_) => {
             state.metrics.presend.records_dropped.inc();
             return;
         }
     };
-    let cb = cb.with_raw(body.clone());
-    let body: Arc<str> = body.to_string().into();
     let snapshot = state.snapshot.load_full();
-    let out = ready(state, snapshot, cb, body, received_at_ms)
+    let out = ready(state, snapshot, cb, text, received_at_ms)
         .finish(state)
         .await;
     if !out.status.is_success() {

@@ -373,16 +373,11 @@ impl Callbacks {
         if let Some(known) = self.0.get(event_id) {
             return known.clone();
         }
-        let parsed = match Callback::parse(body.as_bytes()) {
-            // A recorded pre-send verdict is stored without the request's
-            // signature (SPEC §16).
-            Err(crate::callback::ParseError::Missing("security")) => serde_json::from_str(body)
-                .map_err(|e| e.to_string())
-                .and_then(crate::callback::unsigned)
-                .map(|cb| cb.with_raw(serde_json::from_str(body).unwrap_or_default())),
-            other => other.map_err(|e| e.to_string()),
-        }
-        .map(Arc::new);
+        // A recorded pre-send verdict is stored without the request's
+        // signature (SPEC §16).
+        let parsed = Callback::parse_unsigned(body.into())
+            .map_err(|e| e.to_string())
+            .map(Arc::new);
         self.0.insert(event_id.to_string(), parsed.clone());
         parsed
     }

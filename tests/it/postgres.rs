@@ -222,7 +222,7 @@ async fn a_stopped_daemons_store(state_dir: &std::path::Path) -> Vec<serde_json:
         let cb = easehook::callback::Callback::parse(body.to_string().as_bytes()).unwrap();
         let new = NewEvent {
             id: format!("event-{i}"),
-            dedup_key: cb.dedup_key.clone(),
+            dedup_key: cb.dedup_key().to_string(),
             event: cb.event.clone(),
             received_at_ms: now + i,
             body: body.to_string().into(),

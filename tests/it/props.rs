@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use easehook::callback::Callback;
 use easehook::config::Secrets;
+use easehook::moderation::message::Message;
 use easehook::rules::matcher::Matcher;
 use easehook::template::{Data, Escape, Reads, Templates};
 
@@ -94,14 +95,97 @@ fn view(cb: &Callback) -> String {
             (&cb.call_id, &cb.security, cb.timestamp, &cb.timestamp_text),
             (&cb.chat_type, &cb.operation, &cb.event_type, &cb.appkey),
             (&cb.host, &cb.from, &cb.to, &cb.msg_id),
-            (&cb.from_user, &cb.to_user, &cb.event, &cb.dedup_key),
+            (&cb.from_user, &cb.to_user, &cb.event, cb.dedup_key()),
             cb.raw(),
         )
     )
 }
 
+/// A pre-send message body or payload: the keys moderation reads, with
+/// the values that matter to it or anything else.
+fn message_object(inner: impl Strategy<Value = Value>) -> impl Strategy<Value = Value> {
+    prop::collection::vec(
+        (
+            prop_oneof![
+                Just("msg"),
+                Just("type"),
+                Just("subType"),
+                Just("ext"),
+                Just("bodies"),
+                Just("url")
+            ],
+            prop_oneof![
+                Just(Value::from("txt")),
+                Just(Value::from("cmd")),
+                Just(Value::from("sub_combine")),
+                Just(Value::from("加 微 信")),
+                Just(serde_json::json!({"k": "v", "n": 1})),
+                inner,
+            ],
+        ),
+        0..6,
+    )
+    .prop_map(|pairs| Value::Object(pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()))
+}
+
+/// Pre-send requests in both shapes, and payloads that are neither.
+fn presend_like() -> impl Strategy<Value = Value> {
+    let body = message_object(json_value());
+    let payload = prop_oneof![
+        message_object(json_value()),
+        (
+            prop::collection::vec(body, 0..3),
+            message_object(json_value())
+        )
+            .prop_map(|(bodies, mut p)| {
+                p["bodies"] = Value::Array(bodies);
+                p
+            }),
+        json_value(),
+    ];
+    (payload, json_value()).prop_map(|(payload, other)| {
+        serde_json::json!({"callId": "org#app_1", "security": "s", "timestamp": 1, "payload": payload, "other": other})
+    })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn reading_a_message_from_the_body_reads_it_as_from_its_json(v in prop_oneof![presend_like(), json_value()], pretty in any::<bool>()) {
+        let body = if pretty { serde_json::to_string_pretty(&v) } else { serde_json::to_string(&v) }.unwrap();
+        let read = Message::read(&body).map_err(|e| e.to_string());
+        // The body's JSON, not `v`: a float may not come back bit for bit.
+        let parsed: Value = serde_json::from_str(&body).unwrap();
+        prop_assert_eq!(read, Ok(Message::of(&parsed)));
+    }
+
+    #[test]
+    fn a_message_body_is_refused_exactly_when_its_json_is(
+        at in 0usize..3,
+        escape in prop_oneof![
+            Just(r"\ud800"), Just(r"\udc00"), Just(r"\ud83d\ude00"), Just(r"\ud83d"), Just(r"\u00e9"),
+            Just(r"\n"), Just(r"\x"), Just(r"\uZZZZ"), Just("\u{1}"), Just(r"\"), Just(r#"\""#),
+        ],
+        cut in prop::option::of(0usize..60),
+    ) {
+        // The escape in the text, in a field moderation reads, or in one it does not.
+        let mut fields = [String::new(), String::new(), String::new()];
+        fields[at] = escape.to_string();
+        let mut body = format!(
+            r#"{{"callId":"org#app_1","payload":{{"type":"txt","msg":"a{}b","ext":{{"k":"{}"}}}},"other":["{}"]}}"#,
+            fields[0], fields[1], fields[2]
+        );
+        if let Some(c) = cut.filter(|&c| body.is_char_boundary(c)) {
+            body.truncate(c);
+        }
+        let read = Message::read(&body);
+        let json = serde_json::from_str::<Value>(&body);
+        prop_assert_eq!(read.is_ok(), json.is_ok(), "{}", body);
+        if let (Ok(m), Ok(v)) = (read, json) {
+            prop_assert_eq!(m, Message::of(&v));
+        }
+    }
 
     #[test]
     fn parsing_and_verifying_arbitrary_bytes_never_panics(body in prop::collection::vec(any::<u8>(), 0..512)) {
