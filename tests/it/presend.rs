@@ -563,3 +563,31 @@ async fn an_edited_word_list_file_is_picked_up_without_restart() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn verdicts_answered_just_before_sigterm_are_recorded() {
+    use nix::sys::signal::Signal;
+    let (_dir, config) = write_config(&Options::rules(MODERATION).config(PRESEND));
+    fixed_ports(&config);
+    let mut d = Daemon::start(&config, &[]).await;
+    let url = d
+        .callback_url
+        .replace("/easemob/callback", "/easemob/presend");
+    let client = reqwest::Client::new();
+    // Rejects answered in a burst are gathered into one batch for the
+    // store; a stop while it gathers still stores them.
+    for i in 0..30 {
+        let body = presend_txt(&format!("spammer{i}"), "加微信");
+        assert_eq!(
+            post_json(&client, &url, &body).await,
+            (200, json!({"valid": false, "code": "HX:10001"}))
+        );
+    }
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait(Duration::from_secs(10)).await, Some(0));
+    let d = Daemon::start(&config, &[]).await;
+    let (_, events) = get_json(&client, format!("{}/api/v1/events?limit=1000", d.admin_url)).await;
+    let events = events["events"].as_array().unwrap();
+    assert_eq!(events.len(), 30, "{events:?}");
+    assert!(events.iter().all(|e| e["event"] == "presend:reject"));
+}
