@@ -242,24 +242,31 @@ pub async fn record(
             }
         }
         for r in batch.drain(..) {
-            let Ok(slot) = slots.clone().acquire_owned().await else {
-                return;
-            };
-            let state = state.clone();
-            tokio::spawn(async move {
-                store(&state, r).await;
-                drop(slot);
-            });
+            hand_over(&state, &slots, r).await;
         }
     }
     let _ = tokio::time::timeout(grace, async {
+        // Stored as concurrently as the rest, so that they share commits.
         while let Ok(r) = records.try_recv() {
-            store(&state, r).await;
+            hand_over(&state, &slots, r).await;
         }
         // The records in flight finish too.
         let _ = slots.acquire_many(RECORDS_IN_FLIGHT as u32).await;
     })
     .await;
+}
+
+/// Store `r` in a task of its own once one of the `slots` is free.
+async fn hand_over(state: &Arc<AppState>, slots: &Arc<tokio::sync::Semaphore>, r: Record) {
+    // The semaphore is never closed: a slot always comes.
+    let Ok(slot) = slots.clone().acquire_owned().await else {
+        return;
+    };
+    let state = state.clone();
+    tokio::spawn(async move {
+        store(&state, r).await;
+        drop(slot);
+    });
 }
 
 /// Store one verdict as a `presend:*` event, through the ordinary rules.
