@@ -6,14 +6,15 @@
 //! fields, missing optional fields) and strict about what verification needs
 //! (`callId`, `security`, `timestamp`).
 
-use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 
 use compact_str::ToCompactString;
 use md5::{Digest, Md5};
-use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Number, Value};
+
+mod read;
+
+pub use read::{Checked, CheckedVisitor, Decoded, Key, Narrow};
 
 /// Why a body is not a usable callback. Every variant answers 400.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -153,6 +154,15 @@ impl Callback {
         let mut cb = Self::build(obj, signature)?;
         // The text is the body: `raw` is parsed again when asked for.
         cb.body = Some(text);
+        Ok(cb)
+    }
+
+    /// A callback of the fields `fields`, read by the caller from `text`
+    /// in a pass of its own (see [`Narrow::read_value`]): the same as
+    /// [`Callback::parse`] of `text`.
+    pub fn from_narrow(fields: &Narrow<'_>, text: &Arc<str>) -> Result<Self, ParseError> {
+        let mut cb = Self::build(fields, Signature::Required)?;
+        cb.body = Some(text.clone());
         Ok(cb)
     }
 
@@ -354,238 +364,6 @@ impl Fields for Map<String, Value> {
         Map::get(self, "payload")
             .and_then(|p| p.get("operation"))
             .map(Scalar::from)
-    }
-}
-
-/// A field decoded straight from the body's text, as [`Scalar`] reads it:
-/// a string without escapes stays a slice of the body, and nothing else
-/// is kept (an array or an object is only checked to be valid JSON).
-enum Decoded<'a> {
-    Str(Cow<'a, str>),
-    Num(Number),
-    Null,
-    Other,
-}
-
-impl Decoded<'_> {
-    fn scalar(&self) -> Scalar<'_> {
-        match self {
-            Decoded::Str(s) => Scalar::Str(s),
-            Decoded::Num(n) => Scalar::Num(n),
-            Decoded::Null => Scalar::Null,
-            Decoded::Other => Scalar::Other,
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for Decoded<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Decoded<'de>;
-
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Self::Value, E> {
-                Ok(Decoded::Str(Cow::Borrowed(s)))
-            }
-            fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
-                Ok(Decoded::Str(Cow::Owned(s.to_owned())))
-            }
-            fn visit_string<E>(self, s: String) -> Result<Self::Value, E> {
-                Ok(Decoded::Str(Cow::Owned(s)))
-            }
-            fn visit_u64<E>(self, n: u64) -> Result<Self::Value, E> {
-                Ok(Decoded::Num(n.into()))
-            }
-            fn visit_i64<E>(self, n: i64) -> Result<Self::Value, E> {
-                Ok(Decoded::Num(n.into()))
-            }
-            // As a `Value` does: a float that is no JSON number is null.
-            fn visit_f64<E>(self, n: f64) -> Result<Self::Value, E> {
-                Ok(Number::from_f64(n).map_or(Decoded::Null, Decoded::Num))
-            }
-            fn visit_unit<E>(self) -> Result<Self::Value, E> {
-                Ok(Decoded::Null)
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(Decoded::Other)
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
-                while a.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(Decoded::Other)
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
-                while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(Decoded::Other)
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// The fields [`Callback::build`] reads, each decoded on its own from the
-/// body's text, the rest of which is only checked to be valid JSON.
-///
-/// `present` keeps a JSON `null` as a value (a plain `Option` would make it
-/// absent), so the fields decode exactly as they would from a `Value`.
-#[derive(Deserialize)]
-struct RawFields<'a> {
-    #[serde(rename = "callId", default, borrow, deserialize_with = "present")]
-    call_id: Option<Decoded<'a>>,
-    #[serde(default, borrow, deserialize_with = "present")]
-    security: Option<Decoded<'a>>,
-    #[serde(default, borrow, deserialize_with = "present")]
-    timestamp: Option<Decoded<'a>>,
-    #[serde(default, borrow, deserialize_with = "present")]
-    chat_type: Option<Decoded<'a>>,
-    #[serde(rename = "eventType", default, borrow, deserialize_with = "present")]
-    event_type: Option<Decoded<'a>>,
-    #[serde(default, borrow, deserialize_with = "present")]
-    appkey: Option<Decoded<'a>>,
-    #[serde(default, borrow, deserialize_with = "present")]
-    host: Option<Decoded<'a>>,
-    #[serde(default, borrow, deserialize_with = "present")]
-    from: Option<Decoded<'a>>,
-    #[serde(default, borrow, deserialize_with = "present")]
-    to: Option<Decoded<'a>>,
-    #[serde(default, borrow, deserialize_with = "present")]
-    msg_id: Option<Decoded<'a>>,
-    #[serde(default, borrow, deserialize_with = "present")]
-    event: Option<Decoded<'a>>,
-    // The fields of status and group callbacks (see `other_family`).
-    #[serde(rename = "type", default, borrow, deserialize_with = "present")]
-    kind: Option<Decoded<'a>>,
-    #[serde(default, borrow, deserialize_with = "present")]
-    operation: Option<Decoded<'a>>,
-    #[serde(default, borrow, deserialize_with = "present")]
-    operator: Option<Decoded<'a>>,
-    #[serde(default, borrow, deserialize_with = "present")]
-    reason: Option<Decoded<'a>>,
-    #[serde(default, borrow, deserialize_with = "present")]
-    status: Option<Decoded<'a>>,
-    #[serde(default, borrow, deserialize_with = "present")]
-    user: Option<Decoded<'a>>,
-    #[serde(default, borrow)]
-    payload: Payload<'a>,
-}
-
-/// `payload.operation`, the one field read inside `payload`, decoded in the
-/// same pass as the rest of the body. Only an object has an `operation`
-/// (a struct would also read an array, field by field, so this is a visitor
-/// of its own); whatever else `payload` is, it has none.
-#[derive(Default)]
-struct Payload<'a> {
-    operation: Option<Decoded<'a>>,
-}
-
-/// The keys of `payload`, told apart without copying them.
-#[derive(Deserialize)]
-#[serde(field_identifier, rename_all = "lowercase")]
-enum PayloadKey {
-    Operation,
-    #[serde(other)]
-    Other,
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for Payload<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Payload<'de>;
-
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
-                let mut operation = None;
-                while let Some(key) = a.next_key::<PayloadKey>()? {
-                    match key {
-                        // Given twice, the last one counts, as in a `Value`.
-                        PayloadKey::Operation => operation = Some(a.next_value::<Decoded>()?),
-                        PayloadKey::Other => drop(a.next_value::<IgnoredAny>()?),
-                    }
-                }
-                Ok(Payload { operation })
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
-                while a.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(Payload::default())
-            }
-            fn visit_borrowed_str<E>(self, _: &'de str) -> Result<Self::Value, E> {
-                Ok(Payload::default())
-            }
-            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-                Ok(Payload::default())
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(Payload::default())
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(Payload::default())
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(Payload::default())
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(Payload::default())
-            }
-            fn visit_unit<E>(self) -> Result<Self::Value, E> {
-                Ok(Payload::default())
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
-    T::deserialize(d).map(Some)
-}
-
-/// A body's fields, read by the narrow parse.
-struct Narrow<'a> {
-    fields: RawFields<'a>,
-}
-
-impl<'a> Narrow<'a> {
-    /// The fields of a body, or `None` when it needs the full parse to decode
-    /// as it would from a `Value` (it is not valid JSON, or a field read here
-    /// is given twice).
-    fn read(text: &'a str) -> Option<Self> {
-        let fields: RawFields = serde_json::from_str(text).ok()?;
-        Some(Narrow { fields })
-    }
-}
-
-impl Fields for Narrow<'_> {
-    fn get(&self, key: &str) -> Option<Scalar<'_>> {
-        let f = &self.fields;
-        match key {
-            "callId" => f.call_id.as_ref(),
-            "security" => f.security.as_ref(),
-            "timestamp" => f.timestamp.as_ref(),
-            "chat_type" => f.chat_type.as_ref(),
-            "eventType" => f.event_type.as_ref(),
-            "appkey" => f.appkey.as_ref(),
-            "host" => f.host.as_ref(),
-            "from" => f.from.as_ref(),
-            "to" => f.to.as_ref(),
-            "msg_id" => f.msg_id.as_ref(),
-            "event" => f.event.as_ref(),
-            "type" => f.kind.as_ref(),
-            "operation" => f.operation.as_ref(),
-            "operator" => f.operator.as_ref(),
-            "reason" => f.reason.as_ref(),
-            "status" => f.status.as_ref(),
-            "user" => f.user.as_ref(),
-            _ => None,
-        }
-        .map(Decoded::scalar)
-    }
-
-    fn operation(&self) -> Option<Scalar<'_>> {
-        self.fields.payload.operation.as_ref().map(Decoded::scalar)
     }
 }
 

@@ -5,9 +5,14 @@
 //! shape it came in.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
+
+use crate::callback::{
+    Callback, Checked, CheckedVisitor, Decoded, Key as TopKey, Narrow, ParseError,
+};
 
 /// How the payload was written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,8 +48,20 @@ impl Message {
     /// string decoded: an invalid escape anywhere in it, a lone surrogate
     /// included, is an error, as it is for a `Value`.
     pub fn read(body: &str) -> Result<Self, serde_json::Error> {
-        let Top(parts) = serde_json::from_str(body)?;
-        Ok(parts.message())
+        let top: Top = serde_json::from_str(body)?;
+        Ok(top.parts.message())
+    }
+
+    /// The message and the callback of a pre-send request's body, read in
+    /// one pass: the same as [`Message::read`] and [`Callback::parse`] of
+    /// `body`, and refused as the first of them refuses it.
+    pub fn read_request(body: &Arc<str>) -> Result<(Self, Callback), ParseError> {
+        let top: Top = serde_json::from_str(body).map_err(|_| ParseError::Malformed)?;
+        if !top.object {
+            return Err(ParseError::NotObject);
+        }
+        let callback = Callback::from_narrow(&top.fields, body)?;
+        Ok((top.parts.message(), callback))
     }
 
     fn unknown() -> Self {
@@ -111,6 +128,8 @@ struct Parts<'a> {
     /// `payload.ext`, when it is an object.
     ext: Option<Map<String, Value>>,
     bodies: Bodies<'a>,
+    /// `operation`, which the callback reads from a payload.
+    operation: Option<Decoded<'a>>,
 }
 
 /// The fields of a message body that moderation reads.
@@ -152,6 +171,7 @@ impl<'a> Parts<'a> {
             flat: BodyFields::of(payload),
             ext: payload.get("ext").and_then(Value::as_object).cloned(),
             bodies,
+            operation: None,
         }
     }
 
@@ -197,9 +217,10 @@ impl<'a> BodyFields<'a> {
     }
 }
 
-// Reading the parts from the body's text: a visitor for each level, and
-// `Checked` for everything else, so that a key given twice counts as in a
-// `Value` (the last one) and all of the body is checked.
+// Reading the parts from the body's text: a visitor for each level, the
+// callback's fields read by `Narrow`, and `Checked` for everything else, so
+// that a key given twice counts as in a `Value` (the last one) and all of
+// the body is checked.
 
 /// The visitor methods of the values a level does not read: any scalar
 /// (a string's escapes already decoded by the parser) is `$value`.
@@ -227,36 +248,6 @@ macro_rules! scalars {
             Ok($value)
         }
     };
-}
-
-/// Any JSON value, walked to its end and kept nowhere. Unlike
-/// `IgnoredAny`, which skips strings without decoding their escapes, every
-/// string is decoded, so an invalid one anywhere is an error.
-struct Checked;
-
-impl<'de> Deserialize<'de> for Checked {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(CheckedVisitor)
-    }
-}
-
-struct CheckedVisitor;
-
-impl<'de> Visitor<'de> for CheckedVisitor {
-    type Value = Checked;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("any JSON value")
-    }
-    scalars!(Checked);
-    fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Checked, A::Error> {
-        while a.next_element::<Checked>()?.is_some() {}
-        Ok(Checked)
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Checked, A::Error> {
-        while a.next_entry::<Checked, Checked>()?.is_some() {}
-        Ok(Checked)
-    }
 }
 
 /// A string, borrowed from the body when it has no escapes; `None` for
@@ -293,12 +284,14 @@ impl<'de: 'a, 'a> Deserialize<'de> for MaybeStr<'a> {
     }
 }
 
-/// The keys read at some level of the body, told apart without copying.
+/// The keys read in a payload or a message body, told apart without
+/// copying.
 #[derive(serde::Deserialize)]
 #[serde(field_identifier)]
 enum Key {
-    #[serde(rename = "payload")]
-    Payload,
+    /// The callback's `payload.operation`.
+    #[serde(rename = "operation")]
+    Operation,
     #[serde(rename = "type")]
     Type,
     #[serde(rename = "msg")]
@@ -313,8 +306,23 @@ enum Key {
     Other,
 }
 
-/// The body: its `payload`, and every other field checked.
-struct Top<'a>(Parts<'a>);
+/// The body: its `payload`, the callback's fields, and every other field
+/// checked. `object` is whether the body is an object at all.
+struct Top<'a> {
+    parts: Parts<'a>,
+    fields: Narrow<'a>,
+    object: bool,
+}
+
+impl<'a> Top<'a> {
+    fn not_object() -> Self {
+        Top {
+            parts: Parts::default(),
+            fields: Narrow::default(),
+            object: false,
+        }
+    }
+}
 
 impl<'de: 'a, 'a> Deserialize<'de> for Top<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -326,22 +334,28 @@ impl<'de: 'a, 'a> Deserialize<'de> for Top<'a> {
                 f.write_str("any JSON value")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
-                let mut parts = Parts::default();
-                while let Some(key) = a.next_key::<Key>()? {
-                    match key {
-                        Key::Payload => parts = a.next_value::<Object>()?.0,
-                        _ => {
-                            a.next_value::<Checked>()?;
-                        }
+                let mut top = Top {
+                    object: true,
+                    ..Top::not_object()
+                };
+                while let Some(key) = a.next_key::<TopKey>()? {
+                    if top.fields.read_value(key, &mut a)? {
+                        continue;
+                    }
+                    if key == TopKey::Payload {
+                        top.parts = a.next_value::<Object>()?.0;
+                        top.fields.set_operation(top.parts.operation.take());
+                    } else {
+                        a.next_value::<Checked>()?;
                     }
                 }
-                Ok(Top(parts))
+                Ok(top)
             }
             // Not an object: no message (and no callback either).
             fn visit_seq<A: SeqAccess<'de>>(self, a: A) -> Result<Self::Value, A::Error> {
-                CheckedVisitor.visit_seq(a).map(|_| Top(Parts::default()))
+                CheckedVisitor.visit_seq(a).map(|_| Top::not_object())
             }
-            scalars!(Top(Parts::default()));
+            scalars!(Top::not_object());
         }
         d.deserialize_any(V)
     }
@@ -380,7 +394,8 @@ impl<'de: 'a, 'a> Deserialize<'de> for Object<'a> {
                             }
                         }
                         Key::Bodies => p.bodies = a.next_value::<BodiesField>()?.0,
-                        Key::Payload | Key::Other => {
+                        Key::Operation => p.operation = Some(a.next_value()?),
+                        Key::Other => {
                             a.next_value::<Checked>()?;
                         }
                     }

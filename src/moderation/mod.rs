@@ -230,7 +230,7 @@ impl Moderation {
     }
 
     /// [`Moderation::evaluate`] with the request's message already read
-    /// (the endpoint reads it from the body's text, [`Message::read`]).
+    /// (the endpoint reads it with the callback, [`Message::read_request`]).
     pub fn evaluate_message(
         &self,
         cb: &Callback,

@@ -21,7 +21,7 @@ use warp::reply::Response;
 
 use super::callback::{ReadError, read_limited, ready};
 use super::{error_reply, raw_json_reply};
-use crate::callback::{Callback, PRESEND_PREFIX};
+use crate::callback::{Callback, PRESEND_PREFIX, ParseError};
 use crate::config::{OnError, PresendSettings};
 use crate::moderation::message::Message;
 use crate::moderation::{Counting, PASS_ANSWER, Record, Verdict, reject_answer, verdict_name};
@@ -105,13 +105,11 @@ where
     };
     // Checked whole: a body with an invalid escape anywhere in it is
     // refused, not evaluated without the part that would not parse. The
-    // message and the callback's fields are read from the text; nothing
-    // on the way to the answer builds the body's `Value`.
+    // message and the callback's fields are read from the text in one
+    // pass; nothing on the way to the answer builds the body's `Value`.
     let parsed = std::str::from_utf8(&body)
-        .ok()
-        .and_then(|text| Message::read(text).ok())
-        .ok_or(crate::callback::ParseError::Malformed)
-        .and_then(|message| Ok((message, Callback::parse(&body)?)));
+        .map_err(|_| ParseError::Malformed)
+        .and_then(|text| Message::read_request(&Arc::from(text)));
     let (message, cb) = match parsed {
         Ok(read) => read,
         Err(e) => {

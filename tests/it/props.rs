@@ -3,11 +3,12 @@
 //! --test it props` runs a longer campaign.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use proptest::prelude::*;
 use serde_json::Value;
 
-use easehook::callback::Callback;
+use easehook::callback::{Callback, ParseError};
 use easehook::config::Secrets;
 use easehook::moderation::message::Message;
 use easehook::rules::matcher::Matcher;
@@ -161,20 +162,41 @@ proptest! {
     }
 
     #[test]
+    fn reading_a_request_in_one_pass_reads_what_two_passes_do(v in prop_oneof![presend_like(), callback_like(), json_value()], pad in "[ \t\r\n]{0,2}", pretty in any::<bool>()) {
+        let text = if pretty { serde_json::to_string_pretty(&v) } else { serde_json::to_string(&v) };
+        let body = format!("{pad}{}", text.unwrap());
+        let one = Message::read_request(&Arc::from(body.as_str()));
+        let two = Message::read(&body)
+            .map_err(|_| ParseError::Malformed)
+            .and_then(|m| Ok((m, Callback::parse(body.as_bytes())?)));
+        match (one, two) {
+            (Ok((m1, c1)), Ok((m2, c2))) => {
+                prop_assert_eq!(m1, m2);
+                prop_assert_eq!(view(&c1), view(&c2));
+                prop_assert_eq!(c1.text(), c2.text());
+            }
+            (Err(a), Err(b)) => prop_assert_eq!(a, b),
+            (a, b) => prop_assert!(false, "one pass {:?} but two {:?}", a.map(|_| ()), b.map(|_| ())),
+        }
+    }
+
+    #[test]
     fn a_message_body_is_refused_exactly_when_its_json_is(
-        at in 0usize..3,
+        at in 0usize..5,
         escape in prop_oneof![
             Just(r"\ud800"), Just(r"\udc00"), Just(r"\ud83d\ude00"), Just(r"\ud83d"), Just(r"\u00e9"),
             Just(r"\n"), Just(r"\x"), Just(r"\uZZZZ"), Just("\u{1}"), Just(r"\"), Just(r#"\""#),
         ],
         cut in prop::option::of(0usize..60),
     ) {
-        // The escape in the text, in a field moderation reads, or in one it does not.
-        let mut fields = [String::new(), String::new(), String::new()];
+        // The escape in the text, in a field moderation reads, in one
+        // nothing reads, in a callback's field, or inside an object where a
+        // callback's field is.
+        let mut fields: [String; 5] = Default::default();
         fields[at] = escape.to_string();
         let mut body = format!(
-            r#"{{"callId":"org#app_1","payload":{{"type":"txt","msg":"a{}b","ext":{{"k":"{}"}}}},"other":["{}"]}}"#,
-            fields[0], fields[1], fields[2]
+            r#"{{"callId":"org#app_1","security":"s","timestamp":1,"payload":{{"type":"txt","msg":"a{}b","ext":{{"k":"{}"}}}},"other":["{}"],"from":"u{}","to":{{"x":"{}"}}}}"#,
+            fields[0], fields[1], fields[2], fields[3], fields[4]
         );
         if let Some(c) = cut.filter(|&c| body.is_char_boundary(c)) {
             body.truncate(c);
@@ -182,6 +204,8 @@ proptest! {
         let read = Message::read(&body);
         let json = serde_json::from_str::<Value>(&body);
         prop_assert_eq!(read.is_ok(), json.is_ok(), "{}", body);
+        let request = Message::read_request(&Arc::from(body.as_str()));
+        prop_assert_eq!(request.is_ok(), json.is_ok(), "{}", body);
         if let (Ok(m), Ok(v)) = (read, json) {
             prop_assert_eq!(m, Message::of(&v));
         }
