@@ -29,19 +29,46 @@ impl Shutdown {
     }
 }
 
-/// Completes on the first SIGTERM or SIGINT.
-pub async fn signal() {
+/// SIGTERM and SIGINT, listened for from the moment [`signals`] returns.
+pub struct Signals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+/// Start listening for SIGTERM and SIGINT. Called before the daemon starts
+/// its tasks, so that a stop asked for while it is starting (or the moment
+/// it says it is ready) is kept for [`Signals::recv`]; until then either
+/// signal would end the process on the spot, and one that arrived while
+/// the listener was being set up could be lost.
+pub fn signals() -> Signals {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
+    let listen = |kind: SignalKind, name: &str| match signal(kind) {
+        Ok(s) => Some(s),
         Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM; stopping on Ctrl-C only");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+            tracing::error!(error = %e, "cannot listen for {name}");
+            None
         }
     };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, shutting down"),
+    Signals {
+        term: listen(SignalKind::terminate(), "SIGTERM"),
+        int: listen(SignalKind::interrupt(), "SIGINT"),
+    }
+}
+
+impl Signals {
+    /// Completes on the first SIGTERM or SIGINT since [`signals`].
+    pub async fn recv(mut self) {
+        async fn next(s: &mut Option<tokio::signal::unix::Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        tokio::select! {
+            () = next(&mut self.term) => tracing::info!("SIGTERM received, shutting down"),
+            () = next(&mut self.int) => tracing::info!("SIGINT received, shutting down"),
+        }
     }
 }

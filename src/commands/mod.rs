@@ -57,14 +57,22 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
         .build()?;
     runtime.block_on(async {
         let shutdown = Shutdown::new();
-        let app =
-            App::start_with(config_path, Arc::new(ProcessEnv), shutdown.clone(), passed).await?;
+        // Listening before anything starts: a stop asked for at any moment
+        // from here on stops the daemon cleanly.
+        let signals = shutdown::signals();
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            config = %config_path.display(),
+            "easehook starting"
+        );
         let trigger = shutdown.clone();
         tokio::spawn(async move {
-            shutdown::signal().await;
+            signals.recv().await;
             crate::sockets::notify_systemd(&[sd_notify::NotifyState::Stopping]);
             trigger.trigger();
         });
+        let app =
+            App::start_with(config_path, Arc::new(ProcessEnv), shutdown.clone(), passed).await?;
         app.wait().await;
         tracing::info!("easehook stopped");
         Ok(ExitCode::SUCCESS)

@@ -177,3 +177,68 @@ async fn log_actions_write_at_their_level_and_lines_the_log_drops_are_done_at_on
         "{log:?}"
     );
 }
+
+/// A stop asked for while the daemon is still starting (here, compiling a
+/// large word list) is a clean stop, not a kill: systemd may stop a unit at
+/// any moment, and a SIGTERM the daemon is not yet listening for would end
+/// it by the signal's default action, or be lost the moment it gets ready.
+#[tokio::test]
+async fn sigterm_while_starting_stops_cleanly() {
+    let opts = Options::rules("")
+        .config("presend:\n  word_lists:\n    contact: { file: words/contact.txt }\n");
+    let (dir, config) = write_config(&opts);
+    std::fs::create_dir(dir.path().join("words")).unwrap();
+    let words: String = (0..300_000u32)
+        .map(|i| format!("{}{i}\n", char::from_u32(0x4E00 + i % 20_000).unwrap()))
+        .collect();
+    std::fs::write(dir.path().join("words/contact.txt"), words).unwrap();
+    let (_, admin) = fixed_ports(&config);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_easehook"))
+        .arg("--config")
+        .arg(&config)
+        .env("IT_SECRET", SECRET)
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    // Written once the daemon listens for signals, before it loads rules.
+    loop {
+        let line = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+        if line.contains("easehook starting") {
+            break;
+        }
+    }
+    let ready = reqwest::get(format!("http://127.0.0.1:{admin}/readyz")).await;
+    assert!(ready.is_err(), "ready before the list was compiled");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        Signal::SIGTERM,
+    )
+    .unwrap();
+    let mut status = None;
+    eventually(Duration::from_secs(60), "the daemon to exit", || {
+        status = status.or_else(|| child.try_wait().unwrap());
+        let exited = status.is_some();
+        async move { exited }
+    })
+    .await;
+    let status = status.unwrap();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    let log: Vec<String> = rx.try_iter().collect();
+    assert!(
+        log.iter().any(|l| l.contains("SIGTERM received")),
+        "{log:?}"
+    );
+}
