@@ -229,7 +229,7 @@ impl App {
         };
         tasks.spawn(server::serve(
             callback_listener,
-            server::callback::routes(state.clone()),
+            server::listen::routes(state.clone()),
             shutdown.clone(),
             limits,
         ));

@@ -9,7 +9,6 @@ pub mod store;
 mod test;
 
 pub use recover::recover;
-pub use test::test;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -329,6 +328,18 @@ pub(crate) fn when(ms: u64) -> String {
     chrono::DateTime::from_timestamp_millis(ms as i64)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
         .unwrap_or_default()
+}
+
+/// `easehook test`: pre-send requests (`--presend`), stored history
+/// (`--since`), or the given events.
+pub fn test(config_path: &Path, args: &crate::cli::TestArgs) -> anyhow::Result<ExitCode> {
+    if args.presend {
+        presend::test(config_path, args)
+    } else if args.since.is_some() {
+        backtest::backtest(config_path, args)
+    } else {
+        test::events(config_path, args)
+    }
 }
 
 /// `easehook deliveries …`.

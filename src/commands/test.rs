@@ -22,6 +22,8 @@ use crate::snapshot::Snapshot;
 use crate::store::{Accepted, NewEvent, Store};
 use crate::template;
 
+use super::when;
+
 /// Read the callback of one `--event` (a file, or `-` for standard input),
 /// filling in what only verification needs.
 pub(super) fn read_event(arg: &str) -> anyhow::Result<Callback> {
@@ -248,22 +250,10 @@ impl Show<'_> {
     }
 }
 
-fn when(ms: u64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms as i64)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-        .unwrap_or_default()
-}
-
 /// `easehook test --event FILE|- [--event FILE …]`: which rules match and
 /// what each action would send, fully rendered; digests and thresholds over
 /// the whole sequence. Nothing is sent (without `--send`) or stored.
-pub fn test(config_path: &Path, args: &TestArgs) -> anyhow::Result<ExitCode> {
-    if args.presend {
-        return super::presend::test(config_path, args);
-    }
-    if args.since.is_some() {
-        return super::backtest::backtest(config_path, args);
-    }
+pub(super) fn events(config_path: &Path, args: &TestArgs) -> anyhow::Result<ExitCode> {
     let snap = match crate::snapshot::load(config_path, &ProcessEnv) {
         Ok(s) => s,
         Err(diags) => {

@@ -1,10 +1,9 @@
-//! The callback listener: `POST {callback_path}` and `GET /healthz`.
+//! `POST {callback_path}`: one Easemob callback, taken into the store.
 //!
 //! The request path does the minimum and never waits on a destination:
 //! read the body (bounded), parse, verify, match, store, answer. Every answer
 //! is a JSON body under 200 bytes that never echoes a secret.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -15,11 +14,10 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, BufMut, BytesMut};
 use futures_util::{Stream, StreamExt};
 use tokio::sync::mpsc::{self, OwnedPermit};
-use warp::Filter;
 use warp::http::{Method, StatusCode};
 use warp::reply::Response;
 
-use super::{error_reply, json_reply, raw_json_reply};
+use super::{error_reply, raw_json_reply};
 use crate::actions::Action;
 use crate::callback::{Callback, Text};
 use crate::metrics::DeliveryOutcome;
@@ -31,29 +29,6 @@ use crate::verify;
 
 /// Time allowed to receive the whole body once headers are in.
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Every route of the callback listener.
-pub fn routes(
-    state: Arc<AppState>,
-) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
-    // Only the announced length is read from the headers: cloning the whole
-    // header map for every callback would be work for nothing.
-    warp::any()
-        .map(move || state.clone())
-        .and(warp::method())
-        .and(warp::path::full())
-        .and(warp::header::optional::<u64>("content-length"))
-        .and(warp::body::stream())
-        .then(
-            |state: Arc<AppState>,
-             method: Method,
-             path: warp::path::FullPath,
-             length: Option<u64>,
-             body| async move { handle(state, method, path.as_str(), length, body).await },
-        )
-        .recover(super::rejected)
-        .unify()
-}
 
 /// How one callback ended, for the log line.
 pub(super) struct Outcome {
@@ -89,10 +64,11 @@ impl Outcome {
     }
 }
 
-async fn handle<S, B>(
+/// Answer one request to `callback_path`.
+pub(super) async fn handle<S, B>(
     state: Arc<AppState>,
+    snapshot: Arc<Snapshot>,
     method: Method,
-    path: &str,
     length: Option<u64>,
     body: S,
 ) -> Response
@@ -100,19 +76,6 @@ where
     S: Stream<Item = Result<B, warp::Error>> + Unpin,
     B: Buf,
 {
-    let snapshot = state.snapshot.load_full();
-    let settings = &snapshot.settings;
-    if let Some(presend) = &settings.presend
-        && path == presend.path
-    {
-        return super::presend::handle(state.clone(), snapshot.clone(), method, length, body).await;
-    }
-    if path != settings.callback_path {
-        if path == "/healthz" && (method == Method::GET || method == Method::HEAD) {
-            return json_reply(StatusCode::OK, &serde_json::json!({"ok": true}));
-        }
-        return error_reply(StatusCode::NOT_FOUND, "not found");
-    }
     if method != Method::POST {
         return super::use_post();
     }

@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod callback;
 pub mod console;
+pub mod listen;
 pub mod presend;
 mod query;
 

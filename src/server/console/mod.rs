@@ -31,6 +31,7 @@
 //! form carries a token (the session's, or this process's when the console
 //! is open) that a page of another origin cannot read.
 
+mod frame;
 pub mod i18n;
 mod moderation;
 mod pages;
@@ -274,7 +275,7 @@ pub async fn handle(
         }
         ("/logout", &Method::POST) => {
             if !post_allowed(&ctx, &headers, body).await {
-                return pages::refused(&ctx);
+                return frame::refused(&ctx);
             }
             if let Some(id) = &session_id {
                 state.sessions.close(id);
@@ -301,16 +302,16 @@ pub async fn handle(
                 let next = serde_urlencoded::to_string([("next", here)]).unwrap_or_default();
                 see_other(&format!("/login?{next}"))
             }
-            _ => pages::refused(&ctx),
+            _ => frame::refused(&ctx),
         },
         (_, &Method::POST) => {
             if !post_allowed(&ctx, &headers, body).await {
-                return pages::refused(&ctx);
+                return frame::refused(&ctx);
             }
             pages::post(state, &ctx).await
         }
         (_, &Method::GET | &Method::HEAD) => pages::get(state, &ctx).await,
-        _ => pages::not_found(&ctx),
+        _ => frame::not_found(&ctx),
     };
     if chosen {
         set_cookie(
@@ -350,14 +351,14 @@ async fn login(
         return see_other("/");
     };
     if !same_origin(headers) {
-        return pages::refused(ctx);
+        return frame::refused(ctx);
     }
     let Some(form) = read_form(body).await else {
-        return pages::refused(ctx);
+        return frame::refused(ctx);
     };
     let csrf = form.get("csrf").map(String::as_str).unwrap_or("");
     if !bool::from(csrf.as_bytes().ct_eq(ctx.csrf.as_bytes())) {
-        return pages::refused(ctx);
+        return frame::refused(ctx);
     }
     let given = form.get("token").map(String::as_str).unwrap_or("");
     let next = local_path(form.get("next"));

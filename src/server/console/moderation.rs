@@ -9,7 +9,7 @@ use serde_json::Value;
 use warp::http::StatusCode;
 use warp::reply::Response;
 
-use super::pages::{chart, layout, store_down};
+use super::frame::{chart, layout, store_down};
 use super::{Ctx, html};
 use crate::metrics::presend::VerdictMinute;
 use crate::state::AppState;

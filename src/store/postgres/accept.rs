@@ -227,7 +227,15 @@ pub(super) async fn accept_statements(
         }
     }
     let stored = |(a, first): (&Accept, &bool)| *first && claimed.contains(&a.event.dedup_key);
-    let fired = aggregate(client, batch.iter().zip(&first).filter(|p| stored(*p))).await?;
+    let fired = aggregate(
+        client,
+        batch
+            .iter()
+            .zip(&first)
+            .filter(|p| stored(*p))
+            .map(|(a, _)| &a.event),
+    )
+    .await?;
     Ok(batch
         .iter()
         .zip(&first)

@@ -2,7 +2,6 @@
 //! changes in the statement that stores the event, and the dispatcher's
 //! claim closes the digests that are due; shared rate limits.
 
-use super::accept::Accept;
 use crate::store::{NewEvent, OpenGroup, RateGrant, StoreError};
 use deadpool_postgres::Client;
 
@@ -61,10 +60,10 @@ SELECT * FROM (
 /// each event made fire.
 pub(super) async fn aggregate<'a>(
     client: &deadpool_postgres::Client,
-    stored: impl Iterator<Item = (&'a Accept, &'a bool)>,
+    stored: impl Iterator<Item = &'a NewEvent>,
 ) -> Result<std::collections::HashMap<&'a str, Vec<String>>, StoreError> {
     let mut parts: Vec<(&NewEvent, &crate::store::NewAggregate)> = stored
-        .flat_map(|(a, _)| a.event.aggregates.iter().map(move |g| (&a.event, g)))
+        .flat_map(|e| e.aggregates.iter().map(move |g| (e, g)))
         .collect();
     let mut fired: std::collections::HashMap<&str, Vec<String>> = Default::default();
     if parts.is_empty() {
