@@ -278,7 +278,8 @@ async fn store(state: &AppState, r: Record) {
     let appkey = cb.signing_appkey().to_string();
     let mut body = cb.into_raw();
     if let Some(o) = body.as_object_mut() {
-        o.remove("security");
+        // `shift_remove`: the other fields keep the order they came in.
+        o.shift_remove("security");
         // Pre-send requests name their app only in `callId`; the record
         // names it, for the `easemob` actions its rules may fire.
         if !o.contains_key("appkey") && !appkey.is_empty() {

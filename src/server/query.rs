@@ -120,7 +120,8 @@ pub(crate) fn next_page<T, C>(page: &[T], limit: usize, cursor: impl Fn(&T) -> C
 /// console ever shows it.
 pub(crate) fn unsigned(mut e: EventInfo) -> EventInfo {
     if let Some(o) = e.callback.as_object_mut() {
-        o.remove("security");
+        // `shift_remove`: the other fields keep the order they came in.
+        o.shift_remove("security");
     }
     e
 }

@@ -591,3 +591,50 @@ async fn verdicts_answered_just_before_sigterm_are_recorded() {
     assert_eq!(events.len(), 30, "{events:?}");
     assert!(events.iter().all(|e| e["event"] == "presend:reject"));
 }
+
+/// `body` with its `security` moved to just after `callId`, where
+/// Easemob's own requests carry it among the other fields.
+fn security_second(body: &Value) -> Value {
+    let o = body.as_object().unwrap();
+    let mut out = serde_json::Map::new();
+    for (k, v) in o {
+        if k != "security" {
+            out.insert(k.clone(), v.clone());
+        }
+        if k == "callId" {
+            out.insert("security".into(), o["security"].clone());
+        }
+    }
+    Value::Object(out)
+}
+
+fn keys(v: &Value) -> Vec<String> {
+    v.as_object().unwrap().keys().cloned().collect()
+}
+
+#[tokio::test]
+async fn stored_requests_and_callbacks_keep_their_fields_in_the_order_sent() {
+    let app = example("", "").await;
+    // A recorded verdict: the request without its signature, then what
+    // easehook adds.
+    let sent = security_second(&presend_txt("alice", "加微信"));
+    let (_, answer) = app.presend(&sent).await;
+    assert_eq!(answer, r#"{"valid":false,"code":"HX:10001"}"#);
+    // An ordinary callback, whose signature the API leaves out.
+    let callback = security_second(&signed("roster:ban", "alice", "bob"));
+    assert_eq!(app.post(&callback).await.0, 200);
+    eventually(Duration::from_secs(10), "both stored", || async {
+        app.events().await.len() == 2
+    })
+    .await;
+    let events = app.events().await;
+    for (event, sent) in [("presend:reject", &sent), ("roster:ban", &callback)] {
+        let id = events.iter().find(|e| e["event"] == event).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let stored = &app.get(&format!("/api/v1/events/{id}")).await["callback"];
+        let want: Vec<String> = keys(sent).into_iter().filter(|k| k != "security").collect();
+        assert_eq!(keys(stored)[..want.len()], want[..], "{event}: {stored}");
+    }
+}
