@@ -163,6 +163,7 @@ impl App {
         shutdown: Shutdown,
         passed: Passed,
     ) -> anyhow::Result<App> {
+        let hup = crate::reload::listen_hup();
         let snap = snapshot::load(config, env.as_ref()).map_err(|d| anyhow::anyhow!("{d}"))?;
         let settings = &snap.settings;
         // The store first: it takes the lock that keeps a second daemon off
@@ -242,6 +243,7 @@ impl App {
         tasks.spawn(crate::reload::run(
             state.clone(),
             reload_rx,
+            hup,
             shutdown.clone(),
         ));
         let dispatching =

@@ -44,6 +44,21 @@ pub fn reload_now(state: &AppState) -> Result<(), Diagnostics> {
                     old.settings.state_dir.display().to_string(),
                     new.settings.state_dir.display().to_string(),
                 ),
+                // Channels sized at start: what runs is their capacity.
+                (
+                    "delivery.concurrency",
+                    state.handoff.max_capacity().to_string(),
+                    new.settings.delivery.concurrency.to_string(),
+                ),
+                (
+                    "presend.queue",
+                    state.presend_records.max_capacity().to_string(),
+                    new.settings
+                        .presend
+                        .as_ref()
+                        .map_or(crate::config::DEFAULT_PRESEND_QUEUE, |p| p.queue)
+                        .to_string(),
+                ),
             ] {
                 if old_v != new_v {
                     tracing::warn!(setting = what, running = %old_v, configured = %new_v, "changed in the config file; takes effect on restart");
@@ -90,22 +105,30 @@ pub fn reload_now(state: &AppState) -> Result<(), Diagnostics> {
     }
 }
 
-/// The reload task: serves requests from the admin endpoint, SIGHUP and the
-/// file watcher until shutdown.
-pub async fn run(
-    state: Arc<AppState>,
-    mut requests: mpsc::Receiver<ReloadRequest>,
-    shutdown: Shutdown,
-) {
-    let (changed_tx, mut changed_rx) = mpsc::channel::<()>(1);
-    let _watcher = watch(&state, changed_tx);
-    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+/// Start listening for SIGHUP, for [`run`]. Called before the daemon
+/// serves anything: until then a SIGHUP would end the process (its
+/// default action), and `systemctl reload` may come the moment the daemon
+/// says it is ready.
+pub fn listen_hup() -> Option<tokio::signal::unix::Signal> {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(s) => Some(s),
         Err(e) => {
             tracing::warn!(error = %e, "cannot listen for SIGHUP");
             None
         }
-    };
+    }
+}
+
+/// The reload task: serves requests from the admin endpoint, SIGHUP (from
+/// `hup`, see [`listen_hup`]) and the file watcher until shutdown.
+pub async fn run(
+    state: Arc<AppState>,
+    mut requests: mpsc::Receiver<ReloadRequest>,
+    mut hup: Option<tokio::signal::unix::Signal>,
+    shutdown: Shutdown,
+) {
+    let (changed_tx, mut changed_rx) = mpsc::channel::<()>(1);
+    let _watcher = watch(&state, changed_tx);
     loop {
         let reply = tokio::select! {
             _ = shutdown.wait() => return,

@@ -242,3 +242,37 @@ async fn sigterm_while_starting_stops_cleanly() {
         "{log:?}"
     );
 }
+
+/// Settings read only at start say so when a reload finds them changed,
+/// naming what runs and what the file now says; and a SIGHUP sent as soon
+/// as the daemon is ready (as `systemctl reload` may) is a reload, not the
+/// signal's default action, which ends the process.
+#[tokio::test]
+async fn a_reload_warns_of_settings_that_take_effect_on_restart() {
+    let (_dir, config) = write_config(&Options::rules("").config("presend:\n  queue: 100\n"));
+    fixed_ports(&config);
+    let d = Daemon::start(&config, &[]).await;
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("queue: 100", "queue: 200")).unwrap();
+    d.signal(Signal::SIGHUP);
+    eventually(Duration::from_secs(10), "the warning", || {
+        let warned = d.log().iter().any(|l| {
+            l["setting"] == "presend.queue" && l["running"] == "100" && l["configured"] == "200"
+        });
+        async move { warned }
+    })
+    .await;
+    // A SIGHUP the moment the daemon is ready reloads it; it runs on.
+    let ready = reqwest::get(format!("{}/readyz", d.admin_url))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    // Only what changed is named.
+    assert!(
+        !d.log()
+            .iter()
+            .any(|l| l["setting"] == "delivery.concurrency"),
+        "{:?}",
+        d.log()
+    );
+}
