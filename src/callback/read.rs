@@ -180,8 +180,10 @@ pub enum Key {
     Other,
 }
 
-/// How many keys of [`Key`] hold a field (all but `Payload` and `Other`).
+/// How many keys of [`Key`] hold a field (all but `Payload` and `Other`,
+/// which come last).
 const FIELDS: usize = 17;
+const _: () = assert!(Key::Payload as usize == FIELDS && Key::Other as usize == FIELDS + 1);
 
 impl Key {
     /// The key of a field named `name`, as [`Fields::get`] asks for it.
