@@ -241,9 +241,14 @@ impl Dispatcher {
         // Hand-offs not started go back to the queue, due now, so that
         // another replica (or the next start) sends them without waiting
         // for their leases to end. Outcomes already known are written now.
+        // A callback still being answered may hold a slot it reserved
+        // before the close and hand its deliveries over once its commit is
+        // done: `recv` after `close` ends only when no slot is held, so
+        // those come back to the queue too.
         handoff.close();
         let mut released = 0;
-        while let Ok(c) = handoff.try_recv() {
+        let until = tokio::time::Instant::now() + grace.max(Duration::from_secs(1));
+        while let Ok(Some(c)) = tokio::time::timeout_at(until, handoff.recv()).await {
             let _ = outcomes.send((c.lease(), Record::later(now_ms()), Attempt::default()));
             released += 1;
         }
