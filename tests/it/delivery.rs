@@ -375,7 +375,11 @@ async fn a_burst_of_5000_for_a_10_per_second_action_is_delivered_in_full_at_the_
     let app = std::sync::Arc::new(
         spawn_app_with(
             Options::rules(http_rules(&sink.url(""), "    rate_limit: 10/s\n"))
-                .env("HOOK_TOKEN", "t"),
+                .env("HOOK_TOKEN", "t")
+                // A generous attempt timeout: over 8 minutes a busy host may
+                // answer one request late, and a timed-out attempt is
+                // rightly sent again, which "once" below would count.
+                .config("delivery:\n  initial_backoff: 50ms\n  max_backoff: 200ms\n  max_attempts: 5\n  timeout: 20s\n  shutdown_grace: 2s"),
         )
         .await,
     );
