@@ -188,12 +188,7 @@ impl App {
         let delivery_threads = DeliveryThreads::new();
         // Sized at start; a reload that changes `presend.queue` takes
         // effect on restart.
-        let (presend_tx, presend_rx) = mpsc::channel(
-            settings
-                .presend
-                .as_ref()
-                .map_or(crate::config::DEFAULT_PRESEND_QUEUE, |p| p.queue),
-        );
+        let (presend_tx, presend_rx) = mpsc::channel(settings.presend_queue());
         let state = Arc::new(AppState {
             snapshot: ArcSwap::new(snap.clone()),
             store,

@@ -53,11 +53,7 @@ pub fn reload_now(state: &AppState) -> Result<(), Diagnostics> {
                 (
                     "presend.queue",
                     state.presend_records.max_capacity().to_string(),
-                    new.settings
-                        .presend
-                        .as_ref()
-                        .map_or(crate::config::DEFAULT_PRESEND_QUEUE, |p| p.queue)
-                        .to_string(),
+                    new.settings.presend_queue().to_string(),
                 ),
             ] {
                 if old_v != new_v {
@@ -110,13 +106,7 @@ pub fn reload_now(state: &AppState) -> Result<(), Diagnostics> {
 /// default action), and `systemctl reload` may come the moment the daemon
 /// says it is ready.
 pub fn listen_hup() -> Option<tokio::signal::unix::Signal> {
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGHUP");
-            None
-        }
-    }
+    crate::shutdown::listen(tokio::signal::unix::SignalKind::hangup(), "SIGHUP")
 }
 
 /// The reload task: serves requests from the admin endpoint, SIGHUP (from

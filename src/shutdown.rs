@@ -41,17 +41,25 @@ pub struct Signals {
 /// signal would end the process on the spot, and one that arrived while
 /// the listener was being set up could be lost.
 pub fn signals() -> Signals {
-    use tokio::signal::unix::{SignalKind, signal};
-    let listen = |kind: SignalKind, name: &str| match signal(kind) {
+    use tokio::signal::unix::SignalKind;
+    Signals {
+        term: listen(SignalKind::terminate(), "SIGTERM"),
+        int: listen(SignalKind::interrupt(), "SIGINT"),
+    }
+}
+
+/// Start listening for the signal `kind` (called `name` in the log), or
+/// say why it cannot be listened for.
+pub fn listen(
+    kind: tokio::signal::unix::SignalKind,
+    name: &str,
+) -> Option<tokio::signal::unix::Signal> {
+    match tokio::signal::unix::signal(kind) {
         Ok(s) => Some(s),
         Err(e) => {
             tracing::error!(error = %e, "cannot listen for {name}");
             None
         }
-    };
-    Signals {
-        term: listen(SignalKind::terminate(), "SIGTERM"),
-        int: listen(SignalKind::interrupt(), "SIGINT"),
     }
 }
 

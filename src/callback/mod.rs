@@ -14,6 +14,7 @@ use serde_json::{Map, Number, Value};
 
 mod read;
 
+pub(crate) use read::scalars;
 pub use read::{Checked, CheckedVisitor, Decoded, Key, Narrow};
 
 /// Why a body is not a usable callback. Every variant answers 400.

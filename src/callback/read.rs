@@ -85,6 +85,36 @@ impl<'de> Deserialize<'de> for Decoded<'de> {
     }
 }
 
+/// The visitor methods of the values a level does not read: any scalar
+/// (a string's escapes already decoded by the parser) is `$value`.
+macro_rules! scalars {
+    ($value:expr) => {
+        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        $crate::callback::scalars!(not strings: $value);
+    };
+    (not strings: $value:expr) => {
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+    };
+}
+
+pub(crate) use scalars;
+
 /// Any JSON value, walked to its end and kept nowhere. Unlike
 /// `IgnoredAny`, which skips strings without decoding their escapes, every
 /// string is decoded, so an invalid one anywhere (a lone surrogate
@@ -106,24 +136,7 @@ impl<'de> Visitor<'de> for CheckedVisitor {
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("any JSON value")
     }
-    fn visit_str<E>(self, _: &str) -> Result<Checked, E> {
-        Ok(Checked)
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<Checked, E> {
-        Ok(Checked)
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Checked, E> {
-        Ok(Checked)
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<Checked, E> {
-        Ok(Checked)
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Checked, E> {
-        Ok(Checked)
-    }
-    fn visit_unit<E>(self) -> Result<Checked, E> {
-        Ok(Checked)
-    }
+    scalars!(Checked);
     fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Checked, A::Error> {
         while a.next_element::<Checked>()?.is_some() {}
         Ok(Checked)
@@ -338,27 +351,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Payload<'a> {
                 while a.next_element::<IgnoredAny>()?.is_some() {}
                 Ok(Payload::default())
             }
-            fn visit_borrowed_str<E>(self, _: &'de str) -> Result<Self::Value, E> {
-                Ok(Payload::default())
-            }
-            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-                Ok(Payload::default())
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(Payload::default())
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(Payload::default())
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(Payload::default())
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(Payload::default())
-            }
-            fn visit_unit<E>(self) -> Result<Self::Value, E> {
-                Ok(Payload::default())
-            }
+            scalars!(Payload::default());
         }
         d.deserialize_any(V)
     }

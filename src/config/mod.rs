@@ -752,6 +752,14 @@ fn compile(
 }
 
 impl Settings {
+    /// How many recorded pre-send verdicts may wait for the store:
+    /// `presend.queue`, or its default without a `presend:` section.
+    pub fn presend_queue(&self) -> usize {
+        self.presend
+            .as_ref()
+            .map_or(DEFAULT_PRESEND_QUEUE, |p| p.queue)
+    }
+
     /// Every secret value of this configuration (for tests that prove none leaks).
     pub fn secret_values(&self) -> Vec<String> {
         let mut v: Vec<String> = self.secrets.all().map(|s| s.expose().to_string()).collect();

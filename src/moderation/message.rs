@@ -11,7 +11,7 @@ use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 use crate::callback::{
-    Callback, Checked, CheckedVisitor, Decoded, Key as TopKey, Narrow, ParseError,
+    Callback, Checked, CheckedVisitor, Decoded, Key as TopKey, Narrow, ParseError, scalars,
 };
 
 /// How the payload was written.
@@ -221,34 +221,6 @@ impl<'a> BodyFields<'a> {
 // callback's fields read by `Narrow`, and `Checked` for everything else, so
 // that a key given twice counts as in a `Value` (the last one) and all of
 // the body is checked.
-
-/// The visitor methods of the values a level does not read: any scalar
-/// (a string's escapes already decoded by the parser) is `$value`.
-macro_rules! scalars {
-    ($value:expr) => {
-        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-            Ok($value)
-        }
-        scalars!(not strings: $value);
-    };
-    (not strings: $value:expr) => {
-        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-            Ok($value)
-        }
-        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-            Ok($value)
-        }
-        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-            Ok($value)
-        }
-        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-            Ok($value)
-        }
-        fn visit_unit<E>(self) -> Result<Self::Value, E> {
-            Ok($value)
-        }
-    };
-}
 
 /// A string, borrowed from the body when it has no escapes; `None` for
 /// any other value (checked all the same).

@@ -192,54 +192,30 @@ async fn sigterm_while_starting_stops_cleanly() {
         .map(|i| format!("{}{i}\n", char::from_u32(0x4E00 + i % 20_000).unwrap()))
         .collect();
     std::fs::write(dir.path().join("words/contact.txt"), words).unwrap();
-    let (_, admin) = fixed_ports(&config);
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_easehook"))
-        .arg("--config")
-        .arg(&config)
-        .env("IT_SECRET", SECRET)
-        .env("RUST_LOG", "info")
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(line);
-        }
-    });
+    let (cb, admin) = fixed_ports(&config);
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_easehook"));
+    cmd.arg("--config").arg(&config);
+    let mut d = Daemon::launch(
+        cmd,
+        format!("http://127.0.0.1:{cb}/easemob/callback"),
+        format!("http://127.0.0.1:{admin}"),
+    );
     // Written once the daemon listens for signals, before it loads rules.
-    loop {
-        let line = rx.recv_timeout(Duration::from_secs(20)).unwrap();
-        if line.contains("easehook starting") {
-            break;
-        }
-    }
-    let ready = reqwest::get(format!("http://127.0.0.1:{admin}/readyz")).await;
-    assert!(ready.is_err(), "ready before the list was compiled");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        Signal::SIGTERM,
-    )
-    .unwrap();
-    let mut status = None;
-    eventually(Duration::from_secs(60), "the daemon to exit", || {
-        status = status.or_else(|| child.try_wait().unwrap());
-        let exited = status.is_some();
-        async move { exited }
+    eventually(Duration::from_secs(20), "the first log line", || {
+        let started = d.log().iter().any(|l| l["message"] == "easehook starting");
+        async move { started }
     })
     .await;
-    let status = status.unwrap();
-    assert_eq!(status.code(), Some(0), "{status:?}");
-    let log: Vec<String> = rx.try_iter().collect();
+    let ready = reqwest::get(format!("{}/readyz", d.admin_url)).await;
+    assert!(ready.is_err(), "ready before the list was compiled");
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait(Duration::from_secs(60)).await, Some(0));
     assert!(
-        log.iter().any(|l| l.contains("SIGTERM received")),
-        "{log:?}"
+        d.log()
+            .iter()
+            .any(|l| l["message"] == "SIGTERM received, shutting down"),
+        "{:?}",
+        d.log()
     );
 }
 

@@ -76,26 +76,8 @@ impl Daemon {
 
     /// Start `cmd` (the daemon, with the test's secret and logs), collect
     /// its stderr, and wait until `admin_url` says it is ready.
-    pub async fn spawn(mut cmd: Command, callback_url: String, admin_url: String) -> Daemon {
-        cmd.env("IT_SECRET", SECRET)
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null());
-        let mut child = cmd.spawn().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let d = Daemon {
-            child,
-            lines,
-            callback_url,
-            admin_url,
-        };
+    pub async fn spawn(cmd: Command, callback_url: String, admin_url: String) -> Daemon {
+        let d = Daemon::launch(cmd, callback_url, admin_url);
         let client = reqwest::Client::new();
         let url = format!("{}/readyz", d.admin_url);
         eventually(Duration::from_secs(20), "the daemon to be ready", || {
@@ -110,6 +92,29 @@ impl Daemon {
         })
         .await;
         d
+    }
+
+    /// [`Daemon::spawn`] without waiting for it to be ready.
+    pub fn launch(mut cmd: Command, callback_url: String, admin_url: String) -> Daemon {
+        cmd.env("IT_SECRET", SECRET)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null());
+        let mut child = cmd.spawn().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Daemon {
+            child,
+            lines,
+            callback_url,
+            admin_url,
+        }
     }
 
     /// POST a callback to the daemon; the status of its answer.
