@@ -91,8 +91,7 @@ fn is_separator(c: char) -> bool {
     !c.is_alphanumeric()
 }
 
-/// The normalized form of a word: what [`Normalized`] makes of a text,
-/// without the map back.
+/// The normalized form of a word or a text (see the module's docs).
 pub fn normalize(word: &str) -> String {
     let mut out = String::with_capacity(word.len());
     for c in word.chars() {
@@ -117,40 +116,64 @@ fn push_normalized(c: char, mut push: impl FnMut(char)) {
         push(c);
         return;
     }
-    for n in std::iter::once(c).nfkc() {
-        if is_separator(n) {
-            continue;
+    // NFKC of one character: its compatibility decomposition, composed
+    // again. A decomposition of one character (full-width letters, digits
+    // and punctuation, most of what a chat text holds beside ideographs)
+    // composes to itself, so the composer, which sets up buffers for each
+    // call, runs only for the others.
+    let mut first = None;
+    let mut more = false;
+    unicode_normalization::char::decompose_compatible(c, |d| {
+        if first.is_none() {
+            first = Some(d);
+        } else {
+            more = true;
         }
-        for l in n.to_lowercase() {
-            push(l);
+    });
+    if more {
+        for n in std::iter::once(c).nfkc() {
+            push_folded(n, &mut push);
         }
+    } else if let Some(n) = first {
+        push_folded(n, &mut push);
     }
 }
 
-/// A text, normalized, with the original span of each normalized byte.
-struct Normalized {
-    text: String,
-    /// For each byte of `text`: the original character's start, and (in
+/// Push `n`, lower-cased, unless it is a separator.
+#[inline]
+fn push_folded(n: char, push: &mut impl FnMut(char)) {
+    if is_separator(n) {
+        return;
+    }
+    for l in n.to_lowercase() {
+        push(l);
+    }
+}
+
+/// The normalized text's byte ranges mapped back to the original text.
+/// Built only for a text with hits: most texts have none, and the map
+/// costs more than normalizing.
+struct Spans {
+    /// For each normalized byte: the original character's start, and (in
     /// `ends`) its end.
     starts: Vec<u32>,
     ends: Vec<u32>,
 }
 
-impl Normalized {
+impl Spans {
     fn of(original: &str) -> Self {
-        let mut text = String::with_capacity(original.len());
         let mut starts = Vec::with_capacity(original.len());
         let mut ends = Vec::with_capacity(original.len());
         for (at, c) in original.char_indices() {
             let end = (at + c.len_utf8()) as u32;
-            let before = text.len();
-            push_normalized(c, |n| text.push(n));
-            for _ in before..text.len() {
-                starts.push(at as u32);
-                ends.push(end);
-            }
+            push_normalized(c, |n| {
+                for _ in 0..n.len_utf8() {
+                    starts.push(at as u32);
+                    ends.push(end);
+                }
+            });
         }
-        Self { text, starts, ends }
+        Self { starts, ends }
     }
 
     /// The original span of the normalized bytes `r` (not empty).
@@ -237,20 +260,23 @@ impl WordLists {
     /// over one normalized copy: an evaluation scans a text once however
     /// many rules look for words in it.
     pub fn scan(&self, text: &str) -> Scan {
-        let norm = Normalized::of(text);
+        let norm = normalize(text);
         let mut found: Vec<(ListId, usize, Range<usize>)> = self
             .words
             .ac
-            .find_overlapping_iter(norm.text.as_bytes())
+            .find_overlapping_iter(norm.as_bytes())
             .map(|m| {
                 let p = m.pattern().as_usize();
                 (self.words.list[p], p, m.range())
             })
             .collect();
-        if let Some(allow) = self.allow.as_ref().filter(|_| !found.is_empty()) {
+        if found.is_empty() {
+            return Scan { found };
+        }
+        if let Some(allow) = &self.allow {
             let allowed: Vec<(ListId, Range<usize>)> = allow
                 .ac
-                .find_overlapping_iter(norm.text.as_bytes())
+                .find_overlapping_iter(norm.as_bytes())
                 .map(|m| (allow.list[m.pattern().as_usize()], m.range()))
                 .collect();
             if !allowed.is_empty() {
@@ -261,14 +287,21 @@ impl WordLists {
                 });
             }
         }
-        found.sort_by_key(|(_, _, r)| (r.start, r.end));
-        Scan { norm, found }
+        if !found.is_empty() {
+            let spans = Spans::of(text);
+            for (_, _, r) in &mut found {
+                *r = spans.original(r.clone());
+            }
+            found.sort_by_key(|(_, _, r)| (r.start, r.end));
+        }
+        Scan { found }
     }
 }
 
 /// One text's hits of every list (see [`WordLists::scan`]).
 pub struct Scan {
-    norm: Normalized,
+    /// List, pattern and the span of the original text, in the text's
+    /// order.
     found: Vec<(ListId, usize, Range<usize>)>,
 }
 
@@ -281,7 +314,7 @@ impl Scan {
             .map(|(list, p, r)| Hit {
                 list: *list,
                 word: lists.words.written[*p].clone(),
-                span: self.norm.original(r.clone()),
+                span: r.clone(),
             })
             .collect()
     }
@@ -352,6 +385,31 @@ mod tests {
         }
         assert!(w.hits("加个好友", &[0]).is_empty());
         assert!(w.hits("fun", &[0]).is_empty());
+    }
+
+    #[test]
+    fn every_character_normalizes_as_the_composer_says() {
+        // The fast paths (ASCII, ideographs, one-character decompositions)
+        // must give exactly what NFKC and lower-casing give.
+        for c in (0..=0x10FFFFu32).filter_map(char::from_u32) {
+            let mut fast = String::new();
+            push_normalized(c, |n| fast.push(n));
+            let composed: String = std::iter::once(c)
+                .nfkc()
+                .filter(|n| !is_separator(*n))
+                .flat_map(char::to_lowercase)
+                .collect();
+            assert_eq!(fast, composed, "U+{:04X}", c as u32);
+        }
+    }
+
+    #[test]
+    fn a_hit_after_characters_that_normalize_to_several_maps_back() {
+        // `㎏` is `kg` and `ﬁ` is `fi`: one original character, two
+        // normalized bytes; the span after them is still the original's.
+        let w = lists(&[("abuse", &["傻逼"], &[])]);
+        assert_eq!(masked(&w, "㎏ﬁ傻逼"), "㎏ﬁ**");
+        assert_eq!(w.hits("ﬁ 傻-逼", &[0])[0].span, "ﬁ ".len().."ﬁ 傻-逼".len());
     }
 
     #[test]
