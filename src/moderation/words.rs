@@ -1,15 +1,15 @@
 //! Word lists for moderation (SPEC §16): every list of a set compiled into
-//! one multi-pattern automaton (`aho-corasick`) at load, so that matching a
-//! message costs the same whatever the number of words.
+//! one multi-pattern automaton (`aho-corasick`) at load, so that a message
+//! is read once whatever the number of words.
 //!
 //! Words and texts are matched on a **normalized** copy: each character
 //! goes through Unicode NFKC (full-width letters and digits become ASCII)
 //! and lower-casing, and every character that is neither a letter nor a
 //! digit (whitespace, punctuation, symbols) is left out, so that `加 微 信`,
-//! `加-微-信` and `ＦＵＣＫ` hit `加微信` and `fuck`. Each normalized byte
-//! remembers the original character it came from, so a hit is reported,
-//! and masked, as the span of the original text it covers, separators
-//! inside it included.
+//! `加-微-信` and `ＦＵＣＫ` hit `加微信` and `fuck`. For a text with hits,
+//! each normalized byte is mapped back to the original character it came
+//! from, so a hit is reported, and masked, as the span of the original text
+//! it covers, separators inside it included.
 //!
 //! A list may name `allow` phrases: a hit that lies inside an occurrence of
 //! one of its list's allowed phrases is no hit (`色情` does not hit in
